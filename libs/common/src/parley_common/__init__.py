@@ -1,0 +1,1 @@
+"""What every Parley service needs once: settings, logs, gRPC server, Kafka plumbing, ids."""

@@ -1,0 +1,259 @@
+"""What the semantic cache compares: the question *in its context*, never the last message alone.
+
+A lookup is described by a :class:`CacheKey`, built from the bot profile, the model, the system
+prompt and the conversation so far (the last turn is the user's question)::
+
+    key = CacheKey.build(
+        bot_id="support",
+        model="llama-3.1-8b",
+        system_prompt="You are a helpful assistant.",
+        turns=[Turn("user", "I write Rust."), Turn("assistant", "Great!"),
+               Turn("user", "How do I read a file?")],
+    )
+    key.question_text        # what the question vector embeds
+    key.context_text         # what the context vector embeds ("" without prior turns)
+    key.scope_fingerprint    # equality filter: bot, model, system prompt
+    key.context_fingerprint  # equality filter in exact mode: scope + the prior turns
+
+Two kinds of match on the prior turns are offered (:class:`ContextMode`):
+
+``EXACT``
+    The prior turns inside the window are hashed into ``context_fingerprint`` and an entry
+    matches only when that hash is equal. Two chats whose last message is the same but whose
+    earlier turns differ by a single character never share an answer. The cost is recall on
+    multi-turn paraphrases: a follow-up asked after a *reworded* earlier question always misses.
+
+``SEMANTIC``
+    The prior turns are embedded as a second vector; a match needs the same turn shape (same
+    number of prior turns and the same roles), the context vector above
+    ``DEFAULT_CONTEXT_THRESHOLD`` and the precision guard to pass on every aligned pair of prior
+    turns. This recovers multi-turn paraphrases; ``python -m bench.cache_eval`` measures both.
+
+The question vector embeds the question alone: the context is compared on its own vector (or
+hash), so mixing it into the question text would only dilute the signal that tells two
+questions apart.
+
+Everything here is pure: no I/O, no model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+__all__ = [
+    "DEFAULT_CONTEXT_THRESHOLD",
+    "DEFAULT_CONTEXT_WINDOW",
+    "DEFAULT_SIMILARITY_THRESHOLD",
+    "KEY_VERSION",
+    "SHORT_QUESTION_MARGIN",
+    "SHORT_QUESTION_WORDS",
+    "CacheKey",
+    "ContextMode",
+    "InvalidKeyError",
+    "Role",
+    "Turn",
+    "normalize_text",
+    "required_similarity",
+    "scope_fingerprint",
+]
+
+# Chosen from the tune half of bench/cache_eval/pairs.jsonl (see `python -m bench.cache_eval`):
+# the lowest cosine at which guarded lookups keep precision >= 0.97 on paraphrases and hard
+# negatives together, with all-MiniLM-L6-v2.
+DEFAULT_SIMILARITY_THRESHOLD: Final = 0.80
+# Short questions carry less text for the embedding to tell apart ("sort a list" vs "sort a
+# set"), so they need a higher score. Counted in words of the question.
+SHORT_QUESTION_WORDS: Final = 4
+SHORT_QUESTION_MARGIN: Final = 0.05
+# Cosine of the two context vectors required in ContextMode.SEMANTIC.
+DEFAULT_CONTEXT_THRESHOLD: Final = 0.85
+# Prior messages (user and assistant) that a follow-up is taken to depend on: three exchanges.
+DEFAULT_CONTEXT_WINDOW: Final = 6
+# Bumped when normalization or rendering changes, so that old fingerprints stop matching.
+KEY_VERSION: Final = 1
+
+# Per turn, how much of the text goes into the context vector. all-MiniLM-L6-v2 reads 256
+# word pieces at most; long assistant answers would otherwise crowd out the user turns.
+_CONTEXT_CHARS_PER_TURN: Final = 300
+
+_WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+
+
+class Role(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class ContextMode(StrEnum):
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+
+
+class InvalidKeyError(ValueError):
+    """The conversation cannot be turned into a cache key (no question, unknown role...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: Role
+    content: str
+
+    def __post_init__(self) -> None:
+        try:
+            role = Role(self.role)
+        except ValueError:
+            raise InvalidKeyError(
+                f"unknown role {self.role!r}: a turn is 'user' or 'assistant' "
+                "(the system prompt is passed separately)"
+            ) from None
+        object.__setattr__(self, "role", role)
+
+
+def normalize_text(text: str) -> str:
+    """Fold what does not change meaning: Unicode forms, case, runs of whitespace."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def required_similarity(
+    question: str, *, threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+) -> float:
+    """The cosine a candidate needs for this question: stricter for short questions."""
+    if len(_WORD.findall(question)) <= SHORT_QUESTION_WORDS:
+        return min(1.0, threshold + SHORT_QUESTION_MARGIN)
+    return threshold
+
+
+def _squash(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _sha256(parts: object) -> str:
+    data = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def scope_fingerprint(*, bot_id: str, model: str, system_prompt: str) -> str:
+    """Hash of what must always be equal between a lookup and an entry."""
+    return _sha256(
+        ["scope", KEY_VERSION, bot_id.strip(), model.strip().casefold(), normalize_text(system_prompt)]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """A question in its context. Build it with :meth:`build` or :meth:`from_payload`.
+
+    The system prompt is only kept as part of ``scope_fingerprint``: it can be long and
+    private, and the equality filter on the fingerprint is all a lookup needs of it.
+    """
+
+    bot_id: str
+    model: str
+    scope_fingerprint: str
+    question: str
+    context: tuple[Turn, ...]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        bot_id: str,
+        model: str,
+        system_prompt: str,
+        turns: Sequence[Turn],
+        window: int = DEFAULT_CONTEXT_WINDOW,
+    ) -> CacheKey:
+        """Key for the last turn of ``turns``, which must be a non-empty user message.
+
+        ``window`` is how many messages before the question are kept as its context.
+        """
+        if window < 0:
+            raise InvalidKeyError(f"window must be >= 0, got {window}")
+        if not turns:
+            raise InvalidKeyError("no turns: the last turn must be the user's question")
+        *prior, last = turns
+        if last.role is not Role.USER:
+            raise InvalidKeyError(
+                f"the last turn is from {last.role.value!r}: the cache looks up user questions"
+            )
+        if not last.content.strip():
+            raise InvalidKeyError("the question is empty")
+        context = tuple(prior[len(prior) - window :]) if window else ()
+        return cls(
+            bot_id=bot_id.strip(),
+            model=model.strip(),
+            scope_fingerprint=scope_fingerprint(
+                bot_id=bot_id, model=model, system_prompt=system_prompt
+            ),
+            question=_squash(last.content),
+            context=context,
+        )
+
+    @property
+    def question_text(self) -> str:
+        """The text the question vector embeds."""
+        return self.question
+
+    @property
+    def has_context(self) -> bool:
+        return bool(self.context)
+
+    @property
+    def context_shape(self) -> str:
+        """Roles of the prior turns, oldest first, one letter each ("uau"); "" without any."""
+        return "".join("u" if turn.role is Role.USER else "a" for turn in self.context)
+
+    @property
+    def context_text(self) -> str:
+        """The text the context vector embeds: prior turns, newest first, each trimmed."""
+        return "\n".join(
+            f"{turn.role.value}: {_squash(turn.content)[:_CONTEXT_CHARS_PER_TURN]}"
+            for turn in reversed(self.context)
+        )
+
+    @property
+    def context_fingerprint(self) -> str:
+        """Hash of the scope and the normalized prior turns: equal only for the same context."""
+        turns = [[turn.role.value, normalize_text(turn.content)] for turn in self.context]
+        return _sha256(["context", KEY_VERSION, self.scope_fingerprint, turns])
+
+    def payload(self) -> dict[str, object]:
+        """What a stored entry keeps besides its vectors and answer (see :meth:`from_payload`)."""
+        return {
+            "key_version": KEY_VERSION,
+            "bot_id": self.bot_id,
+            "model": self.model,
+            "scope_fingerprint": self.scope_fingerprint,
+            "context_fingerprint": self.context_fingerprint,
+            "context_shape": self.context_shape,
+            "question": self.question,
+            "context": [{"role": t.role.value, "content": t.content} for t in self.context],
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, object]) -> CacheKey:
+        """Rebuild a stored entry's key, to compare it with a lookup (the guard needs its texts)."""
+        try:
+            context_raw = payload["context"]
+            if not isinstance(context_raw, list):
+                raise TypeError("'context' is not a list")
+            context = tuple(
+                Turn(Role(str(item["role"])), str(item["content"])) for item in context_raw
+            )
+            return cls(
+                bot_id=str(payload["bot_id"]),
+                model=str(payload["model"]),
+                scope_fingerprint=str(payload["scope_fingerprint"]),
+                question=str(payload["question"]),
+                context=context,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidKeyError(f"not a cache entry payload: {exc!r}") from exc

@@ -1,0 +1,73 @@
+"""API-key authentication: `Authorization: Bearer <key>` mapped to a user by the session service."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from parley.v1 import session_pb2, session_pb2_grpc
+from parley_gateway.errors import ApiError, from_grpc
+
+__all__ = ["Authenticator", "Principal"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    tenant_id: str = ""
+    is_admin: bool = False
+
+
+class Authenticator:
+    """Checks keys with the session service and remembers the answer for a few seconds."""
+
+    def __init__(
+        self,
+        session: session_pb2_grpc.SessionServiceAsyncStub,
+        *,
+        admin_key: str,
+        ttl_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._session = session
+        self._admin_key = admin_key
+        self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise ApiError(
+                401, "authentication_error", "missing API key: send 'Authorization: Bearer <key>'"
+            )
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key or len(key) > 256 or not key.isascii():
+            raise ApiError(
+                401,
+                "authentication_error",
+                "malformed Authorization header: expected 'Bearer <key>'",
+            )
+        if self._admin_key and hmac.compare_digest(key.encode(), self._admin_key.encode()):
+            return Principal(user_id="admin", is_admin=True)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            user = await self._session.AuthenticateKey(
+                session_pb2.AuthenticateKeyRequest(api_key=key), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise ApiError(401, "authentication_error", "invalid or revoked API key") from exc
+            raise from_grpc(exc, "session") from exc
+        principal = Principal(user_id=user.user_id, tenant_id=user.tenant_id)
+        if self._ttl_s:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now + self._ttl_s, principal)
+        return principal

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field, SecretStr, model_validator
+
+from parley_common.settings import ServiceSettings
+
+__all__ = ["Settings"]
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "admin", "secret"}
+
+
+class Settings(ServiceSettings):
+    host: str = "0.0.0.0"
+    port: int = 8080
+    session_addr: str = "127.0.0.1:50051"
+    cache_addr: str = "127.0.0.1:50052"
+    admin_api_key: SecretStr = SecretStr("")
+    gateway_instance_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="names this gateway's Kafka reply topic; unique per replica",
+    )
+    completion_timeout_s: float = Field(default=120.0, gt=0, description="a turn's deadline")
+    cache_timeout_s: float = Field(default=0.5, gt=0, description="a slow cache is a miss")
+    grpc_timeout_s: float = Field(default=10.0, gt=0)
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_message_chars: int = Field(default=32_000, gt=0)
+    max_tokens_limit: int = Field(default=4096, gt=0)
+
+    @model_validator(mode="after")
+    def _no_placeholder_secret_in_production(self) -> Settings:
+        if self.environment == "production" and (
+            self.admin_api_key.get_secret_value() in _PLACEHOLDERS
+            or len(self.admin_api_key.get_secret_value()) < 16
+        ):
+            raise ValueError("ADMIN_API_KEY must be set to a real secret (16+ chars) in production")
+        return self

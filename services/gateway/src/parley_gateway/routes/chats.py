@@ -1,0 +1,226 @@
+"""The chat REST API: start and continue chats, list, read and delete them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import grpc
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
+
+from parley.v1 import session_pb2, types_pb2
+from parley_common.ids import is_id
+from parley_gateway.deps import PartsDep, User
+from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.schemas import (
+    ChatDetail,
+    ChatList,
+    ChatSummary,
+    CompletionBody,
+    ErrorBody,
+    MessageOut,
+    StartChatBody,
+    TurnAnswer,
+    TurnResponse,
+)
+from parley_gateway.turns import FINISH_NAMES, TextChunk, Turn
+
+router = APIRouter(tags=["chats"])
+
+ChatId = Annotated[str, Path(description="a chat id (32 hexadecimal characters)")]
+
+_ROLE_NAMES = {
+    types_pb2.ROLE_SYSTEM: "system",
+    types_pb2.ROLE_USER: "user",
+    types_pb2.ROLE_ASSISTANT: "assistant",
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not valid JSON"},
+    401: {"model": ErrorBody, "description": "missing, malformed or revoked API key"},
+    404: {"model": ErrorBody, "description": "no such chat (or not yours)"},
+    413: {"model": ErrorBody, "description": "body or message too large"},
+    422: {"model": ErrorBody, "description": "a field is missing or invalid"},
+    503: {"model": ErrorBody, "description": "a backing service is down; retry after Retry-After"},
+}
+_TURN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    200: {
+        "description": "the answer as JSON, or with `stream: true` a text/event-stream of "
+        "`chat`, `chunk` and `done` events",
+        "content": {"text/event-stream": {}},
+    },
+    504: {"model": ErrorBody, "description": "no answer within the deadline"},
+}
+
+
+def _valid_chat_id(chat_id: str) -> str:
+    if not is_id(chat_id):
+        raise ApiError(
+            404, "not_found", f"chat {chat_id!r} not found: chat ids are 32 hexadecimal characters"
+        )
+    return chat_id
+
+
+def _check_message(parts: PartsDep, body: CompletionBody) -> None:
+    limit = parts.settings.max_message_chars
+    if len(body.message) > limit:
+        raise ApiError(
+            413,
+            "message_too_large",
+            f"message is {len(body.message)} characters; the limit is {limit}",
+        )
+    if not body.message.strip():
+        raise ApiError(422, "invalid_request", "message: must not be blank")
+    if body.max_tokens is not None and body.max_tokens > parts.settings.max_tokens_limit:
+        raise ApiError(
+            422, "invalid_request", f"max_tokens: at most {parts.settings.max_tokens_limit}"
+        )
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _sse_stream(turn: Turn) -> AsyncIterator[bytes]:
+    yield _sse(
+        "chat",
+        {"chat_id": turn.chat_id, "request_id": turn.request_id, "message_id": turn.message_id},
+    )
+    try:
+        async for event in turn.events():
+            if isinstance(event, TextChunk):
+                yield _sse("chunk", {"text": event.text})
+            else:
+                yield _sse("done", event.model_dump())
+    except ApiError as exc:
+        yield _sse("error", {"type": exc.type, "message": exc.message})
+
+
+async def _respond(turn: Turn, stream: bool) -> Response | TurnResponse:
+    if stream:
+        return StreamingResponse(
+            _sse_stream(turn),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    answer: TurnAnswer = await turn.answer()
+    return TurnResponse(
+        chat_id=turn.chat_id, request_id=turn.request_id, message_id=turn.message_id, answer=answer
+    )
+
+
+@router.post(
+    "/chat", response_model=TurnResponse, responses=_TURN_RESPONSES, summary="Start a chat"
+)
+async def start_chat(body: StartChatBody, user: User, parts: PartsDep) -> Response | TurnResponse:
+    """Start a chat with a first message and get the assistant's answer (or stream it)."""
+    _check_message(parts, body)
+    turn = await parts.turns.start(
+        user,
+        chat_id="",
+        message=body.message,
+        request_id=body.request_id,
+        max_tokens=body.max_tokens,
+        bot_id=body.bot_id,
+        no_cache=body.no_cache,
+    )
+    return await _respond(turn, body.stream)
+
+
+@router.post(
+    "/chat/{chat_id}/completion",
+    response_model=TurnResponse,
+    responses=_TURN_RESPONSES,
+    summary="Continue a chat",
+)
+async def continue_chat(
+    chat_id: ChatId, body: CompletionBody, user: User, parts: PartsDep
+) -> Response | TurnResponse:
+    """Send the next message of a chat; the model sees the chat's history."""
+    _check_message(parts, body)
+    turn = await parts.turns.start(
+        user,
+        chat_id=_valid_chat_id(chat_id),
+        message=body.message,
+        request_id=body.request_id,
+        max_tokens=body.max_tokens,
+        no_cache=body.no_cache,
+    )
+    return await _respond(turn, body.stream)
+
+
+def _summary(chat: session_pb2.Chat) -> ChatSummary:
+    return ChatSummary(
+        chat_id=chat.chat_id,
+        title=chat.title,
+        bot_id=chat.bot_id,
+        created_at=chat.created_unix_ms,
+        updated_at=chat.updated_unix_ms,
+        message_count=chat.message_count,
+    )
+
+
+@router.get("/chats", response_model=ChatList, responses=_ERRORS, summary="List your chats")
+async def list_chats(
+    user: User,
+    parts: PartsDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="chats per page")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> ChatList:
+    """Your chats, most recently active first."""
+    try:
+        listed = await parts.session.ListChats(
+            session_pb2.ListChatsRequest(user_id=user.user_id, limit=limit, cursor=cursor or ""),
+            timeout=parts.settings.grpc_timeout_s,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, "session") from exc
+    return ChatList(
+        chats=[_summary(c) for c in listed.chats], next_cursor=listed.next_cursor or None
+    )
+
+
+@router.get("/chat/{chat_id}", response_model=ChatDetail, responses=_ERRORS, summary="Read a chat")
+async def get_chat(chat_id: ChatId, user: User, parts: PartsDep) -> ChatDetail:
+    """A chat with its messages in order."""
+    try:
+        got = await parts.session.GetChat(
+            session_pb2.GetChatRequest(
+                user_id=user.user_id, chat_id=_valid_chat_id(chat_id), include_messages=True
+            ),
+            timeout=parts.settings.grpc_timeout_s,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, "session") from exc
+    messages = [
+        MessageOut(
+            message_id=m.message_id,
+            ordinal=m.ordinal,
+            role=_ROLE_NAMES.get(m.role, "user"),
+            content=m.content,
+            token_count=m.token_count,
+            request_id=m.request_id,
+            created_at=m.created_unix_ms,
+            finish_reason=FINISH_NAMES.get(m.finish_reason),
+        )
+        for m in got.messages
+    ]
+    return ChatDetail(**_summary(got.chat).model_dump(), messages=messages)
+
+
+@router.delete("/chat/{chat_id}", status_code=204, responses=_ERRORS, summary="Delete a chat")
+async def delete_chat(chat_id: ChatId, user: User, parts: PartsDep) -> Response:
+    """Delete a chat and its messages."""
+    try:
+        await parts.session.DeleteChat(
+            session_pb2.DeleteChatRequest(user_id=user.user_id, chat_id=_valid_chat_id(chat_id)),
+            timeout=parts.settings.grpc_timeout_s,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, "session") from exc
+    return Response(status_code=204)

@@ -1,0 +1,129 @@
+"""Request and response bodies of the chat REST API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApiKeyCreated",
+    "ChatDetail",
+    "ChatList",
+    "ChatSummary",
+    "CompletionBody",
+    "CreateKeyBody",
+    "CreateUserBody",
+    "ErrorBody",
+    "MessageOut",
+    "StartChatBody",
+    "TurnAnswer",
+    "TurnResponse",
+    "Usage",
+    "UserOut",
+]
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "expired"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CompletionBody(_Body):
+    message: str = Field(min_length=1, description="the user's message")
+    stream: bool = Field(default=False, description="answer as a Server-Sent Events stream")
+    max_tokens: int | None = Field(default=None, ge=1, description="the reply budget in tokens")
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="idempotency key: retrying with the same id never stores the turn twice",
+    )
+    no_cache: bool = Field(default=False, description="do not answer from the semantic cache")
+
+
+class StartChatBody(CompletionBody):
+    bot_id: str | None = Field(default=None, max_length=64, description="bot profile (persona)")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TurnAnswer(BaseModel):
+    content: str
+    finish_reason: FinishReason
+    usage: Usage
+    cached: bool = False
+    cache_score: float | None = None
+
+
+class TurnResponse(BaseModel):
+    chat_id: str
+    request_id: str
+    message_id: str = Field(description="id of the stored user message")
+    answer: TurnAnswer
+
+
+class ChatSummary(BaseModel):
+    chat_id: str
+    title: str
+    bot_id: str
+    created_at: int = Field(description="Unix milliseconds")
+    updated_at: int = Field(description="Unix milliseconds")
+    message_count: int
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    ordinal: int
+    role: Role
+    content: str
+    token_count: int
+    request_id: str
+    created_at: int
+    finish_reason: FinishReason | None = None
+
+
+class ChatDetail(ChatSummary):
+    messages: list[MessageOut]
+
+
+class ChatList(BaseModel):
+    chats: list[ChatSummary]
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page")
+
+
+class CreateUserBody(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    tenant_id: str = Field(default="", max_length=64)
+
+
+class UserOut(BaseModel):
+    user_id: str
+    name: str
+    tenant_id: str
+
+
+class CreateKeyBody(_Body):
+    name: str = Field(default="", max_length=200)
+
+
+class ApiKeyCreated(BaseModel):
+    key_id: str
+    api_key: str = Field(description="shown once; only its hash is stored")
+
+
+class _ErrorDetail(BaseModel):
+    type: str
+    message: str
+    details: list[dict[str, str]] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: _ErrorDetail
