@@ -55,7 +55,7 @@ def _brokers_and_controller(response: bytes) -> bool:
         offset += 2 + host_length + 4  # host, port
         (rack_length,) = struct.unpack_from(">h", response, offset)
         offset += 2 + max(rack_length, 0)
-    (controller,) = struct.unpack_from(">i", response, offset)
+    controller: int = struct.unpack_from(">i", response, offset)[0]
     return broker_count > 0 and controller >= 0
 
 

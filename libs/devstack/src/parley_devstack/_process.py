@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -15,6 +16,11 @@ from pathlib import Path
 __all__ = ["ManagedProcess", "pid_alive", "wait_until"]
 
 _PR_SET_PDEATHSIG = 1
+# Java stack frames ("\tat kafka.Kafka.main(Kafka.scala)", "\t... 5 more") would crowd the
+# exception's message out of a log tail.
+_STACK_FRAME = re.compile(r"^\s+(at \S+\(.*\)|\.\.\. \d+ more)\s*$")
+# log4j and Qdrant write the level as a word, mongod as "s":"E" (or "F") in its JSON.
+_ERROR = re.compile(r'\b(ERROR|FATAL)\b|"s":"[EF]"')
 
 
 class ManagedProcess:
@@ -99,8 +105,15 @@ class ManagedProcess:
                 text = log.read().decode("utf-8", errors="replace")
         except OSError:
             return "(no log)"
-        tail = [self._format_line(line) for line in text.splitlines()[-lines:] if line.strip()]
-        return "\n".join(f"    {line}" for line in tail) or "    (the log is empty)"
+        kept = [line for line in text.splitlines() if line.strip() and not _STACK_FRAME.match(line)]
+        tail = kept[-lines:]
+        # The first error explains more than the shutdown chatter that follows it.
+        first_error = next((line for line in kept if _ERROR.search(line)), None)
+        if first_error is not None and first_error not in tail:
+            tail = [first_error, "...", *tail]
+        return (
+            "\n".join(f"    {self._format_line(line)}" for line in tail) or "    (the log is empty)"
+        )
 
     def _signal(self, signum: signal.Signals) -> None:
         if self._popen is None or self._popen.poll() is not None:

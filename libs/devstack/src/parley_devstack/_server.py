@@ -79,9 +79,13 @@ class Server(abc.ABC):
             return
         self.launch()
         deadline = time.monotonic() + self.start_timeout
-        while not self.poll_ready():
-            self.check_deadline(deadline)
-            time.sleep(_POLL_INTERVAL)
+        try:
+            while not self.poll_ready():
+                self.check_deadline(deadline)
+                time.sleep(_POLL_INTERVAL)
+        except BaseException:
+            self.kill()
+            raise
 
     def stop(self) -> None:
         """Stop the server cleanly (SIGTERM; SIGKILL after `stop_timeout` seconds)."""
@@ -98,10 +102,19 @@ class Server(abc.ABC):
         self.stop()
         self.start()
 
+    def check(self) -> None:
+        """Raise `ServerExitedError` (with the tail of its log) when a process has exited."""
+        for process in self._processes():
+            self._check_alive(process)
+
     # The stack drives several servers at once through the steps below.
 
     def launch(self) -> None:
         """Check the disk and ports, then spawn the server's (first) process."""
+        # What is left of a server that lost one of its processes (Kafka without its broker).
+        for process in self._processes():
+            if process.alive:
+                process.stop(self.stop_timeout)
         ensure_free_disk(self.data_dir, self.disk_needed, self.name)
         for port in self._ports:
             if not port_is_free(port) and not self._ports_pinned:

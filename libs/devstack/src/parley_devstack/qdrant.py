@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from parley_devstack._process import ManagedProcess
 from parley_devstack._server import Server
-from parley_devstack.ports import HOST
+from parley_devstack.ports import HOST, port_is_open
 
 __all__ = ["QdrantServer"]
 
@@ -43,6 +43,7 @@ class QdrantServer(Server):
             "QDRANT__STORAGE__SNAPSHOTS_PATH": str(self.data_dir / "snapshots"),
             "QDRANT__TELEMETRY_DISABLED": "true",
             "QDRANT__LOG_LEVEL": "INFO",
+            "RUST_BACKTRACE": "0",
         }
         # Qdrant writes files relative to its working folder; keep them in the data folder.
         self._process = ManagedProcess(
@@ -53,6 +54,13 @@ class QdrantServer(Server):
     def _advance(self) -> bool:
         assert self._process is not None
         self._check_alive(self._process)
+        # A gRPC port that cannot be bound is only logged (the cause only once Qdrant stops);
+        # Qdrant goes on serving HTTP.
+        if "Error while starting gRPC server" in self._process.log_tail(200):
+            self._process.stop(timeout=5.0)
+            self._check_alive(self._process)
+        if not port_is_open(self.grpc_port):
+            return False
         connection = http.client.HTTPConnection(HOST, self.http_port, timeout=1.0)
         try:
             connection.request("GET", "/readyz")

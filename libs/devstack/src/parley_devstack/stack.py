@@ -149,6 +149,8 @@ class LocalStack:
         pending = [server for server in self.servers if not server.running]
         if not pending:
             return self.addresses
+        self._keep_data = False
+        self.installation.check()
         self._prune_stale_runs()
         ensure_free_disk(self.data_dir, _DISK_NEEDED, "Kafka and MongoDB")
         deadline = time.monotonic() + self.start_timeout
@@ -161,8 +163,9 @@ class LocalStack:
                     server.check_deadline(deadline)
                 if pending:
                     time.sleep(_POLL_INTERVAL)
-        except BaseException:
-            self._keep_data = True
+        except BaseException as exc:
+            # Keep the logs the error message points at; an interrupt leaves nothing to read.
+            self._keep_data = not isinstance(exc, KeyboardInterrupt)
             self.stop()
             raise
         return self.addresses
@@ -178,6 +181,11 @@ class LocalStack:
             server.finish_stop()
         if self._owns_data_dir and not self._keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def check(self) -> None:
+        """Raise `ServerExitedError` (with the tail of its log) when a server process has exited."""
+        for server in self.servers:
+            server.check()
 
     def kill(self) -> None:
         """SIGKILL every server process."""

@@ -26,6 +26,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 __all__ = ["CHAT_TEMPLATE", "build_tiny_model", "main"]
 
@@ -174,7 +178,7 @@ def _write_model(folder: Path, *, seed: int) -> None:
     )
     bpe.train_from_iterator(_CORPUS.splitlines(keepends=True), trainer=trainer)
 
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe,
         bos_token=_BOS,
         eos_token=_IM_END,
@@ -184,7 +188,7 @@ def _write_model(folder: Path, *, seed: int) -> None:
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
     )
-    ids = {token: bpe.token_to_id(token) for token in _SPECIAL_TOKENS}
+    ids = {token: _token_id(bpe, token) for token in _SPECIAL_TOKENS}
 
     config = LlamaConfig(
         vocab_size=bpe.get_vocab_size(),
@@ -202,14 +206,14 @@ def _write_model(folder: Path, *, seed: int) -> None:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
         with torch.no_grad():
             # A zero output row gives a special token the median logit: greedy decoding never
             # picks it and sampling rarely does, so a generation yields visible text instead of
             # ending the turn at once.
             for token_id in ids.values():
                 model.lm_head.weight[token_id].zero_()
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=ids[_BOS],
         eos_token_id=[ids[_IM_END], ids[_EOS]],
         pad_token_id=ids[_PAD],
@@ -219,17 +223,24 @@ def _write_model(folder: Path, *, seed: int) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise RuntimeError(f"the trained tokenizer lacks the special token {token!r}")
+    return token_id
+
+
 @contextmanager
 def _progress_bars_disabled() -> Iterator[None]:
     from transformers.utils import logging
 
     enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         if enabled:
-            logging.enable_progress_bar()
+            logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def main(argv: list[str] | None = None) -> int:

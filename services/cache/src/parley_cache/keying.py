@@ -123,11 +123,14 @@ def normalize_text(text: str) -> str:
 
 
 def required_similarity(
-    question: str, *, threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+    question: str,
+    *,
+    threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
+    short_question_margin: float = SHORT_QUESTION_MARGIN,
 ) -> float:
     """The cosine a candidate needs for this question: stricter for short questions."""
     if len(_WORD.findall(question)) <= SHORT_QUESTION_WORDS:
-        return min(1.0, threshold + SHORT_QUESTION_MARGIN)
+        return min(1.0, threshold + short_question_margin)
     return threshold
 
 
@@ -143,7 +146,13 @@ def _sha256(parts: object) -> str:
 def scope_fingerprint(*, bot_id: str, model: str, system_prompt: str) -> str:
     """Hash of what must always be equal between a lookup and an entry."""
     return _sha256(
-        ["scope", KEY_VERSION, bot_id.strip(), model.strip().casefold(), normalize_text(system_prompt)]
+        [
+            "scope",
+            KEY_VERSION,
+            bot_id.strip(),
+            model.strip().casefold(),
+            normalize_text(system_prompt),
+        ]
     )
 
 

@@ -197,6 +197,7 @@ class TurnService:
                     scope=started.cache_scope,
                     messages=started.context.messages,
                     bypass=bypass,
+                    max_tokens=started.sampling.max_tokens,
                 ),
                 timeout=self._cache_timeout_s,
             )

@@ -19,3 +19,6 @@ class Settings(ServiceSettings):
     default_max_tokens: int = Field(default=256, gt=0)
     default_system_prompt: str = "You are Parley, a helpful assistant."
     results_group: str = "parley-session"
+    previous_answer_wait_s: float = Field(
+        default=3.0, ge=0, description="how long a turn waits for the previous answer to be stored"
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from parley.v1 import envelopes_pb2, types_pb2
-from parley_session.domain import ChatNotFoundError
 from parley_session.store import SessionStore
 
 __all__ = ["ResultRecorder"]
@@ -31,18 +30,16 @@ class ResultRecorder:
             not result.text and result.finish_reason == types_pb2.FINISH_REASON_ERROR
         ):
             return  # nothing was generated (expired or failed): no assistant message
-        try:
-            _, created = await self._store.append_message(
-                user_id=None,
-                chat_id=result.chat_id,
-                role="assistant",
-                content=result.text,
-                token_count=result.usage.completion_tokens,
-                request_id=result.request_id,
-                finish_reason=_FINISH[result.finish_reason],
-            )
-        except ChatNotFoundError:
-            log.info("result for a deleted chat dropped", extra={"request_id": result.request_id})
-            return
+        created = await self._store.append_answer(
+            chat_id=result.chat_id,
+            question_ordinal=result.user_message_ordinal,
+            content=result.text,
+            token_count=result.usage.completion_tokens,
+            request_id=result.request_id,
+            finish_reason=_FINISH[result.finish_reason],
+        )
         if not created:
-            log.info("duplicate result ignored", extra={"request_id": result.request_id})
+            log.info(
+                "result already stored, or its chat deleted",
+                extra={"request_id": result.request_id},
+            )

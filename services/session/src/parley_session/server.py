@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -15,6 +17,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from parley.v1 import session_pb2, session_pb2_grpc, types_pb2
 from parley_common.ids import is_id
+from parley_common.timeutil import now_ms
 from parley_session.config import Settings
 from parley_session.domain import (
     BotProfile,
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONTENT_CHARS = 100_000
 MAX_LIST_LIMIT = 100
+_ANSWER_PENDING_MS = 120_000
 
 _ROLE_TO_PB = {
     "system": types_pb2.ROLE_SYSTEM,
@@ -214,14 +218,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 title=_title_from(content),
                 request_id=request.request_id,
             )
-        user_message, _ = await self._store.append_message(
+        user_message = await self._store.append_user_message(
             user_id=request.user_id,
             chat_id=chat.chat_id,
-            role="user",
             content=content,
             token_count=self._tokens.count(content),
             request_id=request.request_id,
         )
+        await self._await_previous_answer(chat.chat_id, user_message.ordinal)
         existing_answer = await self._store.find_message(
             chat.chat_id, request.request_id, "assistant"
         )
@@ -268,6 +272,20 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if existing_answer is not None:
             response.existing_answer.CopyFrom(_message_pb(existing_answer))
         return response
+
+    async def _await_previous_answer(self, chat_id: str, ordinal: int) -> None:
+        """Answers are stored from the results topic, a moment after the client has read them:
+        a quick next question waits briefly for the previous answer, so that the model sees it."""
+        if ordinal < 2 or await self._store.message_at(chat_id, ordinal - 1) is not None:
+            return
+        previous = await self._store.message_at(chat_id, ordinal - 2)
+        if previous is None or now_ms() - previous.created_ms > _ANSWER_PENDING_MS:
+            return  # no question before, or its answer is not coming (failed, expired)
+        deadline = time.monotonic() + self._settings.previous_answer_wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            if await self._store.message_at(chat_id, ordinal - 1) is not None:
+                return
 
     @_status_codes
     async def GetChat(

@@ -101,6 +101,29 @@ class MessageDoc:
         return StoredMessage(self.ordinal, self.role, self.content, self.token_count)
 
 
+def _message_doc(
+    chat_id: str,
+    ordinal: int,
+    role: str,
+    content: str,
+    token_count: int,
+    request_id: str,
+    finish_reason: str,
+    now: datetime,
+) -> Doc:
+    return {
+        "_id": new_id(),
+        "chat_id": chat_id,
+        "ordinal": ordinal,
+        "role": role,
+        "content": content,
+        "token_count": token_count,
+        "request_id": request_id,
+        "created_at": now,
+        "finish_reason": finish_reason,
+    }
+
+
 class SessionStore:
     """Users, keys, chats and messages. Every chat query is filtered by its owner."""
 
@@ -240,56 +263,74 @@ class SessionStore:
         )
         return None if doc is None else MessageDoc.from_doc(doc)
 
-    async def append_message(
-        self,
-        *,
-        user_id: str | None,
-        chat_id: str,
-        role: str,
-        content: str,
-        token_count: int,
-        request_id: str,
-        finish_reason: str = "",
-    ) -> tuple[MessageDoc, bool]:
-        """Append a message once per (chat, request id, role); returns (message, created).
-
-        `user_id` None skips the ownership check (results from workers carry the owner already).
-        A deleted chat raises ChatNotFoundError.
-        """
-        existing = await self.find_message(chat_id, request_id, role)
+    async def append_user_message(
+        self, *, user_id: str, chat_id: str, content: str, token_count: int, request_id: str
+    ) -> MessageDoc:
+        """Append the user's turn once per request id. Turn k's question has ordinal 2k and its
+        answer 2k + 1, so an answer stored late still sits right after its question."""
+        existing = await self.find_message(chat_id, request_id, "user")
         if existing is not None:
-            return existing, False
-        owner: Doc = {"_id": chat_id} if user_id is None else {"_id": chat_id, "user_id": user_id}
+            return existing
         now = _now()
         chat = await self.chats.find_one_and_update(
-            owner,
-            {"$inc": {"next_ordinal": 1, "message_count": 1}, "$set": {"updated_at": now}},
+            {"_id": chat_id, "user_id": user_id},
+            {"$inc": {"next_ordinal": 2, "message_count": 1}, "$set": {"updated_at": now}},
             return_document=ReturnDocument.BEFORE,
             projection={"next_ordinal": 1},
         )
         if chat is None:
             raise ChatNotFoundError(chat_id)
-        doc: Doc = {
-            "_id": new_id(),
-            "chat_id": chat_id,
-            "ordinal": chat["next_ordinal"],
-            "role": role,
-            "content": content,
-            "token_count": token_count,
-            "request_id": request_id,
-            "created_at": now,
-            "finish_reason": finish_reason,
-        }
+        doc = _message_doc(
+            chat_id, chat["next_ordinal"], "user", content, token_count, request_id, "", now
+        )
         try:
             await self.messages.insert_one(doc)
         except DuplicateKeyError:
-            # A concurrent delivery of the same request won the race: give its ordinal back.
+            # A concurrent delivery of the same request won the race; its turn stands, ours is void.
             await self.chats.update_one({"_id": chat_id}, {"$inc": {"message_count": -1}})
-            winner = await self.find_message(chat_id, request_id, role)
+            winner = await self.find_message(chat_id, request_id, "user")
             if winner is None:
                 raise
-            return winner, False
-        return MessageDoc.from_doc(doc), True
+            return winner
+        return MessageDoc.from_doc(doc)
+
+    async def append_answer(
+        self,
+        *,
+        chat_id: str,
+        question_ordinal: int,
+        content: str,
+        token_count: int,
+        request_id: str,
+        finish_reason: str,
+    ) -> bool:
+        """Store the answer to the question at `question_ordinal`; False if it was already there
+        (a redelivered result) or the chat is gone."""
+        now = _now()
+        doc = _message_doc(
+            chat_id,
+            question_ordinal + 1,
+            "assistant",
+            content,
+            token_count,
+            request_id,
+            finish_reason,
+            now,
+        )
+        if await self.chats.count_documents({"_id": chat_id}, limit=1) == 0:
+            return False
+        try:
+            await self.messages.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        await self.chats.update_one(
+            {"_id": chat_id}, {"$inc": {"message_count": 1}, "$set": {"updated_at": now}}
+        )
+        return True
+
+    async def message_at(self, chat_id: str, ordinal: int) -> MessageDoc | None:
+        doc = await self.messages.find_one({"chat_id": chat_id, "ordinal": ordinal})
+        return None if doc is None else MessageDoc.from_doc(doc)
 
     async def chat_messages(self, chat_id: str) -> list[MessageDoc]:
         cursor = self.messages.find({"chat_id": chat_id}).sort("ordinal", ASCENDING)

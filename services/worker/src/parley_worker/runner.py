@@ -176,7 +176,9 @@ class Worker:
             await self._consumer.commit(offsets)
             self.offsets.committed(offsets)
         except KafkaError as exc:
-            log.warning("offset commit failed; the requests will be redone", extra={"error": repr(exc)})
+            log.warning(
+                "offset commit failed; the requests will be redone", extra={"error": repr(exc)}
+            )
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         tp = TopicPartition(record.topic, record.partition)
@@ -192,7 +194,9 @@ class Worker:
             raise
         except Exception as exc:
             log.exception("request failed", extra={"offset": record.offset})
-            await publish_dead_letter(self._producer, self._topics, record, f"worker error: {exc!r}")
+            await publish_dead_letter(
+                self._producer, self._topics, record, f"worker error: {exc!r}"
+            )
         self.offsets.finished(tp, record.offset)
 
     async def _serve(self, job: _Job) -> None:
@@ -351,7 +355,9 @@ class Worker:
                 continue
             job = self._jobs.get(cancel.request_id)
             if job is not None:
-                log.info("cancelling", extra={"request_id": cancel.request_id, "reason": cancel.reason})
+                log.info(
+                    "cancelling", extra={"request_id": cancel.request_id, "reason": cancel.reason}
+                )
                 job.cancelled.set()
 
 

@@ -32,6 +32,7 @@ class LookupRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     BYPASS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     tenant_id: _builtins.str
     bot_id: _builtins.str
@@ -39,6 +40,8 @@ class LookupRequest(_message.Message):
     scope: _types_pb2.CacheScope.ValueType
     bypass: _builtins.bool
     """do not answer from the cache (the answer may still be stored)"""
+    max_tokens: _builtins.int
+    """the reply budget of this request"""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]:
         """The conversation as the model will see it, system prompt first, the question last."""
@@ -53,10 +56,11 @@ class LookupRequest(_message.Message):
         scope: _types_pb2.CacheScope.ValueType = ...,
         messages: _abc.Iterable[_types_pb2.ChatMessage] | None = ...,
         bypass: _builtins.bool = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "bypass", b"bypass", "messages", b"messages", "model", b"model", "scope", b"scope", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "bypass", b"bypass", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "scope", b"scope", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -184,37 +184,38 @@ class CacheKey(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCOPE_KEY_FIELD_NUMBER: _builtins.int
-    CONTEXT_FINGERPRINT_FIELD_NUMBER: _builtins.int
-    QUESTION_FIELD_NUMBER: _builtins.int
-    BOT_ID_FIELD_NUMBER: _builtins.int
-    MODEL_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
-    VECTOR_FIELD_NUMBER: _builtins.int
+    QUESTION_VECTOR_FIELD_NUMBER: _builtins.int
+    CONTEXT_VECTOR_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     scope_key: _builtins.str
     """"user:<id>", "tenant:<id>" or "global" """
-    context_fingerprint: _builtins.str
-    """exact match on bot, model, system prompt and prior turns"""
-    question: _builtins.str
-    """the text that was embedded"""
-    bot_id: _builtins.str
-    model: _builtins.str
     embedding_model: _builtins.str
+    payload: _builtins.bytes
+    """the cache service's own description of the entry; opaque to others"""
+    ttl_seconds: _builtins.int
+    max_tokens: _builtins.int
+    """An answer cut at max_tokens is reused only for requests with the same budget."""
     @_builtins.property
-    def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def question_vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def context_vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
         scope_key: _builtins.str = ...,
-        context_fingerprint: _builtins.str = ...,
-        question: _builtins.str = ...,
-        bot_id: _builtins.str = ...,
-        model: _builtins.str = ...,
         embedding_model: _builtins.str = ...,
-        vector: _abc.Iterable[_builtins.float] | None = ...,
+        question_vector: _abc.Iterable[_builtins.float] | None = ...,
+        context_vector: _abc.Iterable[_builtins.float] | None = ...,
+        payload: _builtins.bytes = ...,
+        ttl_seconds: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "context_fingerprint", b"context_fingerprint", "embedding_model", b"embedding_model", "model", b"model", "question", b"question", "scope_key", b"scope_key", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_vector", b"context_vector", "embedding_model", b"embedding_model", "max_tokens", b"max_tokens", "payload", b"payload", "question_vector", b"question_vector", "scope_key", b"scope_key", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

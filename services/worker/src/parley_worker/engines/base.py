@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -158,7 +158,9 @@ class Engine(Protocol):
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Prompt tokens of ``messages`` after the chat template, generation prompt included."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Stream the reply: ``TextDelta`` events, then one ``GenerationDone``."""
+        ...
 
 
 class StopStringFilter:

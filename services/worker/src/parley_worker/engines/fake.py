@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from parley_worker.engines.base import (
     ChatMessage,
@@ -36,7 +36,9 @@ class FakeEngine:
         self.model_name = settings.model
         self.max_concurrency = settings.max_concurrency
         self._ttft_s = settings.fake_ttft_s
-        self._token_interval_s = 1 / settings.fake_tokens_per_s if settings.fake_tokens_per_s else 0.0
+        self._token_interval_s = (
+            1 / settings.fake_tokens_per_s if settings.fake_tokens_per_s else 0.0
+        )
         self._token = settings.fake_token
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._ready = False
@@ -56,7 +58,7 @@ class FakeEngine:
             _TEMPLATE_TOKENS_PER_MESSAGE + math.ceil(len(m.content) / 4) for m in messages
         )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if not self._ready:
             raise EngineNotReadyError("the fake engine is not started")
         prompt_tokens = self.count_tokens(request.messages)

@@ -12,10 +12,10 @@ import asyncio
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -24,13 +24,13 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
 )
 from transformers.generation.streamers import BaseStreamer
 
+from parley_worker.engines._chat import encode_chat
 from parley_worker.engines.base import (
     ChatMessage,
     EngineNotReadyError,
@@ -44,25 +44,12 @@ from parley_worker.engines.base import (
     TextDelta,
 )
 
-__all__ = ["TransformersEngine", "encode_chat"]
-
-
-def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage]) -> list[int]:
-    """Token ids of ``messages`` after the chat template, ending with the assistant's cue."""
-    ids = tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in messages],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=False,
-    )
-    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-        raise TypeError(f"apply_chat_template returned {type(ids).__name__}, expected list[int]")
-    return ids
+__all__ = ["TransformersEngine"]
 
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    model: PreTrainedModel
+    model: Any  # transformers leaves generate() and to() untyped or typed for other uses
     tokenizer: PreTrainedTokenizerBase
     executor: ThreadPoolExecutor
     eos_ids: frozenset[int]
@@ -110,7 +97,7 @@ class TransformersEngine:
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(encode_chat(self._require_loaded().tokenizer, messages))
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         loaded = self._require_loaded()
         prompt_ids = encode_chat(loaded.tokenizer, request.messages)
         if len(prompt_ids) >= loaded.max_model_len:
@@ -161,7 +148,7 @@ class TransformersEngine:
             cores = len(os.sched_getaffinity(0))
             torch.set_num_threads(self._cpu_threads or max(1, cores // self.max_concurrency))
         tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-        model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype="auto")
+        model: Any = AutoModelForCausalLM.from_pretrained(self.model_name, dtype="auto")
         model.to(self._device)
         model.eval()
 
@@ -192,7 +179,7 @@ class TransformersEngine:
 _Event = str | _Finished | BaseException
 
 
-class _Generation(BaseStreamer):  # type: ignore[misc]
+class _Generation(BaseStreamer):
     """One generation's state, shared by its thread (producer) and its stream (consumer).
 
     ``generate`` calls ``put`` on the generation thread, first with the prompt, then with each
@@ -262,14 +249,16 @@ class _Generation(BaseStreamer):  # type: ignore[misc]
     def _next_text(self, *, final: bool = False) -> str:
         # The sliding window of text-generation-inference: decode from one token before the
         # new ones, and wait while the text ends in an incomplete character (U+FFFD).
-        decode = self._tokenizer.decode
         ids = self._token_ids
-        before = decode(ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        after = decode(ids[self._prefix_offset :], skip_special_tokens=True)
+        before = self._decode(ids[self._prefix_offset : self._read_offset])
+        after = self._decode(ids[self._prefix_offset :])
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             self._prefix_offset, self._read_offset = self._read_offset, len(ids)
-            return str(after[len(before) :])
+            return after[len(before) :]
         return ""
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return cast(str, self._tokenizer.decode(token_ids, skip_special_tokens=True))
 
     def _emit(self, text: str) -> None:
         if text and not self._stops.stopped:
@@ -286,17 +275,22 @@ class _Generation(BaseStreamer):  # type: ignore[misc]
             self.cancel()
 
 
-class _StopWhenAsked(StoppingCriteria):  # type: ignore[misc]
+class _StopWhenAsked(StoppingCriteria):
     def __init__(self, generation: _Generation) -> None:
         self._generation = generation
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         return torch.full(
-            (input_ids.shape[0],), self._generation.should_stop, dtype=torch.bool, device=input_ids.device
+            (input_ids.shape[0],),
+            self._generation.should_stop,
+            dtype=torch.bool,
+            device=input_ids.device,
         )
 
 
-class _SeededSampler(LogitsProcessor):  # type: ignore[misc]
+class _SeededSampler(LogitsProcessor):
     """Samples the next token with the request's own generator, then forces it.
 
     ``generate`` samples from torch's global generator, which concurrent requests share; instead
@@ -334,7 +328,7 @@ def _run(
     processors = LogitsProcessorList()
     if sampling.temperature > 0:
         processors.append(_SeededSampler(sampling))
-    config = GenerationConfig(
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=sorted(loaded.eos_ids),

@@ -1,0 +1,1 @@
+pytest_plugins = ["parley_devstack.pytest_plugin"]

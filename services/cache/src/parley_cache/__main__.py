@@ -1,0 +1,82 @@
+"""Run the cache service: `python -m parley_cache` (configured by environment variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from qdrant_client import AsyncQdrantClient
+
+from parley.v1 import cache_pb2_grpc
+from parley_cache.config import Settings
+from parley_cache.embedder import Embedder
+from parley_cache.results import ResultIndexer
+from parley_cache.server import CacheServicer
+from parley_cache.store import CacheStore
+from parley_common.grpc_server import GrpcServer
+from parley_common.kafka import ResultsConsumer, Topics, ensure_topics, make_producer
+from parley_common.logs import configure_logging
+from parley_common.probes import ProbeServer
+
+log = logging.getLogger("parley_cache")
+
+
+async def serve(settings: Settings) -> None:
+    embedder = Embedder(settings.embedding_model or None, device=settings.embedding_device)
+    host, _, port = settings.qdrant_addr.rpartition(":")
+    client = AsyncQdrantClient(
+        host=host or "127.0.0.1",
+        port=int(port),
+        api_key=settings.qdrant_api_key.get_secret_value() or None,
+        https=False,
+        timeout=5,
+    )
+    store = CacheStore(client, embedding_model=embedder.model_id, dimension=embedder.dimension)
+    await store.ensure_collection()
+    server = GrpcServer(port=settings.grpc_port)
+    cache_pb2_grpc.add_CacheServiceServicer_to_server(
+        CacheServicer(store, embedder, settings), server.server
+    )
+    topics = Topics()
+    await ensure_topics(settings.kafka_addr, [topics.results, topics.dead_letters])
+    producer = make_producer(settings.kafka_addr, client_id="parley-cache")
+    await producer.start()
+    consumer = ResultsConsumer(
+        bootstrap=settings.kafka_addr,
+        group_id=settings.results_group,
+        handler=ResultIndexer(
+            store, embedding_model=embedder.model_id, default_ttl_s=settings.cache_ttl_seconds
+        ),
+        producer=producer,
+        topics=topics,
+    )
+    await consumer.start()
+    probes = ProbeServer(settings.metrics_port, ready=lambda: True)
+    await probes.start()
+    await server.start(["parley.v1.CacheService"])
+    log.info(
+        "cache service ready", extra={"grpc_port": server.port, "collection": store.collection}
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace_s=5)
+    await consumer.stop()
+    await producer.stop()
+    await probes.stop()
+    await embedder.aclose()
+    await client.close()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("cache", settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

