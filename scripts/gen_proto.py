@@ -15,7 +15,9 @@ PROTO_DIR = ROOT / "proto"
 
 
 def generate(out_dir: Path) -> None:
-    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "parley" / "v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "parley" / "v1").glob("*.proto")
+    )
     include = str(Path(protoc.__file__).parent / "_proto")
     out = str(out_dir)
     args = [
