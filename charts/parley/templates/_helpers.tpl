@@ -180,7 +180,7 @@ topologySpreadConstraints:
 {{- end -}}
 
 {{- define "parley.podAnnotations" -}}
-checksum/config: {{ include (print .root.Template.BasePath "/configmaps.yaml") .root | sha256sum }}
+checksum/config: {{ include (printf "parley.config.%s" .component) .root | sha256sum }}
 {{- with .values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}

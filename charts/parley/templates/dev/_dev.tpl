@@ -8,12 +8,14 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* A data volume: a claim template when persistence is on. Call with (dict "root" $ "size" "5Gi"). */}}
+{{/* A data volume: a claim template when persistence is on. Call with (dict "root" $ "component" "kafka" "size" "5Gi"). */}}
 {{- define "parley.dev.volumeClaimTemplates" -}}
 {{- if .root.Values.dev.inCluster.persistence.enabled }}
 volumeClaimTemplates:
   - metadata:
       name: data
+      labels:
+        {{- include "parley.selectorLabels" . | nindent 8 }}
     spec:
       accessModes: [ReadWriteOnce]
       {{- with .root.Values.dev.inCluster.persistence.storageClass }}

@@ -33,10 +33,9 @@ from typing import Final
 from parley_cache.keying import (
     DEFAULT_CONTEXT_THRESHOLD,
     DEFAULT_SIMILARITY_THRESHOLD,
-    SHORT_QUESTION_MARGIN,
+    DEFAULT_SUBSTITUTION_THRESHOLD,
     CacheKey,
     ContextMode,
-    required_similarity,
 )
 
 __all__ = [
@@ -48,6 +47,7 @@ __all__ = [
     "features",
     "judge",
     "select_hit",
+    "substitution",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +93,7 @@ PHRASE_ALIASES: Final[Mapping[str, str]] = {
     "united kingdom": "uk",
     "great britain": "uk",
     "new york city": "nyc",
+    "new york": "nyc",
     "c sharp": "c#",
     "f sharp": "f#",
     "objective-c": "objectivec",
@@ -485,6 +486,56 @@ DIRECTION_GROUPS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
     "import/export trade": (("imports", "importer"), ("exports", "exporter")),
 }  # fmt: skip
 
+# Kinds of thing asked for, where one kind never answers for another: a poem is not a story, a
+# summary is not an analysis, sorting a list is not sorting a dict. Compared like the direction
+# groups (only when both questions name one); a pole lists the spellings of one kind.
+KIND_GROUPS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
+    "format": (
+        ("poem", "poems", "poetry", "verse", "verses", "rhyme"),
+        ("haiku", "haikus"),
+        ("limerick", "limericks"),
+        ("sonnet", "sonnets"),
+        ("story", "stories", "short story", "tale", "fable", "narrative"),
+        ("essay", "essays"),
+        ("email", "emails"),
+        ("letter", "letters"),
+        ("tweet", "tweets"),
+        ("joke", "jokes", "pun", "puns"),
+        ("song", "songs", "lyrics"),
+        ("speech", "speeches", "toast"),
+        ("article", "articles", "blog post", "blog"),
+        ("resume", "cv"),
+        ("slogan", "slogans", "tagline", "taglines"),
+        ("riddle", "riddles"),
+        ("dialogue", "dialog", "script", "screenplay"),
+    ),
+    "task": (
+        ("summarize", "summarise", "summarizing", "summary", "sum up", "tldr", "recap"),
+        ("analyze", "analyse", "analyzing", "analysis"),
+        ("translate", "translating", "translation"),
+        ("rewrite", "rephrase", "paraphrase", "reword", "rewriting"),
+        ("proofread", "proofreading"),
+        ("critique", "review", "evaluate"),
+        ("compare", "comparison", "contrast"),
+        ("explain", "describe", "define", "explanation", "description", "definition"),
+    ),
+    "data structure": (
+        ("list", "lists", "array", "arrays", "vector", "vectors", "slice", "slices"),
+        ("dict", "dicts", "dictionary", "dictionaries", "map", "maps", "hashmap", "hash map",
+         "hash table", "object"),
+        ("a set", "the set", "sets", "hashset", "frozenset"),
+        ("tuple", "tuples"),
+        ("string", "strings", "str"),
+        ("dataframe", "dataframes", "data frame"),
+        ("queue", "queues", "deque"),
+        ("stack", "stacks"),
+        ("tree", "trees", "binary tree"),
+        ("graph", "graphs"),
+        ("linked list", "linked lists"),
+        ("matrix", "matrices"),
+    ),
+}  # fmt: skip
+
 # Question words that ask for different kinds of answer; "what" and "how" are too general.
 WH_WORDS: Final = frozenset({"who", "where", "when", "why"})
 
@@ -500,6 +551,31 @@ RELATION_MARKERS: Final[Mapping[str, str]] = {
     "after": "after",
     "but": "but",
 }
+
+# Words that frame a request rather than name its subject. Swapping one for another is how
+# people reword ("how do I stop" / "how can I halt", "the formula for" / "how to calculate"),
+# so a swap of these is no substitution (see :func:`substitution`).
+_REQUEST_VERBS: Final = _verb_forms(
+    "make", "create", "write", "define", "declare", "get", "find", "see", "show", "open",
+    "read", "load", "run", "use", "do", "check", "print", "stop", "halt", "kill", "delete",
+    "remove", "add", "compute", "calculate", "convert", "change", "turn", "recommend",
+    "suggest", "sort", "order", "list", "send", "set", "put", "fix", "solve", "build",
+    "install", "update", "display", "view", "generate", "implement", "call", "pass",
+    "return", "learn", "say", "tell", "give", "prepare", "handle", "manage", "configure",
+    "brew", "cook", "eliminate", "access", "test", "count", "determine", "figure",
+    "work", "help", "harm", "damage", "happen", "cause", "mean", "go", "come", "take",
+)  # fmt: skip
+REQUEST_WORDS: Final = frozenset(
+    (
+        *_REQUEST_VERBS,
+        "made", "found", "wrote", "written", "ran", "gave", "given", "went", "came", "took",
+        "formula", "way", "ways", "step", "steps", "command", "code", "syntax", "function",
+        "method", "shortcut", "tip", "tips", "trick", "tricks", "guide", "example", "program",
+        "meaning", "definition", "author", "able", "possible", "right", "correct", "proper",
+        "best", "easiest", "simplest", "good", "bad", "usually", "typically", "normally",
+        "quickly", "fast", "safely", "properly", "exactly", "one",
+    )
+)  # fmt: skip
 
 STOPWORDS: Final = frozenset(
     {
@@ -637,6 +713,7 @@ class TextFeatures:
     times: frozenset[str]
     wh: frozenset[str]
     relations: Mapping[str, tuple[frozenset[str], frozenset[str]]]
+    content: frozenset[str]  # words that are not STOPWORDS, in their _content form
 
 
 def _phrase_index(
@@ -653,9 +730,13 @@ def _phrase_index(
     return index, re.compile(rf"(?<!\S)(?:{'|'.join(map(re.escape, multi))})(?!\S)")
 
 
+_GROUP_LABEL: Final[Mapping[str, str]] = {
+    **{group: "direction words" for group in DIRECTION_GROUPS},
+    **{group: group for group in KIND_GROUPS},
+}
 _DIRECTION_INDEX, _DIRECTION_PHRASES = _phrase_index(
     (word, (group, pole))
-    for group, poles in DIRECTION_GROUPS.items()
+    for group, poles in (*DIRECTION_GROUPS.items(), *KIND_GROUPS.items())
     for pole, words in enumerate(poles)
     for word in words
 )
@@ -695,7 +776,10 @@ def _unit_after(tokens: list[_Token], index: int, *, after_number: bool) -> str 
         spelling = tokens[index + 1].norm  # "30 degrees celsius" is "30 °C"
     unit = _UNIT_BY_SPELLING.get(spelling)
     if unit is None or (spelling in AMBIGUOUS_UNIT_SPELLINGS and not after_number):
-        return None
+        # "in a pound", "per second": an article makes a longer ambiguous spelling a unit
+        after_article = index > 0 and tokens[index - 1].norm in UNIT_ARTICLES
+        if unit is None or not (after_article and len(spelling) > 2):
+            return None
     return unit
 
 
@@ -793,9 +877,12 @@ def _names(tokens: list[_Token]) -> frozenset[str]:
         orig = token.orig
         if token.kind != "word" or orig == "I" or (len(orig) < 2 and not orig.isupper()):
             continue
-        has_digit = any(ch.isdigit() for ch in orig)
+        lowered = orig.lower()
+        if lowered == orig and orig.isalpha():
+            continue  # the common case: a plain lowercase word
+        has_digit = not orig.replace("-", "").replace("'", "").isalpha()
         acronym = len(orig) >= 2 and orig.isupper()
-        mixed = orig[0].islower() and any(ch.isupper() for ch in orig[1:])
+        mixed = orig[0].islower() and lowered != orig
         capitalized = orig[0].isupper() and not token.initial
         if (has_digit or acronym or mixed or capitalized) and (
             token.norm not in _UNIT_BY_SPELLING and token.norm not in NOT_NAMES
@@ -817,6 +904,15 @@ def _times(tokens: list[_Token]) -> frozenset[str]:
             if following in RELATIVE_TIME_UNITS or following in TIME_WORDS:
                 found.add(f"{RELATIVE_TIME[word]} {following}")
     return frozenset(found)
+
+
+def _question_words(tokens: list[_Token]) -> frozenset[str]:
+    """Wh-words that open a sentence or close it ("..., why?"); elsewhere "when" and "where"
+    are conjunctions ("why can't Python find my module when I run the script")."""
+    last = len(tokens) - 1
+    return frozenset(
+        t.norm for i, t in enumerate(tokens) if t.norm in WH_WORDS and (t.initial or i == last)
+    )
 
 
 def _content(word: str) -> str:
@@ -866,8 +962,11 @@ def features(text: str) -> TextFeatures:
         entities=entities,
         names=_names(tokens) - languages - entities,
         times=_times(tokens),
-        wh=frozenset(t.norm for t in tokens if t.norm in WH_WORDS),
+        wh=_question_words(tokens),
         relations=_relations(tokens),
+        content=frozenset(
+            _content(t.norm) for t in tokens if t.kind == "word" and t.norm not in STOPWORDS
+        ),
     )
 
 
@@ -973,7 +1072,9 @@ def _rule_directions(a: TextFeatures, b: TextFeatures) -> GuardVerdict:
                 if poles_b.keys() - poles_a.keys()
                 else next(iter(poles_b.values()))
             )
-            return GuardVerdict(False, f"direction words differ: {word_a}/{word_b}")
+            label = _GROUP_LABEL[group]
+            verb = "differ" if label.endswith("s") else "differs"
+            return GuardVerdict(False, f"{label} {verb}: {word_a}/{word_b}")
     return _ACCEPT
 
 
@@ -1022,6 +1123,30 @@ _RULES: Final[tuple[Callable[[TextFeatures, TextFeatures], GuardVerdict], ...]] 
 )
 
 
+def _same_stem(a: str, b: str) -> bool:
+    """ "cooked" and "cooking", "plural" and "pluralize", "dict" and "dictionary"."""
+    if a == b:
+        return True
+    short, long = sorted((a, b), key=len)
+    if len(short) >= 4 and long.startswith(short):
+        return True
+    return len(short) >= 5 and long[:5] == short[:5]
+
+
+def substitution(query: str, candidate: str) -> tuple[str, str] | None:
+    """The one word swapped between two otherwise identical questions, if that is all that
+    tells them apart and the word names the subject ("sugar" / "caffeine"), not the request
+    ("stop" / "halt"). Such pairs need ``DEFAULT_SUBSTITUTION_THRESHOLD``."""
+    a, b = features(query).content, features(candidate).content
+    only_a = [w for w in a if not any(_same_stem(w, v) for v in b)]
+    only_b = [w for w in b if not any(_same_stem(w, v) for v in a)]
+    if len(only_a) != 1 or len(only_b) != 1 or len(a & b) < 2:
+        return None
+    if only_a[0] in REQUEST_WORDS or only_b[0] in REQUEST_WORDS:
+        return None
+    return only_a[0], only_b[0]
+
+
 def check(query: str, candidate: str) -> GuardVerdict:
     """Accept the pair, or reject it with the first rule that tells the two questions apart."""
     if query == candidate:
@@ -1044,7 +1169,7 @@ class MatchPolicy:
     threshold: float = DEFAULT_SIMILARITY_THRESHOLD
     context_mode: ContextMode = ContextMode.EXACT
     context_threshold: float = DEFAULT_CONTEXT_THRESHOLD
-    short_question_margin: float = SHORT_QUESTION_MARGIN
+    substitution_threshold: float = DEFAULT_SUBSTITUTION_THRESHOLD
     guard: bool = True  # off only to measure what it buys
 
 
@@ -1088,17 +1213,21 @@ def judge(
                     verdict = check(mine.content, theirs.content)
                     if not verdict.accepted:
                         return miss(f"context: {verdict.reason}")
-    needed = required_similarity(
-        query.question,
-        threshold=policy.threshold,
-        short_question_margin=policy.short_question_margin,
-    )
-    if similarity < needed:
-        return miss(f"similarity {similarity:.3f} below {needed:.3f}")
+                    swapped = substitution(mine.content, theirs.content)
+                    if swapped is not None and context_similarity < policy.substitution_threshold:
+                        return miss(f"context: one word swapped ({swapped[0]}/{swapped[1]})")
+    if similarity < policy.threshold:
+        return miss(f"similarity {similarity:.3f} below {policy.threshold:.3f}")
     if policy.guard:
         verdict = check(query.question, entry.question)
         if not verdict.accepted:
             return miss(verdict.reason)
+        swapped = substitution(query.question, entry.question)
+        if swapped is not None and similarity < policy.substitution_threshold:
+            return miss(
+                f"one word swapped ({swapped[0]}/{swapped[1]}): similarity {similarity:.3f} "
+                f"below {policy.substitution_threshold:.3f}"
+            )
     return MatchVerdict(hit=True, score=similarity, reason="")
 
 

@@ -51,27 +51,25 @@ __all__ = [
     "DEFAULT_CONTEXT_THRESHOLD",
     "DEFAULT_CONTEXT_WINDOW",
     "DEFAULT_SIMILARITY_THRESHOLD",
+    "DEFAULT_SUBSTITUTION_THRESHOLD",
     "KEY_VERSION",
-    "SHORT_QUESTION_MARGIN",
-    "SHORT_QUESTION_WORDS",
     "CacheKey",
     "ContextMode",
     "InvalidKeyError",
     "Role",
     "Turn",
     "normalize_text",
-    "required_similarity",
     "scope_fingerprint",
 ]
 
-# Chosen from the tune half of bench/cache_eval/pairs.jsonl (see `python -m bench.cache_eval`):
-# the lowest cosine at which guarded lookups keep precision >= 0.97 on paraphrases and hard
-# negatives together, with all-MiniLM-L6-v2.
+# Chosen on the tune split of bench/cache_eval/pairs.jsonl (`python -m bench.cache_eval` prints
+# the choice): the best F0.5 among cosines at which guarded lookups keep precision >= 0.97 on
+# its single-turn pairs, with all-MiniLM-L6-v2.
 DEFAULT_SIMILARITY_THRESHOLD: Final = 0.80
-# Short questions carry less text for the embedding to tell apart ("sort a list" vs "sort a
-# set"), so they need a higher score. Counted in words of the question.
-SHORT_QUESTION_WORDS: Final = 4
-SHORT_QUESTION_MARGIN: Final = 0.05
+# Two questions identical but for one swapped noun or adjective ("grams of sugar in a Coke" vs
+# "grams of caffeine in a Coke") score high because every other word is shared; such a pair
+# needs this cosine instead (see parley_cache.guard.substitution).
+DEFAULT_SUBSTITUTION_THRESHOLD: Final = 0.92
 # Cosine of the two context vectors required in ContextMode.SEMANTIC.
 DEFAULT_CONTEXT_THRESHOLD: Final = 0.85
 # Prior messages (user and assistant) that a follow-up is taken to depend on: three exchanges.
@@ -84,7 +82,6 @@ KEY_VERSION: Final = 1
 _CONTEXT_CHARS_PER_TURN: Final = 300
 
 _WHITESPACE = re.compile(r"\s+")
-_WORD = re.compile(r"\w+")
 
 
 class Role(StrEnum):
@@ -120,18 +117,6 @@ class Turn:
 def normalize_text(text: str) -> str:
     """Fold what does not change meaning: Unicode forms, case, runs of whitespace."""
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
-
-
-def required_similarity(
-    question: str,
-    *,
-    threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
-    short_question_margin: float = SHORT_QUESTION_MARGIN,
-) -> float:
-    """The cosine a candidate needs for this question: stricter for short questions."""
-    if len(_WORD.findall(question)) <= SHORT_QUESTION_WORDS:
-        return min(1.0, threshold + short_question_margin)
-    return threshold
 
 
 def _squash(text: str) -> str:

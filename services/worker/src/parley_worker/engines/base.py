@@ -91,7 +91,10 @@ class EngineSettings:
     ``engine`` is ``"transformers"``, ``"fake"`` or ``"vllm"``; ``model`` a hub name or a local
     folder. ``cpu_threads`` (transformers engine) defaults to the available cores divided by
     ``max_concurrency``. ``fake_tokens_per_s == 0`` means as fast as possible.
-    ``vllm_enforce_eager`` skips CUDA graph capture and compilation: a faster start, slower steps.
+    ``vllm_kv_cache_memory_bytes`` sizes vLLM's KV cache directly instead of by
+    ``vllm_gpu_memory_utilization`` (on vLLM's CPU backend that fraction is of the machine's RAM,
+    and is refused when that much is not free). ``vllm_enforce_eager`` skips CUDA graph capture
+    and compilation: a faster start, slower steps.
     """
 
     engine: str
@@ -104,6 +107,7 @@ class EngineSettings:
     fake_token: str = " tok"
     vllm_gpu_memory_utilization: float = 0.9
     vllm_max_model_len: int | None = None
+    vllm_kv_cache_memory_bytes: int | None = None
     vllm_enforce_eager: bool = False
 
     def __post_init__(self) -> None:

@@ -64,6 +64,7 @@ class VllmEngine:
                 max_num_seqs=settings.max_concurrency,
                 gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                 max_model_len=settings.vllm_max_model_len,
+                kv_cache_memory_bytes=settings.vllm_kv_cache_memory_bytes,
                 enforce_eager=settings.vllm_enforce_eager,
                 disable_log_stats=True,
             )
@@ -125,7 +126,9 @@ class VllmEngine:
         finish_reason = "cancelled"
         self._running.add(request_id)
         try:
-            outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, request_id)
+            outputs = llm.generate(
+                {"type": "token", "prompt_token_ids": prompt_ids}, params, request_id
+            )
             async with aclosing(outputs):
                 async for output in outputs:
                     completion = output.outputs[0]

@@ -1,0 +1,52 @@
+{{/* The environment of each service: the data of its ConfigMap, also hashed into its pods'
+annotations so that a change of its own settings (and only of its own) rolls its pods. */}}
+
+{{- define "parley.config.gateway" -}}
+{{- $v := .Values -}}
+{{ include "parley.commonConfig" (dict "root" . "component" "gateway") }}
+PORT: {{ $v.gateway.port | quote }}
+SESSION_ADDR: {{ include "parley.session.addr" . | quote }}
+CACHE_ADDR: {{ include "parley.cache.addr" . | quote }}
+RATE_LIMIT_REQUESTS_PER_MINUTE: {{ $v.gateway.rateLimit.requestsPerMinute | int64 | toString | quote }}
+RATE_LIMIT_TOKENS_PER_MINUTE: {{ $v.gateway.rateLimit.tokensPerMinute | int64 | toString | quote }}
+MAX_QUEUE_DEPTH: {{ $v.gateway.maxQueueDepth | int64 | toString | quote }}
+{{- end -}}
+
+{{- define "parley.config.session" -}}
+{{- $v := .Values -}}
+{{ include "parley.commonConfig" (dict "root" . "component" "session") }}
+GRPC_PORT: {{ $v.session.grpcPort | quote }}
+METRICS_PORT: {{ $v.session.metricsPort | quote }}
+MONGODB_DATABASE: {{ $v.mongodb.database | quote }}
+MODEL_NAME: {{ $v.model.name | quote }}
+{{- with $v.model.tokenizerPath }}
+TOKENIZER_PATH: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "parley.config.cache" -}}
+{{- $v := .Values -}}
+{{ include "parley.commonConfig" (dict "root" . "component" "cache") }}
+GRPC_PORT: {{ $v.cache.grpcPort | quote }}
+METRICS_PORT: {{ $v.cache.metricsPort | quote }}
+QDRANT_ADDR: {{ include "parley.qdrant.addr" . | quote }}
+{{- with $v.cache.embeddingModel }}
+EMBEDDING_MODEL: {{ . | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.cache.similarityThreshold) }}
+CACHE_SIMILARITY_THRESHOLD: {{ $v.cache.similarityThreshold | toString | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.cache.ttlSeconds) }}
+CACHE_TTL_SECONDS: {{ $v.cache.ttlSeconds | int64 | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "parley.config.worker" -}}
+{{- $v := .Values -}}
+{{ include "parley.commonConfig" (dict "root" . "component" "worker") }}
+ENGINE: {{ $v.worker.engine | quote }}
+MODEL_NAME: {{ $v.model.name | quote }}
+MAX_CONCURRENCY: {{ $v.worker.maxConcurrency | quote }}
+WORKER_GROUP: {{ $v.worker.group | quote }}
+METRICS_PORT: {{ $v.worker.metricsPort | quote }}
+{{- end -}}
