@@ -115,7 +115,10 @@ class Embedder:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[float]] = loop.create_future()
         self._queue.append(_Request(text, future, loop.time() + self._max_wait_s))
-        if self._worker is None or self._worker.done():
+        worker = self._worker
+        if worker is None or worker.done() or worker.get_loop() is not loop:
+            # A worker left behind by another (closed) event loop cannot serve this one.
+            self._queue = [r for r in self._queue if r.future.get_loop() is loop]
             self._queue_full = asyncio.Event()
             self._worker = loop.create_task(self._drain(self._queue_full))
         elif len(self._queue) >= self._max_batch_size and self._queue_full is not None:

@@ -4,7 +4,8 @@ Sentence embeddings score "How do I enable X?" and "How do I disable X?" at 0.96
 "5 km in miles" against "5 miles in km" at 0.99: the vector says *same topic*, not *same answer*.
 :func:`check` compares the two questions' facts that decide the answer (numbers, units,
 negation, names, direction words, programming languages, dates, the order around "than" or
-"to") and rejects the pair, with a reason, when one differs::
+"to", the kind of thing asked for: a poem or a story, a summary or an analysis, a list or a
+dict) and rejects the pair, with a reason, when one differs::
 
     >>> check("How do I enable dark mode?", "How do I disable dark mode?")
     GuardVerdict(accepted=False, reason='direction words differ: enable/disable')
@@ -12,8 +13,9 @@ negation, names, direction words, programming languages, dates, the order around
     True
 
 :func:`judge` is the whole decision for one candidate entry: scope, context, similarity
-threshold (stricter for short questions), then the guard; :func:`select_hit` picks the best
-accepted candidate among those a vector search returned.
+threshold, the guard, and a stricter threshold when the two questions differ by one swapped
+subject word (:func:`substitution`); :func:`select_hit` picks the best accepted candidate among
+those a vector search returned.
 
 Rules are deliberately one-sided towards precision: a rule that fires on a true paraphrase costs
 a cache miss (the model answers), a rule that stays silent on a near-duplicate costs a wrong
@@ -27,6 +29,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Final
 
@@ -378,7 +381,10 @@ DIRECTION_GROUPS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
     "install/uninstall": (_verb_forms("install"), _verb_forms("uninstall")),
     "add/remove": (
         _verb_forms("add", "insert", "append", "create", "attach", "include"),
-        (*_verb_forms("remove", "delete", "erase", "destroy", "detach", "drop", "exclude"), "get rid of"),
+        (
+            *_verb_forms("remove", "delete", "erase", "destroy", "detach", "drop", "exclude"),
+            "get rid of",
+        ),
     ),
     "arithmetic": (
         (*_verb_forms("add", "sum"), "plus"),
@@ -413,7 +419,10 @@ DIRECTION_GROUPS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
     ),
     "start/stop": (
         _verb_forms("start", "begin", "launch", "resume", "boot"),
-        (*_verb_forms("stop", "halt", "terminate", "kill", "quit", "pause", "shut down"), "stopped", "stopping"),
+        (
+            *_verb_forms("stop", "halt", "terminate", "kill", "quit", "pause", "shut down"),
+            "stopped", "stopping",
+        ),
     ),
     "open/close": (_verb_forms("open"), _verb_forms("close")),
     "increase/decrease": (
@@ -437,10 +446,19 @@ DIRECTION_GROUPS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
     "zoom": (("zoom in", "zooming in"), ("zoom out", "zooming out")),
     "scroll": (("scroll up", "scrolling up"), ("scroll down", "scrolling down")),
     "scale": (("scale up", "scale out", "scaling up"), ("scale down", "scale in", "scaling down")),
-    "round": (("round up", "rounding up", "ceil", "ceiling"), ("round down", "rounding down", "floor")),
+    "round": (
+        ("round up", "rounding up", "ceil", "ceiling"),
+        ("round down", "rounding down", "floor"),
+    ),
     "opt": (("opt in", "opt-in"), ("opt out", "opt-out")),
-    "sort order": (("ascending", "asc", "increasing order"), ("descending", "desc", "decreasing order", "reverse order")),
-    "case": (("uppercase", "upper case", "capital letters", "capitalize"), ("lowercase", "lower case", "small letters")),
+    "sort order": (
+        ("ascending", "asc", "increasing order"),
+        ("descending", "desc", "decreasing order", "reverse order"),
+    ),
+    "case": (
+        ("uppercase", "upper case", "capital letters", "capitalize"),
+        ("lowercase", "lower case", "small letters"),
+    ),
     "before/after": (("before", "earlier than", "prior to"), ("after", "later than")),
     "above/below": (("above", "over"), ("below", "under", "beneath")),
     "inside/outside": (("inside", "within", "inner", "internal"), ("outside", "outer", "external")),
@@ -454,25 +472,49 @@ DIRECTION_GROUPS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
         ("less", "fewer", "smaller", "lower", "shorter", "lighter"),
     ),
     "fast/slow": (("faster", "fastest", "quicker", "quickest"), ("slower", "slowest")),
-    "good/bad": (("better", "best", "pros", "advantages", "benefits"), ("worse", "worst", "cons", "disadvantages", "drawbacks", "downsides")),
-    "old/new": (("older", "oldest", "earliest"), ("newer", "newest", "younger", "youngest", "latest")),
-    "cheap/expensive": (("cheaper", "cheapest"), ("pricier", "priciest", "more expensive", "most expensive")),
-    "hot/cold": (("hot", "hotter", "hottest", "warmer", "warmest"), ("cold", "colder", "coldest", "cooler")),
+    "good/bad": (
+        ("better", "best", "pros", "advantages", "benefits"),
+        ("worse", "worst", "cons", "disadvantages", "drawbacks", "downsides"),
+    ),
+    "old/new": (
+        ("older", "oldest", "earliest"),
+        ("newer", "newest", "younger", "youngest", "latest"),
+    ),
+    "cheap/expensive": (
+        ("cheaper", "cheapest"),
+        ("pricier", "priciest", "more expensive", "most expensive"),
+    ),
+    "hot/cold": (
+        ("hot", "hotter", "hottest", "warmer", "warmest"),
+        ("cold", "colder", "coldest", "cooler"),
+    ),
     "early/late": (("early", "earlier"), ("late", "later")),
     "first/last": (("first",), ("last", "final")),
     "true/false": (("true",), ("false",)),
     "positive/negative": (("positive",), ("negative",)),
     "public/private": (("public",), ("private",)),
-    "sync/async": (("sync", "synchronous", "synchronously", "blocking"), ("async", "asynchronous", "asynchronously", "non-blocking")),
-    "client/server": (("client", "client-side", "frontend", "front-end"), ("server", "server-side", "backend", "back-end")),
+    "sync/async": (
+        ("sync", "synchronous", "synchronously", "blocking"),
+        ("async", "asynchronous", "asynchronously", "non-blocking"),
+    ),
+    "client/server": (
+        ("client", "client-side", "frontend", "front-end"),
+        ("server", "server-side", "backend", "back-end"),
+    ),
     "horizontal/vertical": (("horizontal", "horizontally"), ("vertical", "vertically")),
     "row/column": (("row", "rows"), ("column", "columns", "col", "cols")),
     "left/right": (("left",), ("right",)),
     "north/south": (("north", "northern"), ("south", "southern")),
     "east/west": (("east", "eastern"), ("west", "western")),
-    "men/women": (("men", "man", "male", "boys", "boy"), ("women", "woman", "female", "girls", "girl")),
+    "men/women": (
+        ("men", "man", "male", "boys", "boy"),
+        ("women", "woman", "female", "girls", "girl"),
+    ),
     "odd/even": (("odd",), ("even",)),
-    "prefix/suffix": (("prefix", "starts with", "startswith", "leading"), ("suffix", "ends with", "endswith", "trailing")),
+    "prefix/suffix": (
+        ("prefix", "starts with", "startswith", "leading"),
+        ("suffix", "ends with", "endswith", "trailing"),
+    ),
     "head/tail": (("head",), ("tail",)),
     "inbound/outbound": (("inbound", "incoming", "ingress"), ("outbound", "outgoing", "egress")),
     "upstream/downstream": (("upstream",), ("downstream",)),
@@ -602,7 +644,7 @@ _TOKEN = re.compile(
       (?P<suffix>k\b|%|st\b|nd\b|rd\b|th\b)?                          # 3k, 10%, 2nd
     | (?P<degree>°\s?[CFcf])\b                                        # °C, ° F
     | (?P<word>[A-Za-z][A-Za-z0-9]*                                   # words, x86, IPv6
-        (?:\+\+|\#|-[A-Za-z]+)?                                       # C++, C#, opt-in, non-blocking
+        (?:\+\+|\#|-[A-Za-z]+)?                                       # C++, C#, opt-in
         (?:'[A-Za-z]+)?)                                              # don't, France's
     """,
     re.VERBOSE,
@@ -634,20 +676,16 @@ _CURRENCY_SYMBOLS: Final[Mapping[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    kind: str  # "word", "num" (value already canonical), "unit" (°C)
+    kind: str  # "word" or "num" (norm is then the canonical value)
     norm: str  # lowercase, possessive dropped, aliased
     orig: str
     initial: bool  # first word of a sentence (its capital says nothing)
 
 
 def _canonical_number(digits: str) -> str:
-    value = digits.replace(",", "")
-    if value.count(".") == 1:
-        whole, frac = value.split(".")
-        value = f"{int(whole)}.{frac}"  # keep "3.10" apart from "3.1": versions
-    elif "." not in value:
-        value = str(int(value))
-    return value
+    """ "1,000" -> "1000", "007" -> "7"; "3.10" stays apart from "3.1" (versions)."""
+    whole, dot, rest = digits.replace(",", "").partition(".")
+    return (whole.lstrip("0") or "0") + dot + rest
 
 
 def _tokenize(text: str) -> tuple[list[_Token], dict[int, str]]:
@@ -671,8 +709,8 @@ def _tokenize(text: str) -> tuple[list[_Token], dict[int, str]]:
         elif match.group("num"):
             value = _canonical_number(match.group("num"))
             suffix = (match.group("suffix") or "").lower()
-            if suffix == "k":
-                value = _canonical_number(str(float(value) * 1000).removesuffix(".0"))
+            if suffix == "k" and value.count(".") <= 1:
+                value = format((Decimal(value) * 1000).normalize(), "f")
             elif suffix in {"st", "nd", "rd", "th"}:
                 value = f"#{value}"
             tokens.append(_Token("num", value, match.group("num"), initial))
@@ -706,7 +744,7 @@ class TextFeatures:
     units: frozenset[str]
     quantities: frozenset[tuple[str, str]]
     negated: bool
-    directions: Mapping[str, Mapping[int, str]]  # group -> pole -> first word seen
+    contrasts: Mapping[str, Mapping[int, str]]  # direction or kind group -> pole -> word seen
     languages: frozenset[str]
     entities: frozenset[str]
     names: frozenset[str]
@@ -734,12 +772,15 @@ _GROUP_LABEL: Final[Mapping[str, str]] = {
     **{group: "direction words" for group in DIRECTION_GROUPS},
     **{group: group for group in KIND_GROUPS},
 }
-_DIRECTION_INDEX, _DIRECTION_PHRASES = _phrase_index(
+_CONTRAST_INDEX, _CONTRAST_PHRASES = _phrase_index(
     (word, (group, pole))
     for group, poles in (*DIRECTION_GROUPS.items(), *KIND_GROUPS.items())
     for pole, words in enumerate(poles)
     for word in words
 )
+
+
+_BEFORE_A_UNIT: Final = UNIT_ARTICLES | NUMBER_WORDS.keys()
 
 
 def _number_word_run(tokens: list[_Token], start: int) -> tuple[int | None, int]:
@@ -804,7 +845,7 @@ def _numbers_and_quantities(
             # "a second", "5 second delay": the unit, not the ordinal
             token.norm == "second"
             and previous is not None
-            and (previous.kind == "num" or previous.norm in UNIT_ARTICLES | NUMBER_WORDS.keys())
+            and (previous.kind == "num" or previous.norm in _BEFORE_A_UNIT)
         ):
             numbers.append(f"#{ORDINALS[token.norm]}")
             i += 1
@@ -840,13 +881,13 @@ def _numbers_and_quantities(
     return tuple(numbers), frozenset(units), frozenset(quantities)
 
 
-def _directions(tokens: list[_Token], joined: str) -> dict[str, dict[int, str]]:
+def _contrasts(tokens: list[_Token], joined: str) -> dict[str, dict[int, str]]:
     found: dict[str, dict[int, str]] = {}
     spans: list[str] = [t.norm for t in tokens]
-    if _DIRECTION_PHRASES is not None:
-        spans.extend(m.group(0) for m in _DIRECTION_PHRASES.finditer(joined))
+    if _CONTRAST_PHRASES is not None:
+        spans.extend(m.group(0) for m in _CONTRAST_PHRASES.finditer(joined))
     for span in spans:
-        for group, pole in _DIRECTION_INDEX.get(span, ()):
+        for group, pole in _CONTRAST_INDEX.get(span, ()):
             found.setdefault(group, {}).setdefault(pole, span)
     return found
 
@@ -957,7 +998,7 @@ def features(text: str) -> TextFeatures:
         units=units,
         quantities=quantities,
         negated=negated,
-        directions=_directions(tokens, joined),
+        contrasts=_contrasts(tokens, joined),
         languages=languages,
         entities=entities,
         names=_names(tokens) - languages - entities,
@@ -1058,9 +1099,9 @@ def _rule_times(a: TextFeatures, b: TextFeatures) -> GuardVerdict:
     return _ACCEPT if a.times == b.times else _differ("dates", a.times - b.times, b.times - a.times)
 
 
-def _rule_directions(a: TextFeatures, b: TextFeatures) -> GuardVerdict:
-    for group, poles_a in a.directions.items():
-        poles_b = b.directions.get(group)
+def _rule_contrasts(a: TextFeatures, b: TextFeatures) -> GuardVerdict:
+    for group, poles_a in a.contrasts.items():
+        poles_b = b.contrasts.get(group)
         if poles_b is not None and poles_a.keys() != poles_b.keys():
             word_a = (
                 next(w for p, w in poles_a.items() if p not in poles_b)
@@ -1099,7 +1140,8 @@ def _rule_relations(a: TextFeatures, b: TextFeatures) -> GuardVerdict:
         if moved_right and moved_left:
             return GuardVerdict(
                 False,
-                f"order differs around {marker!r}: {_show(moved_right)} and {_show(moved_left)} swapped",
+                f"order differs around {marker!r}: "
+                f"{_show(moved_right)} and {_show(moved_left)} swapped",
             )
     return _ACCEPT
 
@@ -1116,7 +1158,7 @@ _RULES: Final[tuple[Callable[[TextFeatures, TextFeatures], GuardVerdict], ...]] 
     _rule_numbers,
     _rule_units,
     _rule_times,
-    _rule_directions,
+    _rule_contrasts,
     _rule_entities,
     _rule_relations,
     _rule_wh,
