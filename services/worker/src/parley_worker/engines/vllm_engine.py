@@ -14,6 +14,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from parley_worker.engines._chat import encode_chat
@@ -54,12 +55,9 @@ class VllmEngine:
         async with self._lifecycle:
             if self._llm is not None:
                 return
-            from transformers import AutoTokenizer
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
-
+            vllm = await asyncio.to_thread(_import_vllm)
             settings = self._settings
-            args = AsyncEngineArgs(
+            args = vllm.AsyncEngineArgs(
                 model=settings.model,
                 max_num_seqs=settings.max_concurrency,
                 gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
@@ -71,11 +69,9 @@ class VllmEngine:
             # Building the engine blocks for a long time (it loads and profiles the model in a
             # child process), so it runs off the event loop; AsyncLLM then starts its output
             # handler lazily, on the loop, at the first request.
-            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            llm = await asyncio.to_thread(vllm.AsyncLLM.from_engine_args, args)
             try:
-                self._tokenizer = await asyncio.to_thread(
-                    AutoTokenizer.from_pretrained, settings.model
-                )
+                self._tokenizer = await asyncio.to_thread(_load_tokenizer, settings.model)
             except BaseException:
                 llm.shutdown()
                 raise
@@ -91,6 +87,9 @@ class VllmEngine:
             self._stopping = True
             if self._running:
                 await llm.abort(list(self._running))
+            # Otherwise vLLM's output handler sees the engine process exit and logs it as a crash.
+            if (handler := getattr(llm, "output_handler", None)) is not None:
+                handler.cancel()
             await asyncio.to_thread(llm.shutdown)
 
     @property
@@ -102,21 +101,19 @@ class VllmEngine:
         return len(encode_chat(tokenizer, messages))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        from vllm.sampling_params import RequestOutputKind
-        from vllm.sampling_params import SamplingParams as VllmSamplingParams
-
         llm, tokenizer = self._require_started()
+        vllm = _import_vllm()
         prompt_ids = encode_chat(tokenizer, request.messages)
         if len(prompt_ids) >= self._max_model_len:
             raise PromptTooLongError(len(prompt_ids), self._max_model_len)
         sampling = request.sampling
-        params = VllmSamplingParams(
+        params = vllm.SamplingParams(
             max_tokens=min(sampling.max_tokens, self._max_model_len - len(prompt_ids)),
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
-            output_kind=RequestOutputKind.DELTA,
+            output_kind=vllm.RequestOutputKind.DELTA,
         )
         # A redelivered request may still be running under its id; vLLM needs unique ids.
         request_id = f"{request.request_id}-{secrets.token_hex(4)}"
@@ -160,3 +157,26 @@ class VllmEngine:
         if self._llm is None or self._tokenizer is None:
             raise EngineNotReadyError(f"the {self.name} engine is not started")
         return self._llm, self._tokenizer
+
+
+def _import_vllm() -> SimpleNamespace:
+    # vLLM's import leaves frames alive, and a frame keeps its callers' frames and their locals:
+    # imported from start(), it would keep the AsyncLLM alive until exit (and its __del__ then
+    # fails). So start() imports it in a thread, whose callers hold nothing.
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return SimpleNamespace(
+        AsyncEngineArgs=AsyncEngineArgs,
+        AsyncLLM=AsyncLLM,
+        RequestOutputKind=RequestOutputKind,
+        SamplingParams=SamplingParams,
+    )
+
+
+def _load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model)
+    return tokenizer
