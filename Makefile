@@ -32,6 +32,8 @@ $(STAMP): requirements-dev.txt libs/*/pyproject.toml services/*/pyproject.toml
 	$(PY) -m pip install --quiet $(PACKAGES) -r requirements-dev.txt
 	$(PY) -m parley_devstack install
 	bash scripts/install-helm.sh >/dev/null
+	# The web page's browser test drives Debian's Chromium (no browser download is possible).
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -76,6 +78,7 @@ k8s-check: install
 	$(PY) -m pytest -q tests/k8s
 
 bench: install
+	$(PY) -m bench
 	$(PY) -m bench.cache_eval
 
 clean:

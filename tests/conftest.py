@@ -28,7 +28,14 @@ def platform(
     local_stack: LocalStack, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
     run_dir = tmp_path_factory.mktemp("platform")
-    with Platform(local_stack.addresses, run_dir=run_dir, model_dir=tiny_model) as running:
+    # A loaded test machine can make a lookup slower than the production default (0.5 s), which
+    # would turn expected cache hits into misses.
+    with Platform(
+        local_stack.addresses,
+        run_dir=run_dir,
+        model_dir=tiny_model,
+        service_env={"gateway": {"CACHE_TIMEOUT_S": "5"}},
+    ) as running:
         yield running
 
 

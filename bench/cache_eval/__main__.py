@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m bench.cache_eval                 # report on the test split
     python -m bench.cache_eval --split tune --show-errors
+    python -m bench.cache_eval --latency       # and lookup latency with 10k / 100k entries
 
 Each pair in ``pairs.jsonl`` is a stored entry (``a``) and a lookup (``b``) with a label: should
 the lookup get the entry's answer? Every pair carries its split:
@@ -404,6 +405,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="test", help="pairs to report")
     parser.add_argument("--threshold", type=float, default=DEFAULT_SIMILARITY_THRESHOLD)
     parser.add_argument("--show-errors", action="store_true")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="then time lookups with 10k and 100k entries in a Qdrant of its own (minutes)",
+    )
     args = parser.parse_args(argv)
 
     pairs = load_pairs(args.pairs)
@@ -430,6 +436,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"- {note}")
     print(f"- {guard_timing(embedded)}\n")
     report(embedded, split=args.split, threshold=args.threshold, show_errors=args.show_errors)
+    if args.latency:
+        from bench.cache_eval import latency
+
+        print()
+        latency.main(["--pairs", str(args.pairs)])
 
 
 if __name__ == "__main__":

@@ -971,3 +971,41 @@ def test_monitoring_objects_render(helm: Helm) -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     panels = json.loads(dashboard["data"]["parley.json"])["panels"]
     assert any("consumer lag" in p["title"] for p in panels)
+
+
+def _exposed_metric_names() -> set[str]:
+    """Every series name the four services can expose (their metrics modules)."""
+    from prometheus_client import CollectorRegistry
+
+    from parley_cache.metrics import CacheMetrics
+    from parley_gateway.metrics import GatewayMetrics
+    from parley_session.metrics import SessionMetrics
+    from parley_worker.metrics import WorkerMetrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names: set[str] = set()
+    for metrics in (GatewayMetrics, SessionMetrics, CacheMetrics, WorkerMetrics):
+        registry = CollectorRegistry()
+        metrics(registry)
+        for family in registry.collect():
+            names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def test_alerts_and_dashboard_use_only_metrics_the_services_expose(helm: Helm) -> None:
+    manifests = helm.template((PROD, GPU, EVERYTHING))
+    (rules,) = _of_kind(manifests, "PrometheusRule")
+    alerts = {r["alert"]: r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]}
+    assert {"ParleyWorkerLagHigh", "ParleyErrorRateHigh", "ParleyTimeToFirstTokenHigh"} <= set(
+        alerts
+    )
+    dashboard = _by_name(manifests, "ConfigMap", "parley-monitoring-dashboard")
+    assert dashboard is not None
+    panels = json.loads(dashboard["data"]["parley.json"])["panels"]
+    queries = [t["expr"] for p in panels for t in p["targets"]]
+    used = {n for q in [*alerts.values(), *queries] for n in re.findall(r"parley_[a-z0-9_]+", q)}
+    assert len(used) >= 15
+    assert used - _exposed_metric_names() == set()
+    titles = " ".join(p["title"].lower() for p in panels)
+    for topic in ("latency", "first token", "tokens per second", "cache hit", "errors", "lag"):
+        assert topic in titles

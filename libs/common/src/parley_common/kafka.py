@@ -4,25 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from google.protobuf.message import DecodeError, Message
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from parley.v1 import envelopes_pb2
+from parley_common.logs import log_fields
+from parley_common.metrics import KafkaMetrics, ResultsMetrics
+from parley_common.telemetry import annotate, tracer
 
 __all__ = [
     "SCHEMA_VERSION",
     "EnvelopeError",
     "ResultsConsumer",
     "Topics",
+    "TracedProducer",
+    "consume_span",
+    "context_from_headers",
     "decode",
     "ensure_topics",
+    "kafka_headers",
     "make_producer",
     "publish_dead_letter",
 ]
@@ -72,9 +85,139 @@ def decode(message_type: type[M], value: bytes | None) -> M:
     return msg
 
 
-def make_producer(bootstrap: str, *, client_id: str) -> AIOKafkaProducer:
+def kafka_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
+    """The W3C trace context (`traceparent`, `tracestate`) of the current span, or of
+    `context`, as Kafka record headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return [(name, value.encode()) for name, value in carrier.items()]
+
+
+def context_from_headers(record: ConsumerRecord[Any, Any]) -> Context:
+    """The trace context a record's producer sent in its headers (an empty one when none)."""
+    carrier = {
+        name: value.decode("latin-1")
+        for name, value in (record.headers or ())
+        if isinstance(value, bytes)
+    }
+    return propagate.extract(carrier)
+
+
+# Reply topics are named per gateway replica: one span name for all of them.
+_REPLICA_TOPIC = re.compile(r"(replies)\.[^.]+$")
+
+
+def _topic_name(topic: str) -> str:
+    return _REPLICA_TOPIC.sub(r"\1.{instance}", topic)
+
+
+@contextlib.contextmanager
+def consume_span(record: ConsumerRecord[Any, Any], *, group: str) -> Iterator[trace.Span]:
+    """The span of processing one record, a child of the span that produced it."""
+    with tracer().start_as_current_span(
+        f"process {_topic_name(record.topic)}",
+        context=context_from_headers(record),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": group,
+        },
+    ) as span:
+        yield span
+
+
+class TracedProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """An AIOKafkaProducer whose sends carry the trace context in their headers, each in a
+    PRODUCER span that ends when the broker acknowledges it, and whose failures are counted.
+
+    `send(..., span=False)` still carries the context but skips the span: for the many small
+    chunks of a streamed answer.
+    """
+
+    def __init__(self, *, kafka_metrics: KafkaMetrics | None = None, **config: Any) -> None:
+        super().__init__(**config)
+        self._kafka_metrics = kafka_metrics
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        *,
+        span: bool = True,
+    ) -> asyncio.Future[Any]:
+        if not span:
+            return await self._send(topic, value, key, partition, timestamp_ms, headers, None)
+        publish = tracer().start_span(
+            f"send {_topic_name(topic)}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+            },
+        )
+        return await self._send(topic, value, key, partition, timestamp_ms, headers, publish)
+
+    async def _send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None,
+        timestamp_ms: int | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        publish: trace.Span | None,
+    ) -> asyncio.Future[Any]:
+        context = trace.set_span_in_context(publish) if publish is not None else None
+        traced = [*(headers or ()), *kafka_headers(context)]
+        try:
+            future: asyncio.Future[Any] = await super().send(
+                topic, value, key, partition, timestamp_ms, traced
+            )
+        except BaseException as exc:
+            self._delivered(publish, None, exc)
+            raise
+        future.add_done_callback(functools.partial(self._on_delivery, publish))
+        return future
+
+    def _on_delivery(self, publish: trace.Span | None, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            self._delivered(publish, None, None)
+        elif (exc := future.exception()) is not None:
+            self._delivered(publish, None, exc)
+        else:
+            self._delivered(publish, future.result(), None)
+
+    def _delivered(
+        self, publish: trace.Span | None, metadata: Any, exc: BaseException | None
+    ) -> None:
+        if exc is not None and isinstance(exc, Exception) and self._kafka_metrics is not None:
+            self._kafka_metrics.error("produce")
+        if publish is None:
+            return
+        if exc is not None:
+            publish.record_exception(exc)
+            publish.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        elif metadata is not None:
+            publish.set_attribute("messaging.destination.partition.id", str(metadata.partition))
+            publish.set_attribute("messaging.kafka.offset", metadata.offset)
+        publish.end()
+
+
+def make_producer(
+    bootstrap: str, *, client_id: str, kafka_metrics: KafkaMetrics | None = None
+) -> TracedProducer:
     """A producer tuned for small, latency-sensitive messages that must not be lost."""
-    return AIOKafkaProducer(
+    return TracedProducer(
+        kafka_metrics=kafka_metrics,
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",
@@ -137,7 +280,7 @@ Handler = Callable[[envelopes_pb2.CompletionResult], Awaitable[None]]
 
 
 class ResultsConsumer:
-    """Applies completion results, in order per partition, in a consumer group of its own.
+    """Applies completion results, in order per key (a chat), in a consumer group of its own.
 
     Offsets are committed after the handler returns, so a crash redelivers: handlers must be
     idempotent. A result that cannot be decoded, or whose handler keeps failing, is dead-lettered
@@ -155,12 +298,15 @@ class ResultsConsumer:
         topics: Topics = Topics(),
         max_attempts: int = 5,
         transient: tuple[type[BaseException], ...] = (),
+        metrics: ResultsMetrics | None = None,
     ) -> None:
         self._topics = topics
         self._handler = handler
         self._producer = producer
         self._max_attempts = max_attempts
         self._transient = transient
+        self._group_id = group_id
+        self._metrics = metrics
         self._consumer = AIOKafkaConsumer(
             topics.results,
             bootstrap_servers=bootstrap,
@@ -185,23 +331,54 @@ class ResultsConsumer:
     async def _run(self) -> None:
         while True:
             batches = await self._consumer.getmany(timeout_ms=500)
+            if not batches:
+                continue
+            # Results of one key (a chat) are applied in order; different keys side by side, so
+            # that the handler's database round trips overlap instead of adding up.
+            by_key: dict[tuple[TopicPartition, bytes | None], list[ConsumerRecord[bytes, bytes]]]
+            by_key = {}
             for tp, records in batches.items():
                 for record in records:
-                    await self._apply(record)
-                await self._commit(tp, records[-1].offset + 1)
+                    by_key.setdefault((tp, record.key), []).append(record)
+            await asyncio.gather(*(self._apply_in_order(records) for records in by_key.values()))
+            await self._commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+
+    async def _apply_in_order(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            await self._apply(record)
 
     async def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        with consume_span(record, group=self._group_id):
+            started = time.perf_counter()
+            outcome = await self._apply_traced(record)
+            if self._metrics is not None:
+                self._metrics.results.labels(outcome).inc()
+                self._metrics.apply_duration.observe(time.perf_counter() - started)
+                if record.timestamp > 0:
+                    self._metrics.delay.observe(max(0.0, time.time() - record.timestamp / 1000))
+
+    async def _apply_traced(self, record: ConsumerRecord[bytes, bytes]) -> str:
         try:
             result = decode(envelopes_pb2.CompletionResult, record.value)
         except EnvelopeError as exc:
+            if self._metrics is not None:
+                self._metrics.kafka.error("consume")
             await publish_dead_letter(self._producer, self._topics, record, str(exc))
-            return
+            return "dead_letter"
+        annotate({"parley.request_id": result.request_id, "parley.chat_id": result.chat_id})
+        with log_fields(request_id=result.request_id):
+            return await self._handle(record, result)
+
+    async def _handle(
+        self, record: ConsumerRecord[bytes, bytes], result: envelopes_pb2.CompletionResult
+    ) -> str:
+        outcome = "applied"
         delay = 0.2
         attempt = 0
         while True:
             try:
                 await self._handler(result)
-                return
+                return outcome
             except self._transient as exc:
                 log.warning(
                     "result handler hit a transient error, retrying", extra={"error": repr(exc)}
@@ -215,17 +392,20 @@ class ResultsConsumer:
                         record,
                         f"handler failed {attempt} times: {exc!r}",
                     )
-                    return
+                    return "dead_letter"
                 log.warning(
                     "result handler failed, retrying",
                     extra={"attempt": attempt, "error": repr(exc)},
                 )
+            outcome = "retried"
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await self._consumer.commit({tp: offset})
+            await self._consumer.commit(offsets)
         except KafkaError as exc:
+            if self._metrics is not None:
+                self._metrics.kafka.error("commit")
             # A rebalance took the partition away: its new owner re-applies (idempotently).
             log.warning("offset commit failed", extra={"error": repr(exc)})

@@ -6,18 +6,23 @@ import asyncio
 import logging
 import signal
 
+from prometheus_client import REGISTRY
 from qdrant_client import AsyncQdrantClient
 
 from parley.v1 import cache_pb2_grpc
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
+from parley_cache.maintenance import Maintenance
+from parley_cache.metrics import LOOKUP, CacheMetrics
 from parley_cache.results import ResultIndexer
 from parley_cache.server import CacheServicer
 from parley_cache.store import CacheStore
 from parley_common.grpc_server import GrpcServer
+from parley_common.grpc_telemetry import ServerTelemetry
 from parley_common.kafka import ResultsConsumer, Topics, ensure_topics, make_producer
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
+from parley_common.telemetry import setup_tracing
 
 log = logging.getLogger("parley_cache")
 
@@ -34,27 +39,37 @@ async def serve(settings: Settings) -> None:
     )
     store = CacheStore(client, embedding_model=embedder.model_id, dimension=embedder.dimension)
     await store.ensure_collection()
-    server = GrpcServer(port=settings.grpc_port)
+    metrics = CacheMetrics(REGISTRY)
+    server = GrpcServer(
+        port=settings.grpc_port,
+        interceptors=[ServerTelemetry(metrics.grpc, observers={LOOKUP: metrics.observe_lookup})],
+    )
     cache_pb2_grpc.add_CacheServiceServicer_to_server(
         CacheServicer(store, embedder, settings), server.server
     )
     topics = Topics()
     await ensure_topics(settings.kafka_addr, [topics.results, topics.dead_letters])
-    producer = make_producer(settings.kafka_addr, client_id="parley-cache")
+    producer = make_producer(
+        settings.kafka_addr, client_id="parley-cache", kafka_metrics=metrics.kafka
+    )
     await producer.start()
     consumer = ResultsConsumer(
         bootstrap=settings.kafka_addr,
         group_id=settings.results_group,
-        handler=ResultIndexer(
-            store, embedding_model=embedder.model_id, default_ttl_s=settings.cache_ttl_seconds
-        ),
+        handler=ResultIndexer(store, embedder, default_ttl_s=settings.cache_ttl_seconds),
         producer=producer,
         topics=topics,
+        metrics=metrics.results,
     )
     await consumer.start()
     probes = ProbeServer(settings.metrics_port, ready=lambda: True)
     await probes.start()
     await server.start(["parley.v1.CacheService"])
+    maintenance = asyncio.create_task(
+        Maintenance(store, max_entries=settings.cache_max_entries).run(
+            settings.cache_maintenance_interval_s
+        )
+    )
     log.info(
         "cache service ready", extra={"grpc_port": server.port, "collection": store.collection}
     )
@@ -64,6 +79,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    maintenance.cancel()
+    await asyncio.gather(maintenance, return_exceptions=True)
     await server.stop(grace_s=5)
     await consumer.stop()
     await producer.stop()
@@ -75,6 +92,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging("cache", settings.log_level)
+    setup_tracing("parley-cache")
     asyncio.run(serve(settings))
 
 

@@ -1,18 +1,78 @@
-"""Qdrant adapter: one collection per embedding model, entries filtered by scope and context."""
+"""Qdrant adapter: one collection per embedding model, entries filtered by scope and context.
+
+Layout of a collection (``collection_name(model)``), chosen for how the cache is queried:
+
+- two named vectors of the model's dimension, cosine: ``question`` (every entry) and
+  ``context`` (entries stored in ContextMode.SEMANTIC that have prior turns);
+- ``question`` has an HNSW graph with m=16, ef_construct=128, payload_m=16. Every search is
+  filtered by scope, bot and context, and Qdrant's planner answers a filter matching fewer points
+  than ``full_scan_threshold`` (10 000 KB: about 6 600 vectors of 384 floats) by an exact scan
+  of the payload index's points: a user's own entries never touch the graph, so their lookups are
+  exact. The graph serves the large scopes (a tenant, "global"): m=16 (Qdrant's default) keeps it
+  small, ef_construct=128 instead of 100 buys link quality once at insert time rather than at each
+  lookup, and payload_m=16 adds links inside each block of points sharing a payload value between
+  that threshold and a quarter of the collection, so a filtered walk through a mid-sized tenant
+  stays connected instead of falling back to a scan;
+- ``context`` has no graph (m=0): it is never searched on its own, only scored against the
+  question search's candidates (a prefetch), which is exact;
+- ``scope_key`` is a keyword index marked ``is_tenant``, so that Qdrant stores each scope's points
+  together; the other filtered fields have keyword, integer or bool indexes, ``created_at`` and
+  ``expires_at`` with range support for the periodic purge and trimming.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
-from parley_cache.keying import CacheKey
+from parley_cache.keying import KEY_VERSION, CacheKey, ContextMode
 
-__all__ = ["CacheStore", "Candidate", "collection_name"]
+__all__ = [
+    "CONTEXT_VECTOR",
+    "QUESTION_VECTOR",
+    "CacheStore",
+    "Candidate",
+    "NewEntry",
+    "collection_name",
+]
+
+log = logging.getLogger(__name__)
+
+QUESTION_VECTOR: Final = "question"
+CONTEXT_VECTOR: Final = "context"
+
+HNSW: Final = models.HnswConfigDiff(m=16, ef_construct=128, payload_m=16)
+# Enough question-similar entries to rank by context: a follow-up such as "and in Java?" is asked
+# after many different conversations, and the one with the right context must be among them.
+_SEMANTIC_PREFETCH_FACTOR: Final = 8
+# Points deleted per request when trimming: bounded so one request never holds Qdrant long.
+_TRIM_BATCH: Final = 5_000
+
+_KEYWORD: Final = models.PayloadSchemaType.KEYWORD
+_INDEXES: Final[tuple[tuple[str, models.PayloadSchemaType | models.PayloadSchemaParams], ...]] = (
+    ("scope_key", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
+    ("scope_fingerprint", _KEYWORD),
+    ("context_fingerprint", _KEYWORD),
+    ("context_shape", _KEYWORD),
+    ("key_version", models.PayloadSchemaType.INTEGER),
+    ("bot_id", _KEYWORD),
+    ("model", _KEYWORD),
+    ("request_id", _KEYWORD),
+    ("created_at", models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, range=True)),
+    ("expires_at", models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, range=True)),
+    ("complete", models.PayloadSchemaType.BOOL),
+    ("max_tokens", models.PayloadSchemaType.INTEGER),
+)
 
 
 def collection_name(embedding_model: str) -> str:
@@ -24,75 +84,218 @@ class Candidate:
     entry_id: str
     key: CacheKey
     answer: str
-    score: float
+    score: float  # cosine of the question vectors
+    context_score: float | None = None  # cosine of the context vectors (semantic mode)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEntry:
+    """An answer to store, with the key its lookup returned."""
+
+    request_id: str
+    vector: list[float]
+    scope_key: str
+    key: CacheKey
+    answer: str
+    ttl_s: int
+    complete: bool
+    max_tokens: int
+    context_vector: list[float] | None = None
+
+    @property
+    def entry_id(self) -> str:
+        """Derived from the request id: a redelivered result overwrites its own entry."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{self.request_id}"))
+
+
+def _match(field: str, value: str | int | bool) -> models.FieldCondition:
+    return models.FieldCondition(key=field, match=models.MatchValue(value=value))
+
+
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return math.fsum(x * y for x, y in zip(a, b, strict=True))
 
 
 class CacheStore:
-    def __init__(self, client: AsyncQdrantClient, *, embedding_model: str, dimension: int) -> None:
+    """The cache's entries in Qdrant.
+
+    ``clock`` gives the time in seconds (``time.time``); entries expire against it.
+    """
+
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        *,
+        embedding_model: str,
+        dimension: int,
+        collection: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._client = client
-        self.collection = collection_name(embedding_model)
+        self.collection = collection or collection_name(embedding_model)
         self._dimension = dimension
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock())
 
     async def ensure_collection(self) -> None:
-        if not await self._client.collection_exists(self.collection):
+        """Create the collection and its payload indexes; replace one of an older layout."""
+        if await self._client.collection_exists(self.collection):
+            info = await self._client.get_collection(self.collection)
+            vectors = info.config.params.vectors
+            if isinstance(vectors, dict) and QUESTION_VECTOR in vectors:
+                await self._create_indexes()
+                return
+            # Entries of an older layout (one unnamed vector) cannot be searched by name; the
+            # cache only loses answers it would have had to recompute anyway.
+            log.warning(
+                "replacing a cache collection of an older layout",
+                extra={"collection": self.collection},
+            )
+            await self._client.delete_collection(self.collection)
+        vector = models.VectorParams(size=self._dimension, distance=models.Distance.COSINE)
+        try:
             await self._client.create_collection(
                 self.collection,
-                vectors_config=models.VectorParams(
-                    size=self._dimension, distance=models.Distance.COSINE
-                ),
-                # Lookups are always filtered by scope, so HNSW links are also built per scope
-                # value (payload_m): a filtered search stays a graph walk, not a brute-force scan.
-                hnsw_config=models.HnswConfigDiff(m=16, ef_construct=128, payload_m=16),
+                vectors_config={
+                    QUESTION_VECTOR: vector,
+                    CONTEXT_VECTOR: vector.model_copy(
+                        update={"hnsw_config": models.HnswConfigDiff(m=0)}
+                    ),
+                },
+                hnsw_config=HNSW,
             )
-        for field, schema in (
-            ("scope_key", models.PayloadSchemaType.KEYWORD),
-            ("scope_fingerprint", models.PayloadSchemaType.KEYWORD),
-            ("context_fingerprint", models.PayloadSchemaType.KEYWORD),
-            ("bot_id", models.PayloadSchemaType.KEYWORD),
-            ("request_id", models.PayloadSchemaType.KEYWORD),
-            ("expires_at", models.PayloadSchemaType.INTEGER),
-            ("complete", models.PayloadSchemaType.BOOL),
-            ("max_tokens", models.PayloadSchemaType.INTEGER),
-        ):
-            await self._client.create_payload_index(self.collection, field, field_schema=schema)
+        except UnexpectedResponse as exc:
+            if exc.status_code != 409:  # another replica created it first
+                raise
+        await self._create_indexes()
 
-    async def search(
-        self, vector: list[float], *, scope_key: str, key: CacheKey, max_tokens: int, limit: int
-    ) -> list[Candidate]:
-        now = int(time.time())
-        query_filter = models.Filter(
+    async def _create_indexes(self) -> None:
+        # Creating an index that exists is a no-op; all at once, so that a start stays short.
+        await asyncio.gather(
+            *(
+                self._client.create_payload_index(self.collection, field, field_schema=schema)
+                for field, schema in _INDEXES
+            )
+        )
+
+    def _filter(
+        self, *, scopes: Sequence[str], key: CacheKey, max_tokens: int, mode: ContextMode
+    ) -> models.Filter:
+        context = (
+            _match("context_fingerprint", key.context_fingerprint)
+            if mode is ContextMode.EXACT
+            else _match("context_shape", key.context_shape)
+        )
+        return models.Filter(
             must=[
-                models.FieldCondition(key="scope_key", match=models.MatchValue(value=scope_key)),
-                models.FieldCondition(
-                    key="scope_fingerprint", match=models.MatchValue(value=key.scope_fingerprint)
-                ),
-                models.FieldCondition(
-                    key="context_fingerprint",
-                    match=models.MatchValue(value=key.context_fingerprint),
-                ),
-                models.FieldCondition(key="expires_at", range=models.Range(gt=now)),
+                models.FieldCondition(key="scope_key", match=models.MatchAny(any=list(scopes))),
+                _match("key_version", KEY_VERSION),
+                _match("scope_fingerprint", key.scope_fingerprint),
+                context,
+                models.FieldCondition(key="expires_at", range=models.Range(gt=self._now())),
             ],
             # A complete answer serves any budget; one cut at max_tokens only the same budget.
             should=[
-                models.FieldCondition(key="complete", match=models.MatchValue(value=True)),
-                models.FieldCondition(key="max_tokens", match=models.MatchValue(value=max_tokens)),
+                _match("complete", True),
+                _match("max_tokens", max_tokens),
             ],
         )
-        found = await self._client.query_points(
-            self.collection, query=vector, query_filter=query_filter, limit=limit, with_payload=True
-        )
-        out: list[Candidate] = []
-        for point in found.points:
-            payload: dict[str, Any] = point.payload or {}
-            out.append(
-                Candidate(
-                    entry_id=str(point.id),
-                    key=CacheKey.from_payload(payload),
-                    answer=str(payload.get("answer", "")),
-                    score=float(point.score),
-                )
+
+    async def search(
+        self,
+        vector: list[float],
+        *,
+        scopes: Sequence[str],
+        key: CacheKey,
+        max_tokens: int,
+        limit: int,
+        score_threshold: float,
+        mode: ContextMode = ContextMode.EXACT,
+        context_vector: list[float] | None = None,
+    ) -> list[Candidate]:
+        """Entries in any of ``scopes`` for the same bot, model, system prompt and context whose
+        question is at least ``score_threshold`` similar, most similar first.
+
+        In ``ContextMode.SEMANTIC`` with prior turns (``context_vector`` given), the entries with
+        the same turn shape whose question passes the threshold are ranked by context instead,
+        and each candidate carries both similarities.
+        """
+        query_filter = self._filter(scopes=scopes, key=key, max_tokens=max_tokens, mode=mode)
+        if mode is ContextMode.SEMANTIC and key.has_context and context_vector is not None:
+            found = await self._client.query_points(
+                self.collection,
+                prefetch=models.Prefetch(
+                    query=vector,
+                    using=QUESTION_VECTOR,
+                    filter=query_filter,
+                    score_threshold=score_threshold,
+                    limit=limit * _SEMANTIC_PREFETCH_FACTOR,
+                ),
+                query=context_vector,
+                using=CONTEXT_VECTOR,
+                limit=limit,
+                with_payload=True,
+                with_vectors=[QUESTION_VECTOR],
             )
-        return out
+            out = []
+            for point in found.points:
+                stored = point.vector
+                question = stored.get(QUESTION_VECTOR) if isinstance(stored, dict) else None
+                if not isinstance(question, list) or not question or isinstance(question[0], list):
+                    continue
+                out.append(
+                    self._candidate(
+                        point, score=_dot(vector, question), context_score=float(point.score)
+                    )
+                )
+            return sorted(out, key=lambda c: c.score, reverse=True)
+        found = await self._client.query_points(
+            self.collection,
+            query=vector,
+            using=QUESTION_VECTOR,
+            query_filter=query_filter,
+            score_threshold=score_threshold,
+            limit=limit,
+            with_payload=True,
+        )
+        return [self._candidate(point, score=float(point.score)) for point in found.points]
+
+    @staticmethod
+    def _candidate(
+        point: models.ScoredPoint, *, score: float, context_score: float | None = None
+    ) -> Candidate:
+        payload: dict[str, Any] = point.payload or {}
+        return Candidate(
+            entry_id=str(point.id),
+            key=CacheKey.from_payload(payload),
+            answer=str(payload.get("answer", "")),
+            score=score,
+            context_score=context_score,
+        )
+
+    async def evict(self, *, scope_key: str, request_id: str = "", entry_id: str = "") -> int:
+        """Delete the entries of `scope_key` stored from `request_id` or with id `entry_id`."""
+        match: list[models.Condition] = []
+        if request_id:
+            match.append(
+                models.FieldCondition(key="request_id", match=models.MatchValue(value=request_id))
+            )
+        if entry_id:
+            match.append(models.HasIdCondition(has_id=[entry_id]))
+        if not match:
+            return 0
+        selector = models.Filter(
+            must=[models.FieldCondition(key="scope_key", match=models.MatchValue(value=scope_key))],
+            should=match,
+        )
+        found = await self._client.count(self.collection, count_filter=selector, exact=True)
+        if found.count:
+            await self._client.delete(
+                self.collection, points_selector=models.FilterSelector(filter=selector), wait=True
+            )
+        return found.count
 
     async def put(
         self,
@@ -105,22 +308,92 @@ class CacheStore:
         ttl_s: int,
         complete: bool,
         max_tokens: int,
+        context_vector: list[float] | None = None,
     ) -> str:
-        """Store an answer; the entry id derives from the request id, so a redelivery overwrites."""
-        entry_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{request_id}"))
-        now = int(time.time())
-        payload = {
-            **key.payload(),
-            "scope_key": scope_key,
-            "answer": answer,
-            "request_id": request_id,
-            "created_at": now,
-            "expires_at": now + ttl_s,
-            "complete": complete,
-            "max_tokens": max_tokens,
-        }
-        await self._client.upsert(
-            self.collection,
-            points=[models.PointStruct(id=entry_id, vector=vector, payload=payload)],
+        """Store an answer; the entry id derives from the request id, so a redelivery overwrites.
+
+        ``context_vector`` (the embedded prior turns) makes the entry findable in
+        ContextMode.SEMANTIC; without it only exact-context lookups find it.
+        """
+        entry = NewEntry(
+            request_id=request_id,
+            vector=vector,
+            context_vector=context_vector,
+            scope_key=scope_key,
+            key=key,
+            answer=answer,
+            ttl_s=ttl_s,
+            complete=complete,
+            max_tokens=max_tokens,
         )
-        return entry_id
+        return (await self.put_many([entry]))[0]
+
+    async def put_many(self, entries: Sequence[NewEntry], *, wait: bool = True) -> list[str]:
+        """Store several answers in one request (bulk loads); returns their entry ids."""
+        if not entries:
+            return []
+        now = self._now()
+        points = []
+        for entry in entries:
+            payload = {
+                **entry.key.payload(),
+                "scope_key": entry.scope_key,
+                "answer": entry.answer,
+                "request_id": entry.request_id,
+                "created_at": now,
+                "expires_at": now + entry.ttl_s,
+                "complete": entry.complete,
+                "max_tokens": entry.max_tokens,
+            }
+            vectors: dict[str, list[float]] = {QUESTION_VECTOR: entry.vector}
+            if entry.context_vector and entry.key.has_context:
+                vectors[CONTEXT_VECTOR] = entry.context_vector
+            points.append(models.PointStruct(id=entry.entry_id, vector=vectors, payload=payload))
+        await self._client.upsert(self.collection, points=points, wait=wait)
+        return [entry.entry_id for entry in entries]
+
+    async def count(self) -> int:
+        """How many entries the collection holds (expired ones not yet purged included)."""
+        return (await self._client.count(self.collection, exact=True)).count
+
+    async def _delete(self, selector: models.Filter) -> int:
+        found = await self._client.count(self.collection, count_filter=selector, exact=True)
+        if found.count:
+            await self._client.delete(
+                self.collection, points_selector=models.FilterSelector(filter=selector), wait=True
+            )
+        return found.count
+
+    async def invalidate(self, *, bot_id: str = "", model: str = "") -> int:
+        """Delete every entry of bot profile ``bot_id`` and/or ``model`` (both: matching both)."""
+        must = [
+            _match(field, value) for field, value in (("bot_id", bot_id), ("model", model)) if value
+        ]
+        if not must:
+            raise ValueError("invalidate needs a bot_id or a model")
+        return await self._delete(models.Filter(must=must))
+
+    async def purge_expired(self) -> int:
+        """Delete the entries whose TTL has passed (lookups already skip them)."""
+        expired = models.FieldCondition(key="expires_at", range=models.Range(lte=self._now()))
+        return await self._delete(models.Filter(must=[expired]))
+
+    async def trim(self, max_entries: int) -> int:
+        """Delete the oldest entries (by ``created_at``) until at most ``max_entries`` remain."""
+        deleted = 0
+        while (excess := await self.count() - max_entries) > 0:
+            oldest = await self._client.scroll(
+                self.collection,
+                limit=min(excess, _TRIM_BATCH),
+                order_by=models.OrderBy(key="created_at", direction=models.Direction.ASC),
+                with_payload=False,
+                with_vectors=False,
+            )
+            ids = [point.id for point in oldest[0]]
+            if not ids:
+                break
+            await self._client.delete(
+                self.collection, points_selector=models.PointIdsList(points=ids), wait=True
+            )
+            deleted += len(ids)
+        return deleted

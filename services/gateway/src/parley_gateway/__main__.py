@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
+from prometheus_client import REGISTRY
 
 from parley_common.logs import configure_logging
+from parley_common.telemetry import setup_tracing
 from parley_gateway.app import create_app
 from parley_gateway.config import Settings
 
@@ -12,13 +14,15 @@ from parley_gateway.config import Settings
 def main() -> None:
     settings = Settings()
     configure_logging("gateway", settings.log_level)
+    setup_tracing("parley-gateway")
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, registry=REGISTRY),
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        ws_max_size=settings.max_body_bytes,
     )
 
 

@@ -8,16 +8,34 @@ from contextlib import asynccontextmanager
 
 import grpc
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from parley.v1 import cache_pb2_grpc, session_pb2_grpc
+from parley_common.grpc_telemetry import client_interceptors
 from parley_common.kafka import Topics, ensure_topics, make_producer
+from parley_gateway.admission import QueueMonitor, RateLimiter
+from parley_gateway.async_completions import AsyncCompletions
 from parley_gateway.auth import Authenticator
 from parley_gateway.config import Settings
 from parley_gateway.deps import Parts
 from parley_gateway.errors import install_error_handlers
 from parley_gateway.limits import BodySizeLimit
+from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.openapi import install_openapi
 from parley_gateway.replies import ReplyRouter
-from parley_gateway.routes import admin, chats, health
+from parley_gateway.routes import (
+    admin,
+    bots,
+    chat_settings,
+    chats,
+    completions,
+    feedback,
+    health,
+    openai,
+    web,
+    ws,
+)
+from parley_gateway.telemetry import FASTAPI_TELEMETRY, RequestTelemetry
 from parley_gateway.turns import TurnService
 
 __all__ = ["create_app"]
@@ -25,23 +43,58 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
+    """`registry`: where the metrics go (prometheus_client.REGISTRY in the service; default: a
+    registry of this app's own)."""
+    metrics = GatewayMetrics(registry or CollectorRegistry())
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         topics = Topics()
-        session_channel = grpc.aio.insecure_channel(settings.session_addr)
-        cache_channel = grpc.aio.insecure_channel(settings.cache_addr)
+        session_channel = grpc.aio.insecure_channel(
+            settings.session_addr, interceptors=client_interceptors()
+        )
+        cache_channel = grpc.aio.insecure_channel(
+            settings.cache_addr, interceptors=client_interceptors()
+        )
         session = session_pb2_grpc.SessionServiceStub(session_channel)
         await ensure_topics(
             settings.kafka_addr,
             [topics.requests, topics.results, topics.control, topics.dead_letters],
         )
         producer = make_producer(
-            settings.kafka_addr, client_id=f"parley-gateway-{settings.gateway_instance_id}"
+            settings.kafka_addr,
+            client_id=f"parley-gateway-{settings.gateway_instance_id}",
+            kafka_metrics=metrics.kafka,
         )
         await producer.start()
         replies = ReplyRouter(settings.kafka_addr, topics.reply(settings.gateway_instance_id))
         await replies.start()
+        turns = TurnService(
+            session=session,
+            cache=cache_pb2_grpc.CacheServiceStub(cache_channel),
+            producer=producer,
+            replies=replies,
+            topics=topics,
+            completion_timeout_s=settings.completion_timeout_s,
+            cache_timeout_s=settings.cache_timeout_s,
+            grpc_timeout_s=settings.grpc_timeout_s,
+            metrics=metrics,
+        )
+        queue = QueueMonitor(
+            settings.kafka_addr,
+            topic=topics.requests,
+            group=settings.worker_group,
+            max_depth=settings.max_queue_depth,
+            refresh_s=settings.queue_depth_refresh_s,
+            local_in_flight=lambda: turns.in_flight,
+        )
+        await queue.start()
+        async_completions = AsyncCompletions(
+            session,
+            grpc_timeout_s=settings.grpc_timeout_s,
+            follow_timeout_s=settings.completion_timeout_s + 30,
+        )
         parts = Parts(
             settings=settings,
             session=session,
@@ -51,17 +104,18 @@ def create_app(settings: Settings) -> FastAPI:
                 ttl_s=settings.auth_cache_ttl_s,
                 timeout_s=settings.grpc_timeout_s,
             ),
-            turns=TurnService(
-                session=session,
-                cache=cache_pb2_grpc.CacheServiceStub(cache_channel),
-                producer=producer,
-                replies=replies,
-                topics=topics,
-                completion_timeout_s=settings.completion_timeout_s,
-                cache_timeout_s=settings.cache_timeout_s,
-                grpc_timeout_s=settings.grpc_timeout_s,
+            turns=turns,
+            limiter=RateLimiter(
+                session,
+                requests_per_minute=settings.rate_limit_requests_per_minute,
+                tokens_per_minute=settings.rate_limit_tokens_per_minute,
+                timeout_s=settings.grpc_timeout_s,
             ),
+            queue=queue,
+            async_completions=async_completions,
+            metrics=metrics,
             ready=True,
+            cache=cache_pb2_grpc.CacheServiceStub(cache_channel),
         )
         app.state.parts = parts
         log.info("gateway ready", extra={"reply_topic": replies.topic})
@@ -69,6 +123,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             parts.ready = False
+            await async_completions.stop()
+            await queue.stop()
             await replies.stop()
             await producer.stop()
             await session_channel.close()
@@ -79,10 +135,21 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="A self-hosted conversational AI platform.",
         lifespan=lifespan,
+        telemetry=FASTAPI_TELEMETRY,
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(chats.router)
+    app.include_router(ws.router)
+    app.include_router(completions.router)
+    app.include_router(openai.router)
+    app.include_router(web.router)
+    app.include_router(bots.router)
+    app.include_router(feedback.router)
+    app.include_router(chat_settings.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost: times and logs what the other middleware refuses too.
+    app.add_middleware(RequestTelemetry, metrics=metrics)
     return app

@@ -29,6 +29,25 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_message_chars: int = Field(default=32_000, gt=0)
     max_tokens_limit: int = Field(default=4096, gt=0)
+    rate_limit_requests_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="turns a user may start per minute, all replicas together; 0: no limit",
+    )
+    rate_limit_tokens_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="prompt + completion tokens a user may spend per minute; 0: no limit",
+    )
+    max_queue_depth: int = Field(
+        default=1000,
+        ge=0,
+        description="requests queued or running on the workers beyond which new turns get 503; 0: no limit",
+    )
+    worker_group: str = Field(
+        default="parley-workers", description="the workers' consumer group, whose lag is the queue"
+    )
+    queue_depth_refresh_s: float = Field(default=1.0, gt=0, description="how often the lag is read")
 
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self) -> Settings:

@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from parley.v1 import session_pb2_grpc
+from parley.v1 import cache_pb2_grpc, session_pb2_grpc
+from parley_gateway.admission import QueueMonitor, RateLimiter
+from parley_gateway.async_completions import AsyncCompletions
 from parley_gateway.auth import Authenticator, Principal
 from parley_gateway.config import Settings
 from parley_gateway.errors import ApiError
+from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.turns import TurnService
 
-__all__ = ["Admin", "Parts", "PartsDep", "User"]
+__all__ = ["Admin", "Admitted", "Caller", "Parts", "PartsDep", "User", "admit"]
 
 
 @dataclass
@@ -22,7 +26,12 @@ class Parts:
     session: session_pb2_grpc.SessionServiceAsyncStub
     auth: Authenticator
     turns: TurnService
+    limiter: RateLimiter
+    queue: QueueMonitor
+    async_completions: AsyncCompletions
+    metrics: GatewayMetrics
     ready: bool = False
+    cache: cache_pb2_grpc.CacheServiceAsyncStub | None = None  # feedback evicts answers
 
 
 def _parts(request: Request) -> Parts:
@@ -32,12 +41,24 @@ def _parts(request: Request) -> Parts:
 
 PartsDep = Annotated[Parts, Depends(_parts)]
 
+# These declare the security schemes in the OpenAPI schema; the header itself is checked by the
+# Authenticator, which tells a missing key from a malformed or a revoked one.
+_user_key = HTTPBearer(
+    scheme_name="ApiKey",
+    description="a user's API key (`pk-...`), created with the admin key",
+    auto_error=False,
+)
+_admin_key = HTTPBearer(
+    scheme_name="AdminKey", description="the platform's admin key (ADMIN_API_KEY)", auto_error=False
+)
+
 
 async def _user(
     parts: PartsDep,
-    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_user_key)],
 ) -> Principal:
-    principal = await parts.auth.authenticate(authorization)
+    principal = await parts.auth.authenticate(request.headers.get("authorization"))
     if principal.is_admin:
         raise ApiError(
             403, "permission_error", "the admin key manages users and keys; chat with a user's key"
@@ -47,13 +68,49 @@ async def _user(
 
 async def _admin(
     parts: PartsDep,
-    authorization: Annotated[str | None, Header(description="Bearer <admin API key>")] = None,
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_key)],
 ) -> Principal:
-    principal = await parts.auth.authenticate(authorization)
+    principal = await parts.auth.authenticate(request.headers.get("authorization"))
     if not principal.is_admin:
         raise ApiError(403, "permission_error", "this needs the admin API key")
     return principal
 
 
+async def _caller(
+    parts: PartsDep,
+    request: Request,
+    _u: Annotated[HTTPAuthorizationCredentials | None, Security(_user_key)],
+    _a: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_key)],
+) -> Principal:
+    return await parts.auth.authenticate(request.headers.get("authorization"))
+
+
 User = Annotated[Principal, Depends(_user)]
 Admin = Annotated[Principal, Depends(_admin)]
+# A user or the admin (operations that serve both, each with its own rights).
+Caller = Annotated[Principal, Depends(_caller)]
+
+
+async def admit(parts: Parts, user: Principal) -> None:
+    """Let `user` start a generation now, or refuse: the workers' queue is full (503) or the
+    user is over a rate limit (429). Checked in this order, so a 503 costs no quota."""
+    try:
+        parts.queue.check()
+    except ApiError:
+        parts.metrics.admission_refusals.labels("queue_full").inc()
+        raise
+    try:
+        await parts.limiter.admit(user)
+    except ApiError as exc:
+        if exc.status == 429:
+            parts.metrics.admission_refusals.labels(exc.code or "requests_per_minute").inc()
+        raise
+
+
+async def _admitted(user: User, parts: PartsDep) -> Principal:
+    await admit(parts, user)
+    return user
+
+
+Admitted = Annotated[Principal, Depends(_admitted)]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from parley_gateway.errors import ApiError, is_openai_path
 
 __all__ = ["BodySizeLimit"]
 
 
-class _TooLargeError(Exception):
-    pass
+class _TooLargeError(HTTPException):
+    """Raised while the body is read: FastAPI re-raises an HTTPException met there (any other
+    error becomes its generic 400), so the error handlers answer 413."""
 
 
 class BodySizeLimit:
@@ -24,7 +26,7 @@ class BodySizeLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self._max:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
         seen = 0
         started = False
@@ -35,7 +37,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self._max:
-                    raise _TooLargeError
+                    raise _TooLargeError(413, f"the request body is over {self._max} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -48,25 +50,13 @@ class BodySizeLimit:
             await self._app(scope, limited_receive, tracking_send)
         except _TooLargeError:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "type": "body_too_large",
-                    "message": f"the request body is over {self._max} bytes",
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        error = ApiError(413, "body_too_large", f"the request body is over {self._max} bytes")
+        response = error.response(openai=is_openai_path(scope.get("path", "")))
+        await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,8 @@ __all__ = [
     "ChatList",
     "ChatSummary",
     "CompletionBody",
+    "CompletionError",
+    "CompletionOut",
     "CreateKeyBody",
     "CreateUserBody",
     "ErrorBody",
@@ -24,6 +26,7 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant"]
+CompletionState = Literal["queued", "running", "done", "failed", "cancelled"]
 FinishReason = Literal["stop", "length", "cancelled", "error", "expired"]
 
 
@@ -43,6 +46,16 @@ class CompletionBody(_Body):
         description="idempotency key: retrying with the same id never stores the turn twice",
     )
     no_cache: bool = Field(default=False, description="do not answer from the semantic cache")
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="0: greedy; default: the bot profile's"
+    )
+    top_p: float | None = Field(default=None, gt=0, le=1, description="nucleus sampling")
+    stop: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=4, description="the answer ends before any of these"
+    )
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="the same seed, the same sample"
+    )
 
 
 class StartChatBody(CompletionBody):
@@ -127,3 +140,24 @@ class _ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: _ErrorDetail
+
+
+class CompletionError(BaseModel):
+    type: str = Field(description="`expired` (no worker took it in time) or `generation_failed`")
+    message: str
+
+
+class CompletionOut(BaseModel):
+    """An asynchronous completion: its state, and its answer once there is one."""
+
+    completion_id: str = Field(description="the turn's request id")
+    chat_id: str
+    message_id: str = Field(description="id of the stored user message")
+    state: CompletionState
+    model: str
+    created_at: int = Field(description="Unix milliseconds")
+    updated_at: int = Field(description="Unix milliseconds")
+    answer: TurnAnswer | None = Field(
+        default=None, description="when done, or cancelled (the text generated until then)"
+    )
+    error: CompletionError | None = Field(default=None, description="when failed")

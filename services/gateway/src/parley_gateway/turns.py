@@ -1,16 +1,17 @@
-"""One chat turn: store the question, build the context, try the cache, else ask a worker."""
+"""One turn: store the question (or take the client's messages), try the cache, else ask a worker."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import grpc
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from parley.v1 import (
     cache_pb2,
@@ -22,15 +23,23 @@ from parley.v1 import (
 )
 from parley_common.ids import new_id
 from parley_common.kafka import SCHEMA_VERSION, Topics
+from parley_common.logs import bind_log_fields
 from parley_common.timeutil import now_ms
 from parley_gateway.auth import Principal
 from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.replies import ReplyRouter
 from parley_gateway.schemas import TurnAnswer, Usage
+from parley_gateway.telemetry import annotate_cache, annotate_turn, observe_turn
 
-__all__ = ["TextChunk", "Turn", "TurnService"]
+__all__ = ["FINISH_NAMES", "Sampling", "TextChunk", "Turn", "TurnService"]
 
 log = logging.getLogger(__name__)
+
+# The producer retries for request_timeout_ms (10 s) while the broker is away; a client waits at
+# most this long before a 503. A refused request may still be delivered once the broker is back:
+# the client's retry with the same request_id is then answered from what was stored.
+QUEUE_WAIT_S = 2.0
 
 FINISH_NAMES = {
     types_pb2.FINISH_REASON_STOP: "stop",
@@ -39,11 +48,46 @@ FINISH_NAMES = {
     types_pb2.FINISH_REASON_ERROR: "error",
     types_pb2.FINISH_REASON_EXPIRED: "expired",
 }
+_ROLES_TO_PB = {
+    "system": types_pb2.ROLE_SYSTEM,
+    "user": types_pb2.ROLE_USER,
+    "assistant": types_pb2.ROLE_ASSISTANT,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class TextChunk:
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """A request's own sampling parameters; what is None keeps the bot profile's."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def over(self, base: types_pb2.SamplingParams) -> types_pb2.SamplingParams:
+        merged = types_pb2.SamplingParams()
+        merged.CopyFrom(base)
+        if self.temperature is not None:
+            merged.temperature = self.temperature
+        if self.top_p is not None:
+            merged.top_p = self.top_p
+        if self.stop:
+            del merged.stop[:]
+            merged.stop.extend(self.stop)
+        if self.seed is not None:
+            merged.seed = self.seed
+        return merged
+
+    @property
+    def cacheable(self) -> bool:
+        """A stop string cuts the answer and a seed asks for one sample: neither may be answered
+        from, or stored in, the semantic cache."""
+        return not self.stop and self.seed is None
 
 
 @dataclass
@@ -54,15 +98,40 @@ class Turn:
     request_id: str
     message_id: str
     _events: AsyncIterator[TextChunk | TurnAnswer]
+    model: str = ""
+    created_unix_s: int = field(default_factory=lambda: int(time.time()))
+    queued: bool = False  # sent to the workers (not a cache hit or a replayed answer)
 
     def events(self) -> AsyncIterator[TextChunk | TurnAnswer]:
         return self._events
+
+    async def close(self) -> None:
+        """Stop following the turn; one still being generated is cancelled (unless detached)."""
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     async def answer(self) -> TurnAnswer:
         async for event in self._events:
             if isinstance(event, TurnAnswer):
                 return event
         raise ApiError(502, "upstream_error", "the worker's stream ended without an answer")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a turn sends to the cache and the workers, whichever way it was started."""
+
+    request_id: str
+    chat_id: str
+    message_id: str
+    model: str
+    context: session_pb2.Context
+    sampling: types_pb2.SamplingParams
+    cache_scope: types_pb2.CacheScope.ValueType
+    tenant_id: str
+    bot_id: str = ""
+    user_message_ordinal: int = 0
 
 
 class TurnService:
@@ -77,7 +146,9 @@ class TurnService:
         completion_timeout_s: float,
         cache_timeout_s: float,
         grpc_timeout_s: float,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or GatewayMetrics(CollectorRegistry())
         self._session = session
         self._cache = cache
         self._producer = producer
@@ -86,6 +157,12 @@ class TurnService:
         self._completion_timeout_s = completion_timeout_s
         self._cache_timeout_s = cache_timeout_s
         self._grpc_timeout_s = grpc_timeout_s
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this gateway that a worker has not finished yet."""
+        return self._replies.open_streams
 
     async def start(
         self,
@@ -97,8 +174,19 @@ class TurnService:
         max_tokens: int | None,
         bot_id: str | None = None,
         no_cache: bool = False,
+        sampling: Sampling | None = None,
+        detached: bool = False,
+        before_queue: Callable[[str, str, str], Awaitable[bool]] | None = None,
     ) -> Turn:
+        """A turn of a stored chat (a new one when `chat_id` is empty).
+
+        `detached`: nobody waits on the stream (asynchronous mode), so a follower that stops
+        reading does not cancel the generation. `before_queue(chat_id, message_id, model)` runs
+        once the question is stored, before the answer is looked up or queued; when it returns
+        False the turn goes no further (its events are empty).
+        """
         request_id = request_id or new_id()
+        bind_log_fields(request_id=request_id)  # from here on, log lines and gRPC calls carry it
         try:
             started = await self._session.StartTurn(
                 session_pb2.StartTurnRequest(
@@ -113,127 +201,215 @@ class TurnService:
             )
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, "session") from exc
-        chat_id = started.chat.chat_id
-        base = Turn(chat_id, request_id, started.user_message.message_id, _empty())
+        if before_queue is not None and not await before_queue(
+            started.chat.chat_id, started.user_message.message_id, started.model
+        ):
+            return Turn(
+                started.chat.chat_id,
+                request_id,
+                started.user_message.message_id,
+                _empty(),
+                model=started.model,
+            )
         if started.replayed:
             answer = started.existing_answer
-            base._events = _single(
-                TurnAnswer(
-                    content=answer.content,
-                    finish_reason=FINISH_NAMES.get(answer.finish_reason, "stop"),
-                    usage=Usage(
-                        prompt_tokens=0,
-                        completion_tokens=answer.token_count,
-                        total_tokens=answer.token_count,
-                    ),
-                )
+            return Turn(
+                started.chat.chat_id,
+                request_id,
+                started.user_message.message_id,
+                _single(
+                    TurnAnswer(
+                        content=answer.content,
+                        finish_reason=FINISH_NAMES.get(answer.finish_reason, "stop"),
+                        usage=Usage(
+                            prompt_tokens=0,
+                            completion_tokens=answer.token_count,
+                            total_tokens=answer.token_count,
+                        ),
+                    )
+                ),
+                model=started.model,
             )
-            return base
+        sampling = sampling or Sampling()
+        plan = _Plan(
+            request_id=request_id,
+            chat_id=started.chat.chat_id,
+            message_id=started.user_message.message_id,
+            model=started.model,
+            context=started.context,
+            sampling=sampling.over(started.sampling),
+            cache_scope=started.cache_scope,
+            tenant_id=started.tenant_id or principal.tenant_id,
+            bot_id=started.chat.bot_id,
+            user_message_ordinal=started.user_message.ordinal,
+        )
+        return await self._run(
+            principal, plan, no_cache=no_cache, cacheable=sampling.cacheable, detached=detached
+        )
 
-        lookup = await self._lookup(principal, started, bypass=no_cache)
+    async def start_stateless(
+        self,
+        principal: Principal,
+        *,
+        messages: Sequence[tuple[str, str]],
+        model: str,
+        max_tokens: int | None,
+        sampling: Sampling | None = None,
+        no_cache: bool = False,
+    ) -> Turn:
+        """A turn on the client's messages (OpenAI style): nothing is stored in a chat."""
+        try:
+            prepared = await self._session.PrepareCompletion(
+                session_pb2.PrepareCompletionRequest(
+                    user_id=principal.user_id,
+                    model=model,
+                    messages=[
+                        types_pb2.ChatMessage(role=_ROLES_TO_PB[role], content=content)
+                        for role, content in messages
+                    ],
+                    max_tokens=max_tokens or 0,
+                ),
+                timeout=self._grpc_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, "session") from exc
+        sampling = sampling or Sampling()
+        plan = _Plan(
+            request_id=new_id(),
+            chat_id="",
+            message_id="",
+            model=prepared.model,
+            context=prepared.context,
+            sampling=sampling.over(prepared.sampling),
+            cache_scope=prepared.cache_scope,
+            tenant_id=prepared.tenant_id or principal.tenant_id,
+        )
+        return await self._run(principal, plan, no_cache=no_cache, cacheable=sampling.cacheable)
+
+    async def _run(
+        self,
+        principal: Principal,
+        plan: _Plan,
+        *,
+        no_cache: bool,
+        cacheable: bool,
+        detached: bool = False,
+    ) -> Turn:
+        turn = Turn(plan.chat_id, plan.request_id, plan.message_id, _empty(), model=plan.model)
+        annotate_turn(request_id=plan.request_id, chat_id=plan.chat_id, model=plan.model)
+        lookup = await self._lookup(principal, plan, bypass=no_cache) if cacheable else None
+        annotate_cache(lookup)
         if lookup is not None and lookup.hit:
-            await self._record_cached(principal, started, request_id, lookup)
-            base._events = _single(
+            await self._record_cached(principal, plan, lookup)
+            turn._events = _single(
                 TurnAnswer(
                     content=lookup.answer,
                     finish_reason="stop",
                     usage=Usage(
-                        prompt_tokens=started.context.prompt_tokens,
+                        prompt_tokens=plan.context.prompt_tokens,
                         completion_tokens=0,
-                        total_tokens=started.context.prompt_tokens,
+                        total_tokens=plan.context.prompt_tokens,
                     ),
                     cached=True,
                     cache_score=lookup.score,
                 )
             )
-            return base
+            turn._events = observe_turn(turn._events, self._metrics, source="cache")
+            return turn
 
         request = envelopes_pb2.CompletionRequest(
             schema_version=SCHEMA_VERSION,
-            request_id=request_id,
-            chat_id=chat_id,
+            request_id=plan.request_id,
+            chat_id=plan.chat_id,
             user_id=principal.user_id,
-            model=started.model,
+            model=plan.model,
             kind=envelopes_pb2.COMPLETION_KIND_CHAT,
-            messages=started.context.messages,
-            sampling=started.sampling,
+            messages=plan.context.messages,
+            sampling=plan.sampling,
             deadline_unix_ms=now_ms() + int(self._completion_timeout_s * 1000),
             enqueued_unix_ms=now_ms(),
             reply_topic=self._replies.topic,
-            bot_id=started.chat.bot_id,
-            user_message_ordinal=started.user_message.ordinal,
+            bot_id=plan.bot_id,
+            user_message_ordinal=plan.user_message_ordinal,
         )
         if lookup is not None and lookup.HasField("key"):
             request.cache_key.CopyFrom(lookup.key)
-        stream = self._replies.open(request_id)
+        stream = self._replies.open(plan.request_id)
         try:
-            await self._producer.send_and_wait(
-                self._topics.requests, request.SerializeToString(), key=chat_id.encode()
+            await asyncio.wait_for(
+                self._producer.send_and_wait(
+                    self._topics.requests, request.SerializeToString(), key=_key(plan)
+                ),
+                QUEUE_WAIT_S,
             )
-        except KafkaError as exc:
-            self._replies.close(request_id)
+        except (KafkaError, TimeoutError) as exc:
+            self._replies.close(plan.request_id)
             log.warning("could not enqueue a completion", extra={"error": repr(exc)})
+            saved = "your message was saved, " if plan.chat_id else ""
             raise ApiError(
                 503,
                 "service_unavailable",
-                "the completion queue is unavailable; your message was saved, retry with the same request_id",
+                f"the completion queue is unavailable; {saved}retry with the same request_id",
                 retry_after_s=5,
             ) from exc
-        base._events = self._follow(request_id, stream)
-        return base
+        turn._events = self._follow(plan.request_id, stream, cancel_on_exit=not detached)
+        turn._events = observe_turn(turn._events, self._metrics, source="worker")
+        turn.queued = True
+        return turn
 
     async def _lookup(
-        self, principal: Principal, started: session_pb2.StartTurnResponse, *, bypass: bool
+        self, principal: Principal, plan: _Plan, *, bypass: bool
     ) -> cache_pb2.LookupResponse | None:
-        if started.cache_scope == types_pb2.CACHE_SCOPE_DISABLED:
+        if plan.cache_scope == types_pb2.CACHE_SCOPE_DISABLED:
             return None
         try:
             return await self._cache.Lookup(
                 cache_pb2.LookupRequest(
                     user_id=principal.user_id,
-                    tenant_id=started.tenant_id or principal.tenant_id,
-                    bot_id=started.chat.bot_id,
-                    model=started.model,
-                    scope=started.cache_scope,
-                    messages=started.context.messages,
+                    tenant_id=plan.tenant_id,
+                    bot_id=plan.bot_id,
+                    model=plan.model,
+                    scope=plan.cache_scope,
+                    messages=plan.context.messages,
                     bypass=bypass,
-                    max_tokens=started.sampling.max_tokens,
+                    max_tokens=plan.sampling.max_tokens,
                 ),
                 timeout=self._cache_timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
             # The cache is an optimisation: when it is down or slow, the turn goes to a worker.
+            self._metrics.cache_lookup_failures.inc()
             log.warning("cache lookup failed; treating as a miss", extra={"code": exc.code().name})
             return None
 
     async def _record_cached(
-        self,
-        principal: Principal,
-        started: session_pb2.StartTurnResponse,
-        request_id: str,
-        lookup: cache_pb2.LookupResponse,
+        self, principal: Principal, plan: _Plan, lookup: cache_pb2.LookupResponse
     ) -> None:
-        """A cached answer is still the chat's answer: record it like a worker's result."""
+        """A cached answer is still the turn's answer: record it like a worker's result."""
         result = envelopes_pb2.CompletionResult(
             schema_version=SCHEMA_VERSION,
-            request_id=request_id,
-            chat_id=started.chat.chat_id,
+            request_id=plan.request_id,
+            chat_id=plan.chat_id,
             user_id=principal.user_id,
-            model=started.model,
+            model=plan.model,
             kind=envelopes_pb2.COMPLETION_KIND_CHAT,
             text=lookup.answer,
             finish_reason=types_pb2.FINISH_REASON_STOP,
-            usage=types_pb2.Usage(prompt_tokens=started.context.prompt_tokens),
+            usage=types_pb2.Usage(prompt_tokens=plan.context.prompt_tokens),
             worker_id="cache",
-            bot_id=started.chat.bot_id,
-            user_message_ordinal=started.user_message.ordinal,
+            bot_id=plan.bot_id,
+            user_message_ordinal=plan.user_message_ordinal,
             completed_unix_ms=now_ms(),
+            cache_entry_id=lookup.entry_id,
         )
         try:
-            await self._producer.send_and_wait(
-                self._topics.results, result.SerializeToString(), key=started.chat.chat_id.encode()
+            await asyncio.wait_for(
+                self._producer.send_and_wait(
+                    self._topics.results, result.SerializeToString(), key=_key(plan)
+                ),
+                QUEUE_WAIT_S,
             )
-        except KafkaError as exc:
+        except (KafkaError, TimeoutError) as exc:
             raise ApiError(
                 503,
                 "service_unavailable",
@@ -242,7 +418,11 @@ class TurnService:
             ) from exc
 
     async def _follow(
-        self, request_id: str, stream: asyncio.Queue[envelopes_pb2.CompletionChunk]
+        self,
+        request_id: str,
+        stream: asyncio.Queue[envelopes_pb2.CompletionChunk],
+        *,
+        cancel_on_exit: bool,
     ) -> AsyncIterator[TextChunk | TurnAnswer]:
         deadline = time.monotonic() + self._completion_timeout_s
         next_seq = 0
@@ -281,17 +461,26 @@ class TurnService:
                 yield TextChunk(chunk.text)
         finally:
             self._replies.close(request_id)
-            if not finished:
-                await self.cancel(request_id, "client went away")
+            if not finished and cancel_on_exit:
+                # In a task of its own: the follower's task may be in a cancelled scope, where
+                # anything it awaits is cancelled again.
+                task = asyncio.create_task(self.cancel(request_id, "client went away"))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def cancel(self, request_id: str, reason: str) -> None:
         cancel = envelopes_pb2.CancelRequest(
             schema_version=SCHEMA_VERSION, request_id=request_id, reason=reason
         )
         try:
-            await self._producer.send(self._topics.control, cancel.SerializeToString())
+            await self._producer.send_and_wait(self._topics.control, cancel.SerializeToString())
         except KafkaError as exc:
             log.warning("could not send a cancel", extra={"error": repr(exc)})
+
+
+def _key(plan: _Plan) -> bytes:
+    # A chat's turns share a partition (in order); a stateless request has no chat to order by.
+    return (plan.chat_id or plan.request_id).encode()
 
 
 async def _single(answer: TurnAnswer) -> AsyncIterator[TextChunk | TurnAnswer]:

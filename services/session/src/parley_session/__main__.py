@@ -8,44 +8,98 @@ import logging
 import signal
 from typing import Any
 
+from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
-from pymongo.errors import ConnectionFailure
 
 from parley.v1 import session_pb2_grpc
 from parley_common.grpc_server import GrpcServer
-from parley_common.kafka import ResultsConsumer, Topics, ensure_topics, make_producer
+from parley_common.grpc_telemetry import ServerTelemetry
+from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
+from parley_common.telemetry import setup_tracing
+from parley_session.completions import CompletionService, ResultTracker
 from parley_session.config import Settings
+from parley_session.metrics import SessionMetrics
 from parley_session.results import ResultRecorder
+from parley_session.retry import RetryPolicy, StoreUnavailableError
 from parley_session.server import SessionServicer
 from parley_session.store import SessionStore
+from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 
 log = logging.getLogger("parley_session")
 
 
 async def serve(settings: Settings) -> None:
-    topics = Topics()
+    topics = settings.topics()
+    metrics = SessionMetrics(REGISTRY)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
+        settings.mongodb_uri,
+        serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+        tz_aware=True,
+        event_listeners=[metrics.mongodb_listener()],
     )
-    store = SessionStore(client, settings.mongodb_database)
+    store = SessionStore(
+        client,
+        settings.mongodb_database,
+        retry=RetryPolicy(
+            attempts=settings.store_retry_attempts,
+            attempt_timeout_s=settings.mongodb_timeout_ms / 1000,
+        ),
+    )
     await store.ensure_indexes()
-    servicer = SessionServicer(store, TokenCounter(settings.tokenizer_path), settings)
-    server = GrpcServer(port=settings.grpc_port)
-    session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server.server)
+    tokens = TokenCounter(settings.tokenizer_path)
+    if not tokens.exact:
+        log.warning("no tokenizer and chat template: token counts are estimates")
 
-    await ensure_topics(settings.kafka_addr, [topics.results, topics.dead_letters])
-    producer = make_producer(settings.kafka_addr, client_id="parley-session")
+    await ensure_topics(settings.kafka_addr, [topics.requests, topics.results, topics.dead_letters])
+    producer = make_producer(
+        settings.kafka_addr, client_id="parley-session", kafka_metrics=metrics.kafka
+    )
     await producer.start()
+    summarizer = Summarizer(
+        store,
+        tokens,
+        producer,
+        topics=topics,
+        window=settings.context_window,
+        timeout_s=settings.summary_timeout_s,
+        retry_s=settings.summary_retry_s,
+    )
+    completions = CompletionService.for_store(
+        store,
+        tokens,
+        model_name=settings.model_name,
+        context_window=settings.context_window,
+        default_max_tokens=settings.default_max_tokens,
+        retention_s=settings.completion_retention_s,
+    )
+    await completions.ensure_indexes()
+    servicer = SessionServicer(
+        store, tokens, settings, summarizer=summarizer, completions=completions
+    )
+    server = GrpcServer(
+        port=settings.grpc_port,
+        interceptors=[
+            ServerTelemetry(
+                metrics.grpc,
+                observers={"/parley.v1.SessionService/StartTurn": metrics.observe_start_turn},
+            )
+        ],
+    )
+    session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server.server)
     consumer = ResultsConsumer(
         bootstrap=settings.kafka_addr,
         group_id=settings.results_group,
-        handler=ResultRecorder(store),
+        handler=ResultTracker(
+            ResultRecorder(store, tokens, summary_retry_s=settings.summary_retry_s), completions
+        ),
         producer=producer,
         topics=topics,
-        transient=(ConnectionFailure,),
+        # MongoDB down delays results; it never dead-letters them.
+        transient=(StoreUnavailableError,),
+        metrics=metrics.results,
     )
     await consumer.start()
     await server.start(["parley.v1.SessionService"])
@@ -59,10 +113,12 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("session service stopping")
-    await server.stop(grace_s=10)
+    # Health says NOT_SERVING, new calls are refused, calls in flight finish within the grace.
+    await server.stop(grace_s=settings.shutdown_grace_s)
     await probes.stop()
     with contextlib.suppress(Exception):
         await consumer.stop()
+    await summarizer.aclose()
     await producer.stop()
     await client.close()
 
@@ -70,6 +126,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging("session", settings.log_level)
+    setup_tracing("parley-session")
     asyncio.run(serve(settings))
 
 

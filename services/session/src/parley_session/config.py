@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from parley_common.kafka import Topics
 from parley_common.settings import ServiceSettings
 
 __all__ = ["Settings"]
@@ -11,6 +12,12 @@ class Settings(ServiceSettings):
     grpc_port: int = 50051
     mongodb_uri: str = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
     mongodb_database: str = "parley"
+    mongodb_timeout_ms: int = Field(
+        default=2000, gt=0, description="how long one attempt of a MongoDB operation may take"
+    )
+    store_retry_attempts: int = Field(
+        default=4, ge=1, description="attempts of a MongoDB operation that fails transiently"
+    )
     model_name: str = Field(default="parley-tiny", description="the model chats use by default")
     tokenizer_path: str = Field(
         default="", description="folder of the served model's tokenizer; empty: estimate tokens"
@@ -18,7 +25,46 @@ class Settings(ServiceSettings):
     context_window: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
     default_system_prompt: str = "You are Parley, a helpful assistant."
+    default_history_policy: str = Field(
+        default="truncate", pattern="^(full|truncate|summarize)$", description="of the default bot"
+    )
     results_group: str = "parley-session"
+    topic_prefix: str = Field(
+        default="parley.",
+        description="the Kafka topics are <prefix>completions.requests, ...results, ...dlq "
+        "(tests use their own prefix to share one Kafka)",
+    )
+    completion_retention_s: float = Field(
+        default=86_400.0, gt=0, description="how long an asynchronous completion can be read"
+    )
     previous_answer_wait_s: float = Field(
         default=3.0, ge=0, description="how long a turn waits for the previous answer to be stored"
     )
+    summarize_at: float = Field(
+        default=0.75,
+        gt=0,
+        le=1,
+        description="summarize policy: summarize once the history passes this share of the window",
+    )
+    keep_recent: float = Field(
+        default=0.25, gt=0, lt=1, description="summarize policy: share of the window kept verbatim"
+    )
+    summary_max_tokens: int = Field(default=256, gt=0)
+    summary_timeout_s: float = Field(
+        default=120.0, gt=0, description="a summary request's deadline; unanswered, it is redone"
+    )
+    summary_retry_s: float = Field(
+        default=10.0, gt=0, description="first pause after a failed summary (doubles, to 10 min)"
+    )
+    max_bots_per_user: int = Field(default=100, gt=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM: finish calls")
+
+    def topics(self) -> Topics:
+        prefix = self.topic_prefix
+        return Topics(
+            requests=f"{prefix}completions.requests",
+            results=f"{prefix}completions.results",
+            control=f"{prefix}completions.control",
+            dead_letters=f"{prefix}completions.dlq",
+            reply_prefix=f"{prefix}replies.",
+        )

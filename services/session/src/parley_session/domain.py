@@ -1,19 +1,32 @@
-"""The session service's domain: chats, messages, bot profiles and context building. No I/O."""
+"""The session service's domain: bot profiles, messages, context building and summaries. No I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 __all__ = [
+    "BotNotFoundError",
     "BotProfile",
     "ChatNotFoundError",
     "ContextPlan",
+    "ContextTooLargeError",
+    "HistoryParams",
     "HistoryPolicy",
     "InvalidArgumentError",
+    "MessageNotFoundError",
+    "PermissionDeniedError",
+    "PromptFormat",
     "StoredMessage",
+    "SummaryPrompt",
     "build_context",
+    "check_message_fits",
+    "recent_boundary",
+    "summary_prompt",
+    "system_with_summary",
 ]
 
 
@@ -21,16 +34,40 @@ class ChatNotFoundError(LookupError):
     """The chat does not exist or belongs to someone else (the two are not told apart)."""
 
 
+class BotNotFoundError(LookupError):
+    """No bot profile with this id that the caller may see."""
+
+
+class MessageNotFoundError(LookupError):
+    """No such message in the chat."""
+
+
+class PermissionDeniedError(PermissionError):
+    """The caller may see this object but not change it (a shared or built-in bot profile)."""
+
+
 class InvalidArgumentError(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+        self.description = message
+
+
+class ContextTooLargeError(InvalidArgumentError):
+    """What must be sent does not fit the model's window (nothing is cut without saying so)."""
 
 
 class HistoryPolicy(StrEnum):
     FULL = "full"
     TRUNCATE = "truncate"
     SUMMARIZE = "summarize"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryParams:
+    summarize_at: float = 0.75  # share of the window the unsummarized history may fill
+    keep_recent: float = 0.25  # share of the window that stays verbatim after a summary
+    summary_max_tokens: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +80,24 @@ class BotProfile:
     max_tokens: int = 256
     temperature: float | None = None
     top_p: float | None = None
-    cache_scope: str = "user"
+    cache_scope: str = "user"  # user | tenant | global | disabled
+    avatar: str = ""
+    description: str = ""
+    history: HistoryParams = HistoryParams()
+    owner_user_id: str = ""  # empty: shared (or built in)
+    builtin: bool = False
+    created_ms: int = 0
+    updated_ms: int = 0
+
+    @property
+    def shared(self) -> bool:
+        return not self.owner_user_id
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     ordinal: int
-    role: str  # "user" | "assistant" | "system"
+    role: str  # "user" | "assistant"
     content: str
     token_count: int
 
@@ -58,7 +106,42 @@ class StoredMessage:
 class ContextPlan:
     messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content), system first
     prompt_tokens: int = 0
-    dropped_messages: int = 0
+    dropped_messages: int = 0  # left out of the loaded history (the caller adds older ones)
+    first_kept_ordinal: int = 0
+
+
+class PromptFormat(Protocol):
+    """How a model counts: content tokens, and prompts rendered by its chat template."""
+
+    fixed_tokens: int  # the template's tokens around the whole conversation
+
+    def count(self, text: str) -> int: ...
+
+    def message_tokens(self, role: str, content_tokens: int) -> int: ...
+
+    def prompt_tokens(self, messages: Sequence[tuple[str, str]]) -> int: ...
+
+
+def check_message_fits(
+    *,
+    system_prompt: str,
+    content: str,
+    content_tokens: int,
+    window: int,
+    reply_budget: int,
+    fmt: PromptFormat,
+) -> None:
+    """Refuse a message that cannot fit the window even with no history at all."""
+    budget = window - reply_budget
+    head = [("system", system_prompt)] if system_prompt else []
+    alone = fmt.prompt_tokens([*head, ("user", content)])
+    if alone > budget:
+        allowed = max(budget - (alone - content_tokens), 0)
+        raise ContextTooLargeError(
+            "content",
+            f"message is {content_tokens} tokens; this model's window allows {allowed} "
+            f"(a {window}-token window, {reply_budget} of them kept for the reply)",
+        )
 
 
 def build_context(
@@ -68,32 +151,169 @@ def build_context(
     policy: HistoryPolicy,
     window: int,
     reply_budget: int,
-    count_tokens: Callable[[str], int],
-    per_message_overhead: int = 4,
+    fmt: PromptFormat,
 ) -> ContextPlan:
     """What the model sees: the system prompt, then as much history as the policy allows.
 
-    `history` is in order and ends with the latest user turn, which is always kept, as is the
-    system prompt. `truncate` drops the oldest turns, whole, until the rest fits the window minus
-    the reply budget; `full` keeps everything (the engine refuses what does not fit).
+    `history` is in order and ends with the latest user turn. The prompt, counted exactly with the
+    model's chat template, must leave `reply_budget` tokens of `window` for the answer. `truncate`
+    (and `summarize`, over what its summary does not cover) keeps the newest whole turns that fit,
+    always with the system prompt and the latest user turn; a latest turn that cannot fit even
+    alone is refused, never cut. `full` keeps everything, or refuses when it does not fit.
     """
-    system_cost = count_tokens(system_prompt) + per_message_overhead if system_prompt else 0
-    costs = [m.token_count + per_message_overhead for m in history]
-    keep_from = 0
-    if policy is not HistoryPolicy.FULL and history:
-        budget = window - reply_budget - system_cost
-        total = sum(costs)
-        # Never drop the latest user turn, even when it alone is over budget.
-        while total > budget and keep_from < len(history) - 1:
-            total -= costs[keep_from]
-            keep_from += 1
-    kept = history[keep_from:]
-    messages: list[tuple[str, str]] = []
-    if system_prompt:
-        messages.append(("system", system_prompt))
-    messages.extend((m.role, m.content) for m in kept)
-    return ContextPlan(
-        messages=messages,
-        prompt_tokens=system_cost + sum(costs[keep_from:]),
-        dropped_messages=keep_from,
+    if not history or history[-1].role != "user":
+        raise ValueError("the history must end with the latest user turn")
+    budget = window - reply_budget
+    head = [("system", system_prompt)] if system_prompt else []
+
+    def render(start: int) -> list[tuple[str, str]]:
+        return head + [(m.role, m.content) for m in history[start:]]
+
+    check_message_fits(
+        system_prompt=system_prompt,
+        content=history[-1].content,
+        content_tokens=history[-1].token_count,
+        window=window,
+        reply_budget=reply_budget,
+        fmt=fmt,
     )
+    if policy is HistoryPolicy.FULL:
+        messages = render(0)
+        total = fmt.prompt_tokens(messages)
+        if total > budget:
+            raise ContextTooLargeError(
+                "history_policy",
+                f"the whole chat is {total} tokens; this model's window allows {budget} "
+                f"(a {window}-token window, {reply_budget} of them kept for the reply): continue "
+                "with the truncate or summarize policy, or start a new chat",
+            )
+        return ContextPlan(messages, total, 0, history[0].ordinal)
+
+    # Turns start at user messages; a leading answer whose question is gone is not kept.
+    starts = [i for i, m in enumerate(history) if m.role == "user"]
+    fixed = fmt.fixed_tokens
+    if system_prompt:
+        fixed += fmt.message_tokens("system", fmt.count(system_prompt))
+    suffix = [0] * (len(history) + 1)
+    for i in range(len(history) - 1, -1, -1):
+        m = history[i]
+        suffix[i] = suffix[i + 1] + fmt.message_tokens(m.role, m.token_count)
+    at = next((k for k, s in enumerate(starts) if fixed + suffix[s] <= budget), len(starts) - 1)
+    total = fmt.prompt_tokens(render(starts[at]))
+    while total > budget and at < len(starts) - 1:
+        at += 1
+        total = fmt.prompt_tokens(render(starts[at]))
+    # The per-message estimate may overshoot for templates whose pieces interact: an older turn
+    # that fits exactly is taken in.
+    while at > 0:
+        older = fmt.prompt_tokens(render(starts[at - 1]))
+        if older > budget:
+            break
+        at, total = at - 1, older
+    start = starts[at]
+    return ContextPlan(render(start), total, start, history[start].ordinal)
+
+
+def recent_boundary(newest_first: Sequence[tuple[int, str, int]], keep_tokens: int) -> int | None:
+    """The ordinal of the oldest message that stays verbatim after a summary.
+
+    `newest_first` is (ordinal, role, cost) from the latest user turn backwards. The recent block
+    holds whole turns within `keep_tokens`, and at least the latest turn. None: no user turn.
+    """
+    spent = 0
+    boundary: int | None = None
+    for ordinal, role, cost in newest_first:
+        spent += cost
+        if boundary is not None and spent > keep_tokens:
+            break
+        if role == "user":
+            boundary = ordinal
+    return boundary
+
+
+_SUMMARY_SYSTEM = (
+    "You write the running summary of a conversation between a user and an assistant, so that "
+    "the assistant can go on with it without the full transcript."
+)
+_SUMMARY_TASK = (
+    "Summarize the conversation below in at most {words} words. Keep every name, number, date, "
+    "fact, decision, preference of the user and open question; leave out greetings and "
+    "repetition. Write only the summary."
+)
+_SUMMARY_HEADER = "Summary of the earlier conversation (older turns are not shown):"
+
+
+def system_with_summary(system_prompt: str, summary: str) -> str:
+    block = f"{_SUMMARY_HEADER}\n{summary.strip()}"
+    return f"{system_prompt}\n\n{block}" if system_prompt else block
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPrompt:
+    messages: list[tuple[str, str]]
+    through_ordinal: int  # the last message the summary covers (an answer)
+
+
+def summary_prompt(
+    *,
+    previous_summary: str,
+    turns: Sequence[StoredMessage],
+    window: int,
+    max_tokens: int,
+    fmt: PromptFormat,
+) -> SummaryPrompt | None:
+    """The request that folds `turns` (oldest first) into the previous summary.
+
+    It covers whole turns up to an answer, as many as fit the window with `max_tokens` left for
+    the summary; None when there is no answered turn to summarize. A single turn too long to fit
+    is shortened, and the transcript says so.
+    """
+    answers = [i for i, m in enumerate(turns) if m.role == "assistant"]
+    if not answers:
+        return None
+    task = _SUMMARY_TASK.format(words=max(int(max_tokens * 0.6), 20))
+    parts = [task]
+    if previous_summary:
+        parts.append(f"Summary so far:\n{previous_summary.strip()}")
+    preamble = "\n\n".join(parts) + "\n\nConversation:\n"
+    budget = window - max_tokens
+
+    def request(upto: int, lines: list[str]) -> SummaryPrompt:
+        return SummaryPrompt(
+            [("system", _SUMMARY_SYSTEM), ("user", preamble + "\n".join(lines))],
+            turns[upto].ordinal,
+        )
+
+    lines = [_line(m) for m in turns]
+    base = fmt.prompt_tokens([("system", _SUMMARY_SYSTEM), ("user", preamble)])
+    # Estimate with the stored counts, then check exactly, dropping whole turns from the end.
+    spent = base
+    fits = -1
+    for k, m in enumerate(turns):
+        spent += m.token_count + 3  # the "User: " prefix and the line break
+        if spent > budget:
+            break
+        if m.role == "assistant":
+            fits = k
+    candidates = [i for i in answers if i <= fits]
+    while candidates:
+        upto = candidates[-1]
+        prompt = request(upto, lines[: upto + 1])
+        if fmt.prompt_tokens(prompt.messages) <= budget:
+            return prompt
+        candidates.pop()
+    # Not even the first answered turn fits: shorten its messages, saying so in the transcript.
+    upto = answers[0]
+    room = max(budget - base, 16)
+    share = room / max(sum(m.token_count + 3 for m in turns[: upto + 1]), 1)
+    shortened = [_line(m, keep=share) for m in turns[: upto + 1]]
+    return request(upto, shortened)
+
+
+def _line(m: StoredMessage, keep: float = 1.0) -> str:
+    speaker = "User" if m.role == "user" else "Assistant"
+    content = m.content.strip()
+    if keep < 1.0:
+        cut = math.floor(len(content) * keep * 0.9)
+        content = content[:cut].rstrip() + f" [… {len(content) - cut} characters cut]"
+    return f"{speaker}: {content}"

@@ -1,11 +1,16 @@
-"""Stores the assistant's answers from the results topic, once each."""
+"""Applies completion results: a chat answer becomes the assistant's message, a summary the
+chat's summary. Once each in effect, whatever is redelivered, and in order whatever the arrival:
+an answer has its place (its question's ordinal + 1) and a summary replaces only an older one."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from parley.v1 import envelopes_pb2, types_pb2
 from parley_session.store import SessionStore
+from parley_session.summaries import retry_delay
+from parley_session.tokens import TokenCounter
 
 __all__ = ["ResultRecorder"]
 
@@ -20,12 +25,20 @@ _FINISH = {
 
 
 class ResultRecorder:
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(
+        self, store: SessionStore, tokens: TokenCounter, *, summary_retry_s: float
+    ) -> None:
         self._store = store
+        self._tokens = tokens
+        self._summary_retry_s = summary_retry_s
 
     async def __call__(self, result: envelopes_pb2.CompletionResult) -> None:
-        if result.kind != envelopes_pb2.COMPLETION_KIND_CHAT:
-            return
+        if result.kind == envelopes_pb2.COMPLETION_KIND_SUMMARY:
+            await self._summary(result)
+        elif result.kind == envelopes_pb2.COMPLETION_KIND_CHAT:
+            await self._answer(result)
+
+    async def _answer(self, result: envelopes_pb2.CompletionResult) -> None:
         if result.finish_reason not in _FINISH or (
             not result.text and result.finish_reason == types_pb2.FINISH_REASON_ERROR
         ):
@@ -34,12 +47,53 @@ class ResultRecorder:
             chat_id=result.chat_id,
             question_ordinal=result.user_message_ordinal,
             content=result.text,
-            token_count=result.usage.completion_tokens,
+            token_count=result.usage.completion_tokens or self._tokens.count(result.text),
             request_id=result.request_id,
             finish_reason=_FINISH[result.finish_reason],
+            model=result.model,
+            cache_entry_id=result.cache_entry_id,
+            worker_id=result.worker_id,
         )
         if not created:
             log.info(
                 "result already stored, or its chat deleted",
                 extra={"request_id": result.request_id},
             )
+
+    async def _summary(self, result: envelopes_pb2.CompletionResult) -> None:
+        usable = result.finish_reason in (
+            types_pb2.FINISH_REASON_STOP,
+            types_pb2.FINISH_REASON_LENGTH,
+        ) and bool(result.text.strip())
+        if usable:
+            stored = await self._store.store_summary(
+                result.chat_id,
+                request_id=result.request_id,
+                text=result.text.strip(),
+                through_ordinal=result.summary_through_ordinal,
+                token_count=self._tokens.count(result.text.strip()),
+            )
+            log.info(
+                "summary stored" if stored else "summary already covered, or its chat is gone",
+                extra={
+                    "chat_id": result.chat_id,
+                    "request_id": result.request_id,
+                    "through_ordinal": result.summary_through_ordinal,
+                },
+            )
+            return
+        job = await self._store.summary_job(result.chat_id)
+        if job is None or job.get("request_id") != result.request_id:
+            return  # a stale attempt: a newer one is in charge
+        retry_at = datetime.now(UTC) + retry_delay(self._summary_retry_s, job.get("attempts", 1))
+        await self._store.fail_summary_job(result.chat_id, result.request_id, retry_at)
+        log.warning(
+            "summary failed; a later turn retries it",
+            extra={
+                "chat_id": result.chat_id,
+                "request_id": result.request_id,
+                "finish_reason": types_pb2.FinishReason.Name(result.finish_reason),
+                "error": result.error,
+                "retry_at": retry_at.isoformat(),
+            },
+        )

@@ -1,4 +1,11 @@
-"""SessionService over gRPC: translates the wire into store and domain calls."""
+"""SessionService over gRPC: translates the wire into store and domain calls.
+
+Status codes mean what they say: NOT_FOUND for an id the caller cannot see (another user's chat
+included), INVALID_ARGUMENT naming the field (also as a google.rpc.BadRequest in the status
+details), PERMISSION_DENIED for a profile the caller sees but may not change, UNAVAILABLE when
+MongoDB stays unreachable through the retry policy, DEADLINE_EXCEEDED when the caller's deadline
+passes first (every MongoDB operation of a call is bounded by it).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +15,60 @@ import binascii
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from pymongo.errors import PyMongoError
 
 from parley.v1 import session_pb2, session_pb2_grpc, types_pb2
 from parley_common.ids import is_id
 from parley_common.timeutil import now_ms
+from parley_session.completions import (
+    CompletionService,
+    ContextLengthExceededError,
+    ModelNotFoundError,
+)
 from parley_session.config import Settings
+from parley_session.context import BuiltContext, ContextBuilder
 from parley_session.domain import (
+    BotNotFoundError,
     BotProfile,
     ChatNotFoundError,
     HistoryPolicy,
     InvalidArgumentError,
-    build_context,
+    MessageNotFoundError,
+    PermissionDeniedError,
+    StoredMessage,
+    check_message_fits,
 )
-from parley_session.store import ChatDoc, MessageDoc, SessionStore
+from parley_session.profiles import (
+    DEFAULT_BOT_ID,
+    POLICY_FROM_PB,
+    POLICY_TO_PB,
+    SCOPE_TO_PB,
+    ProfileRules,
+    bot_pb,
+)
+from parley_session.retry import (
+    DeadlineExceededError,
+    StoreUnavailableError,
+    deadline,
+    is_transient,
+    remaining_s,
+)
+from parley_session.store import (
+    ChatDoc,
+    FeedbackDoc,
+    FeedbackQuery,
+    MessageDoc,
+    SessionStore,
+    from_ms,
+)
+from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 
 __all__ = ["SessionServicer"]
@@ -36,6 +78,7 @@ log = logging.getLogger(__name__)
 MAX_CONTENT_CHARS = 100_000
 MAX_LIST_LIMIT = 100
 _ANSWER_PENDING_MS = 120_000
+_NO_LATER_THAN = 2**31  # an ordinal past any chat's last message
 
 _ROLE_TO_PB = {
     "system": types_pb2.ROLE_SYSTEM,
@@ -48,52 +91,96 @@ _FINISH_TO_PB = {
     "cancelled": types_pb2.FINISH_REASON_CANCELLED,
     "error": types_pb2.FINISH_REASON_ERROR,
 }
-_POLICY_FROM_PB = {
-    session_pb2.HISTORY_POLICY_FULL: HistoryPolicy.FULL,
-    session_pb2.HISTORY_POLICY_TRUNCATE: HistoryPolicy.TRUNCATE,
-    session_pb2.HISTORY_POLICY_SUMMARIZE: HistoryPolicy.SUMMARIZE,
-}
-_POLICY_TO_PB = {v: k for k, v in _POLICY_FROM_PB.items()}
-_SCOPE_TO_PB = {
-    "user": types_pb2.CACHE_SCOPE_USER,
-    "tenant": types_pb2.CACHE_SCOPE_TENANT,
-    "global": types_pb2.CACHE_SCOPE_GLOBAL,
-    "disabled": types_pb2.CACHE_SCOPE_DISABLED,
-}
+_RATING_FROM_PB = {session_pb2.RATING_UP: "up", session_pb2.RATING_DOWN: "down"}
+_RATING_TO_PB = {v: k for k, v in _RATING_FROM_PB.items()}
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Method = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 
-def _status_codes(method: Method[Req, Resp]) -> Method[Req, Resp]:
-    """Map domain and MongoDB errors to status codes that mean what they say."""
+async def _abort_invalid(
+    context: grpc.aio.ServicerContext[Any, Any], exc: InvalidArgumentError
+) -> None:
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field=exc.field, description=exc.description
+    )
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[detail])
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        str(exc),
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    """Abort the call with the status that `exc` means; re-raise what is not ours to map."""
+    if isinstance(exc, ChatNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"chat {exc} not found")
+    if isinstance(exc, BotNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"bot profile {exc} not found")
+    if isinstance(exc, MessageNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
+    if isinstance(exc, PermissionDeniedError):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, InvalidArgumentError):
+        await _abort_invalid(context, exc)
+    if isinstance(exc, DeadlineExceededError):
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "the deadline passed before the session store answered",
+        )
+    if isinstance(exc, StoreUnavailableError) or (
+        isinstance(exc, PyMongoError) and is_transient(exc)
+    ):
+        log.warning("mongodb unavailable", extra={"error": repr(exc)})
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "the session store (MongoDB) is unavailable; retry shortly"
+        )
+    if isinstance(exc, PyMongoError):
+        if exc.timeout:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the deadline passed before the session store answered",
+            )
+        log.error("mongodb error", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"session store error: {type(exc).__name__}")
+    raise exc
+
+
+_MAPPED = (
+    ChatNotFoundError,
+    BotNotFoundError,
+    MessageNotFoundError,
+    PermissionDeniedError,
+    InvalidArgumentError,
+    DeadlineExceededError,
+    StoreUnavailableError,
+    PyMongoError,
+)
+
+
+def _rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
+    """Bound the call's store work by its deadline and map errors to status codes."""
 
     @functools.wraps(method)
     async def wrapper(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
         try:
-            return await method(self, request, context)
-        except ChatNotFoundError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"chat {exc} not found")
-        except InvalidArgumentError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except (ConnectionFailure, OperationFailure) as exc:
-            log.warning("mongodb unavailable", extra={"error": repr(exc)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the session store is unavailable")
-        except PyMongoError as exc:
-            log.exception("mongodb error")
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"session store error: {type(exc).__name__}"
-            )
+            with deadline(context.time_remaining()):
+                return await method(self, request, context)
+        except _MAPPED as exc:
+            await _abort_for(context, exc)
         raise AssertionError("unreachable")  # context.abort always raises
 
     return wrapper
 
 
 def _chat_pb(chat: ChatDoc) -> session_pb2.Chat:
-    return session_pb2.Chat(
+    pb = session_pb2.Chat(
         chat_id=chat.chat_id,
         title=chat.title,
         bot_id=chat.bot_id,
@@ -101,6 +188,10 @@ def _chat_pb(chat: ChatDoc) -> session_pb2.Chat:
         updated_unix_ms=chat.updated_ms,
         message_count=chat.message_count,
     )
+    if chat.summary is not None:
+        pb.summary = chat.summary.text
+        pb.summary_through_ordinal = chat.summary.through_ordinal
+    return pb
 
 
 def _message_pb(m: MessageDoc) -> session_pb2.Message:
@@ -116,15 +207,52 @@ def _message_pb(m: MessageDoc) -> session_pb2.Message:
     )
 
 
-def _encode_cursor(chat: ChatDoc) -> str:
-    return base64.urlsafe_b64encode(f"{chat.updated_ms}:{chat.chat_id}".encode()).decode()
+def _feedback_pb(f: FeedbackDoc) -> session_pb2.Feedback:
+    return session_pb2.Feedback(
+        feedback_id=f.feedback_id,
+        chat_id=f.chat_id,
+        message_id=f.message_id,
+        user_id=f.user_id,
+        bot_id=f.bot_id,
+        rating=_RATING_TO_PB[f.rating],
+        comment=f.comment,
+        tags=f.tags,
+        request_id=f.request_id,
+        cache_entry_id=f.cache_entry_id,
+        created_unix_ms=f.created_ms,
+        updated_unix_ms=f.updated_ms,
+        model=f.model,
+        question=f.question,
+        answer=f.answer,
+    )
+
+
+def _context_pb(built: BuiltContext) -> session_pb2.Context:
+    pb = session_pb2.Context(
+        messages=[
+            types_pb2.ChatMessage(role=_ROLE_TO_PB[role], content=text)
+            for role, text in built.plan.messages
+        ],
+        prompt_tokens=built.plan.prompt_tokens,
+        policy=POLICY_TO_PB[built.policy],
+        dropped_messages=built.dropped_messages,
+        summary_used=built.summary_through_ordinal is not None,
+    )
+    if built.summary_through_ordinal is not None:
+        pb.summary_through_ordinal = built.summary_through_ordinal
+    return pb
+
+
+def _encode_cursor(at_ms: int, item_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{at_ms}:{item_id}".encode()).decode()
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        ms, chat_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-        return datetime.fromtimestamp(int(ms) / 1000, UTC), chat_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        ms, item_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+        return from_ms(int(ms)), item_id
+    # OverflowError, OSError: a time far outside what datetime or the platform can represent.
+    except (ValueError, OverflowError, OSError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidArgumentError("cursor", "not a cursor returned by this API") from exc
 
 
@@ -138,25 +266,95 @@ def _check_chat_id(chat_id: str) -> None:
         raise ChatNotFoundError(chat_id)
 
 
+def _check_content(content: str) -> None:
+    if not content.strip():
+        raise InvalidArgumentError("content", "must not be empty")
+    if len(content) > MAX_CONTENT_CHARS:
+        raise InvalidArgumentError("content", f"longer than {MAX_CONTENT_CHARS} characters")
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    cleaned = list(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
+    if len(cleaned) > 10:
+        raise InvalidArgumentError("tags", "at most 10")
+    for tag in cleaned:
+        if len(tag) > 40:
+            raise InvalidArgumentError("tags", f"{tag[:40]!r}…: at most 40 characters a tag")
+    return cleaned
+
+
+def _feedback_query(bot_id: str, since_ms: int, until_ms: int, cursor: str = "") -> FeedbackQuery:
+    if since_ms < 0 or until_ms < 0:
+        raise InvalidArgumentError("since", "Unix milliseconds, not negative")
+    if since_ms and until_ms and until_ms <= since_ms:
+        raise InvalidArgumentError("until", "must be after since")
+    return FeedbackQuery(
+        bot_id=bot_id,
+        since=from_ms(since_ms) if since_ms else None,
+        until=from_ms(until_ms) if until_ms else None,
+        before=_decode_cursor(cursor) if cursor else None,
+    )
+
+
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
-    def __init__(self, store: SessionStore, tokens: TokenCounter, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        tokens: TokenCounter,
+        settings: Settings,
+        *,
+        summarizer: Summarizer | None = None,
+        completions: CompletionService | None = None,
+    ) -> None:
         self._store = store
         self._tokens = tokens
         self._settings = settings
-        self._default_bot = BotProfile(
-            bot_id="default",
-            name="Assistant",
-            system_prompt=settings.default_system_prompt,
-            model=settings.model_name,
-            max_tokens=settings.default_max_tokens,
+        self._completions = completions or CompletionService.for_store(
+            store,
+            tokens,
+            model_name=settings.model_name,
+            context_window=settings.context_window,
+            default_max_tokens=settings.default_max_tokens,
+        )
+        self._profiles = ProfileRules(settings, tokens)
+        self._contexts = ContextBuilder(
+            store, tokens, window=settings.context_window, summarizer=summarizer
         )
 
-    def _bot(self, bot_id: str) -> BotProfile:
-        if bot_id in ("", self._default_bot.bot_id):
-            return self._default_bot
-        raise InvalidArgumentError("bot_id", f"no bot profile {bot_id!r}")
+    # bot profiles of chats
 
-    @_status_codes
+    async def _chat_bot(self, chat: ChatDoc) -> BotProfile:
+        """The profile a chat was started with (or moved to), even if it was deleted since."""
+        if chat.bot_id in ("", DEFAULT_BOT_ID):
+            return self._profiles.default
+        try:
+            return await self._store.get_bot(chat.bot_id, visible_to=None, include_deleted=True)
+        except BotNotFoundError:
+            log.warning("chat's bot profile is gone", extra={"bot_id": chat.bot_id})
+            return self._profiles.default
+
+    async def _pickable_bot(self, user_id: str, bot_id: str) -> BotProfile:
+        """A profile a user may start (or move) a chat with."""
+        if bot_id in ("", DEFAULT_BOT_ID):
+            return self._profiles.default
+        try:
+            if not is_id(bot_id):
+                raise BotNotFoundError(bot_id)
+            return await self._store.get_bot(bot_id, visible_to=user_id, include_deleted=False)
+        except BotNotFoundError:
+            raise InvalidArgumentError("bot_id", f"no bot profile {bot_id!r}") from None
+
+    def _reply_budget(self, bot: BotProfile, requested: int) -> int:
+        budget = requested or bot.max_tokens
+        if budget >= self._settings.context_window:
+            raise InvalidArgumentError(
+                "max_tokens", f"less than the model's window of {self._settings.context_window}"
+            )
+        return budget
+
+    # users and keys
+
+    @_rpc
     async def AuthenticateKey(
         self,
         request: session_pb2.AuthenticateKeyRequest,
@@ -168,7 +366,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         assert user is not None
         return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
 
-    @_status_codes
+    @_rpc
     async def CreateUser(
         self, request: session_pb2.CreateUserRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.User:
@@ -178,7 +376,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         user = await self._store.create_user(name, request.tenant_id)
         return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
 
-    @_status_codes
+    @_rpc
     async def CreateApiKey(
         self, request: session_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.CreateApiKeyResponse:
@@ -187,7 +385,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         key = await self._store.create_api_key(request.user_id, request.name)
         return session_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=key.api_key)
 
-    @_status_codes
+    @_rpc
     async def RevokeApiKey(
         self, request: session_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.RevokeApiKeyResponse:
@@ -195,23 +393,55 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
         return session_pb2.RevokeApiKeyResponse()
 
-    @_status_codes
+    # turns
+
+    @_rpc
     async def StartTurn(
         self, request: session_pb2.StartTurnRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.StartTurnResponse:
         content = request.content
-        if not content.strip():
-            raise InvalidArgumentError("content", "must not be empty")
-        if len(content) > MAX_CONTENT_CHARS:
-            raise InvalidArgumentError("content", f"longer than {MAX_CONTENT_CHARS} characters")
+        _check_content(content)
         if not request.request_id or len(request.request_id) > 128:
             raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
+        chat: ChatDoc | None
         if request.chat_id:
             _check_chat_id(request.chat_id)
             chat = await self._store.get_chat(request.user_id, request.chat_id)
-            bot = self._bot(chat.bot_id)
+            bot = await self._chat_bot(chat)
         else:
-            bot = self._bot(request.bot_id)
+            chat = await self._store.find_chat_by_request(request.user_id, request.request_id)
+            bot = await (
+                self._chat_bot(chat)
+                if chat is not None
+                else self._pickable_bot(request.user_id, request.bot_id)
+            )
+        max_tokens = self._reply_budget(bot, request.max_tokens)
+        token_count = self._tokens.count(content)
+        replay = chat is not None and (
+            await self._store.find_message(chat.chat_id, request.request_id, "user") is not None
+        )
+        policy = POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
+        if not replay:
+            # Refused before anything is stored: a turn that cannot be sent is never kept.
+            check_message_fits(
+                system_prompt=bot.system_prompt,
+                content=content,
+                content_tokens=token_count,
+                window=self._settings.context_window,
+                reply_budget=max_tokens,
+                fmt=self._tokens,
+            )
+            if chat is not None and policy is HistoryPolicy.FULL:
+                await self._contexts.build(
+                    chat=chat,
+                    bot=bot,
+                    policy=policy,
+                    reply_budget=max_tokens,
+                    through_ordinal=_NO_LATER_THAN - 1,
+                    draft=StoredMessage(_NO_LATER_THAN, "user", content, token_count),
+                    summarize=False,
+                )
+        if chat is None:
             chat = await self._store.create_chat(
                 request.user_id,
                 bot_id=bot.bot_id,
@@ -222,29 +452,20 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             user_id=request.user_id,
             chat_id=chat.chat_id,
             content=content,
-            token_count=self._tokens.count(content),
+            token_count=token_count,
             request_id=request.request_id,
         )
         await self._await_previous_answer(chat.chat_id, user_message.ordinal)
         existing_answer = await self._store.find_message(
             chat.chat_id, request.request_id, "assistant"
         )
-        policy = _POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
-        if policy is HistoryPolicy.SUMMARIZE:
-            policy = HistoryPolicy.TRUNCATE  # until summaries exist, summarize degrades to truncate
-        max_tokens = request.max_tokens or bot.max_tokens
-        history = [
-            m.stored()
-            for m in await self._store.chat_messages(chat.chat_id)
-            if m.ordinal <= user_message.ordinal and m.role in ("user", "assistant")
-        ]
-        plan = build_context(
-            system_prompt=bot.system_prompt,
-            history=history,
+        chat = await self._store.get_chat(request.user_id, chat.chat_id)
+        built = await self._contexts.build(
+            chat=chat,
+            bot=bot,
             policy=policy,
-            window=self._settings.context_window,
             reply_budget=max_tokens,
-            count_tokens=self._tokens.count,
+            through_ordinal=user_message.ordinal,
         )
         sampling = types_pb2.SamplingParams(max_tokens=max_tokens)
         if bot.temperature is not None:
@@ -252,20 +473,12 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if bot.top_p is not None:
             sampling.top_p = bot.top_p
         response = session_pb2.StartTurnResponse(
-            chat=_chat_pb(await self._store.get_chat(request.user_id, chat.chat_id)),
+            chat=_chat_pb(chat),
             user_message=_message_pb(user_message),
-            context=session_pb2.Context(
-                messages=[
-                    types_pb2.ChatMessage(role=_ROLE_TO_PB[role], content=text)
-                    for role, text in plan.messages
-                ],
-                prompt_tokens=plan.prompt_tokens,
-                policy=_POLICY_TO_PB[policy],
-                dropped_messages=plan.dropped_messages,
-            ),
+            context=_context_pb(built),
             model=bot.model,
             sampling=sampling,
-            cache_scope=_SCOPE_TO_PB[bot.cache_scope],
+            cache_scope=SCOPE_TO_PB[bot.cache_scope],
             system_prompt=bot.system_prompt,
             replayed=existing_answer is not None,
         )
@@ -281,13 +494,41 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         previous = await self._store.message_at(chat_id, ordinal - 2)
         if previous is None or now_ms() - previous.created_ms > _ANSWER_PENDING_MS:
             return  # no question before, or its answer is not coming (failed, expired)
-        deadline = time.monotonic() + self._settings.previous_answer_wait_s
-        while time.monotonic() < deadline:
+        wait_s = self._settings.previous_answer_wait_s
+        left = remaining_s()
+        if left is not None:
+            wait_s = min(wait_s, left / 2)  # keep half of the caller's time for the turn itself
+        until = time.monotonic() + wait_s
+        while time.monotonic() < until:
             await asyncio.sleep(0.02)
             if await self._store.message_at(chat_id, ordinal - 1) is not None:
                 return
 
-    @_status_codes
+    @_rpc
+    async def BuildContext(
+        self, request: session_pb2.BuildContextRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.Context:
+        _check_chat_id(request.chat_id)
+        _check_content(request.content)
+        chat = await self._store.get_chat(request.user_id, request.chat_id)
+        bot = await self._chat_bot(chat)
+        max_tokens = self._reply_budget(bot, request.max_tokens)
+        built = await self._contexts.build(
+            chat=chat,
+            bot=bot,
+            policy=POLICY_FROM_PB.get(request.history_policy, bot.history_policy),
+            reply_budget=max_tokens,
+            through_ordinal=_NO_LATER_THAN - 1,
+            draft=StoredMessage(
+                _NO_LATER_THAN, "user", request.content, self._tokens.count(request.content)
+            ),
+            summarize=False,
+        )
+        return _context_pb(built)
+
+    # chats
+
+    @_rpc
     async def GetChat(
         self, request: session_pb2.GetChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.GetChatResponse:
@@ -300,7 +541,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             )
         return response
 
-    @_status_codes
+    @_rpc
     async def ListChats(
         self, request: session_pb2.ListChatsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ListChatsResponse:
@@ -311,13 +552,247 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         chats = await self._store.list_chats(request.user_id, limit=limit + 1, before=before)
         response = session_pb2.ListChatsResponse(chats=[_chat_pb(c) for c in chats[:limit]])
         if len(chats) > limit:
-            response.next_cursor = _encode_cursor(chats[limit - 1])
+            last = chats[limit - 1]
+            response.next_cursor = _encode_cursor(last.updated_ms, last.chat_id)
         return response
 
-    @_status_codes
+    @_rpc
+    async def UpdateChat(
+        self, request: session_pb2.UpdateChatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.Chat:
+        _check_chat_id(request.chat_id)
+        title: str | None = None
+        bot_id: str | None = None
+        if request.HasField("title"):
+            title = " ".join(request.title.split())
+            if not title or len(title) > 200:
+                raise InvalidArgumentError("title", "must be 1 to 200 characters")
+        if request.HasField("bot_id"):
+            await self._store.get_chat(request.user_id, request.chat_id)  # NOT_FOUND comes first
+            bot_id = (await self._pickable_bot(request.user_id, request.bot_id)).bot_id
+        if title is None and bot_id is None:
+            raise InvalidArgumentError("title", "give a title or a bot_id to change")
+        chat = await self._store.update_chat(
+            request.user_id, request.chat_id, title=title, bot_id=bot_id
+        )
+        return _chat_pb(chat)
+
+    @_rpc
     async def DeleteChat(
         self, request: session_pb2.DeleteChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.DeleteChatResponse:
         _check_chat_id(request.chat_id)
         await self._store.delete_chat(request.user_id, request.chat_id)
         return session_pb2.DeleteChatResponse()
+
+    # bot profiles
+
+    def _owner(self, user_id: str, admin: bool) -> str:
+        """Whose profiles a call manages: the admin's are the shared ones (no owner)."""
+        if admin:
+            return ""
+        if not is_id(user_id):
+            raise InvalidArgumentError("user_id", "required (or the admin flag)")
+        return user_id
+
+    async def _own_bot(self, user_id: str, admin: bool, bot_id: str) -> BotProfile:
+        """A profile the caller may change; a visible one that is not theirs is refused."""
+        owner = self._owner(user_id, admin)
+        if bot_id == DEFAULT_BOT_ID:
+            raise PermissionDeniedError("the default profile is set by the service's configuration")
+        if not is_id(bot_id):
+            raise BotNotFoundError(bot_id)
+        bot = await self._store.get_bot(
+            bot_id, visible_to=None if admin else owner, include_deleted=False
+        )
+        if bot.owner_user_id != owner:
+            if bot.shared:
+                raise PermissionDeniedError("shared profiles are managed with the admin key")
+            raise BotNotFoundError(bot_id)  # another user's: not told apart from none
+        return bot
+
+    @_rpc
+    async def ListBots(
+        self, request: session_pb2.ListBotsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ListBotsResponse:
+        owner = self._owner(request.user_id, request.admin)
+        bots = await self._store.list_bots(owner or None)
+        return session_pb2.ListBotsResponse(
+            bots=[bot_pb(b) for b in [self._profiles.default, *bots]]
+        )
+
+    @_rpc
+    async def GetBot(
+        self, request: session_pb2.GetBotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.BotProfile:
+        owner = self._owner(request.user_id, request.admin)
+        if request.bot_id == DEFAULT_BOT_ID:
+            return bot_pb(self._profiles.default)
+        if not is_id(request.bot_id):
+            raise BotNotFoundError(request.bot_id)
+        bot = await self._store.get_bot(
+            request.bot_id, visible_to=owner or None, include_deleted=False
+        )
+        if request.admin and not bot.shared:
+            raise BotNotFoundError(request.bot_id)  # users' own profiles are theirs alone
+        return bot_pb(bot)
+
+    @_rpc
+    async def CreateBot(
+        self, request: session_pb2.CreateBotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.BotProfile:
+        owner = self._owner(request.user_id, request.admin)
+        bot = self._profiles.new(request.bot, owner_user_id=owner, admin=request.admin)
+        if owner and await self._store.count_bots(owner) >= self._settings.max_bots_per_user:
+            raise InvalidArgumentError(
+                "bot", f"at most {self._settings.max_bots_per_user} profiles a user; delete one"
+            )
+        return bot_pb(await self._store.create_bot(bot))
+
+    @_rpc
+    async def UpdateBot(
+        self, request: session_pb2.UpdateBotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.BotProfile:
+        current = await self._own_bot(request.user_id, request.admin, request.bot.bot_id)
+        paths = list(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgumentError("update_mask", "name the fields to change")
+        changed = self._profiles.update(current, request.bot, paths, admin=request.admin)
+        return bot_pb(await self._store.replace_bot(changed))
+
+    @_rpc
+    async def DeleteBot(
+        self, request: session_pb2.DeleteBotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.DeleteBotResponse:
+        bot = await self._own_bot(request.user_id, request.admin, request.bot_id)
+        await self._store.delete_bot(bot.bot_id, bot.owner_user_id)
+        return session_pb2.DeleteBotResponse()
+
+    # feedback
+
+    @_rpc
+    async def SubmitFeedback(
+        self,
+        request: session_pb2.SubmitFeedbackRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.Feedback:
+        _check_chat_id(request.chat_id)
+        rating = _RATING_FROM_PB.get(request.rating)
+        if rating is None:
+            raise InvalidArgumentError("rating", "up or down")
+        comment = request.comment.strip()
+        if len(comment) > 4000:
+            raise InvalidArgumentError("comment", "at most 4000 characters")
+        tags = _clean_tags(list(request.tags))
+        chat = await self._store.get_chat(request.user_id, request.chat_id)
+        message = (
+            await self._store.get_message(chat.chat_id, request.message_id)
+            if is_id(request.message_id)
+            else None
+        )
+        if message is None:
+            raise MessageNotFoundError(request.message_id)
+        if message.role != "assistant":
+            raise InvalidArgumentError("message_id", "feedback is given on the assistant's answers")
+        feedback = await self._store.put_feedback(
+            user_id=request.user_id,
+            chat=chat,
+            message=message,
+            rating=rating,
+            comment=comment,
+            tags=tags,
+        )
+        return _feedback_pb(feedback)
+
+    @_rpc
+    async def ListFeedback(
+        self, request: session_pb2.ListFeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ListFeedbackResponse:
+        limit = request.limit or 50
+        if limit > MAX_LIST_LIMIT:
+            raise InvalidArgumentError("limit", f"at most {MAX_LIST_LIMIT}")
+        query = _feedback_query(
+            request.bot_id, request.since_unix_ms, request.until_unix_ms, request.cursor
+        )
+        found = await self._store.list_feedback(query, limit=limit + 1)
+        response = session_pb2.ListFeedbackResponse(
+            feedback=[_feedback_pb(f) for f in found[:limit]]
+        )
+        if len(found) > limit:
+            last = found[limit - 1]
+            response.next_cursor = _encode_cursor(last.updated_ms, last.feedback_id)
+        return response
+
+    async def ExportFeedback(
+        self,
+        request: session_pb2.ExportFeedbackRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[session_pb2.Feedback]:
+        try:
+            query = _feedback_query(request.bot_id, request.since_unix_ms, request.until_unix_ms)
+            async for item in self._store.export_feedback(query):
+                yield _feedback_pb(item)
+        except _MAPPED as exc:
+            await _abort_for(context, exc)
+
+    # stateless and asynchronous completions, rate limits: parley_session.completions
+
+    @_rpc
+    async def PrepareCompletion(
+        self,
+        request: session_pb2.PrepareCompletionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.PrepareCompletionResponse:
+        try:
+            return self._completions.prepare(request)
+        except ModelNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ContextLengthExceededError as exc:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    @_rpc
+    async def ListModels(
+        self, request: session_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ListModelsResponse:
+        return self._completions.list_models()
+
+    @_rpc
+    async def CreateCompletion(
+        self,
+        request: session_pb2.CreateCompletionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.CreateCompletionResponse:
+        return await self._completions.create(request)
+
+    @_rpc
+    async def GetCompletion(
+        self, request: session_pb2.GetCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.Completion:
+        found = await self._completions.get(request.user_id, request.completion_id)
+        if found is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"completion {request.completion_id!r} not found"
+            )
+        assert found is not None
+        return found
+
+    @_rpc
+    async def MarkCompletionRunning(
+        self,
+        request: session_pb2.MarkCompletionRunningRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.Completion:
+        found = await self._completions.mark_running(request.user_id, request.completion_id)
+        if found is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"completion {request.completion_id!r} not found"
+            )
+        assert found is not None
+        return found
+
+    @_rpc
+    async def ConsumeQuota(
+        self, request: session_pb2.ConsumeQuotaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ConsumeQuotaResponse:
+        return await self._completions.consume_quota(request)

@@ -1,17 +1,26 @@
-"""Run a worker: `python -m parley_worker` (configured by environment variables)."""
+"""Run a worker: `python -m parley_worker` (configured by environment variables).
+
+Exit status: 0 after a clean stop (SIGTERM or SIGINT), 1 when the engine failed too many
+generations in a row (its work is handed back; the orchestrator restarts the worker).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import sys
 
-from parley_common.kafka import Topics, ensure_topics
+from prometheus_client import REGISTRY
+
+from parley_common.kafka import ensure_topics
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
+from parley_common.telemetry import setup_tracing
 from parley_worker.config import Settings
 from parley_worker.engines import create_engine
 from parley_worker.engines.base import EngineSettings
+from parley_worker.metrics import WorkerMetrics
 from parley_worker.runner import Worker
 
 log = logging.getLogger("parley_worker")
@@ -22,43 +31,70 @@ def engine_settings(settings: Settings) -> EngineSettings:
         engine=settings.engine,
         model=settings.model_name,
         max_concurrency=settings.max_concurrency,
+        device=settings.device,
+        cpu_threads=settings.cpu_threads,
         fake_ttft_s=settings.fake_ttft_s,
         fake_tokens_per_s=settings.fake_tokens_per_s,
         vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
         vllm_max_model_len=settings.vllm_max_model_len,
+        vllm_kv_cache_memory_bytes=settings.vllm_kv_cache_memory_bytes,
+        vllm_enforce_eager=settings.vllm_enforce_eager,
     )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     engine = create_engine(engine_settings(settings))
-    probes = ProbeServer(settings.metrics_port, ready=lambda: engine.ready)
-    await probes.start()
-    await engine.start()
-    topics = Topics()
-    await ensure_topics(
-        settings.kafka_addr,
-        [topics.requests, topics.results, topics.control, topics.dead_letters],
-    )
-    worker = Worker(settings, engine, topics)
-    await worker.start()
-    log.info(
-        "worker ready",
-        extra={"engine": engine.name, "model": engine.model_name, "slots": engine.max_concurrency},
-    )
+    worker: Worker | None = None
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        if worker is not None:
+            worker.stop_fetching()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.stop_fetching)
-    await worker.run()
-    log.info("worker stopping", extra={"in_flight": worker.in_flight})
-    await worker.close(settings.shutdown_grace_s)
-    await engine.stop()
-    await probes.stop()
+        loop.add_signal_handler(sig, on_signal)
+    # Ready only once the model is loaded and requests are being fetched.
+    probes = ProbeServer(settings.metrics_port, ready=lambda: worker is not None and worker.ready)
+    await probes.start()
+    try:
+        await engine.start()
+        if stop.is_set():
+            return 0
+        topics = settings.topics()
+        await ensure_topics(
+            settings.kafka_addr,
+            [topics.requests, topics.results, topics.control, topics.dead_letters],
+        )
+        worker = Worker(settings, engine, topics=topics, metrics=WorkerMetrics(REGISTRY))
+        await worker.start()
+        if stop.is_set():
+            worker.stop_fetching()
+        log.info(
+            "worker ready",
+            extra={
+                "engine": engine.name,
+                "model": engine.model_name,
+                "slots": worker.slots,
+                "group": settings.worker_group,
+            },
+        )
+        await worker.run()
+        log.info("worker stopping", extra={"in_flight": worker.in_flight})
+        await worker.close(0 if worker.broken else settings.shutdown_grace_s)
+        log.info("worker stopped")
+        return 1 if worker.broken else 0
+    finally:
+        await engine.stop()
+        await probes.stop()
 
 
 def main() -> None:
     settings = Settings()
     configure_logging("worker", settings.log_level)
-    asyncio.run(serve(settings))
+    setup_tracing("parley-worker")
+    sys.exit(asyncio.run(serve(settings)))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,16 @@ class CacheServiceStub:
                 request_serializer=parley_dot_v1_dot_cache__pb2.LookupRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_cache__pb2.LookupResponse.FromString,
                 _registered_method=True)
+        self.Evict = channel.unary_unary(
+                '/parley.v1.CacheService/Evict',
+                request_serializer=parley_dot_v1_dot_cache__pb2.EvictRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_cache__pb2.EvictResponse.FromString,
+                _registered_method=True)
+        self.Invalidate = channel.unary_unary(
+                '/parley.v1.CacheService/Invalidate',
+                request_serializer=parley_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -50,6 +60,22 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evict(self, request, context):
+        """Removes a cached answer after negative feedback: the entry stored from request_id (or the
+        entry entry_id), only within the user's own scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Invalidate(self, request, context):
+        """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
+        that storage keeps no answer of a changed or deleted profile or a retired model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +83,16 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Lookup,
                     request_deserializer=parley_dot_v1_dot_cache__pb2.LookupRequest.FromString,
                     response_serializer=parley_dot_v1_dot_cache__pb2.LookupResponse.SerializeToString,
+            ),
+            'Evict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evict,
+                    request_deserializer=parley_dot_v1_dot_cache__pb2.EvictRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_cache__pb2.EvictResponse.SerializeToString,
+            ),
+            'Invalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invalidate,
+                    request_deserializer=parley_dot_v1_dot_cache__pb2.InvalidateRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_cache__pb2.InvalidateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +122,60 @@ class CacheService:
             '/parley.v1.CacheService/Lookup',
             parley_dot_v1_dot_cache__pb2.LookupRequest.SerializeToString,
             parley_dot_v1_dot_cache__pb2.LookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.CacheService/Evict',
+            parley_dot_v1_dot_cache__pb2.EvictRequest.SerializeToString,
+            parley_dot_v1_dot_cache__pb2.EvictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.CacheService/Invalidate',
+            parley_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
+            parley_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,11 +34,27 @@ class CacheServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CacheServiceAsyncStub: ...
     Lookup: _grpc.UnaryUnaryMultiCallable[_cache_pb2.LookupRequest, _cache_pb2.LookupResponse]
+    Evict: _grpc.UnaryUnaryMultiCallable[_cache_pb2.EvictRequest, _cache_pb2.EvictResponse]
+    """Removes a cached answer after negative feedback: the entry stored from request_id (or the
+    entry entry_id), only within the user's own scope.
+    """
+    Invalidate: _grpc.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]
+    """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
+    that storage keeps no answer of a changed or deleted profile or a retired model.
+    """
 
 @_typing.type_check_only
 class CacheServiceAsyncStub(CacheServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Lookup: _aio.UnaryUnaryMultiCallable[_cache_pb2.LookupRequest, _cache_pb2.LookupResponse]  # type: ignore[assignment]
+    Evict: _aio.UnaryUnaryMultiCallable[_cache_pb2.EvictRequest, _cache_pb2.EvictResponse]  # type: ignore[assignment]
+    """Removes a cached answer after negative feedback: the entry stored from request_id (or the
+    entry entry_id), only within the user's own scope.
+    """
+    Invalidate: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]  # type: ignore[assignment]
+    """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
+    that storage keeps no answer of a changed or deleted profile or a retired model.
+    """
 
 class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -47,5 +63,25 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.LookupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.LookupResponse, _abc.Awaitable[_cache_pb2.LookupResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Evict(
+        self,
+        request: _cache_pb2.EvictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.EvictResponse, _abc.Awaitable[_cache_pb2.EvictResponse]]:
+        """Removes a cached answer after negative feedback: the entry stored from request_id (or the
+        entry entry_id), only within the user's own scope.
+        """
+
+    @_abc_1.abstractmethod
+    def Invalidate(
+        self,
+        request: _cache_pb2.InvalidateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.InvalidateResponse, _abc.Awaitable[_cache_pb2.InvalidateResponse]]:
+        """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
+        that storage keeps no answer of a changed or deleted profile or a retired model.
+        """
 
 def add_CacheServiceServicer_to_server(servicer: CacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

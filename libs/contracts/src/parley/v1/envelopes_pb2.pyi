@@ -212,6 +212,7 @@ class CompletionResult(_message.Message):
     USER_MESSAGE_ORDINAL_FIELD_NUMBER: _builtins.int
     SUMMARY_THROUGH_ORDINAL_FIELD_NUMBER: _builtins.int
     COMPLETED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CACHE_ENTRY_ID_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     chat_id: _builtins.str
@@ -226,6 +227,8 @@ class CompletionResult(_message.Message):
     user_message_ordinal: _builtins.int
     summary_through_ordinal: _builtins.int
     completed_unix_ms: _builtins.int
+    cache_entry_id: _builtins.str
+    """set when the answer was served from the cache: that entry"""
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
     @_builtins.property
@@ -252,10 +255,11 @@ class CompletionResult(_message.Message):
         user_message_ordinal: _builtins.int = ...,
         summary_through_ordinal: _builtins.int = ...,
         completed_unix_ms: _builtins.int = ...,
+        cache_entry_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "usage", b"usage", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_entry_id", b"cache_entry_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "usage", b"usage", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ the model. Ownership is enforced here: a chat id of another user is NOT_FOUND, n
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -42,6 +43,48 @@ HISTORY_POLICY_FULL: HistoryPolicy.ValueType  # 1
 HISTORY_POLICY_TRUNCATE: HistoryPolicy.ValueType  # 2
 HISTORY_POLICY_SUMMARIZE: HistoryPolicy.ValueType  # 3
 Global___HistoryPolicy: _TypeAlias = HistoryPolicy  # noqa: Y015
+
+class _Rating:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RatingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rating.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RATING_UNSPECIFIED: _Rating.ValueType  # 0
+    RATING_UP: _Rating.ValueType  # 1
+    RATING_DOWN: _Rating.ValueType  # 2
+
+class Rating(_Rating, metaclass=_RatingEnumTypeWrapper): ...
+
+RATING_UNSPECIFIED: Rating.ValueType  # 0
+RATING_UP: Rating.ValueType  # 1
+RATING_DOWN: Rating.ValueType  # 2
+Global___Rating: _TypeAlias = Rating  # noqa: Y015
+
+class _CompletionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CompletionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CompletionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPLETION_STATE_UNSPECIFIED: _CompletionState.ValueType  # 0
+    COMPLETION_STATE_QUEUED: _CompletionState.ValueType  # 1
+    COMPLETION_STATE_RUNNING: _CompletionState.ValueType  # 2
+    COMPLETION_STATE_DONE: _CompletionState.ValueType  # 3
+    COMPLETION_STATE_FAILED: _CompletionState.ValueType  # 4
+    """expired before a worker took it, or the worker failed"""
+    COMPLETION_STATE_CANCELLED: _CompletionState.ValueType  # 5
+
+class CompletionState(_CompletionState, metaclass=_CompletionStateEnumTypeWrapper): ...
+
+COMPLETION_STATE_UNSPECIFIED: CompletionState.ValueType  # 0
+COMPLETION_STATE_QUEUED: CompletionState.ValueType  # 1
+COMPLETION_STATE_RUNNING: CompletionState.ValueType  # 2
+COMPLETION_STATE_DONE: CompletionState.ValueType  # 3
+COMPLETION_STATE_FAILED: CompletionState.ValueType  # 4
+"""expired before a worker took it, or the worker failed"""
+COMPLETION_STATE_CANCELLED: CompletionState.ValueType  # 5
+Global___CompletionState: _TypeAlias = CompletionState  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
@@ -201,12 +244,17 @@ class Chat(_message.Message):
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    SUMMARY_THROUGH_ORDINAL_FIELD_NUMBER: _builtins.int
     chat_id: _builtins.str
     title: _builtins.str
     bot_id: _builtins.str
     created_unix_ms: _builtins.int
     updated_unix_ms: _builtins.int
     message_count: _builtins.int
+    summary: _builtins.str
+    """summarize policy: a summary of the messages up to summary_through_ordinal (empty: none yet)."""
+    summary_through_ordinal: _builtins.int
     def __init__(
         self,
         *,
@@ -216,10 +264,12 @@ class Chat(_message.Message):
         created_unix_ms: _builtins.int = ...,
         updated_unix_ms: _builtins.int = ...,
         message_count: _builtins.int = ...,
+        summary: _builtins.str = ...,
+        summary_through_ordinal: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "created_unix_ms", b"created_unix_ms", "message_count", b"message_count", "title", b"title", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "created_unix_ms", b"created_unix_ms", "message_count", b"message_count", "summary", b"summary", "summary_through_ordinal", b"summary_through_ordinal", "title", b"title", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,11 +367,14 @@ class Context(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     DROPPED_MESSAGES_FIELD_NUMBER: _builtins.int
     SUMMARY_USED_FIELD_NUMBER: _builtins.int
+    SUMMARY_THROUGH_ORDINAL_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     policy: Global___HistoryPolicy.ValueType
     dropped_messages: _builtins.int
     """truncated away"""
     summary_used: _builtins.bool
+    summary_through_ordinal: _builtins.int
+    """with summary_used: the messages the summary stands for"""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]:
         """what the model sees, system prompt first"""
@@ -334,10 +387,11 @@ class Context(_message.Message):
         policy: Global___HistoryPolicy.ValueType = ...,
         dropped_messages: _builtins.int = ...,
         summary_used: _builtins.bool = ...,
+        summary_through_ordinal: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_messages", b"dropped_messages", "messages", b"messages", "policy", b"policy", "prompt_tokens", b"prompt_tokens", "summary_used", b"summary_used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_messages", b"dropped_messages", "messages", b"messages", "policy", b"policy", "prompt_tokens", b"prompt_tokens", "summary_through_ordinal", b"summary_through_ordinal", "summary_used", b"summary_used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -532,3 +586,866 @@ class DeleteChatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteChatResponse: _TypeAlias = DeleteChatResponse  # noqa: Y015
+
+@_typing.final
+class UpdateChatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    title: _builtins.str
+    bot_id: _builtins.str
+    """later turns use this profile"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        title: _builtins.str | None = ...,
+        bot_id: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_title", b"_title", "bot_id", b"bot_id", "title", b"title"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_title", b"_title", "bot_id", b"bot_id", "chat_id", b"chat_id", "title", b"title", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bot_id: _TypeAlias = _typing.Literal["bot_id"]  # noqa: Y015
+    _WhichOneofArgType__bot_id: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id"]  # noqa: Y015
+    _WhichOneofReturnType__title: _TypeAlias = _typing.Literal["title"]  # noqa: Y015
+    _WhichOneofArgType__title: _TypeAlias = _typing.Literal["_title", b"_title"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bot_id) -> _WhichOneofReturnType__bot_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__title) -> _WhichOneofReturnType__title | None: ...
+
+Global___UpdateChatRequest: _TypeAlias = UpdateChatRequest  # noqa: Y015
+
+@_typing.final
+class BuildContextRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    HISTORY_POLICY_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    content: _builtins.str
+    """a draft next message (not stored); empty: the chat as it is"""
+    history_policy: Global___HistoryPolicy.ValueType
+    max_tokens: _builtins.int
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        content: _builtins.str = ...,
+        history_policy: Global___HistoryPolicy.ValueType = ...,
+        max_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "content", b"content", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildContextRequest: _TypeAlias = BuildContextRequest  # noqa: Y015
+
+@_typing.final
+class HistoryParams(_message.Message):
+    """Parameters of the history policies; 0 means the service's default."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARIZE_AT_FIELD_NUMBER: _builtins.int
+    KEEP_RECENT_FIELD_NUMBER: _builtins.int
+    SUMMARY_MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    summarize_at: _builtins.float
+    """summarize: older turns are summarized once the unsummarized history passes this share of
+    the context window (default 0.75).
+    """
+    keep_recent: _builtins.float
+    """summarize: the share of the window that stays verbatim after a summary (default 0.25)."""
+    summary_max_tokens: _builtins.int
+    """the summary's length budget (default 256)"""
+    def __init__(
+        self,
+        *,
+        summarize_at: _builtins.float = ...,
+        keep_recent: _builtins.float = ...,
+        summary_max_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_recent", b"keep_recent", "summarize_at", b"summarize_at", "summary_max_tokens", b"summary_max_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryParams: _TypeAlias = HistoryParams  # noqa: Y015
+
+@_typing.final
+class BotProfile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    AVATAR_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    HISTORY_POLICY_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    CACHE_SCOPE_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    BUILTIN_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    bot_id: _builtins.str
+    name: _builtins.str
+    avatar: _builtins.str
+    """a URL or an emoji"""
+    description: _builtins.str
+    system_prompt: _builtins.str
+    model: _builtins.str
+    """empty: the served model"""
+    history_policy: Global___HistoryPolicy.ValueType
+    cache_scope: _types_pb2.CacheScope.ValueType
+    shared: _builtins.bool
+    """managed with the admin key; every user may chat with it"""
+    builtin: _builtins.bool
+    """the default profile, from the service's settings; read-only"""
+    created_unix_ms: _builtins.int
+    updated_unix_ms: _builtins.int
+    @_builtins.property
+    def sampling(self) -> _types_pb2.SamplingParams:
+        """defaults of its chats; max_tokens is the reply budget"""
+
+    @_builtins.property
+    def history(self) -> Global___HistoryParams: ...
+    def __init__(
+        self,
+        *,
+        bot_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        avatar: _builtins.str = ...,
+        description: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        model: _builtins.str = ...,
+        sampling: _types_pb2.SamplingParams | None = ...,
+        history_policy: Global___HistoryPolicy.ValueType = ...,
+        history: Global___HistoryParams | None = ...,
+        cache_scope: _types_pb2.CacheScope.ValueType = ...,
+        shared: _builtins.bool = ...,
+        builtin: _builtins.bool = ...,
+        created_unix_ms: _builtins.int = ...,
+        updated_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "sampling", b"sampling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar", "bot_id", b"bot_id", "builtin", b"builtin", "cache_scope", b"cache_scope", "created_unix_ms", b"created_unix_ms", "description", b"description", "history", b"history", "history_policy", b"history_policy", "model", b"model", "name", b"name", "sampling", b"sampling", "shared", b"shared", "system_prompt", b"system_prompt", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BotProfile: _TypeAlias = BotProfile  # noqa: Y015
+
+@_typing.final
+class ListBotsRequest(_message.Message):
+    """`admin`: the caller holds the admin key and manages shared profiles (user_id is then empty)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    admin: _builtins.bool
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBotsRequest: _TypeAlias = ListBotsRequest  # noqa: Y015
+
+@_typing.final
+class ListBotsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bots(self) -> _containers.RepeatedCompositeFieldContainer[Global___BotProfile]:
+        """the default first, then shared ones, then the user's own"""
+
+    def __init__(
+        self,
+        *,
+        bots: _abc.Iterable[Global___BotProfile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bots", b"bots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBotsResponse: _TypeAlias = ListBotsResponse  # noqa: Y015
+
+@_typing.final
+class GetBotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    admin: _builtins.bool
+    bot_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+        bot_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "bot_id", b"bot_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBotRequest: _TypeAlias = GetBotRequest  # noqa: Y015
+
+@_typing.final
+class CreateBotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    BOT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    admin: _builtins.bool
+    """creates a shared profile"""
+    @_builtins.property
+    def bot(self) -> Global___BotProfile: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+        bot: Global___BotProfile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bot", b"bot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "bot", b"bot", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBotRequest: _TypeAlias = CreateBotRequest  # noqa: Y015
+
+@_typing.final
+class UpdateBotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    BOT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    admin: _builtins.bool
+    @_builtins.property
+    def bot(self) -> Global___BotProfile:
+        """bot_id names the profile"""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """the fields of `bot` to change"""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+        bot: Global___BotProfile | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bot", b"bot", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "bot", b"bot", "update_mask", b"update_mask", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateBotRequest: _TypeAlias = UpdateBotRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    admin: _builtins.bool
+    bot_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+        bot_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "bot_id", b"bot_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBotRequest: _TypeAlias = DeleteBotRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBotResponse: _TypeAlias = DeleteBotResponse  # noqa: Y015
+
+@_typing.final
+class Feedback(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CACHE_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    feedback_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    """the assistant message"""
+    user_id: _builtins.str
+    bot_id: _builtins.str
+    rating: Global___Rating.ValueType
+    comment: _builtins.str
+    request_id: _builtins.str
+    """the turn's request id (its answer's cache entry derives from it)"""
+    cache_entry_id: _builtins.str
+    """set when the answer was served from the cache: that entry"""
+    created_unix_ms: _builtins.int
+    updated_unix_ms: _builtins.int
+    model: _builtins.str
+    question: _builtins.str
+    """the user message the answer replied to"""
+    answer: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        feedback_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        bot_id: _builtins.str = ...,
+        rating: Global___Rating.ValueType = ...,
+        comment: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+        cache_entry_id: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        updated_unix_ms: _builtins.int = ...,
+        model: _builtins.str = ...,
+        question: _builtins.str = ...,
+        answer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "bot_id", b"bot_id", "cache_entry_id", b"cache_entry_id", "chat_id", b"chat_id", "comment", b"comment", "created_unix_ms", b"created_unix_ms", "feedback_id", b"feedback_id", "message_id", b"message_id", "model", b"model", "question", b"question", "rating", b"rating", "request_id", b"request_id", "tags", b"tags", "updated_unix_ms", b"updated_unix_ms", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Feedback: _TypeAlias = Feedback  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    rating: Global___Rating.ValueType
+    comment: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        rating: Global___Rating.ValueType = ...,
+        comment: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "comment", b"comment", "message_id", b"message_id", "rating", b"rating", "tags", b"tags", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ListFeedbackRequest(_message.Message):
+    """Feedback given (or last changed) in [since, until), most recent first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    bot_id: _builtins.str
+    """empty: every profile"""
+    since_unix_ms: _builtins.int
+    until_unix_ms: _builtins.int
+    """0: now"""
+    limit: _builtins.int
+    cursor: _builtins.str
+    def __init__(
+        self,
+        *,
+        bot_id: _builtins.str = ...,
+        since_unix_ms: _builtins.int = ...,
+        until_unix_ms: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cursor", b"cursor", "limit", b"limit", "since_unix_ms", b"since_unix_ms", "until_unix_ms", b"until_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackRequest: _TypeAlias = ListFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ListFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feedback]: ...
+    def __init__(
+        self,
+        *,
+        feedback: _abc.Iterable[Global___Feedback] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackResponse: _TypeAlias = ListFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class ExportFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    bot_id: _builtins.str
+    since_unix_ms: _builtins.int
+    until_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        bot_id: _builtins.str = ...,
+        since_unix_ms: _builtins.int = ...,
+        until_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "since_unix_ms", b"since_unix_ms", "until_unix_ms", b"until_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportFeedbackRequest: _TypeAlias = ExportFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class PrepareCompletionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    model: _builtins.str
+    """empty: the served model"""
+    max_tokens: _builtins.int
+    """the reply budget; 0: the default"""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        messages: _abc.Iterable[_types_pb2.ChatMessage] | None = ...,
+        max_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareCompletionRequest: _TypeAlias = PrepareCompletionRequest  # noqa: Y015
+
+@_typing.final
+class PrepareCompletionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    CACHE_SCOPE_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    cache_scope: _types_pb2.CacheScope.ValueType
+    tenant_id: _builtins.str
+    @_builtins.property
+    def context(self) -> Global___Context:
+        """the client's messages, counted"""
+
+    @_builtins.property
+    def sampling(self) -> _types_pb2.SamplingParams:
+        """the default profile's sampling with the reply budget"""
+
+    def __init__(
+        self,
+        *,
+        context: Global___Context | None = ...,
+        model: _builtins.str = ...,
+        sampling: _types_pb2.SamplingParams | None = ...,
+        cache_scope: _types_pb2.CacheScope.ValueType = ...,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "sampling", b"sampling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_scope", b"cache_scope", "context", b"context", "model", b"model", "sampling", b"sampling", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareCompletionResponse: _TypeAlias = PrepareCompletionResponse  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    created_unix_ms: _builtins.int
+    context_window: _builtins.int
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        context_window: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window", b"context_window", "created_unix_ms", b"created_unix_ms", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class Completion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETION_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    completion_id: _builtins.str
+    """the turn's request id"""
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    """the user message"""
+    state: Global___CompletionState.ValueType
+    content: _builtins.str
+    finish_reason: _types_pb2.FinishReason.ValueType
+    error: _builtins.str
+    created_unix_ms: _builtins.int
+    updated_unix_ms: _builtins.int
+    cached: _builtins.bool
+    model: _builtins.str
+    @_builtins.property
+    def usage(self) -> _types_pb2.Usage: ...
+    def __init__(
+        self,
+        *,
+        completion_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        state: Global___CompletionState.ValueType = ...,
+        content: _builtins.str = ...,
+        finish_reason: _types_pb2.FinishReason.ValueType = ...,
+        usage: _types_pb2.Usage | None = ...,
+        error: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        updated_unix_ms: _builtins.int = ...,
+        cached: _builtins.bool = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Completion: _TypeAlias = Completion  # noqa: Y015
+
+@_typing.final
+class CreateCompletionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    COMPLETION_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    completion_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        completion_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "completion_id", b"completion_id", "message_id", b"message_id", "model", b"model", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCompletionRequest: _TypeAlias = CreateCompletionRequest  # noqa: Y015
+
+@_typing.final
+class CreateCompletionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """false: a completion with this id was submitted before (a retry)"""
+    @_builtins.property
+    def completion(self) -> Global___Completion: ...
+    def __init__(
+        self,
+        *,
+        completion: Global___Completion | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCompletionResponse: _TypeAlias = CreateCompletionResponse  # noqa: Y015
+
+@_typing.final
+class GetCompletionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    COMPLETION_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    completion_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        completion_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_id", b"completion_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCompletionRequest: _TypeAlias = GetCompletionRequest  # noqa: Y015
+
+@_typing.final
+class MarkCompletionRunningRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    COMPLETION_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    completion_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        completion_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_id", b"completion_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkCompletionRunningRequest: _TypeAlias = MarkCompletionRunningRequest  # noqa: Y015
+
+@_typing.final
+class ConsumeQuotaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    requests_per_minute: _builtins.int
+    """0: no limit"""
+    tokens_per_minute: _builtins.int
+    """0: no limit"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        requests_per_minute: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumeQuotaRequest: _TypeAlias = ConsumeQuotaRequest  # noqa: Y015
+
+@_typing.final
+class ConsumeQuotaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    EXCEEDED_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    REQUESTS_REMAINING_FIELD_NUMBER: _builtins.int
+    TOKENS_REMAINING_FIELD_NUMBER: _builtins.int
+    allowed: _builtins.bool
+    exceeded: _builtins.str
+    """"requests" or "tokens" when refused"""
+    retry_after_ms: _builtins.int
+    requests_remaining: _builtins.int
+    tokens_remaining: _builtins.int
+    def __init__(
+        self,
+        *,
+        allowed: _builtins.bool = ...,
+        exceeded: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
+        requests_remaining: _builtins.int = ...,
+        tokens_remaining: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "exceeded", b"exceeded", "requests_remaining", b"requests_remaining", "retry_after_ms", b"retry_after_ms", "tokens_remaining", b"tokens_remaining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumeQuotaResponse: _TypeAlias = ConsumeQuotaResponse  # noqa: Y015

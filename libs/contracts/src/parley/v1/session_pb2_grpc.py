@@ -74,6 +74,86 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.DeleteChatRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.DeleteChatResponse.FromString,
                 _registered_method=True)
+        self.UpdateChat = channel.unary_unary(
+                '/parley.v1.SessionService/UpdateChat',
+                request_serializer=parley_dot_v1_dot_session__pb2.UpdateChatRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Chat.FromString,
+                _registered_method=True)
+        self.BuildContext = channel.unary_unary(
+                '/parley.v1.SessionService/BuildContext',
+                request_serializer=parley_dot_v1_dot_session__pb2.BuildContextRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Context.FromString,
+                _registered_method=True)
+        self.ListBots = channel.unary_unary(
+                '/parley.v1.SessionService/ListBots',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListBotsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListBotsResponse.FromString,
+                _registered_method=True)
+        self.GetBot = channel.unary_unary(
+                '/parley.v1.SessionService/GetBot',
+                request_serializer=parley_dot_v1_dot_session__pb2.GetBotRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.BotProfile.FromString,
+                _registered_method=True)
+        self.CreateBot = channel.unary_unary(
+                '/parley.v1.SessionService/CreateBot',
+                request_serializer=parley_dot_v1_dot_session__pb2.CreateBotRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.BotProfile.FromString,
+                _registered_method=True)
+        self.UpdateBot = channel.unary_unary(
+                '/parley.v1.SessionService/UpdateBot',
+                request_serializer=parley_dot_v1_dot_session__pb2.UpdateBotRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.BotProfile.FromString,
+                _registered_method=True)
+        self.DeleteBot = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteBot',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteBotRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.DeleteBotResponse.FromString,
+                _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/parley.v1.SessionService/SubmitFeedback',
+                request_serializer=parley_dot_v1_dot_session__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Feedback.FromString,
+                _registered_method=True)
+        self.ListFeedback = channel.unary_unary(
+                '/parley.v1.SessionService/ListFeedback',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListFeedbackRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListFeedbackResponse.FromString,
+                _registered_method=True)
+        self.ExportFeedback = channel.unary_stream(
+                '/parley.v1.SessionService/ExportFeedback',
+                request_serializer=parley_dot_v1_dot_session__pb2.ExportFeedbackRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Feedback.FromString,
+                _registered_method=True)
+        self.PrepareCompletion = channel.unary_unary(
+                '/parley.v1.SessionService/PrepareCompletion',
+                request_serializer=parley_dot_v1_dot_session__pb2.PrepareCompletionRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.PrepareCompletionResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/parley.v1.SessionService/ListModels',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.CreateCompletion = channel.unary_unary(
+                '/parley.v1.SessionService/CreateCompletion',
+                request_serializer=parley_dot_v1_dot_session__pb2.CreateCompletionRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.CreateCompletionResponse.FromString,
+                _registered_method=True)
+        self.GetCompletion = channel.unary_unary(
+                '/parley.v1.SessionService/GetCompletion',
+                request_serializer=parley_dot_v1_dot_session__pb2.GetCompletionRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Completion.FromString,
+                _registered_method=True)
+        self.MarkCompletionRunning = channel.unary_unary(
+                '/parley.v1.SessionService/MarkCompletionRunning',
+                request_serializer=parley_dot_v1_dot_session__pb2.MarkCompletionRunningRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Completion.FromString,
+                _registered_method=True)
+        self.ConsumeQuota = channel.unary_unary(
+                '/parley.v1.SessionService/ConsumeQuota',
+                request_serializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -128,6 +208,113 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateChat(self, request, context):
+        """Renames a chat or moves it to another bot profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BuildContext(self, request, context):
+        """The context the chat's next turn would send, without storing anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBots(self, request, context):
+        """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
+        each user's own. A chat keeps the profile it was started with unless its user changes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateBot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitFeedback(self, request, context):
+        """Thumbs up/down on assistant messages: one per message and user (a second one replaces it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeedback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportFeedback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareCompletion(self, request, context):
+        """The OpenAI-compatible API's stateless calls: the client's messages are the context as they
+        are; nothing is stored (the answer's durable record is the results topic).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCompletion(self, request, context):
+        """Asynchronous completions: submitted, then polled or followed. Their state is durable (any
+        gateway replica answers for any completion), moved on by the results topic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCompletion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkCompletionRunning(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsumeQuota(self, request, context):
+        """Rate limits shared by every gateway replica: counts a request against the user's
+        requests-per-minute and checks the tokens spent in the last minute (sliding window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +357,86 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.DeleteChat,
                     request_deserializer=parley_dot_v1_dot_session__pb2.DeleteChatRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.DeleteChatResponse.SerializeToString,
+            ),
+            'UpdateChat': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateChat,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.UpdateChatRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Chat.SerializeToString,
+            ),
+            'BuildContext': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuildContext,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.BuildContextRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Context.SerializeToString,
+            ),
+            'ListBots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBots,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListBotsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListBotsResponse.SerializeToString,
+            ),
+            'GetBot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBot,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.GetBotRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.BotProfile.SerializeToString,
+            ),
+            'CreateBot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBot,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.CreateBotRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.BotProfile.SerializeToString,
+            ),
+            'UpdateBot': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBot,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.UpdateBotRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.BotProfile.SerializeToString,
+            ),
+            'DeleteBot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBot,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteBotRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.DeleteBotResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Feedback.SerializeToString,
+            ),
+            'ListFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedback,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListFeedbackRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListFeedbackResponse.SerializeToString,
+            ),
+            'ExportFeedback': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportFeedback,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ExportFeedbackRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Feedback.SerializeToString,
+            ),
+            'PrepareCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareCompletion,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.PrepareCompletionRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.PrepareCompletionResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListModelsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'CreateCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCompletion,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.CreateCompletionRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.CreateCompletionResponse.SerializeToString,
+            ),
+            'GetCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCompletion,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.GetCompletionRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Completion.SerializeToString,
+            ),
+            'MarkCompletionRunning': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkCompletionRunning,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.MarkCompletionRunningRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Completion.SerializeToString,
+            ),
+            'ConsumeQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsumeQuota,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +655,438 @@ class SessionService:
             '/parley.v1.SessionService/DeleteChat',
             parley_dot_v1_dot_session__pb2.DeleteChatRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.DeleteChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateChat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/UpdateChat',
+            parley_dot_v1_dot_session__pb2.UpdateChatRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Chat.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildContext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/BuildContext',
+            parley_dot_v1_dot_session__pb2.BuildContextRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Context.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListBots',
+            parley_dot_v1_dot_session__pb2.ListBotsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListBotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/GetBot',
+            parley_dot_v1_dot_session__pb2.GetBotRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.BotProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/CreateBot',
+            parley_dot_v1_dot_session__pb2.CreateBotRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.BotProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/UpdateBot',
+            parley_dot_v1_dot_session__pb2.UpdateBotRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.BotProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteBot',
+            parley_dot_v1_dot_session__pb2.DeleteBotRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.DeleteBotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SubmitFeedback',
+            parley_dot_v1_dot_session__pb2.SubmitFeedbackRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Feedback.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListFeedback',
+            parley_dot_v1_dot_session__pb2.ListFeedbackRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.SessionService/ExportFeedback',
+            parley_dot_v1_dot_session__pb2.ExportFeedbackRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Feedback.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/PrepareCompletion',
+            parley_dot_v1_dot_session__pb2.PrepareCompletionRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.PrepareCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListModels',
+            parley_dot_v1_dot_session__pb2.ListModelsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/CreateCompletion',
+            parley_dot_v1_dot_session__pb2.CreateCompletionRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.CreateCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/GetCompletion',
+            parley_dot_v1_dot_session__pb2.GetCompletionRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Completion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkCompletionRunning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/MarkCompletionRunning',
+            parley_dot_v1_dot_session__pb2.MarkCompletionRunningRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Completion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsumeQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ConsumeQuota',
+            parley_dot_v1_dot_session__pb2.ConsumeQuotaRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ConsumeQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,37 @@ class SessionServiceStub:
     GetChat: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]
     ListChats: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListChatsRequest, _session_pb2.ListChatsResponse]
     DeleteChat: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteChatRequest, _session_pb2.DeleteChatResponse]
+    UpdateChat: _grpc.UnaryUnaryMultiCallable[_session_pb2.UpdateChatRequest, _session_pb2.Chat]
+    """Renames a chat or moves it to another bot profile."""
+    BuildContext: _grpc.UnaryUnaryMultiCallable[_session_pb2.BuildContextRequest, _session_pb2.Context]
+    """The context the chat's next turn would send, without storing anything."""
+    ListBots: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]
+    """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
+    each user's own. A chat keeps the profile it was started with unless its user changes it.
+    """
+    GetBot: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetBotRequest, _session_pb2.BotProfile]
+    CreateBot: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateBotRequest, _session_pb2.BotProfile]
+    UpdateBot: _grpc.UnaryUnaryMultiCallable[_session_pb2.UpdateBotRequest, _session_pb2.BotProfile]
+    DeleteBot: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteBotRequest, _session_pb2.DeleteBotResponse]
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_session_pb2.SubmitFeedbackRequest, _session_pb2.Feedback]
+    """Thumbs up/down on assistant messages: one per message and user (a second one replaces it)."""
+    ListFeedback: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListFeedbackRequest, _session_pb2.ListFeedbackResponse]
+    ExportFeedback: _grpc.UnaryStreamMultiCallable[_session_pb2.ExportFeedbackRequest, _session_pb2.Feedback]
+    PrepareCompletion: _grpc.UnaryUnaryMultiCallable[_session_pb2.PrepareCompletionRequest, _session_pb2.PrepareCompletionResponse]
+    """The OpenAI-compatible API's stateless calls: the client's messages are the context as they
+    are; nothing is stored (the answer's durable record is the results topic).
+    """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListModelsRequest, _session_pb2.ListModelsResponse]
+    CreateCompletion: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateCompletionRequest, _session_pb2.CreateCompletionResponse]
+    """Asynchronous completions: submitted, then polled or followed. Their state is durable (any
+    gateway replica answers for any completion), moved on by the results topic.
+    """
+    GetCompletion: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetCompletionRequest, _session_pb2.Completion]
+    MarkCompletionRunning: _grpc.UnaryUnaryMultiCallable[_session_pb2.MarkCompletionRunningRequest, _session_pb2.Completion]
+    ConsumeQuota: _grpc.UnaryUnaryMultiCallable[_session_pb2.ConsumeQuotaRequest, _session_pb2.ConsumeQuotaResponse]
+    """Rate limits shared by every gateway replica: counts a request against the user's
+    requests-per-minute and checks the tokens spent in the last minute (sliding window).
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -55,6 +86,37 @@ class SessionServiceAsyncStub(SessionServiceStub):
     GetChat: _aio.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
     ListChats: _aio.UnaryUnaryMultiCallable[_session_pb2.ListChatsRequest, _session_pb2.ListChatsResponse]  # type: ignore[assignment]
     DeleteChat: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteChatRequest, _session_pb2.DeleteChatResponse]  # type: ignore[assignment]
+    UpdateChat: _aio.UnaryUnaryMultiCallable[_session_pb2.UpdateChatRequest, _session_pb2.Chat]  # type: ignore[assignment]
+    """Renames a chat or moves it to another bot profile."""
+    BuildContext: _aio.UnaryUnaryMultiCallable[_session_pb2.BuildContextRequest, _session_pb2.Context]  # type: ignore[assignment]
+    """The context the chat's next turn would send, without storing anything."""
+    ListBots: _aio.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]  # type: ignore[assignment]
+    """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
+    each user's own. A chat keeps the profile it was started with unless its user changes it.
+    """
+    GetBot: _aio.UnaryUnaryMultiCallable[_session_pb2.GetBotRequest, _session_pb2.BotProfile]  # type: ignore[assignment]
+    CreateBot: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateBotRequest, _session_pb2.BotProfile]  # type: ignore[assignment]
+    UpdateBot: _aio.UnaryUnaryMultiCallable[_session_pb2.UpdateBotRequest, _session_pb2.BotProfile]  # type: ignore[assignment]
+    DeleteBot: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteBotRequest, _session_pb2.DeleteBotResponse]  # type: ignore[assignment]
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_session_pb2.SubmitFeedbackRequest, _session_pb2.Feedback]  # type: ignore[assignment]
+    """Thumbs up/down on assistant messages: one per message and user (a second one replaces it)."""
+    ListFeedback: _aio.UnaryUnaryMultiCallable[_session_pb2.ListFeedbackRequest, _session_pb2.ListFeedbackResponse]  # type: ignore[assignment]
+    ExportFeedback: _aio.UnaryStreamMultiCallable[_session_pb2.ExportFeedbackRequest, _session_pb2.Feedback]  # type: ignore[assignment]
+    PrepareCompletion: _aio.UnaryUnaryMultiCallable[_session_pb2.PrepareCompletionRequest, _session_pb2.PrepareCompletionResponse]  # type: ignore[assignment]
+    """The OpenAI-compatible API's stateless calls: the client's messages are the context as they
+    are; nothing is stored (the answer's durable record is the results topic).
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_session_pb2.ListModelsRequest, _session_pb2.ListModelsResponse]  # type: ignore[assignment]
+    CreateCompletion: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateCompletionRequest, _session_pb2.CreateCompletionResponse]  # type: ignore[assignment]
+    """Asynchronous completions: submitted, then polled or followed. Their state is durable (any
+    gateway replica answers for any completion), moved on by the results topic.
+    """
+    GetCompletion: _aio.UnaryUnaryMultiCallable[_session_pb2.GetCompletionRequest, _session_pb2.Completion]  # type: ignore[assignment]
+    MarkCompletionRunning: _aio.UnaryUnaryMultiCallable[_session_pb2.MarkCompletionRunningRequest, _session_pb2.Completion]  # type: ignore[assignment]
+    ConsumeQuota: _aio.UnaryUnaryMultiCallable[_session_pb2.ConsumeQuotaRequest, _session_pb2.ConsumeQuotaResponse]  # type: ignore[assignment]
+    """Rate limits shared by every gateway replica: counts a request against the user's
+    requests-per-minute and checks the tokens spent in the last minute (sliding window).
+    """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -113,5 +175,132 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_pb2.DeleteChatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.DeleteChatResponse, _abc.Awaitable[_session_pb2.DeleteChatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateChat(
+        self,
+        request: _session_pb2.UpdateChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Chat, _abc.Awaitable[_session_pb2.Chat]]:
+        """Renames a chat or moves it to another bot profile."""
+
+    @_abc_1.abstractmethod
+    def BuildContext(
+        self,
+        request: _session_pb2.BuildContextRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Context, _abc.Awaitable[_session_pb2.Context]]:
+        """The context the chat's next turn would send, without storing anything."""
+
+    @_abc_1.abstractmethod
+    def ListBots(
+        self,
+        request: _session_pb2.ListBotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListBotsResponse, _abc.Awaitable[_session_pb2.ListBotsResponse]]:
+        """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
+        each user's own. A chat keeps the profile it was started with unless its user changes it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBot(
+        self,
+        request: _session_pb2.GetBotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.BotProfile, _abc.Awaitable[_session_pb2.BotProfile]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateBot(
+        self,
+        request: _session_pb2.CreateBotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.BotProfile, _abc.Awaitable[_session_pb2.BotProfile]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateBot(
+        self,
+        request: _session_pb2.UpdateBotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.BotProfile, _abc.Awaitable[_session_pb2.BotProfile]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteBot(
+        self,
+        request: _session_pb2.DeleteBotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.DeleteBotResponse, _abc.Awaitable[_session_pb2.DeleteBotResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _session_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Feedback, _abc.Awaitable[_session_pb2.Feedback]]:
+        """Thumbs up/down on assistant messages: one per message and user (a second one replaces it)."""
+
+    @_abc_1.abstractmethod
+    def ListFeedback(
+        self,
+        request: _session_pb2.ListFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListFeedbackResponse, _abc.Awaitable[_session_pb2.ListFeedbackResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportFeedback(
+        self,
+        request: _session_pb2.ExportFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_pb2.Feedback], _abc.AsyncIterator[_session_pb2.Feedback]]: ...
+
+    @_abc_1.abstractmethod
+    def PrepareCompletion(
+        self,
+        request: _session_pb2.PrepareCompletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.PrepareCompletionResponse, _abc.Awaitable[_session_pb2.PrepareCompletionResponse]]:
+        """The OpenAI-compatible API's stateless calls: the client's messages are the context as they
+        are; nothing is stored (the answer's durable record is the results topic).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _session_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListModelsResponse, _abc.Awaitable[_session_pb2.ListModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateCompletion(
+        self,
+        request: _session_pb2.CreateCompletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.CreateCompletionResponse, _abc.Awaitable[_session_pb2.CreateCompletionResponse]]:
+        """Asynchronous completions: submitted, then polled or followed. Their state is durable (any
+        gateway replica answers for any completion), moved on by the results topic.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCompletion(
+        self,
+        request: _session_pb2.GetCompletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Completion, _abc.Awaitable[_session_pb2.Completion]]: ...
+
+    @_abc_1.abstractmethod
+    def MarkCompletionRunning(
+        self,
+        request: _session_pb2.MarkCompletionRunningRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Completion, _abc.Awaitable[_session_pb2.Completion]]: ...
+
+    @_abc_1.abstractmethod
+    def ConsumeQuota(
+        self,
+        request: _session_pb2.ConsumeQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ConsumeQuotaResponse, _abc.Awaitable[_session_pb2.ConsumeQuotaResponse]]:
+        """Rate limits shared by every gateway replica: counts a request against the user's
+        requests-per-minute and checks the tokens spent in the last minute (sliding window).
+        """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -86,6 +86,34 @@ CACHE_SCOPE_GLOBAL: CacheScope.ValueType  # 3
 CACHE_SCOPE_DISABLED: CacheScope.ValueType  # 4
 Global___CacheScope: _TypeAlias = CacheScope  # noqa: Y015
 
+class _CacheContextMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheContextModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheContextMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_CONTEXT_MODE_UNSPECIFIED: _CacheContextMode.ValueType  # 0
+    """exact"""
+    CACHE_CONTEXT_MODE_EXACT: _CacheContextMode.ValueType  # 1
+    """The prior turns must be equal (after folding case and spacing)."""
+    CACHE_CONTEXT_MODE_SEMANTIC: _CacheContextMode.ValueType  # 2
+    """The prior turns must mean the same: same turn roles, close context embeddings, and the
+    precision guard passing on each pair of turns. More hits on reworded conversations.
+    """
+
+class CacheContextMode(_CacheContextMode, metaclass=_CacheContextModeEnumTypeWrapper):
+    """How the earlier turns of a chat must match a cached entry's for its answer to be reused."""
+
+CACHE_CONTEXT_MODE_UNSPECIFIED: CacheContextMode.ValueType  # 0
+"""exact"""
+CACHE_CONTEXT_MODE_EXACT: CacheContextMode.ValueType  # 1
+"""The prior turns must be equal (after folding case and spacing)."""
+CACHE_CONTEXT_MODE_SEMANTIC: CacheContextMode.ValueType  # 2
+"""The prior turns must mean the same: same turn roles, close context embeddings, and the
+precision guard passing on each pair of turns. More hits on reworded conversations.
+"""
+Global___CacheContextMode: _TypeAlias = CacheContextMode  # noqa: Y015
+
 @_typing.final
 class ChatMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor

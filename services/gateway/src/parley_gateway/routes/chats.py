@@ -1,31 +1,35 @@
-"""The chat REST API: start and continue chats, list, read and delete them."""
+"""The chat REST API: start and continue chats (JSON, SSE or asynchronously), list, read and
+delete them."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
-from fastapi import APIRouter, Path, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from parley.v1 import session_pb2, types_pb2
-from parley_common.ids import is_id
-from parley_gateway.deps import PartsDep, User
+from parley_common.ids import is_id, new_id
+from parley_gateway.async_completions import BeforeQueue, completion_out
+from parley_gateway.auth import Principal
+from parley_gateway.deps import Admitted, PartsDep, User
 from parley_gateway.errors import ApiError, from_grpc
 from parley_gateway.schemas import (
     ChatDetail,
     ChatList,
     ChatSummary,
     CompletionBody,
+    CompletionOut,
     ErrorBody,
     MessageOut,
     StartChatBody,
     TurnAnswer,
     TurnResponse,
 )
-from parley_gateway.turns import FINISH_NAMES, TextChunk, Turn
+from parley_gateway.turns import FINISH_NAMES, Sampling, TextChunk, Turn
 
 router = APIRouter(tags=["chats"])
 
@@ -52,8 +56,43 @@ _TURN_RESPONSES: dict[int | str, dict[str, Any]] = {
         "`chat`, `chunk` and `done` events",
         "content": {"text/event-stream": {}},
     },
+    202: {
+        "model": CompletionOut,
+        "description": "with `?mode=async` or `Prefer: respond-async`: the completion, queued; "
+        "follow it at `Location`",
+    },
+    429: {"model": ErrorBody, "description": "over a rate limit; retry after Retry-After"},
+    503: {
+        "model": ErrorBody,
+        "description": "the workers' queue is full or a backing service is down; retry after "
+        "Retry-After",
+    },
     504: {"model": ErrorBody, "description": "no answer within the deadline"},
 }
+
+Mode = Annotated[
+    Literal["sync", "async"] | None,
+    Query(description="`async`: answer 202 at once with a completion to poll or follow"),
+]
+Prefer = Annotated[
+    str | None,
+    Header(max_length=200, description="`respond-async`: the same as `?mode=async` (RFC 7240)"),
+]
+CacheControl = Annotated[
+    str | None,
+    Header(max_length=200, description="`no-cache`: the same as `no_cache: true` in the body"),
+]
+
+
+def _no_cache(body: CompletionBody, cache_control: str | None) -> bool:
+    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
+    return body.no_cache or "no-cache" in directives
+
+
+def _wants_async(mode: str | None, prefer: str | None) -> bool:
+    if mode is not None:
+        return mode == "async"
+    return prefer is not None and "respond-async" in prefer.lower()
 
 
 def _valid_chat_id(chat_id: str) -> str:
@@ -97,6 +136,8 @@ async def _sse_stream(turn: Turn) -> AsyncIterator[bytes]:
                 yield _sse("done", event.model_dump())
     except ApiError as exc:
         yield _sse("error", {"type": exc.type, "message": exc.message})
+    finally:
+        await turn.close()
 
 
 async def _respond(turn: Turn, stream: bool) -> Response | TurnResponse:
@@ -112,22 +153,90 @@ async def _respond(turn: Turn, stream: bool) -> Response | TurnResponse:
     )
 
 
+async def _turn(
+    parts: PartsDep,
+    user: Principal,
+    *,
+    chat_id: str,
+    body: CompletionBody,
+    bot_id: str | None,
+    mode: str | None,
+    prefer: str | None,
+    no_cache: bool,
+) -> Response | TurnResponse:
+    _check_message(parts, body)
+    sampling = Sampling(
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=tuple(body.stop or ()),
+        seed=body.seed,
+    )
+    if not _wants_async(mode, prefer):
+        turn = await parts.turns.start(
+            user,
+            chat_id=chat_id,
+            message=body.message,
+            request_id=body.request_id,
+            max_tokens=body.max_tokens,
+            bot_id=bot_id,
+            no_cache=no_cache,
+            sampling=sampling,
+        )
+        return await _respond(turn, body.stream)
+    if body.stream:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "stream: an asynchronous completion is followed at GET /completions/{id}/events",
+        )
+    request_id = body.request_id or new_id()
+
+    async def start(before_queue: BeforeQueue) -> Turn:
+        return await parts.turns.start(
+            user,
+            chat_id=chat_id,
+            message=body.message,
+            request_id=request_id,
+            max_tokens=body.max_tokens,
+            bot_id=bot_id,
+            no_cache=no_cache,
+            sampling=sampling,
+            detached=True,
+            before_queue=before_queue,
+        )
+
+    completion = await parts.async_completions.submit(user, request_id, start)
+    headers = {"Location": f"/completions/{request_id}"}
+    if mode is None:
+        headers["Preference-Applied"] = "respond-async"
+    return JSONResponse(
+        completion_out(completion).model_dump(mode="json"), status_code=202, headers=headers
+    )
+
+
 @router.post(
     "/chat", response_model=TurnResponse, responses=_TURN_RESPONSES, summary="Start a chat"
 )
-async def start_chat(body: StartChatBody, user: User, parts: PartsDep) -> Response | TurnResponse:
-    """Start a chat with a first message and get the assistant's answer (or stream it)."""
-    _check_message(parts, body)
-    turn = await parts.turns.start(
+async def start_chat(
+    body: StartChatBody,
+    user: Admitted,
+    parts: PartsDep,
+    mode: Mode = None,
+    prefer: Prefer = None,
+    cache_control: CacheControl = None,
+) -> Response | TurnResponse:
+    """Start a chat with a first message and get the assistant's answer (or stream it, or
+    submit it asynchronously)."""
+    return await _turn(
+        parts,
         user,
         chat_id="",
-        message=body.message,
-        request_id=body.request_id,
-        max_tokens=body.max_tokens,
+        body=body,
         bot_id=body.bot_id,
-        no_cache=body.no_cache,
+        mode=mode,
+        prefer=prefer,
+        no_cache=_no_cache(body, cache_control),
     )
-    return await _respond(turn, body.stream)
 
 
 @router.post(
@@ -137,19 +246,25 @@ async def start_chat(body: StartChatBody, user: User, parts: PartsDep) -> Respon
     summary="Continue a chat",
 )
 async def continue_chat(
-    chat_id: ChatId, body: CompletionBody, user: User, parts: PartsDep
+    chat_id: ChatId,
+    body: CompletionBody,
+    user: Admitted,
+    parts: PartsDep,
+    mode: Mode = None,
+    prefer: Prefer = None,
+    cache_control: CacheControl = None,
 ) -> Response | TurnResponse:
     """Send the next message of a chat; the model sees the chat's history."""
-    _check_message(parts, body)
-    turn = await parts.turns.start(
+    return await _turn(
+        parts,
         user,
         chat_id=_valid_chat_id(chat_id),
-        message=body.message,
-        request_id=body.request_id,
-        max_tokens=body.max_tokens,
-        no_cache=body.no_cache,
+        body=body,
+        bot_id=None,
+        mode=mode,
+        prefer=prefer,
+        no_cache=_no_cache(body, cache_control),
     )
-    return await _respond(turn, body.stream)
 
 
 def _summary(chat: session_pb2.Chat) -> ChatSummary:

@@ -23,5 +23,5 @@ async def ready(parts: PartsDep) -> Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(parts: PartsDep) -> Response:
+    return Response(generate_latest(parts.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,185 @@
+"""Admission control: refuse a turn early and clearly rather than queue it without bound.
+
+- `RateLimiter`: requests and tokens per minute per user, counted by the session service in
+  MongoDB, so the limit holds across every gateway replica (429 with Retry-After).
+- `QueueMonitor`: the depth of the queue to the workers, read from Kafka as the lag of the
+  workers' consumer group (requests queued or being generated; a worker commits a request only
+  once its result is out), refreshed in the background; over `max_depth`, 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import grpc
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from parley.v1 import session_pb2, session_pb2_grpc
+from parley_gateway.auth import Principal
+from parley_gateway.errors import ApiError, from_grpc
+
+__all__ = ["QueueMonitor", "RateLimiter"]
+
+log = logging.getLogger(__name__)
+
+_STALE_AFTER_S = 10.0
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        session: session_pb2_grpc.SessionServiceAsyncStub,
+        *,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        timeout_s: float,
+    ) -> None:
+        self._session = session
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._timeout_s = timeout_s
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute)
+
+    async def admit(self, principal: Principal) -> None:
+        """Count one request of `principal`; raise 429 when it is over a limit."""
+        if not self.enabled:
+            return
+        try:
+            decision = await self._session.ConsumeQuota(
+                session_pb2.ConsumeQuotaRequest(
+                    user_id=principal.user_id,
+                    requests_per_minute=self.requests_per_minute,
+                    tokens_per_minute=self.tokens_per_minute,
+                ),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, "session") from exc
+        if decision.allowed:
+            return
+        retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
+        if decision.exceeded == "tokens":
+            message = (
+                f"rate limit reached: {self.tokens_per_minute} tokens per minute; "
+                f"retry after {retry_after} s"
+            )
+        else:
+            message = (
+                f"rate limit reached: {self.requests_per_minute} requests per minute; "
+                f"retry after {retry_after} s"
+            )
+        raise ApiError(
+            429,
+            "rate_limited",
+            message,
+            retry_after_s=retry_after,
+            code=f"{decision.exceeded or 'requests'}_per_minute",
+        )
+
+
+class QueueMonitor:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str,
+        group: str,
+        max_depth: int,
+        refresh_s: float,
+        local_in_flight: Callable[[], int],
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._group = group
+        self.max_depth = max_depth
+        self._refresh_s = refresh_s
+        self._local = local_in_flight
+        self._lag = 0
+        self._measured_at = 0.0
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if not self.max_depth:
+            return
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._bootstrap, request_timeout_ms=5_000
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, group_id=None, request_timeout_ms=5_000
+        )
+        await self._admin.start()
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="queue-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+
+    @property
+    def depth(self) -> int:
+        """The workers' queue as last measured, or this gateway's own requests in flight when
+        they are more (they count at once, the lag only at the next measurement)."""
+        fresh = time.monotonic() - self._measured_at < _STALE_AFTER_S
+        return max(self._lag if fresh else 0, self._local())
+
+    def check(self) -> None:
+        """Raise 503 when the queue to the workers is deeper than allowed."""
+        if not self.max_depth:
+            return
+        depth = self.depth
+        if depth >= self.max_depth:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"the workers are busy ({depth} requests queued or running, the limit is "
+                f"{self.max_depth}); retry after the Retry-After delay",
+                retry_after_s=max(2, math.ceil(2 * self._refresh_s)),
+            )
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._lag = await asyncio.wait_for(self._measure(), timeout=5.0)
+                self._measured_at = time.monotonic()
+            except Exception as exc:
+                log.warning("could not read the workers' lag", extra={"error": repr(exc)})
+            await asyncio.sleep(self._refresh_s)
+
+    async def _measure(self) -> int:
+        assert self._admin is not None
+        assert self._consumer is not None
+        described = await self._admin.describe_topics([self._topic])
+        tps = [
+            TopicPartition(self._topic, p["partition"])
+            for topic in described
+            if topic["error_code"] == 0
+            for p in topic["partitions"]
+        ]
+        if not tps:
+            return 0
+        committed = await self._admin.list_consumer_group_offsets(self._group, partitions=tps)
+        ends = await self._consumer.end_offsets(tps)
+        missing = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
+        starts = await self._consumer.beginning_offsets(missing) if missing else {}
+        lag = 0
+        for tp in tps:
+            done = committed[tp].offset if tp not in starts else starts[tp]
+            lag += max(0, ends[tp] - done)
+        return lag

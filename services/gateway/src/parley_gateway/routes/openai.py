@@ -1,0 +1,335 @@
+"""The OpenAI-compatible API: `GET /v1/models` and `POST /v1/chat/completions`.
+
+Point an OpenAI SDK at `<gateway>/v1` with a Parley API key. A call is stateless, as with
+OpenAI: the client's messages are the whole context and no chat is stored. To keep the history
+server-side instead, name a stored chat (`extra_body={"chat_id": ...}` or the header
+`X-Parley-Chat-Id`): the last message is then the user's next turn of that chat and the chat's
+own history is the context.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import grpc
+from fastapi import APIRouter, Header, Path, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from parley.v1 import session_pb2
+from parley_common.ids import is_id
+from parley_gateway.auth import Principal
+from parley_gateway.deps import Admitted, PartsDep, User
+from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.openai_schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    CompletionUsage,
+    Delta,
+    Model,
+    ModelList,
+    OpenAIErrorBody,
+    ParleyInfo,
+    ResponseMessage,
+    dump,
+)
+from parley_gateway.schemas import TurnAnswer
+from parley_gateway.turns import Sampling, TextChunk, Turn
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": OpenAIErrorBody, "description": "an invalid request (the param is named)"},
+    401: {"model": OpenAIErrorBody, "description": "missing, malformed or revoked API key"},
+    403: {"model": OpenAIErrorBody, "description": "the admin key, where a user's key is needed"},
+    404: {"model": OpenAIErrorBody, "description": "no such model, or no such chat (or not yours)"},
+    413: {"model": OpenAIErrorBody, "description": "body or message too large"},
+}
+_COMPLETION_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    200: {
+        "description": "the completion, or with `stream: true` a text/event-stream of "
+        "`data: <chat.completion.chunk>` events ending with `data: [DONE]`",
+        "content": {"text/event-stream": {}},
+    },
+    429: {"model": OpenAIErrorBody, "description": "over a rate limit; retry after Retry-After"},
+    502: {"model": OpenAIErrorBody, "description": "the model failed to answer"},
+    503: {
+        "model": OpenAIErrorBody,
+        "description": "the workers are busy or a backing service is down; retry after Retry-After",
+    },
+    504: {"model": OpenAIErrorBody, "description": "no answer within the deadline"},
+}
+
+_SYSTEM_ROLES = {"system": "system", "developer": "system", "user": "user"}
+
+
+async def _models(parts: PartsDep) -> list[Model]:
+    try:
+        listed = await parts.session.ListModels(
+            session_pb2.ListModelsRequest(), timeout=parts.settings.grpc_timeout_s
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, "session") from exc
+    return [
+        Model(id=m.model_id, created=m.created_unix_ms // 1000, context_window=m.context_window)
+        for m in listed.models
+    ]
+
+
+@router.get("/models", response_model=ModelList, responses=_ERRORS, summary="List models")
+async def list_models(_: User, parts: PartsDep) -> ModelList:
+    """The models this platform serves."""
+    return ModelList(data=await _models(parts))
+
+
+@router.get(
+    "/models/{model_id:path}", response_model=Model, responses=_ERRORS, summary="Read a model"
+)
+async def get_model(
+    model_id: Annotated[str, Path(description="a model id from GET /v1/models")],
+    _: User,
+    parts: PartsDep,
+) -> Model:
+    for model in await _models(parts):
+        if model.id == model_id:
+            return model
+    raise _model_not_found(model_id)
+
+
+def _model_not_found(model_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "not_found",
+        f"the model {model_id[:256]!r} does not exist; GET /v1/models lists the models served",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[tuple[str, str]]:
+    limit = parts.settings.max_message_chars
+    converted = []
+    for index, message in enumerate(body.messages):
+        role = _SYSTEM_ROLES.get(message.role, message.role)
+        text = message.text()
+        if len(text) > limit:
+            raise ApiError(
+                413,
+                "message_too_large",
+                f"messages[{index}] is {len(text)} characters; the limit is {limit}",
+                param=f"messages[{index}].content",
+            )
+        if role != "assistant" and not text.strip():
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"messages[{index}].content: a {message.role} message needs text",
+                param=f"messages[{index}].content",
+            )
+        converted.append((role, text))
+    return converted
+
+
+def _sampling(body: ChatCompletionRequest) -> Sampling:
+    temperature, top_p = body.temperature, body.top_p
+    if top_p == 0:
+        # Only the most likely token is left: greedy decoding, which the engines ask for as
+        # temperature 0 (their top_p must be above 0).
+        temperature, top_p = 0.0, None
+    return Sampling(temperature=temperature, top_p=top_p, stop=body.stop_strings(), seed=body.seed)
+
+
+def _check(parts: PartsDep, body: ChatCompletionRequest) -> None:
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "stream_options: only allowed when stream is true",
+            param="stream_options",
+        )
+    budget = body.reply_budget()
+    limit = parts.settings.max_tokens_limit
+    if budget is not None and budget > limit:
+        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(422, "invalid_request", f"{field}: at most {limit}", param=field)
+
+
+async def _start(
+    parts: PartsDep,
+    user: Principal,
+    body: ChatCompletionRequest,
+    chat_id: str | None,
+    request_id: str | None,
+) -> Turn:
+    messages = _messages(parts, body)
+    sampling = _sampling(body)
+    if chat_id is None:
+        try:
+            return await parts.turns.start_stateless(
+                user,
+                messages=messages,
+                model=body.model,
+                max_tokens=body.reply_budget(),
+                sampling=sampling,
+                no_cache=body.no_cache,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                raise _model_not_found(body.model) from exc
+            raise
+    if not is_id(chat_id):
+        raise ApiError(
+            404,
+            "not_found",
+            f"chat {chat_id[:64]!r} not found: chat ids are 32 hexadecimal characters",
+            param="chat_id",
+        )
+    role, text = messages[-1]
+    if role != "user":
+        raise ApiError(
+            422,
+            "invalid_request",
+            "messages: with chat_id, the last message is the user's next turn",
+            param="messages",
+        )
+    if body.model not in {m.id for m in await _models(parts)}:
+        raise _model_not_found(body.model)
+    return await parts.turns.start(
+        user,
+        chat_id=chat_id,
+        message=text,
+        request_id=request_id,
+        max_tokens=body.reply_budget(),
+        no_cache=body.no_cache,
+        sampling=sampling,
+    )
+
+
+def _finish_reason(answer: TurnAnswer) -> str:
+    if answer.finish_reason == "expired":
+        raise ApiError(
+            503,
+            "overloaded",
+            "no worker could start this request before its deadline; retry later",
+            retry_after_s=10,
+        )
+    if answer.finish_reason == "error":
+        raise ApiError(502, "upstream_error", "the model failed to generate an answer")
+    return "length" if answer.finish_reason == "length" else "stop"
+
+
+def _usage(answer: TurnAnswer) -> CompletionUsage:
+    return CompletionUsage(**answer.usage.model_dump())
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses=_COMPLETION_ERRORS,
+    summary="Create a chat completion",
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    user: Admitted,
+    parts: PartsDep,
+    x_parley_chat_id: Annotated[
+        str | None,
+        Header(max_length=64, description="Parley: the stored chat to answer within"),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=128,
+            pattern=r"^[A-Za-z0-9._:-]+$",
+            description="Parley, with a chat: a retry with the same key never stores the turn "
+            "twice",
+        ),
+    ] = None,
+) -> Response:
+    """OpenAI's chat completion: JSON, or Server-Sent Events with `stream: true`."""
+    _check(parts, body)
+    chat_id = body.chat_id if body.chat_id is not None else x_parley_chat_id
+    turn = await _start(parts, user, body, chat_id, idempotency_key)
+    headers = {"X-Parley-Request-Id": turn.request_id}
+    if turn.chat_id:
+        headers["X-Parley-Chat-Id"] = turn.chat_id
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(
+            _stream(turn, include_usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    answer = await turn.answer()
+    completion = ChatCompletion(
+        id=f"chatcmpl-{turn.request_id}",
+        created=turn.created_unix_s,
+        model=turn.model,
+        choices=[
+            Choice(
+                message=ResponseMessage(content=answer.content),
+                finish_reason=_finish_reason(answer),
+            )
+        ],
+        usage=_usage(answer),
+        parley=ParleyInfo(
+            request_id=turn.request_id,
+            chat_id=turn.chat_id or None,
+            cached=answer.cached,
+            cache_score=answer.cache_score,
+        ),
+    )
+    return JSONResponse(dump(completion), headers=headers)
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[bytes]:
+    def chunk(delta: Delta, finish: str | None = None) -> bytes:
+        payload = ChatCompletionChunk(
+            id=f"chatcmpl-{turn.request_id}",
+            created=turn.created_unix_s,
+            model=turn.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+        )
+        data = dump(payload)
+        # As OpenAI: a delta has only what it sets; `usage` is there (null) only when asked for.
+        data["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+        if not include_usage:
+            del data["usage"]
+        return _data(data)
+
+    yield chunk(Delta(role="assistant", content=""))
+    try:
+        async for event in turn.events():
+            if isinstance(event, TextChunk):
+                if event.text:
+                    yield chunk(Delta(content=event.text))
+                continue
+            yield chunk(Delta(), _finish_reason(event))
+            if include_usage:
+                yield _data(
+                    dump(
+                        ChatCompletionChunk(
+                            id=f"chatcmpl-{turn.request_id}",
+                            created=turn.created_unix_s,
+                            model=turn.model,
+                            choices=[],
+                            usage=_usage(event),
+                        )
+                    )
+                )
+    except ApiError as exc:
+        # OpenAI's way to fail a stream that has begun; its SDKs raise an APIError from it.
+        yield _data(exc.openai_body())
+        return
+    finally:
+        await turn.close()
+    yield b"data: [DONE]\n\n"

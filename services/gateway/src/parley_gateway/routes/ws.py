@@ -1,0 +1,260 @@
+"""The chat API over a WebSocket: `/chat/ws`.
+
+One JSON object per text frame. The client authenticates with `Authorization: Bearer <key>` on
+the upgrade request or, where it cannot set headers (a browser), with a first frame
+`{"type": "auth", "api_key": "..."}`; the server answers `{"type": "ready"}`. Then:
+
+- `{"type": "message", "message": "...", "chat_id"?, "bot_id"?, "max_tokens"?, "request_id"?,
+  "no_cache"?, "temperature"?, "top_p"?, "stop"?, "seed"?}` (as in the REST API) starts a turn (a new chat without `chat_id`); the server sends `chat` (ids),
+  `chunk`s (`text`) and `done` (`answer`, as in the REST API), or `error`;
+- `{"type": "stop"}` stops the turn being generated: its `done` follows with the text so far
+  and `finish_reason: "cancelled"` (that text is also what the chat stores);
+- `{"type": "ping"}` is answered with `pong`.
+
+One turn at a time per socket. Closing the socket mid-turn stops the generation too.
+Errors are frames `{"type": "error", "error": {"type", "message", "retry_after_s"?}}`; the socket
+stays open, except after a failed authentication (closed with code 4401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from parley_common.ids import is_id
+from parley_gateway.auth import Principal
+from parley_gateway.deps import Parts, admit
+from parley_gateway.errors import ApiError
+from parley_gateway.turns import Sampling, TextChunk, Turn
+
+router = APIRouter(tags=["chats"])
+
+log = logging.getLogger(__name__)
+
+_AUTH_TIMEOUT_S = 10.0
+CLOSE_UNAUTHENTICATED = 4401
+
+
+class _Auth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["auth"]
+    api_key: str = Field(min_length=1, max_length=256)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["message"]
+    message: str = Field(min_length=1)
+    chat_id: str | None = None
+    bot_id: str | None = Field(default=None, max_length=64)
+    max_tokens: int | None = Field(default=None, ge=1)
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"
+    )
+    no_cache: bool = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=4
+    )
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+
+
+class _Socket:
+    """Sends frames one at a time: the turn's relay and the receive loop both send."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self._lock = asyncio.Lock()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        async with self._lock:
+            await self.websocket.send_text(json.dumps(frame))
+
+    async def error(self, error: ApiError, request_id: str | None = None) -> None:
+        body: dict[str, Any] = {"type": error.type, "message": error.message}
+        if error.retry_after_s:
+            body["retry_after_s"] = error.retry_after_s
+        frame: dict[str, Any] = {"type": "error", "error": body}
+        if request_id:
+            frame["request_id"] = request_id
+        await self.send(frame)
+
+
+async def _receive(websocket: WebSocket) -> dict[str, Any] | ApiError:
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if text is None:
+        return ApiError(422, "invalid_request", "frames are JSON text; binary frames are not read")
+    try:
+        frame = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return ApiError(400, "invalid_json", f"the frame is not valid JSON: {exc}")
+    if not isinstance(frame, dict):
+        return ApiError(422, "invalid_request", "a frame is a JSON object with a `type`")
+    return frame
+
+
+async def _authenticate(socket: _Socket, parts: Parts) -> Principal | None:
+    websocket = socket.websocket
+    header = websocket.headers.get("authorization")
+    try:
+        if header is None:
+            frame = await asyncio.wait_for(_receive(websocket), timeout=_AUTH_TIMEOUT_S)
+            if isinstance(frame, ApiError):
+                raise frame
+            try:
+                auth = _Auth.model_validate(frame)
+            except ValidationError as exc:
+                raise ApiError(
+                    401,
+                    "authentication_error",
+                    'authenticate first: send {"type": "auth", "api_key": "<key>"} or '
+                    "the header 'Authorization: Bearer <key>'",
+                ) from exc
+            header = f"Bearer {auth.api_key}"
+        principal = await parts.auth.authenticate(header)
+        if principal.is_admin:
+            raise ApiError(403, "permission_error", "chat with a user's key, not the admin key")
+    except TimeoutError:
+        await websocket.close(CLOSE_UNAUTHENTICATED, "no authentication")
+        return None
+    except ApiError as exc:
+        await socket.error(exc)
+        await websocket.close(CLOSE_UNAUTHENTICATED, exc.type)
+        return None
+    await socket.send({"type": "ready", "user_id": principal.user_id})
+    return principal
+
+
+async def _start(parts: Parts, principal: Principal, message: _Message) -> Turn:
+    settings = parts.settings
+    if len(message.message) > settings.max_message_chars:
+        raise ApiError(
+            413,
+            "message_too_large",
+            f"message is {len(message.message)} characters; the limit is "
+            f"{settings.max_message_chars}",
+        )
+    if not message.message.strip():
+        raise ApiError(422, "invalid_request", "message: must not be blank")
+    if message.max_tokens is not None and message.max_tokens > settings.max_tokens_limit:
+        raise ApiError(422, "invalid_request", f"max_tokens: at most {settings.max_tokens_limit}")
+    if message.chat_id is not None and not is_id(message.chat_id):
+        raise ApiError(404, "not_found", f"chat {message.chat_id[:64]!r} not found")
+    await admit(parts, principal)
+    return await parts.turns.start(
+        principal,
+        chat_id=message.chat_id or "",
+        message=message.message,
+        request_id=message.request_id,
+        max_tokens=message.max_tokens,
+        bot_id=message.bot_id,
+        no_cache=message.no_cache,
+        sampling=Sampling(
+            temperature=message.temperature,
+            top_p=message.top_p,
+            stop=tuple(message.stop or ()),
+            seed=message.seed,
+        ),
+    )
+
+
+async def _relay(socket: _Socket, turn: Turn) -> None:
+    try:
+        async for event in turn.events():
+            if isinstance(event, TextChunk):
+                if event.text:
+                    await socket.send(
+                        {"type": "chunk", "request_id": turn.request_id, "text": event.text}
+                    )
+            else:
+                await socket.send(
+                    {
+                        "type": "done",
+                        "request_id": turn.request_id,
+                        "chat_id": turn.chat_id,
+                        "answer": event.model_dump(mode="json"),
+                    }
+                )
+    except ApiError as exc:
+        await socket.error(exc, turn.request_id)
+    finally:
+        await turn.close()
+
+
+@router.websocket("/chat/ws")
+async def chat_ws(websocket: WebSocket) -> None:
+    parts: Parts = websocket.app.state.parts
+    socket = _Socket(websocket)
+    await websocket.accept()
+    principal = await _authenticate(socket, parts)
+    if principal is None:
+        return
+    relay: asyncio.Task[None] | None = None
+    current: Turn | None = None
+    try:
+        while True:
+            frame = await _receive(websocket)
+            if isinstance(frame, ApiError):
+                await socket.error(frame)
+                continue
+            kind = frame.get("type")
+            if kind == "message":
+                if relay is not None and not relay.done():
+                    await socket.error(
+                        ApiError(409, "busy", "a turn is being answered; wait for done, or stop it")
+                    )
+                    continue
+                try:
+                    current = await _start(parts, principal, _Message.model_validate(frame))
+                except ValidationError as exc:
+                    details = "; ".join(
+                        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                    )
+                    await socket.error(ApiError(422, "invalid_request", details))
+                    continue
+                except ApiError as exc:
+                    await socket.error(exc)
+                    continue
+                await socket.send(
+                    {
+                        "type": "chat",
+                        "chat_id": current.chat_id,
+                        "request_id": current.request_id,
+                        "message_id": current.message_id,
+                    }
+                )
+                relay = asyncio.create_task(_relay(socket, current))
+            elif kind == "stop":
+                if relay is None or relay.done() or current is None:
+                    await socket.error(ApiError(409, "nothing_to_stop", "no turn is running"))
+                    continue
+                await parts.turns.cancel(current.request_id, "stopped by its user")
+            elif kind == "ping":
+                await socket.send({"type": "pong"})
+            else:
+                await socket.error(
+                    ApiError(
+                        422,
+                        "invalid_request",
+                        f"type: unknown frame type {str(kind)[:40]!r}; expected message, stop "
+                        "or ping",
+                    )
+                )
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if relay is not None:
+            # A turn still running stops: its relay closes it, which tells the workers.
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await relay

@@ -1,0 +1,136 @@
+"""ContextBuilder: reads what a history policy needs from the store and builds the context."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from parley_session.domain import (
+    BotProfile,
+    ContextPlan,
+    ContextTooLargeError,
+    HistoryPolicy,
+    StoredMessage,
+    build_context,
+    recent_boundary,
+    system_with_summary,
+)
+from parley_session.store import ChatDoc, LoadedHistory, SessionStore
+from parley_session.summaries import Summarizer
+from parley_session.tokens import TokenCounter
+
+__all__ = ["BuiltContext", "ContextBuilder"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltContext:
+    plan: ContextPlan
+    policy: HistoryPolicy
+    dropped_messages: int
+    summary_through_ordinal: int | None  # set when the context starts with the chat's summary
+
+
+class ContextBuilder:
+    """`full` reads the whole chat; `truncate` and `summarize` read newest first and stop once
+    the window is spent, so a chat of thousands of messages costs what its context needs.
+
+    With `summarize`, a history that passes its share of the window asks the `Summarizer` for a
+    summary of the older turns, in the background: meanwhile the chat goes on truncated.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        tokens: TokenCounter,
+        *,
+        window: int,
+        summarizer: Summarizer | None = None,
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._window = window
+        self._summarizer = summarizer
+
+    async def build(
+        self,
+        *,
+        chat: ChatDoc,
+        bot: BotProfile,
+        policy: HistoryPolicy,
+        reply_budget: int,
+        through_ordinal: int,
+        draft: StoredMessage | None = None,
+        summarize: bool = True,
+    ) -> BuiltContext:
+        """The context of the turn whose user message is at `through_ordinal` (or of `draft`,
+        a message not stored, after everything up to `through_ordinal`). `summarize`: whether a
+        long history may ask for a summary (a turn does; a preview does not)."""
+        summary = chat.summary if policy is HistoryPolicy.SUMMARIZE else None
+        if summary is not None and summary.through_ordinal >= through_ordinal:
+            summary = None  # a summary of later turns than this one (an old turn's retry)
+        after = summary.through_ordinal if summary is not None else -1
+        budget = self._window - reply_budget
+        if policy is HistoryPolicy.FULL:
+            loaded = await self._store.history(chat.chat_id, after=after, through=through_ordinal)
+        else:
+            loaded = await self._store.history(
+                chat.chat_id,
+                after=after,
+                through=through_ordinal,
+                budget=budget,
+                cost=self._tokens.message_tokens,
+            )
+        history = [*loaded.messages, *([draft] if draft is not None else [])]
+        system = bot.system_prompt
+        if summary is not None:
+            try:
+                plan = self._plan(
+                    system_with_summary(system, summary.text), history, policy, reply_budget
+                )
+                used: int | None = summary.through_ordinal
+            except ContextTooLargeError:
+                # The summary itself leaves no room for this message: go on without it.
+                log.info("summary does not fit with this message", extra={"chat_id": chat.chat_id})
+                plan, used = self._plan(system, history, policy, reply_budget), None
+        else:
+            plan, used = self._plan(system, history, policy, reply_budget), None
+        dropped = plan.dropped_messages + loaded.older
+        if summarize and policy is HistoryPolicy.SUMMARIZE and self._summarizer is not None:
+            self._maybe_summarize(chat, bot, loaded, after)
+        return BuiltContext(plan, policy, dropped, used)
+
+    def _plan(
+        self,
+        system: str,
+        history: list[StoredMessage],
+        policy: HistoryPolicy,
+        reply_budget: int,
+    ) -> ContextPlan:
+        return build_context(
+            system_prompt=system,
+            history=history,
+            policy=policy,
+            window=self._window,
+            reply_budget=reply_budget,
+            fmt=self._tokens,
+        )
+
+    def _maybe_summarize(
+        self, chat: ChatDoc, bot: BotProfile, loaded: LoadedHistory, after: int
+    ) -> None:
+        if not loaded.messages:
+            return
+        costs = [self._tokens.message_tokens(m.role, m.token_count) for m in loaded.messages]
+        if loaded.complete and sum(costs) <= bot.history.summarize_at * self._window:
+            return
+        newest_first = [
+            (m.ordinal, m.role, cost)
+            for m, cost in zip(reversed(loaded.messages), reversed(costs), strict=True)
+        ]
+        boundary = recent_boundary(newest_first, int(bot.history.keep_recent * self._window))
+        if boundary is None or (loaded.complete and boundary <= loaded.messages[0].ordinal):
+            return  # everything unsummarized is recent
+        assert self._summarizer is not None
+        self._summarizer.request(chat=chat, bot=bot, after=after, before=boundary)

@@ -1,0 +1,135 @@
+"""The one retry policy for MongoDB's transient failures, and the deadline it must respect.
+
+Every store operation runs through `RetryPolicy.run`: a failover, a restart or a dropped
+connection is retried with exponential backoff; what is not transient is raised at once. Each
+attempt is bounded (PyMongo's client-side operation timeout), by `attempt_timeout_s` and, inside a
+`deadline(...)` block (a gRPC call), by the caller's deadline: MongoDB down is reported as such
+(`StoreUnavailableError`) while the caller still listens, and no work outlives its caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pymongo
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+__all__ = [
+    "DeadlineExceededError",
+    "RetryPolicy",
+    "StoreUnavailableError",
+    "deadline",
+    "is_transient",
+    "remaining_s",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Server error codes that mean "not now, try again": shutdown, failover, elections, network.
+_TRANSIENT_CODES = frozenset(
+    {
+        6,  # HostUnreachable
+        7,  # HostNotFound
+        89,  # NetworkTimeout
+        91,  # ShutdownInProgress
+        189,  # PrimarySteppedDown
+        9001,  # SocketException
+        10107,  # NotWritablePrimary
+        11600,  # InterruptedAtShutdown
+        11602,  # InterruptedDueToReplStateChange
+        13435,  # NotPrimaryNoSecondaryOk
+        13436,  # NotPrimaryOrSecondary
+        134,  # ReadConcernMajorityNotAvailableYet
+    }
+)
+
+_deadline: ContextVar[float | None] = ContextVar("parley_session_deadline", default=None)
+
+
+class StoreUnavailableError(Exception):
+    """MongoDB stayed unreachable through every attempt of the retry policy."""
+
+
+class DeadlineExceededError(Exception):
+    """The caller's deadline passed before the store answered."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionFailure):  # network errors, server selection, not primary
+        return True
+    if isinstance(exc, OperationFailure):
+        return exc.code in _TRANSIENT_CODES or any(
+            exc.has_error_label(label)
+            for label in ("RetryableWriteError", "TransientTransactionError")
+        )
+    return False
+
+
+def remaining_s() -> float | None:
+    """Seconds left before the current call's deadline; None outside any deadline."""
+    at = _deadline.get()
+    return None if at is None else at - time.monotonic()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Bound every store operation in this block (and this task) by `seconds` from now."""
+    if seconds is None:
+        yield
+        return
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 4
+    attempt_timeout_s: float = 2.0
+    first_backoff_s: float = 0.2
+    max_backoff_s: float = 2.0
+
+    async def run(self, operation: Callable[[], Awaitable[T]], what: str = "") -> T:
+        """Await `operation()`, again after a transient failure, at most `attempts` times."""
+        backoff = self.first_backoff_s
+        attempt = 1
+        while True:
+            left = remaining_s()
+            if left is not None and left <= 0:
+                raise DeadlineExceededError(f"deadline passed before {what}")
+            budget = self.attempt_timeout_s if left is None else min(self.attempt_timeout_s, left)
+            try:
+                # With a client-side timeout PyMongo also waits for a server at most this long
+                # (not serverSelectionTimeoutMS): an unreachable MongoDB costs one budget.
+                with pymongo.timeout(budget):
+                    return await operation()
+            except PyMongoError as exc:
+                left = remaining_s()
+                if left is not None and left <= 0:
+                    raise DeadlineExceededError(f"deadline passed during {what}") from exc
+                # An attempt out of its own budget, with the caller's time left, is retried.
+                if not (is_transient(exc) or exc.timeout):
+                    raise
+                # Jitter keeps the replicas of a service from retrying in lockstep.
+                pause = backoff * random.uniform(0.5, 1.0)
+                if attempt >= self.attempts or (left is not None and left <= pause):
+                    raise StoreUnavailableError(f"MongoDB unavailable: {exc}") from exc
+                log.warning(
+                    "transient MongoDB error, retrying",
+                    extra={"operation": what, "attempt": attempt, "error": repr(exc)},
+                )
+                await asyncio.sleep(pause)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                attempt += 1

@@ -1,0 +1,136 @@
+"""From the Kafka envelopes to the engine's terms and back (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from parley.v1 import envelopes_pb2, types_pb2
+from parley_common.kafka import SCHEMA_VERSION
+from parley_worker.engines.base import ChatMessage, GenerationRequest, SamplingParams
+
+__all__ = [
+    "Outcome",
+    "done_chunk",
+    "finish_reason",
+    "generation_request",
+    "result_envelope",
+    "text_chunk",
+]
+
+_ROLES = {
+    types_pb2.ROLE_SYSTEM: "system",
+    types_pb2.ROLE_USER: "user",
+    types_pb2.ROLE_ASSISTANT: "assistant",
+}
+_FINISH = {
+    "stop": types_pb2.FINISH_REASON_STOP,
+    "length": types_pb2.FINISH_REASON_LENGTH,
+    "cancelled": types_pb2.FINISH_REASON_CANCELLED,
+}
+FinishReason: TypeAlias = types_pb2.FinishReason.ValueType
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended: what the results topic and the final chunk say."""
+
+    finish: FinishReason
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str = ""
+    timings: envelopes_pb2.Timings | None = None
+
+
+def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRequest:
+    """The engine's request; ValueError (with a message for the user) when it cannot be one."""
+    if not request.messages:
+        raise ValueError("the request has no messages")
+    messages = []
+    for message in request.messages:
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise ValueError(f"message role {message.role} is not system, user or assistant")
+        messages.append(ChatMessage(role, message.content))
+    return GenerationRequest(
+        request_id=request.request_id,
+        messages=tuple(messages),
+        sampling=_sampling(request.sampling),
+    )
+
+
+def finish_reason(engine_reason: str) -> FinishReason:
+    """The wire value of an engine's finish reason (an unknown one is an engine bug)."""
+    try:
+        return _FINISH[engine_reason]
+    except KeyError:
+        raise RuntimeError(
+            f"the engine ended with an unknown finish reason {engine_reason!r}"
+        ) from None
+
+
+def result_envelope(
+    request: envelopes_pb2.CompletionRequest, outcome: Outcome, *, worker_id: str, now_ms: int
+) -> envelopes_pb2.CompletionResult:
+    result = envelopes_pb2.CompletionResult(
+        schema_version=SCHEMA_VERSION,
+        request_id=request.request_id,
+        chat_id=request.chat_id,
+        user_id=request.user_id,
+        model=request.model,
+        kind=request.kind,
+        text=outcome.text,
+        finish_reason=outcome.finish,
+        usage=_usage(outcome),
+        error=outcome.error,
+        worker_id=worker_id,
+        bot_id=request.bot_id,
+        user_message_ordinal=request.user_message_ordinal,
+        summary_through_ordinal=request.summary_through_ordinal,
+        completed_unix_ms=now_ms,
+    )
+    if outcome.timings is not None:
+        result.timings.CopyFrom(outcome.timings)
+    # Only complete answers may be served again from the cache.
+    if request.HasField("cache_key") and outcome.finish in (
+        types_pb2.FINISH_REASON_STOP,
+        types_pb2.FINISH_REASON_LENGTH,
+    ):
+        result.cache_key.CopyFrom(request.cache_key)
+    return result
+
+
+def text_chunk(request_id: str, seq: int, text: str) -> envelopes_pb2.CompletionChunk:
+    return envelopes_pb2.CompletionChunk(
+        schema_version=SCHEMA_VERSION, request_id=request_id, seq=seq, text=text
+    )
+
+
+def done_chunk(request_id: str, seq: int, outcome: Outcome) -> envelopes_pb2.CompletionChunk:
+    return envelopes_pb2.CompletionChunk(
+        schema_version=SCHEMA_VERSION,
+        request_id=request_id,
+        seq=seq,
+        done=True,
+        finish_reason=outcome.finish,
+        usage=_usage(outcome),
+        error=outcome.error,
+    )
+
+
+def _usage(outcome: Outcome) -> types_pb2.Usage:
+    return types_pb2.Usage(
+        prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens
+    )
+
+
+def _sampling(pb: types_pb2.SamplingParams) -> SamplingParams:
+    defaults = SamplingParams()
+    return SamplingParams(
+        max_tokens=pb.max_tokens or defaults.max_tokens,
+        temperature=pb.temperature if pb.HasField("temperature") else defaults.temperature,
+        top_p=pb.top_p if pb.HasField("top_p") else defaults.top_p,
+        stop=tuple(pb.stop),
+        seed=pb.seed if pb.HasField("seed") else None,
+    )

@@ -1,0 +1,44 @@
+"""A cached question asked with `Cache-Control: no-cache` (or `no_cache: true`) gets a fresh
+answer from a worker, through the public API of the running platform."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from parley_devstack.platform import Platform
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.e2e
+
+NewUser = Callable[..., httpx.Client]
+
+
+def test_no_cache_header_and_field_bypass_a_cached_answer(
+    platform: Platform, new_user: NewUser
+) -> None:
+    erin = new_user("erin")
+    question = {"message": "What is the tallest mountain in Africa?", "max_tokens": 8}
+
+    def cached() -> dict[str, Any] | None:
+        asked = erin.post("/chat", json=question)
+        assert asked.status_code == 200, asked.text
+        answer: dict[str, Any] = asked.json()["answer"]
+        return answer if answer["cached"] else None
+
+    eventually(cached, what="a cache hit")
+
+    for bypass in (
+        {"headers": {"Cache-Control": "no-cache"}, "json": question},
+        {"headers": {"Cache-Control": "max-age=0, No-Cache"}, "json": question},
+        {"json": {**question, "no_cache": True}},
+    ):
+        fresh = erin.post("/chat", **bypass)
+        assert fresh.status_code == 200, fresh.text
+        assert fresh.json()["answer"]["cached"] is False, bypass
+        assert fresh.json()["answer"]["cache_score"] is None
+    # Without it, the cache answers again.
+    assert eventually(cached, what="a cache hit after the bypasses")["cache_score"] >= 0.79
