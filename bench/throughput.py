@@ -21,9 +21,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,6 +80,8 @@ class Level:
     stored_seconds: float = 0.0  # from the level's start to its last answer stored
     cpu: dict[str, float] = field(default_factory=dict)
     machine_busy: float = 0.0
+    log_lines: dict[str, int] = field(default_factory=dict)  # written during the level
+    mongo_commands: dict[str, float] = field(default_factory=dict)  # the session's, by command
 
     @property
     def answered_per_s(self) -> float:
@@ -119,6 +123,9 @@ async def _load(bench: Bench, users: list[User], clients: int, seconds: float) -
                     level.errors[f"HTTP {reply.status}"] += 1
 
     sampler = CpuSampler(bench.pids())
+    logs = {p.name: p.log_path for p in bench.running.processes}
+    lines0 = {name: _lines(path) for name, path in logs.items()}
+    commands0 = _mongo_commands(bench)
     busy0, total0 = machine_cpu()
     sampler.start()
     window_start = time.time()
@@ -128,12 +135,45 @@ async def _load(bench: Bench, users: list[User], clients: int, seconds: float) -
     level.cpu = sampler.stop()
     busy1, total1 = machine_cpu()
     level.machine_busy = (busy1 - busy0) / max(total1 - total0, 1e-6)
+    level.log_lines = {name: _lines(path) - lines0[name] for name, path in logs.items()}
+    level.mongo_commands = {
+        name: count - commands0.get(name, 0.0) for name, count in _mongo_commands(bench).items()
+    }
     stored = await asyncio.to_thread(bench.wait_stored, level.request_ids, 60.0)
     level.stored = len(stored)
     if stored:
         last = max(doc["created_at"].replace(tzinfo=UTC).timestamp() for doc in stored)
         level.stored_seconds = last - window_start
     return level
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as log:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
+_MONGO_COMMANDS = re.compile(
+    r'^parley_mongodb_command_duration_seconds_count\{command="(\w+)"\} (\S+)$'
+)
+
+
+def _mongo_commands(bench: Bench) -> dict[str, float]:
+    """The session's MongoDB commands so far, by name, from its Prometheus metrics."""
+    port = bench.running.session.env.get("METRICS_PORT", "")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for line in text.splitlines():
+        match = _MONGO_COMMANDS.match(line)
+        if match:
+            found[match[1]] = float(match[2])
+    return found
 
 
 async def _timed(count: int, call: Callable[[int], Awaitable[object]]) -> list[float]:
@@ -308,7 +348,12 @@ async def profile(bench: Bench, users: list[User], clients: int, seconds: float)
 def _cpu_table(level: Level) -> str:
     turns = max(len(level.request_ids), 1)
     rows = [
-        [name, f"{share * 100:.0f}%", f"{share * level.seconds / turns * 1000:.2f}"]
+        [
+            name,
+            f"{share * 100:.0f}%",
+            f"{share * level.seconds / turns * 1000:.2f}",
+            f"{level.log_lines[name] / turns:.1f}" if name in level.log_lines else "",
+        ]
         for name, share in sorted(level.cpu.items(), key=lambda kv: -kv[1])
         if share > 0.001
     ]
@@ -318,9 +363,19 @@ def _cpu_table(level: Level) -> str:
             "**all of the above**",
             f"{total * 100:.0f}%",
             f"**{total * level.seconds / turns * 1000:.1f}**",
+            f"{sum(level.log_lines.values()) / turns:.1f}",
         ]
     )
-    return table(["process", "CPU (% of one core)", "CPU ms per turn"], rows)
+    text = table(["process", "CPU (% of one core)", "CPU ms per turn", "log lines per turn"], rows)
+    commands = {k: v / turns for k, v in level.mongo_commands.items() if v / turns >= 0.05}
+    if commands:
+        text += (
+            f"\n\nMongoDB commands per turn, from the session's metrics: **{sum(commands.values()):.1f}**"
+            " ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(commands.items(), key=lambda kv: -kv[1]))
+            + ")."
+        )
+    return text
 
 
 async def run(bench: Bench, *, quick: bool = False) -> str:

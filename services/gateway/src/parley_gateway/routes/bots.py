@@ -6,6 +6,7 @@ moves it to another one.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 import grpc
@@ -13,11 +14,13 @@ from fastapi import APIRouter, Path, Response
 from google.protobuf import field_mask_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-from parley.v1 import session_pb2, types_pb2
+from parley.v1 import cache_pb2, session_pb2, types_pb2
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Caller, PartsDep
 from parley_gateway.errors import from_grpc
 from parley_gateway.schemas import ErrorBody
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BotIn", "BotOut", "BotPatch", "router"]
 
@@ -295,7 +298,26 @@ async def update_bot(bot_id: BotId, body: BotPatch, caller: Caller, parts: Parts
         )
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, "bot profile") from exc
+    if any(path.split(".")[0] in _ANSWER_FIELDS for path in paths):
+        await _invalidate_cache(parts, bot_id)
     return bot_out(updated)
+
+
+# Fields whose change makes the profile's cached answers stale. Those entries would never match
+# again (the cache key covers the system prompt and model); deleting them frees the space now.
+_ANSWER_FIELDS = frozenset({"system_prompt", "model", "sampling"})
+
+
+async def _invalidate_cache(parts: PartsDep, bot_id: str) -> None:
+    if parts.cache is None:
+        return
+    try:
+        await parts.cache.Invalidate(
+            cache_pb2.InvalidateRequest(bot_id=bot_id), timeout=parts.settings.cache_timeout_s * 4
+        )
+    except grpc.aio.AioRpcError as exc:
+        # The profile is changed all the same; stale entries age out with their TTL.
+        log.warning("cache invalidation failed", extra={"bot_id": bot_id, "code": exc.code().name})
 
 
 @router.delete("/{bot_id}", status_code=204, responses=_ERRORS, summary="Delete a bot profile")
