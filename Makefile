@@ -17,7 +17,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 help:
 	@echo "make install    install Python packages, MongoDB, Kafka, Qdrant and helm into the project"
 	@echo "make run        run the whole platform on this machine (Ctrl-C stops it)"
-	@echo "make test       run every test (unit, integration, end-to-end, charts)"
+	@echo "make test       lint, then run every test (unit, integration, end-to-end, faults, charts, vLLM)"
 	@echo "make lint       ruff, mypy --strict and the generated-code check"
 	@echo "make fmt        format and fix what ruff can"
 	@echo "make proto      regenerate libs/contracts from proto/"
@@ -42,6 +42,7 @@ run: install
 	$(PY) -m parley_devstack.platform
 
 test: install $(VLLM_STAMP)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-vllm
 

@@ -13,7 +13,6 @@ import math
 import os
 import platform as pyplatform
 import resource
-import secrets
 import shutil
 import subprocess
 import sys
@@ -32,14 +31,19 @@ from parley_devstack.platform import Platform
 from parley_devstack.stack import LocalStack
 
 __all__ = [
+    "RESULTS",
     "Bench",
     "CpuSampler",
     "Sample",
     "User",
     "machine",
+    "machine_cpu",
     "ms",
     "pct",
+    "profile_layers",
+    "profile_top",
     "progress",
+    "py_spy",
     "rss_kib",
     "stream_turn",
     "table",
@@ -94,16 +98,15 @@ def pct(values: Sequence[float], q: float) -> float:
 
 
 def ms(seconds: float) -> str:
+    """Milliseconds with three significant digits or so; a dash for no value."""
     if math.isnan(seconds):
         return "–"
     value = seconds * 1000
-    return (
-        f"{value:.2f}"
-        if abs(value) < 10
-        else f"{value:.1f}"
-        if abs(value) < 100
-        else f"{value:.0f}"
-    )
+    if abs(value) < 10:
+        return f"{value:.2f}"
+    if abs(value) < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -319,10 +322,6 @@ class Bench:
             time.sleep(0.5)
 
 
-def run_id() -> str:
-    return secrets.token_hex(4)
-
-
 @contextlib.contextmanager
 def py_spy(pid: int, seconds: float, out: Path) -> Iterator[subprocess.Popen[bytes] | None]:
     """Sample `pid` with py-spy (raw, collapsed stacks) while the block runs; None without py-spy."""
@@ -412,8 +411,8 @@ _LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Qdrant client (httpx)", ("qdrant_client/", "httpx/", "httpcore/")),
     ("gRPC", ("grpc/", "grpc_health/", "google/protobuf/")),
     ("HTTP framework", ("fastapi/", "starlette/", "uvicorn/", "pydantic", "anyio/", "h11/")),
-    ("Parley code", ("parley_",)),
     ("logging", ("logging/", "parley_common/logs")),
+    ("Parley code", ("parley_",)),
     ("event loop, sockets", ("asyncio/", "selectors.py", "uvloop/", "socket.py", "ssl.py")),
 )
 
@@ -438,7 +437,7 @@ def profile_layers(path: Path) -> tuple[int, list[tuple[str, float]]]:
             if frames[-1].startswith("Thread.run"):
                 layer = "native threads (gRPC poller, thread pools)"
         counts[layer] = counts.get(layer, 0) + int(number)
-    shares = sorted(((k, v / total) for k, v in counts.items()), key=lambda kv: -kv[1])
+    shares = sorted(((k, v / max(total, 1)) for k, v in counts.items()), key=lambda kv: -kv[1])
     return total, shares
 
 
@@ -454,4 +453,5 @@ def profile_top(path: Path, limit: int = 6) -> list[tuple[str, float]]:
         leaf = leaf.split(" (", 1)[0] + " (" + leaf.split(" (", 1)[-1].split("site-packages/")[-1]
         counts[leaf] = counts.get(leaf, 0) + int(number)
         total += int(number)
-    return [(k, v / total) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:limit]]
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [(k, v / max(total, 1)) for k, v in ranked]
