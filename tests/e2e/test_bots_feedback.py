@@ -342,7 +342,7 @@ def test_changing_a_profiles_prompt_drops_its_cached_answers(
         return points
 
     if asked.json()["answer"]["content"].strip():
-        eventually(entries, what="the profile's cache entry")
+        eventually(entries, timeout=60, what="the profile's cache entry")
     renamed = ivy.patch(f"/bots/{bot_id}", json={"name": "Head chef"})
     assert renamed.status_code == 200, renamed.text
     kept = len(entries())

@@ -135,11 +135,15 @@ class Platform:
         worker_ports = rest[gateways : gateways + workers]
         session_metrics, cache_metrics = rest[gateways + workers : gateways + workers + 2]
         model = str(model_dir) if model_dir else ""
+        # Consumer groups of their own: platforms that share one stack (tests, benchmarks) must
+        # not join each other's groups, or one stopping stalls the others in a rebalance.
+        self.group_suffix = secrets.token_hex(3)
         common = {
             **stack.as_env(),
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             "MODEL_NAME": "parley-tiny" if engine != "fake" else "fake",
+            "WORKER_GROUP": f"parley-workers-{self.group_suffix}",
             **(env or {}),
         }
         extra = service_env or {}
@@ -154,6 +158,7 @@ class Platform:
                 "METRICS_PORT": str(session_metrics),
                 "TOKENIZER_PATH": model,
                 "MONGODB_DATABASE": "parley",
+                "RESULTS_GROUP": f"parley-session-{self.group_suffix}",
                 **extra.get("session", {}),
             },
             run_dir / "session.log",
@@ -166,6 +171,7 @@ class Platform:
                 **common,
                 "GRPC_PORT": str(cache_port),
                 "METRICS_PORT": str(cache_metrics),
+                "RESULTS_GROUP": f"parley-cache-{self.group_suffix}",
                 **extra.get("cache", {}),
             },
             run_dir / "cache.log",
