@@ -42,6 +42,14 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
+# gRPC's default reconnect backoff grows to two minutes: a session or cache pod that restarts
+# would stay unreachable (every cache lookup a miss) long after it is back.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
     """`registry`: where the metrics go (prometheus_client.REGISTRY in the service; default: a
@@ -52,10 +60,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         topics = Topics()
         session_channel = grpc.aio.insecure_channel(
-            settings.session_addr, interceptors=client_interceptors()
+            settings.session_addr, options=_CHANNEL_OPTIONS, interceptors=client_interceptors()
         )
         cache_channel = grpc.aio.insecure_channel(
-            settings.cache_addr, interceptors=client_interceptors()
+            settings.cache_addr, options=_CHANNEL_OPTIONS, interceptors=client_interceptors()
         )
         session = session_pb2_grpc.SessionServiceStub(session_channel)
         await ensure_topics(

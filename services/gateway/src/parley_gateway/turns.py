@@ -445,7 +445,9 @@ class TurnService:
                     finished = True
                     usage = chunk.usage
                     yield TurnAnswer(
-                        content="".join(text),
+                        # The worker's whole answer wins over the relayed chunks: after a
+                        # redelivery those may mix two generations.
+                        content=chunk.full_text if chunk.HasField("full_text") else "".join(text),
                         finish_reason=FINISH_NAMES.get(chunk.finish_reason, "error"),
                         usage=Usage(
                             prompt_tokens=usage.prompt_tokens,

@@ -116,6 +116,7 @@ def done_chunk(request_id: str, seq: int, outcome: Outcome) -> envelopes_pb2.Com
         finish_reason=outcome.finish,
         usage=_usage(outcome),
         error=outcome.error,
+        full_text=outcome.text,
     )
 
 

@@ -128,6 +128,7 @@ class CompletionChunk(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    FULL_TEXT_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     seq: _builtins.int
@@ -137,6 +138,10 @@ class CompletionChunk(_message.Message):
     finish_reason: _types_pb2.FinishReason.ValueType
     """set on the final chunk"""
     error: _builtins.str
+    full_text: _builtins.str
+    """The final chunk's whole answer. A redelivered request is generated again, maybe differently,
+    and its chunks mix with those already relayed: this is the answer that is stored.
+    """
     @_builtins.property
     def usage(self) -> _types_pb2.Usage:
         """set on the final chunk"""
@@ -152,12 +157,15 @@ class CompletionChunk(_message.Message):
         finish_reason: _types_pb2.FinishReason.ValueType = ...,
         usage: _types_pb2.Usage | None = ...,
         error: _builtins.str = ...,
+        full_text: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "full_text", b"full_text", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "error", b"error", "finish_reason", b"finish_reason", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "done", b"done", "error", b"error", "finish_reason", b"finish_reason", "full_text", b"full_text", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__full_text: _TypeAlias = _typing.Literal["full_text"]  # noqa: Y015
+    _WhichOneofArgType__full_text: _TypeAlias = _typing.Literal["_full_text", b"_full_text"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__full_text) -> _WhichOneofReturnType__full_text | None: ...
 
 Global___CompletionChunk: _TypeAlias = CompletionChunk  # noqa: Y015
 
