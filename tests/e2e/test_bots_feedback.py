@@ -320,33 +320,3 @@ def test_a_message_longer_than_the_models_window_is_refused_with_its_size(
     assert message.startswith("content: message is ")
     assert f"this model's window allows {window_left} " in message
     assert grace.get("/chats").json()["chats"] == []  # nothing stored
-
-
-def test_changing_a_profiles_prompt_drops_its_cached_answers(
-    new_user: NewUser, platform: Platform
-) -> None:
-    ivy = new_user("ivy")
-    bot = ivy.post("/bots", json={"name": "Chef", "system_prompt": "You are a chef."})
-    assert bot.status_code == 201, bot.text
-    bot_id = bot.json()["bot_id"]
-    asked = ivy.post("/chat", json={"message": "How long do I roast a chicken?", "bot_id": bot_id})
-    assert asked.status_code == 200, asked.text
-    qdrant = f"http://{platform.cache.env['QDRANT_ADDR']}"
-    scroll = f"{qdrant}/collections/parley_cache_all_minilm_l6_v2/points/scroll"
-    of_bot = {"filter": {"must": [{"key": "bot_id", "match": {"value": bot_id}}]}, "limit": 10}
-
-    def entries() -> list[dict[str, Any]]:
-        found = httpx.post(scroll, json=of_bot)
-        assert found.status_code == 200, found.text
-        points: list[dict[str, Any]] = found.json()["result"]["points"]
-        return points
-
-    if asked.json()["answer"]["content"].strip():
-        eventually(entries, timeout=60, what="the profile's cache entry")
-    renamed = ivy.patch(f"/bots/{bot_id}", json={"name": "Head chef"})
-    assert renamed.status_code == 200, renamed.text
-    kept = len(entries())
-    changed = ivy.patch(f"/bots/{bot_id}", json={"system_prompt": "You are a pastry chef."})
-    assert changed.status_code == 200, changed.text
-    assert entries() == []
-    assert kept == (1 if asked.json()["answer"]["content"].strip() else 0)

@@ -135,15 +135,15 @@ class Platform:
         worker_ports = rest[gateways : gateways + workers]
         session_metrics, cache_metrics = rest[gateways + workers : gateways + workers + 2]
         model = str(model_dir) if model_dir else ""
-        # Consumer groups of their own: platforms that share one stack (tests, benchmarks) must
-        # not join each other's groups, or one stopping stalls the others in a rebalance.
+        # Results consumers in groups of their own: platforms that share one stack (tests,
+        # benchmarks) must not stall each other in rebalances, and applying a result twice is
+        # harmless. Workers stay in one group: two groups would generate every request twice.
         self.group_suffix = secrets.token_hex(3)
         common = {
             **stack.as_env(),
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             "MODEL_NAME": "parley-tiny" if engine != "fake" else "fake",
-            "WORKER_GROUP": f"parley-workers-{self.group_suffix}",
             **(env or {}),
         }
         extra = service_env or {}
