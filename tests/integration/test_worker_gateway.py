@@ -34,19 +34,20 @@ TOKENS = 40  # two seconds of generation at 20 tokens a second
 
 
 @pytest.fixture(scope="module")
-def fake_platform(
-    local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
-    platform = Platform(
-        local_stack.addresses,
-        run_dir=tmp_path_factory.mktemp("worker-gateway"),
-        model_dir=None,
-        engine="fake",
-        workers=2,
-        service_env={"worker": {"FAKE_TOKENS_PER_S": "20", "MAX_CONCURRENCY": "8"}},
-    )
-    with platform:
-        yield platform
+def fake_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    # A stack of its own: the session-wide platform's worker, in the same consumer group on a
+    # shared stack, would take some of this module's requests away from the workers it kills.
+    with LocalStack(tmp_path_factory.mktemp("worker-gateway-stack")) as stack:
+        platform = Platform(
+            stack.addresses,
+            run_dir=tmp_path_factory.mktemp("worker-gateway"),
+            model_dir=None,
+            engine="fake",
+            workers=2,
+            service_env={"worker": {"FAKE_TOKENS_PER_S": "20", "MAX_CONCURRENCY": "8"}},
+        )
+        with platform:
+            yield platform
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def results_for(kafka_addr: str, request_ids: set[str]) -> list[envelopes_pb2.Co
 
 
 def test_kill_9_a_worker_every_client_gets_one_answer(
-    fake_platform: Platform, client: httpx.Client, local_stack: LocalStack
+    fake_platform: Platform, client: httpx.Client
 ) -> None:
     tag = secrets.token_hex(3)
     body = {"max_tokens": TOKENS, "no_cache": True}
@@ -186,7 +187,7 @@ def test_kill_9_a_worker_every_client_gets_one_answer(
 
     # On the results topic each request has at least one result; the killed worker did not
     # finish the requests it was generating.
-    results = results_for(local_stack.addresses.kafka_addr, request_ids)
+    results = results_for(fake_platform.session.env["KAFKA_ADDR"], request_ids)
     assert {r.request_id for r in results} == request_ids
     answered_by_doomed = {r.request_id for r in results if r.worker_id == "worker-0"}
     assert answered_by_doomed < request_ids
