@@ -445,9 +445,7 @@ class TurnService:
                     finished = True
                     usage = chunk.usage
                     yield TurnAnswer(
-                        # The worker's whole answer wins over the relayed chunks: after a
-                        # redelivery those may mix two generations.
-                        content=chunk.full_text if chunk.HasField("full_text") else "".join(text),
+                        content="".join(text),
                         finish_reason=FINISH_NAMES.get(chunk.finish_reason, "error"),
                         usage=Usage(
                             prompt_tokens=usage.prompt_tokens,
