@@ -212,17 +212,20 @@ def test_answer_survives_a_restart_of_the_accepting_gateway(
         assert submitted.status_code == 202
         completion_id = submitted.json()["completion_id"]
         seen: list[Event] = []
-        with (
-            pytest.raises(httpx.TransportError),
-            accepting.stream("GET", f"/completions/{completion_id}/events") as response,
-        ):
-            for event in _events(response.iter_lines()):
-                seen.append(event)
-                if event[1] == "chunk":
-                    # Killed with the stream open, the moment the first text arrived (a graceful
-                    # stop can take longer than the rest of the generation).
-                    gateway.kill()
-        assert seen and seen[-1][1] == "chunk"
+
+        def read_then_kill() -> None:
+            with accepting.stream("GET", f"/completions/{completion_id}/events") as response:
+                for event in _events(response.iter_lines()):
+                    seen.append(event)
+                    if event[1] == "chunk":
+                        # Killed with the stream open, the moment the first text arrived (a
+                        # graceful stop can take longer than the rest of the generation).
+                        gateway.kill()
+
+        with pytest.raises(httpx.TransportError):
+            read_then_kill()
+        assert seen
+        assert seen[-1][1] == "chunk"
         # Gone mid-generation: nothing of the completion is final yet ...
         state = user.get(f"/completions/{completion_id}").json()["state"]
         assert state in ("queued", "running")
