@@ -557,8 +557,14 @@ def test_probes_use_the_services_health_endpoints(helm: Helm) -> None:
     assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in gateway["ports"]
     for component, port in (("session", 50051), ("cache", 50052)):
         c = _container(manifests, component)
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "livenessProbe"):
             assert c[probe]["grpc"] == {"port": port}, (component, probe)
+    # The session is ready only while MongoDB answers; its service status says so.
+    assert _container(manifests, "session")["readinessProbe"]["grpc"] == {
+        "port": 50051,
+        "service": "parley.v1.SessionService",
+    }
+    assert _container(manifests, "cache")["readinessProbe"]["grpc"] == {"port": 50052}
     worker = _container(manifests, "worker")
     assert worker["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": "metrics"}
     startup = worker["startupProbe"]

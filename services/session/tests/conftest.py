@@ -4,6 +4,7 @@ by the real MongoDB replica set (and Kafka where a test needs it) of the `local_
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 
 from parley.v1 import session_pb2, session_pb2_grpc
@@ -19,7 +21,10 @@ from parley_common.ids import new_id
 from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
 from parley_devstack.stack import LocalStack
 from parley_devstack.tiny_model import build_tiny_model
+from parley_session.availability import MongoAvailability, report_health
+from parley_session.completions import CompletionService, ResultTracker
 from parley_session.config import Settings
+from parley_session.metrics import SessionMetrics
 from parley_session.results import ResultRecorder
 from parley_session.retry import RetryPolicy, StoreUnavailableError
 from parley_session.server import SessionServicer
@@ -28,6 +33,7 @@ from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 
 REPO = Path(__file__).resolve().parents[3]
+SERVICE = "parley.v1.SessionService"
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +67,17 @@ class Service:
         )
         self.kafka = kafka
         self.topics = self.settings.topics()
+        # A registry of its own: the MongoDB commands this service ran, and nothing else's.
+        self.metrics = SessionMetrics(CollectorRegistry())
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             self.settings.mongodb_uri,
             serverSelectionTimeoutMS=self.settings.mongodb_timeout_ms,
             tz_aware=True,
+            event_listeners=[self.metrics.mongodb_listener()],
+        )
+        self.server = GrpcServer(port=0, host="127.0.0.1")
+        self.availability = MongoAvailability(
+            self.client, on_change=report_health(self.server.health, SERVICE)
         )
         self.store = SessionStore(
             self.client,
@@ -72,18 +85,32 @@ class Service:
             retry=RetryPolicy(
                 attempts=self.settings.store_retry_attempts,
                 attempt_timeout_s=self.settings.mongodb_timeout_ms / 1000,
+                total_s=self.settings.store_retry_s,
+                availability=self.availability,
             ),
         )
         self.tokens = TokenCounter(str(tiny_model))
+        self.completions = CompletionService.for_store(
+            self.store,
+            self.tokens,
+            model_name=self.settings.model_name,
+            context_window=self.settings.context_window,
+            default_max_tokens=self.settings.default_max_tokens,
+        )
+        # What the results consumer runs for each result (the service's own handler chain).
+        self.results = ResultTracker(
+            ResultRecorder(self.store, self.tokens, summary_retry_s=self.settings.summary_retry_s),
+            self.completions,
+        )
         self.producer: AIOKafkaProducer | None = None
         self.summarizer: Summarizer | None = None
         self.consumer: ResultsConsumer | None = None
-        self.server = GrpcServer(port=0, host="127.0.0.1")
         self.channel: grpc.aio.Channel | None = None
         self.stub: session_pb2_grpc.SessionServiceAsyncStub
 
     async def start(self) -> None:
         await self.store.ensure_indexes()
+        await self.completions.ensure_indexes()
         if self.kafka:
             await ensure_topics(
                 self.settings.kafka_addr,
@@ -108,25 +135,29 @@ class Service:
             self.consumer = ResultsConsumer(
                 bootstrap=self.settings.kafka_addr,
                 group_id=self.settings.results_group,
-                handler=ResultRecorder(
-                    self.store, self.tokens, summary_retry_s=self.settings.summary_retry_s
-                ),
+                handler=self.results,
                 producer=self.producer,
                 topics=self.topics,
                 transient=(StoreUnavailableError,),
             )
             await self.consumer.start()
         self.servicer = SessionServicer(
-            self.store, self.tokens, self.settings, summarizer=self.summarizer
+            self.store,
+            self.tokens,
+            self.settings,
+            summarizer=self.summarizer,
+            completions=self.completions,
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(self.servicer, self.server.server)
-        await self.server.start(["parley.v1.SessionService"])
+        await self.server.start([SERVICE])
+        await self.availability.start()
         self.address = f"127.0.0.1:{self.server.port}"
         self.channel = grpc.aio.insecure_channel(self.address)
         self.stub = session_pb2_grpc.SessionServiceStub(self.channel)
 
     async def stop(self) -> None:
         await self.server.stop(grace_s=2)
+        await self.availability.stop()
         if self.channel is not None:
             await self.channel.close()
         if self.consumer is not None:
@@ -139,6 +170,16 @@ class Service:
             await self.client.drop_database(self.database)
         finally:
             await self.client.close()
+
+    def commands(self) -> Counter[str]:
+        """The MongoDB commands this service has run so far, by name (from its metrics), but
+        the availability check's pings, which keep their own clock."""
+        ran: Counter[str] = Counter()
+        for metric in self.metrics.mongodb_commands.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count") and sample.labels["command"] != "ping":
+                    ran[sample.labels["command"]] += int(sample.value)
+        return ran
 
     async def user(self, name: str = "tester") -> str:
         created = await self.stub.CreateUser(session_pb2.CreateUserRequest(name=name), timeout=10)

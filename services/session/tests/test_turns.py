@@ -128,11 +128,17 @@ async def test_full_sends_every_turn_until_it_no_longer_fits(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith("history_policy: the whole chat is ")
     assert [f for f, _ in field_violations(refused.value)] == ["history_policy"]
-    # The refused turn was not stored; truncate carries the same chat on.
+    # The refused turn was not stored, nor counted, nor did it move the chat up the list;
+    # truncate carries the same chat on, at the next ordinal.
     messages = await history_of(service, bob, chat_id)
     assert [m.content for m in messages] == [c for _, c in sent_before[1:]]
+    chat = await service.stub.GetChat(session_pb2.GetChatRequest(user_id=bob, chat_id=chat_id))
+    assert chat.chat.message_count == 2 * k
+    assert chat.chat.updated_unix_ms == messages[-1].created_unix_ms
     turn = await service.turn(bob, question, chat_id)
     assert turn.context.dropped_messages > 0
+    assert turn.user_message.ordinal == 2 * k
+    assert turn.chat.message_count == 2 * k + 1
 
 
 async def test_a_message_too_large_for_the_window_is_refused_and_not_stored(
@@ -163,6 +169,19 @@ async def test_a_message_too_large_for_the_window_is_refused_and_not_stored(
     # A smaller reply budget makes room: the numbers in the message were the real limits.
     fits = await service.turn(carol, big, max_tokens=window - empty - count)
     assert fits.context.prompt_tokens == window - (window - empty - count)
+    # In a chat that exists, the same: refused, nothing stored or counted.
+    chat_id = fits.chat.chat_id
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await service.turn(carol, big, chat_id)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    chat = await service.stub.GetChat(
+        session_pb2.GetChatRequest(user_id=carol, chat_id=chat_id, include_messages=True)
+    )
+    assert [m.content for m in chat.messages] == [big]
+    assert chat.chat.message_count == 1
+    assert chat.chat.updated_unix_ms == fits.chat.updated_unix_ms
+    nxt = await service.turn(carol, "short", chat_id)
+    assert nxt.user_message.ordinal == 2
 
 
 async def test_a_redelivered_turn_is_stored_once(service: Service) -> None:
@@ -336,3 +355,29 @@ async def test_a_chat_is_renamed_and_moved_to_another_profile(service: Service) 
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details().startswith(f"{field}: ")
+
+
+async def test_a_quick_next_question_waits_for_the_previous_answer(
+    make_service: ServiceFactory,
+) -> None:
+    service = await make_service(previous_answer_wait_s=5)
+    judy = await service.user("judy")
+    first = await service.turn(judy, "Name a colour.")
+    started = asyncio.get_running_loop().time()
+    second = asyncio.create_task(service.turn(judy, "Another one?", first.chat.chat_id))
+    await asyncio.sleep(0.5)
+    assert not second.done()  # waiting for the answer, which the results topic has not brought
+    await service.answer(first, "Blue.")
+    turn = await second
+    assert asyncio.get_running_loop().time() - started < 3
+    assert pairs(turn.context.messages)[1:] == [
+        ("user", "Name a colour."),
+        ("assistant", "Blue."),
+        ("user", "Another one?"),
+    ]
+    # Answered already: no wait at all.
+    started = asyncio.get_running_loop().time()
+    await service.answer(turn, "Green.")
+    third = await service.turn(judy, "And a third?", first.chat.chat_id)
+    assert asyncio.get_running_loop().time() - started < 1
+    assert pairs(third.context.messages)[-2:] == [("assistant", "Green."), ("user", "And a third?")]

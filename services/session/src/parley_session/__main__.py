@@ -18,6 +18,7 @@ from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
 from parley_common.telemetry import setup_tracing
+from parley_session.availability import MongoAvailability, report_health
 from parley_session.completions import CompletionService, ResultTracker
 from parley_session.config import Settings
 from parley_session.metrics import SessionMetrics
@@ -30,22 +31,40 @@ from parley_session.tokens import TokenCounter
 
 log = logging.getLogger("parley_session")
 
+SERVICE = "parley.v1.SessionService"
+
 
 async def serve(settings: Settings) -> None:
     topics = settings.topics()
     metrics = SessionMetrics(REGISTRY)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongodb_uri,
-        serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+        # What runs outside the retry policy's bounds (e.g. the rate-limit counters) waits for a
+        # server no longer than an operation under it.
+        serverSelectionTimeoutMS=int(
+            min(settings.mongodb_timeout_ms, settings.store_retry_s * 1000)
+        ),
         tz_aware=True,
         event_listeners=[metrics.mongodb_listener()],
     )
+    server = GrpcServer(
+        port=settings.grpc_port,
+        interceptors=[
+            ServerTelemetry(
+                metrics.grpc,
+                observers={f"/{SERVICE}/StartTurn": metrics.observe_start_turn},
+            )
+        ],
+    )
+    availability = MongoAvailability(client, on_change=report_health(server.health, SERVICE))
     store = SessionStore(
         client,
         settings.mongodb_database,
         retry=RetryPolicy(
             attempts=settings.store_retry_attempts,
             attempt_timeout_s=settings.mongodb_timeout_ms / 1000,
+            total_s=settings.store_retry_s,
+            availability=availability,
         ),
     )
     await store.ensure_indexes()
@@ -79,15 +98,6 @@ async def serve(settings: Settings) -> None:
     servicer = SessionServicer(
         store, tokens, settings, summarizer=summarizer, completions=completions
     )
-    server = GrpcServer(
-        port=settings.grpc_port,
-        interceptors=[
-            ServerTelemetry(
-                metrics.grpc,
-                observers={"/parley.v1.SessionService/StartTurn": metrics.observe_start_turn},
-            )
-        ],
-    )
     session_pb2_grpc.add_SessionServiceServicer_to_server(servicer, server.server)
     consumer = ResultsConsumer(
         bootstrap=settings.kafka_addr,
@@ -102,8 +112,10 @@ async def serve(settings: Settings) -> None:
         metrics=metrics.results,
     )
     await consumer.start()
-    await server.start(["parley.v1.SessionService"])
-    probes = ProbeServer(settings.metrics_port, ready=lambda: True)
+    await server.start([SERVICE])
+    # Health and readiness follow MongoDB from here on (SERVICE's status; "" stays SERVING).
+    await availability.start()
+    probes = ProbeServer(settings.metrics_port, ready=lambda: availability.reachable)
     await probes.start()
     log.info("session service ready", extra={"grpc_port": server.port})
 
@@ -115,6 +127,7 @@ async def serve(settings: Settings) -> None:
     log.info("session service stopping")
     # Health says NOT_SERVING, new calls are refused, calls in flight finish within the grace.
     await server.stop(grace_s=settings.shutdown_grace_s)
+    await availability.stop()
     await probes.stop()
     with contextlib.suppress(Exception):
         await consumer.stop()

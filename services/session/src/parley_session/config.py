@@ -18,6 +18,13 @@ class Settings(ServiceSettings):
     store_retry_attempts: int = Field(
         default=4, ge=1, description="attempts of a MongoDB operation that fails transiently"
     )
+    store_retry_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="how long one MongoDB operation may take, its retries included: a caller "
+        "hears 'unavailable' within it (a replica set's failover outlasts it: its turns are "
+        "refused, not held)",
+    )
     model_name: str = Field(default="parley-tiny", description="the model chats use by default")
     tokenizer_path: str = Field(
         default="", description="folder of the served model's tokenizer; empty: estimate tokens"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
+from parley_common.timeutil import now_ms
 from parley_session.domain import (
     BotProfile,
     ContextPlan,
@@ -15,6 +18,7 @@ from parley_session.domain import (
     recent_boundary,
     system_with_summary,
 )
+from parley_session.retry import remaining_s
 from parley_session.store import ChatDoc, LoadedHistory, SessionStore
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
@@ -22,6 +26,9 @@ from parley_session.tokens import TokenCounter
 __all__ = ["BuiltContext", "ContextBuilder"]
 
 log = logging.getLogger(__name__)
+
+_ANSWER_PENDING_MS = 120_000  # an unanswered question older than this gets no answer any more
+_ANSWER_POLL_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,10 @@ class ContextBuilder:
 
     With `summarize`, a history that passes its share of the window asks the `Summarizer` for a
     summary of the older turns, in the background: meanwhile the chat goes on truncated.
+
+    Answers are stored from the results topic, a moment after the client has read them: a quick
+    next question waits briefly (`answer_wait_s`) for the previous answer, so that the model sees
+    it. The history is read once; only while that answer is awaited is the store asked again.
     """
 
     def __init__(
@@ -63,25 +74,28 @@ class ContextBuilder:
         through_ordinal: int,
         draft: StoredMessage | None = None,
         summarize: bool = True,
+        known: LoadedHistory | None = None,
+        answer_wait_s: float = 0.0,
     ) -> BuiltContext:
         """The context of the turn whose user message is at `through_ordinal` (or of `draft`,
         a message not stored, after everything up to `through_ordinal`). `summarize`: whether a
-        long history may ask for a summary (a turn does; a preview does not)."""
+        long history may ask for a summary (a turn does; a preview does not). `known`: the whole
+        history up to `through_ordinal`, when the caller has it (a new chat's first question)."""
         summary = chat.summary if policy is HistoryPolicy.SUMMARIZE else None
         if summary is not None and summary.through_ordinal >= through_ordinal:
             summary = None  # a summary of later turns than this one (an old turn's retry)
         after = summary.through_ordinal if summary is not None else -1
         budget = self._window - reply_budget
-        if policy is HistoryPolicy.FULL:
-            loaded = await self._store.history(chat.chat_id, after=after, through=through_ordinal)
+        if known is not None:
+            loaded = known
         else:
-            loaded = await self._store.history(
-                chat.chat_id,
-                after=after,
-                through=through_ordinal,
-                budget=budget,
-                cost=self._tokens.message_tokens,
-            )
+            loaded = await self._read(chat.chat_id, policy, after, through_ordinal, budget)
+            if (
+                answer_wait_s > 0
+                and self._answer_pending(loaded, through_ordinal)
+                and await self._await_answer(chat.chat_id, through_ordinal - 1, answer_wait_s)
+            ):
+                loaded = await self._read(chat.chat_id, policy, after, through_ordinal, budget)
         history = [*loaded.messages, *([draft] if draft is not None else [])]
         system = bot.system_prompt
         if summary is not None:
@@ -100,6 +114,42 @@ class ContextBuilder:
         if summarize and policy is HistoryPolicy.SUMMARIZE and self._summarizer is not None:
             self._maybe_summarize(chat, bot, loaded, after)
         return BuiltContext(plan, policy, dropped, used)
+
+    async def _read(
+        self, chat_id: str, policy: HistoryPolicy, after: int, through: int, budget: int
+    ) -> LoadedHistory:
+        if policy is HistoryPolicy.FULL:
+            return await self._store.history(chat_id, after=after, through=through)
+        return await self._store.history(
+            chat_id, after=after, through=through, budget=budget, cost=self._tokens.message_tokens
+        )
+
+    @staticmethod
+    def _answer_pending(loaded: LoadedHistory, ordinal: int) -> bool:
+        """Whether the question before the one at `ordinal` is read, recent and unanswered."""
+        if ordinal < 2:
+            return False
+        by_ordinal = {m.ordinal: m for m in loaded.messages}
+        previous = by_ordinal.get(ordinal - 2)
+        return (
+            ordinal - 1 not in by_ordinal
+            and previous is not None
+            and previous.role == "user"
+            and now_ms() - loaded.created_ms.get(ordinal - 2, 0) <= _ANSWER_PENDING_MS
+        )
+
+    async def _await_answer(self, chat_id: str, ordinal: int, wait_s: float) -> bool:
+        """Wait up to `wait_s` (half of the caller's time left at most: the turn needs the rest)
+        for the message at `ordinal`; True once it is there."""
+        left = remaining_s()
+        if left is not None:
+            wait_s = min(wait_s, left / 2)
+        until = time.monotonic() + wait_s
+        while time.monotonic() < until:
+            await asyncio.sleep(_ANSWER_POLL_S)
+            if await self._store.message_at(chat_id, ordinal) is not None:
+                return True
+        return False
 
     def _plan(
         self,

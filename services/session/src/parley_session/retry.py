@@ -1,10 +1,12 @@
 """The one retry policy for MongoDB's transient failures, and the deadline it must respect.
 
-Every store operation runs through `RetryPolicy.run`: a failover, a restart or a dropped
-connection is retried with exponential backoff; what is not transient is raised at once. Each
-attempt is bounded (PyMongo's client-side operation timeout), by `attempt_timeout_s` and, inside a
-`deadline(...)` block (a gRPC call), by the caller's deadline: MongoDB down is reported as such
-(`StoreUnavailableError`) while the caller still listens, and no work outlives its caller.
+Every store operation runs through `RetryPolicy.run`: a dropped connection, a restart or a
+stepped-down primary is retried with exponential backoff; what is not transient is raised at
+once. Each attempt is bounded (PyMongo's client-side operation timeout) by `attempt_timeout_s`,
+the whole operation by `total_s` and, inside a `deadline(...)` block (a gRPC call), by the caller's
+deadline: MongoDB down is reported as such (`StoreUnavailableError`) while the caller still
+listens, and no work outlives its caller. While the service's `Availability` says MongoDB does
+not answer its pings, an operation is refused without being tried.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pymongo
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 __all__ = [
+    "Availability",
     "DeadlineExceededError",
     "RetryPolicy",
     "StoreUnavailableError",
@@ -64,6 +67,16 @@ class DeadlineExceededError(Exception):
     """The caller's deadline passed before the store answered."""
 
 
+class Availability(Protocol):
+    """What the retry policy asks of the service's MongoDB health check."""
+
+    @property
+    def reachable(self) -> bool: ...
+
+    def suspect(self) -> None:
+        """An operation just failed as if MongoDB were away: check now, not at the next tick."""
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionFailure):  # network errors, server selection, not primary
         return True
@@ -96,20 +109,34 @@ def deadline(seconds: float | None) -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """`total_s` bounds one operation, its attempts and pauses included. It is short (2 s) so
+    that a caller hears "MongoDB unavailable" well within its own deadline and can say so (503)
+    instead of holding its client: a dropped connection or a restart is retried within it, but a
+    replica set's failover (an election: a few seconds to 10 s or more) usually is not, and the
+    turns of those seconds are refused, to be retried by their clients, rather than held.
+    """
+
     attempts: int = 4
     attempt_timeout_s: float = 2.0
-    first_backoff_s: float = 0.2
-    max_backoff_s: float = 2.0
+    total_s: float = 2.0
+    first_backoff_s: float = 0.1
+    max_backoff_s: float = 1.0
+    availability: Availability | None = None
 
     async def run(self, operation: Callable[[], Awaitable[T]], what: str = "") -> T:
         """Await `operation()`, again after a transient failure, at most `attempts` times."""
+        if self.availability is not None and not self.availability.reachable:
+            raise StoreUnavailableError(f"MongoDB is unreachable (it fails its pings): {what}")
+        until = time.monotonic() + self.total_s
         backoff = self.first_backoff_s
         attempt = 1
         while True:
             left = remaining_s()
             if left is not None and left <= 0:
                 raise DeadlineExceededError(f"deadline passed before {what}")
-            budget = self.attempt_timeout_s if left is None else min(self.attempt_timeout_s, left)
+            budget = min(self.attempt_timeout_s, until - time.monotonic())
+            if left is not None:
+                budget = min(budget, left)
             try:
                 # With a client-side timeout PyMongo also waits for a server at most this long
                 # (not serverSelectionTimeoutMS): an unreachable MongoDB costs one budget.
@@ -122,9 +149,15 @@ class RetryPolicy:
                 # An attempt out of its own budget, with the caller's time left, is retried.
                 if not (is_transient(exc) or exc.timeout):
                     raise
+                if self.availability is not None:
+                    self.availability.suspect()
                 # Jitter keeps the replicas of a service from retrying in lockstep.
                 pause = backoff * random.uniform(0.5, 1.0)
-                if attempt >= self.attempts or (left is not None and left <= pause):
+                if (
+                    attempt >= self.attempts
+                    or (left is not None and left <= pause)
+                    or until - time.monotonic() <= pause
+                ):
                     raise StoreUnavailableError(f"MongoDB unavailable: {exc}") from exc
                 log.warning(
                     "transient MongoDB error, retrying",

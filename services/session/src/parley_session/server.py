@@ -9,12 +9,10 @@ passes first (every MongoDB operation of a call is bounded by it).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -26,7 +24,6 @@ from pymongo.errors import PyMongoError
 
 from parley.v1 import session_pb2, session_pb2_grpc, types_pb2
 from parley_common.ids import is_id
-from parley_common.timeutil import now_ms
 from parley_session.completions import (
     CompletionService,
     ContextLengthExceededError,
@@ -58,14 +55,15 @@ from parley_session.retry import (
     StoreUnavailableError,
     deadline,
     is_transient,
-    remaining_s,
 )
 from parley_session.store import (
     ChatDoc,
     FeedbackDoc,
     FeedbackQuery,
+    LoadedHistory,
     MessageDoc,
     SessionStore,
+    TurnSlot,
     from_ms,
 )
 from parley_session.summaries import Summarizer
@@ -77,7 +75,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONTENT_CHARS = 100_000
 MAX_LIST_LIMIT = 100
-_ANSWER_PENDING_MS = 120_000
+_RELEASE_S = 1.0
 _NO_LATER_THAN = 2**31  # an ordinal past any chat's last message
 
 _ROLE_TO_PB = {
@@ -399,74 +397,153 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def StartTurn(
         self, request: session_pb2.StartTurnRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.StartTurnResponse:
-        content = request.content
-        _check_content(content)
+        _check_content(request.content)
         if not request.request_id or len(request.request_id) > 128:
             raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
-        chat: ChatDoc | None
         if request.chat_id:
             _check_chat_id(request.chat_id)
-            chat = await self._store.get_chat(request.user_id, request.chat_id)
-            bot = await self._chat_bot(chat)
-        else:
-            chat = await self._store.find_chat_by_request(request.user_id, request.request_id)
-            bot = await (
-                self._chat_bot(chat)
-                if chat is not None
-                else self._pickable_bot(request.user_id, request.bot_id)
-            )
-        max_tokens = self._reply_budget(bot, request.max_tokens)
+            return await self._next_turn(request, request.chat_id)
+        return await self._first_turn(request)
+
+    async def _first_turn(
+        self, request: session_pb2.StartTurnRequest
+    ) -> session_pb2.StartTurnResponse:
+        """A new chat: its question is stored in the same two writes that create it, and the
+        context is built from what is known (no history to read)."""
+        content = request.content
         token_count = self._tokens.count(content)
-        replay = chat is not None and (
-            await self._store.find_message(chat.chat_id, request.request_id, "user") is not None
-        )
-        policy = POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
-        if not replay:
+        try:
+            bot = await self._pickable_bot(request.user_id, request.bot_id)
+            max_tokens = self._reply_budget(bot, request.max_tokens)
             # Refused before anything is stored: a turn that cannot be sent is never kept.
-            check_message_fits(
-                system_prompt=bot.system_prompt,
-                content=content,
-                content_tokens=token_count,
-                window=self._settings.context_window,
-                reply_budget=max_tokens,
-                fmt=self._tokens,
-            )
-            if chat is not None and policy is HistoryPolicy.FULL:
-                await self._contexts.build(
-                    chat=chat,
-                    bot=bot,
-                    policy=policy,
-                    reply_budget=max_tokens,
-                    through_ordinal=_NO_LATER_THAN - 1,
-                    draft=StoredMessage(_NO_LATER_THAN, "user", content, token_count),
-                    summarize=False,
-                )
-        if chat is None:
-            chat = await self._store.create_chat(
-                request.user_id,
-                bot_id=bot.bot_id,
-                title=_title_from(content),
-                request_id=request.request_id,
-            )
-        user_message = await self._store.append_user_message(
-            user_id=request.user_id,
-            chat_id=chat.chat_id,
+            self._check_fits(bot, content, token_count, max_tokens)
+        except InvalidArgumentError:
+            # Unless the request was accepted before (a retry): it goes on in its chat.
+            chat = await self._store.find_chat_by_request(request.user_id, request.request_id)
+            if chat is None:
+                raise
+            return await self._next_turn(request, chat.chat_id)
+        opened = await self._store.open_chat(
+            request.user_id,
+            bot_id=bot.bot_id,
+            title=_title_from(content),
+            request_id=request.request_id,
             content=content,
             token_count=token_count,
-            request_id=request.request_id,
         )
-        await self._await_previous_answer(chat.chat_id, user_message.ordinal)
-        existing_answer = await self._store.find_message(
-            chat.chat_id, request.request_id, "assistant"
-        )
-        chat = await self._store.get_chat(request.user_id, chat.chat_id)
+        if opened.question is None:
+            return await self._next_turn(request, opened.chat.chat_id)
+        if not opened.created:
+            return await self._replay(request, opened.chat.chat_id, opened.question)
+        policy = POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
         built = await self._contexts.build(
-            chat=chat,
+            chat=opened.chat,
             bot=bot,
             policy=policy,
             reply_budget=max_tokens,
-            through_ordinal=user_message.ordinal,
+            through_ordinal=opened.question.ordinal,
+            known=LoadedHistory(
+                [opened.question.stored()],
+                created_ms={opened.question.ordinal: opened.question.created_ms},
+            ),
         )
+        return self._turn_response(opened.chat, bot, opened.question, built, max_tokens, None)
+
+    async def _next_turn(
+        self, request: session_pb2.StartTurnRequest, chat_id: str
+    ) -> session_pb2.StartTurnResponse:
+        """A question in an existing chat: reserve its ordinal (reading the chat, its owner
+        checked), store it, read the history once."""
+        content = request.content
+        token_count = self._tokens.count(content)
+        slot = await self._store.reserve_turn(request.user_id, chat_id)
+        try:
+            bot = await self._chat_bot(slot.chat)
+            policy = POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
+            max_tokens = self._reply_budget(bot, request.max_tokens)
+            self._check_fits(bot, content, token_count, max_tokens)
+            if policy is HistoryPolicy.FULL:
+                await self._contexts.build(
+                    chat=slot.chat,
+                    bot=bot,
+                    policy=policy,
+                    reply_budget=max_tokens,
+                    through_ordinal=slot.ordinal - 1,
+                    draft=StoredMessage(slot.ordinal, "user", content, token_count),
+                    summarize=False,
+                )
+        except InvalidArgumentError:
+            await self._store.release_turn(slot)
+            # A question stored before (a retry) is answered as it was accepted then.
+            stored = await self._store.find_message(chat_id, request.request_id, "user")
+            if stored is None:
+                raise
+            return await self._replay(request, chat_id, stored)
+        except Exception:
+            await self._release_quietly(slot)
+            raise
+        question, placed = await self._store.place_question(
+            slot, content=content, token_count=token_count, request_id=request.request_id
+        )
+        if not placed:
+            await self._store.release_turn(slot)
+            return await self._replay(request, chat_id, question)
+        built = await self._contexts.build(
+            chat=slot.chat,
+            bot=bot,
+            policy=policy,
+            reply_budget=max_tokens,
+            through_ordinal=question.ordinal,
+            answer_wait_s=self._settings.previous_answer_wait_s,
+        )
+        return self._turn_response(slot.chat, bot, question, built, max_tokens, None)
+
+    async def _replay(
+        self, request: session_pb2.StartTurnRequest, chat_id: str, question: MessageDoc
+    ) -> session_pb2.StartTurnResponse:
+        """A turn delivered again: its stored question, its context and its answer if stored."""
+        chat = await self._store.get_chat(request.user_id, chat_id)
+        bot = await self._chat_bot(chat)
+        max_tokens = self._reply_budget(bot, request.max_tokens)
+        existing_answer = await self._store.find_message(chat_id, request.request_id, "assistant")
+        built = await self._contexts.build(
+            chat=chat,
+            bot=bot,
+            policy=POLICY_FROM_PB.get(request.history_policy, bot.history_policy),
+            reply_budget=max_tokens,
+            through_ordinal=question.ordinal,
+            answer_wait_s=self._settings.previous_answer_wait_s,
+        )
+        return self._turn_response(chat, bot, question, built, max_tokens, existing_answer)
+
+    async def _release_quietly(self, slot: TurnSlot) -> None:
+        """Give back the slot of a turn that failed before its question was stored, if MongoDB
+        still answers (otherwise the chat's count keeps it: a display figure, nothing else)."""
+        try:
+            with deadline(_RELEASE_S):
+                await self._store.release_turn(slot)
+        except _MAPPED as exc:
+            log.warning("could not give back a turn's slot", extra={"error": repr(exc)})
+
+    def _check_fits(self, bot: BotProfile, content: str, tokens: int, reply_budget: int) -> None:
+        check_message_fits(
+            system_prompt=bot.system_prompt,
+            content=content,
+            content_tokens=tokens,
+            window=self._settings.context_window,
+            reply_budget=reply_budget,
+            fmt=self._tokens,
+        )
+
+    def _turn_response(
+        self,
+        chat: ChatDoc,
+        bot: BotProfile,
+        question: MessageDoc,
+        built: BuiltContext,
+        max_tokens: int,
+        existing_answer: MessageDoc | None,
+    ) -> session_pb2.StartTurnResponse:
         sampling = types_pb2.SamplingParams(max_tokens=max_tokens)
         if bot.temperature is not None:
             sampling.temperature = bot.temperature
@@ -474,7 +551,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             sampling.top_p = bot.top_p
         response = session_pb2.StartTurnResponse(
             chat=_chat_pb(chat),
-            user_message=_message_pb(user_message),
+            user_message=_message_pb(question),
             context=_context_pb(built),
             model=bot.model,
             sampling=sampling,
@@ -485,24 +562,6 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if existing_answer is not None:
             response.existing_answer.CopyFrom(_message_pb(existing_answer))
         return response
-
-    async def _await_previous_answer(self, chat_id: str, ordinal: int) -> None:
-        """Answers are stored from the results topic, a moment after the client has read them:
-        a quick next question waits briefly for the previous answer, so that the model sees it."""
-        if ordinal < 2 or await self._store.message_at(chat_id, ordinal - 1) is not None:
-            return
-        previous = await self._store.message_at(chat_id, ordinal - 2)
-        if previous is None or now_ms() - previous.created_ms > _ANSWER_PENDING_MS:
-            return  # no question before, or its answer is not coming (failed, expired)
-        wait_s = self._settings.previous_answer_wait_s
-        left = remaining_s()
-        if left is not None:
-            wait_s = min(wait_s, left / 2)  # keep half of the caller's time for the turn itself
-        until = time.monotonic() + wait_s
-        while time.monotonic() < until:
-            await asyncio.sleep(0.02)
-            if await self._store.message_at(chat_id, ordinal - 1) is not None:
-                return
 
     @_rpc
     async def BuildContext(

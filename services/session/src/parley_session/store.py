@@ -14,7 +14,15 @@ Collections and the queries their indexes serve:
 
 Every public method runs under the service's one `RetryPolicy` and is safe to run again after a
 transient failure: ids are chosen before the first attempt and unique indexes turn a repeated
-write into a no-op.
+write into a no-op. A chat's `message_count` is a counter moved by the write that adds (or gives
+back) a message, not a recount: PyMongo's retryable writes apply such a write once even when its
+reply is lost. A write redone by the policy after a lost reply, or a turn cut off by an outage
+between reserving its ordinal and storing its question, can leave the count off by one: it is
+shown to people, nothing depends on it.
+
+A turn costs few round trips: a new chat is inserted with its first question already counted
+(two inserts); a next question reserves its ordinal, counts itself and reads the chat (summary
+included) in one findAndModify, then one insert; its answer is one insert and one update.
 """
 
 from __future__ import annotations
@@ -50,9 +58,11 @@ __all__ = [
     "ChatDoc",
     "FeedbackDoc",
     "MessageDoc",
+    "OpenedChat",
     "SessionStore",
     "SummaryDoc",
     "SummaryJob",
+    "TurnSlot",
     "UserDoc",
     "hash_api_key",
 ]
@@ -70,7 +80,13 @@ def hash_api_key(api_key: str) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """Now, to the millisecond: what MongoDB stores, so that a stored time compares equal."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _key_pattern(exc: DuplicateKeyError) -> Any:
+    return (exc.details or {}).get("keyPattern")
 
 
 def _ms(value: datetime) -> int:
@@ -277,10 +293,32 @@ class LoadedHistory:
 
     messages: list[StoredMessage] = field(default_factory=list)
     older: int = 0
+    created_ms: dict[int, int] = field(default_factory=dict)  # by ordinal
 
     @property
     def complete(self) -> bool:
         return self.older == 0
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedChat:
+    """A chat started by a request, and its first question: `question` is None when the chat was
+    there already (the request retried) and something else holds ordinal 0."""
+
+    chat: ChatDoc
+    question: MessageDoc | None
+    created: bool  # the question was stored by this call (False: by an earlier delivery)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSlot:
+    """The ordinal reserved for a next question, with the chat as it is with that question
+    counted. `release_turn` gives it back when the question is not stored after all."""
+
+    chat: ChatDoc
+    ordinal: int
+    reserved_at: datetime
+    previous_updated_at: datetime
 
 
 class SessionStore:
@@ -341,7 +379,7 @@ class SessionStore:
         try:
             await collection.insert_one(doc)
         except DuplicateKeyError as exc:
-            if (exc.details or {}).get("keyPattern") != {"_id": 1}:
+            if _key_pattern(exc) != {"_id": 1}:
                 raise
 
     # users and keys
@@ -488,61 +526,156 @@ class SessionStore:
         doc = await self.messages.find_one({"_id": message_id, "chat_id": chat_id})
         return None if doc is None else MessageDoc.from_doc(doc)
 
-    async def _count_messages(self, chat_id: str, now: datetime) -> None:
-        # Counted rather than incremented, so that a repeated write can never skew it; $max keeps
-        # a slower concurrent writer from setting an older count.
-        count = await self.messages.count_documents({"chat_id": chat_id})
-        await self.chats.update_one(
-            {"_id": chat_id}, {"$max": {"message_count": count, "updated_at": now}}
-        )
-
-    @_retried
-    async def append_user_message(
-        self, *, user_id: str, chat_id: str, content: str, token_count: int, request_id: str
-    ) -> MessageDoc:
-        """Append the user's turn once per request id. Turn k's question has ordinal 2k and its
-        answer 2k + 1, so an answer stored late still sits right after its question. Turns
-        submitted at once each reserve their own ordinal atomically."""
-        existing = await self.messages.find_one(
-            {"chat_id": chat_id, "request_id": request_id, "role": "user"}
-        )
-        if existing is not None:
-            return MessageDoc.from_doc(existing)
-        now = _now()
-        chat = await self.chats.find_one_and_update(
-            {"_id": chat_id, "user_id": user_id},
-            {"$inc": {"next_ordinal": 2}, "$set": {"updated_at": now}},
-            return_document=ReturnDocument.BEFORE,
-            projection={"next_ordinal": 1},
-        )
-        if chat is None:
-            raise ChatNotFoundError(chat_id)
-        doc = {
-            "_id": new_id(),
+    def _question_doc(
+        self, message_id: str, chat_id: str, ordinal: int, now: datetime, fields: Doc
+    ) -> Doc:
+        return {
+            "_id": message_id,
             "chat_id": chat_id,
-            "ordinal": chat["next_ordinal"],
+            "ordinal": ordinal,
             "role": "user",
-            "content": content,
-            "token_count": token_count,
-            "request_id": request_id,
+            **fields,
             "created_at": now,
             "finish_reason": "",
         }
+
+    async def _place_question(self, doc: Doc) -> tuple[MessageDoc | None, bool]:
+        """Insert a question at its ordinal: (it, True); (the one stored for its request id by an
+        earlier or concurrent delivery, False); (None, False) when another request holds the
+        ordinal."""
         try:
             await self.messages.insert_one(doc)
-        except DuplicateKeyError:
-            # A concurrent delivery of the same request won the race: its turn stands. The
-            # ordinal reserved here stays unused, which the order of the others does not mind.
+        except DuplicateKeyError as exc:
+            if _key_pattern(exc) == {"_id": 1}:  # an earlier attempt of this very insert
+                return MessageDoc.from_doc(doc), True
             winner = await self.messages.find_one(
-                {"chat_id": chat_id, "request_id": request_id, "role": "user"}
+                {"chat_id": doc["chat_id"], "request_id": doc["request_id"], "role": "user"}
             )
-            if winner is None:
-                raise
-            return MessageDoc.from_doc(winner)
-        await self._count_messages(chat_id, now)
-        return MessageDoc.from_doc(doc)
+            return (None if winner is None else MessageDoc.from_doc(winner)), False
+        return MessageDoc.from_doc(doc), True
+
+    async def open_chat(
+        self,
+        user_id: str,
+        *,
+        bot_id: str,
+        title: str,
+        request_id: str,
+        content: str,
+        token_count: int,
+    ) -> OpenedChat:
+        """Start a chat with its first question, once per request id (`created_by_request`): the
+        chat is inserted with that question already counted at ordinal 0, then the question."""
+        now = _now()
+        chat_doc: Doc = {
+            "_id": new_id(),
+            "user_id": user_id,
+            "title": title,
+            "bot_id": bot_id,
+            "created_at": now,
+            "updated_at": now,
+            "message_count": 1,
+            "next_ordinal": 2,
+            "created_by_request": request_id,
+        }
+        message_id = new_id()
+        fields = {"content": content, "token_count": token_count, "request_id": request_id}
+
+        async def attempt() -> OpenedChat:
+            chat = chat_doc
+            try:
+                await self.chats.insert_one(chat_doc)
+            except DuplicateKeyError as exc:
+                if _key_pattern(exc) != {"_id": 1}:
+                    # This request started its chat before (a retry, or a concurrent delivery).
+                    found = await self.chats.find_one(
+                        {"user_id": user_id, "created_by_request": request_id}
+                    )
+                    if found is None:
+                        raise
+                    chat = found
+            # Ordinal 0 is the slot the chat was counted with: whichever delivery of the request
+            # places its question there first is the one stored.
+            question, placed = await self._place_question(
+                self._question_doc(message_id, chat["_id"], 0, now, fields)
+            )
+            return OpenedChat(ChatDoc.from_doc(chat), question, placed)
+
+        return await self.retry.run(attempt, "open_chat")
 
     @_retried
+    async def reserve_turn(self, user_id: str, chat_id: str) -> TurnSlot:
+        """Reserve the next question's ordinal in the user's chat and count the question. Turn k's
+        question has ordinal 2k and its answer 2k + 1, so an answer stored late still sits right
+        after its question; turns submitted at once each reserve their own ordinal atomically."""
+        now = _now()
+        before = await self.chats.find_one_and_update(
+            {"_id": chat_id, "user_id": user_id},
+            {"$inc": {"next_ordinal": 2, "message_count": 1}, "$set": {"updated_at": now}},
+            projection={"summary_job": 0},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is None:
+            raise ChatNotFoundError(chat_id)
+        after = {**before, "updated_at": now, "message_count": before.get("message_count", 0) + 1}
+        return TurnSlot(
+            chat=ChatDoc.from_doc(after),
+            ordinal=before.get("next_ordinal", 0),
+            reserved_at=now,
+            previous_updated_at=before["updated_at"],
+        )
+
+    @_retried
+    async def release_turn(self, slot: TurnSlot) -> None:
+        """Give a reserved question back: uncount it, and leave the ordinal and the chat's time as
+        they were unless another turn moved them meanwhile (a gap in the ordinals is harmless)."""
+        await self.chats.update_one(
+            {"_id": slot.chat.chat_id},
+            [
+                {
+                    "$set": {
+                        "message_count": {"$subtract": ["$message_count", 1]},
+                        "next_ordinal": {
+                            "$cond": [
+                                {"$eq": ["$next_ordinal", slot.ordinal + 2]},
+                                slot.ordinal,
+                                "$next_ordinal",
+                            ]
+                        },
+                        "updated_at": {
+                            "$cond": [
+                                {"$eq": ["$updated_at", slot.reserved_at]},
+                                slot.previous_updated_at,
+                                "$updated_at",
+                            ]
+                        },
+                    }
+                }
+            ],
+        )
+
+    async def place_question(
+        self, slot: TurnSlot, *, content: str, token_count: int, request_id: str
+    ) -> tuple[MessageDoc, bool]:
+        """Store the question in its reserved slot: (it, True), or (the question an earlier or
+        concurrent delivery of the request stored, False): then the slot is to be released."""
+        doc = self._question_doc(
+            new_id(),
+            slot.chat.chat_id,
+            slot.ordinal,
+            slot.reserved_at,
+            {"content": content, "token_count": token_count, "request_id": request_id},
+        )
+
+        async def attempt() -> tuple[MessageDoc, bool]:
+            question, placed = await self._place_question(doc)
+            if question is None:
+                # Only a slot given back while in use could be held by someone else.
+                raise RuntimeError(f"ordinal {slot.ordinal} of chat {slot.chat.chat_id} is taken")
+            return question, placed
+
+        return await self.retry.run(attempt, "place_question")
+
     async def append_answer(
         self,
         *,
@@ -557,9 +690,7 @@ class SessionStore:
         worker_id: str = "",
     ) -> bool:
         """Store the answer to the question at `question_ordinal`; False if it was already there
-        (a redelivered result) or the chat is gone."""
-        if await self.chats.count_documents({"_id": chat_id}, limit=1) == 0:
-            return False
+        (a redelivered result: the unique indexes refuse it) or the chat is gone."""
         now = _now()
         doc = {
             "_id": new_id(),
@@ -575,16 +706,23 @@ class SessionStore:
             "cache_entry_id": cache_entry_id,
             "worker_id": worker_id,
         }
-        try:
-            await self.messages.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        if await self.chats.count_documents({"_id": chat_id}, limit=1) == 0:
-            # The chat was deleted meanwhile: leave nothing behind.
-            await self.messages.delete_many({"chat_id": chat_id})
-            return False
-        await self._count_messages(chat_id, now)
-        return True
+
+        async def attempt() -> bool:
+            try:
+                await self.messages.insert_one(doc)
+            except DuplicateKeyError as exc:
+                if _key_pattern(exc) != {"_id": 1}:
+                    return False
+            counted = await self.chats.update_one(
+                {"_id": chat_id}, {"$inc": {"message_count": 1}, "$max": {"updated_at": now}}
+            )
+            if counted.matched_count == 0:
+                # The chat is gone (deleted before or meanwhile): leave nothing behind.
+                await self.messages.delete_many({"chat_id": chat_id})
+                return False
+            return True
+
+        return await self.retry.run(attempt, "append_answer")
 
     @_retried
     async def message_at(self, chat_id: str, ordinal: int) -> MessageDoc | None:
@@ -612,10 +750,23 @@ class SessionStore:
         exceeds it: a long chat costs what its context needs, not its length.
         """
         query = {"chat_id": chat_id, "ordinal": {"$gt": after, "$lte": through}}
-        projection = {"_id": 0, "ordinal": 1, "role": 1, "content": 1, "token_count": 1}
+        projection = {
+            "_id": 0,
+            "ordinal": 1,
+            "role": 1,
+            "content": 1,
+            "token_count": 1,
+            "created_at": 1,
+        }
+        created: dict[int, int] = {}
+
+        def stored(doc: Doc) -> StoredMessage:
+            created[doc["ordinal"]] = _ms(doc["created_at"])
+            return _stored(doc)
+
         if budget is None or cost is None:
             cursor = self.messages.find(query, projection).sort("ordinal", ASCENDING)
-            return LoadedHistory([_stored(d) async for d in cursor])
+            return LoadedHistory([stored(d) async for d in cursor], 0, created)
         newest_first: list[StoredMessage] = []
         spent = 0
         over = False
@@ -625,7 +776,7 @@ class SessionStore:
         cursor = self.messages.find(query, projection).sort("ordinal", DESCENDING)
         try:
             async for d in cursor.batch_size(batch):
-                m = _stored(d)
+                m = stored(d)
                 newest_first.append(m)
                 spent += cost(m.role, m.token_count)
                 if over and m.role == "user":
@@ -639,7 +790,7 @@ class SessionStore:
             older = await self.messages.count_documents(
                 {"chat_id": chat_id, "ordinal": {"$gt": after, "$lt": newest_first[-1].ordinal}}
             )
-        return LoadedHistory(newest_first[::-1], older)
+        return LoadedHistory(newest_first[::-1], older, created)
 
     # summaries
 
