@@ -19,6 +19,7 @@ from pymongo import MongoClient
 
 from parley_devstack.platform import Platform
 from parley_devstack.stack import LocalStack
+from parley_gateway.limits import MAX_JSON_DEPTH
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +40,7 @@ class Case:
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     key: str = "user"  # "user", ADMIN, or a literal Authorization header value
+    message: str = ""  # a part of the error's message, where it must say precisely what is wrong
 
 
 def _raw(text: bytes) -> dict[str, Any]:
@@ -256,7 +258,32 @@ CASES = [
     ),
     Case("path-chat-id-huge", "GET", "/chat/" + "a" * 10_000, 404, "not_found"),
     # Invalid UTF-8 and other undecodable bodies.
-    Case("utf8-invalid", "POST", "/chat", 400, **_raw(b'{"message": "\xff\xfe hi"}')),
+    Case(
+        "utf8-invalid",
+        "POST",
+        "/chat",
+        400,
+        "invalid_json",
+        message="the request body is not valid UTF-8 (byte 0xff at position 13)",
+        **_raw(b'{"message": "\xff\xfe hi"}'),
+    ),
+    Case(
+        "utf8-invalid-v1",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        message="not valid UTF-8 (byte 0xc3 at position 67)",
+        **_raw(b'{"model": "parley-tiny", "messages": [{"role": "user", "content": "\xc3("}]}'),
+    ),
+    Case(
+        "utf8-encoded-surrogate",
+        "POST",
+        "/chat",
+        400,
+        "invalid_json",
+        message="not valid UTF-8 (byte 0xed at position 13)",
+        **_raw(b'{"message": "\xed\xa0\x80 hi"}'),
+    ),
     Case(
         "utf8-lone-surrogate",
         "POST",
@@ -270,12 +297,14 @@ CASES = [
     Case(
         "json-not-object", "POST", "/chat", 422, "invalid_request", **_raw(b'[{"message": "hi"}]')
     ),
-    # Deeply nested JSON: past the parser's depth a 400, within it a 422 naming the field.
+    # Deeply nested JSON: past the limit a 400 that says so, within it a 422 naming the field.
     Case(
         "nested-deep",
         "POST",
         "/chat",
         400,
+        "invalid_json",
+        message=f"nested deeper than {MAX_JSON_DEPTH} levels",
         **_raw(b'{"message": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
     ),
     Case(
@@ -283,15 +312,35 @@ CASES = [
         "POST",
         "/chat",
         400,
+        "invalid_json",
+        message=f"nested deeper than {MAX_JSON_DEPTH} levels",
         **_raw(b'{"message": "hi", "stop": ' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}"),
     ),
     Case(
         "nested-500",
         "POST",
         "/chat",
+        400,
+        "invalid_json",
+        message=f"nested deeper than {MAX_JSON_DEPTH} levels",
+        **_raw(b'{"message": ' + b"[" * 500 + b"]" * 500 + b"}"),
+    ),
+    Case(
+        "nested-v1",
+        "POST",
+        "/v1/chat/completions",
+        400,
+        message=f"nested deeper than {MAX_JSON_DEPTH} levels",
+        **_raw(b'{"model": "parley-tiny", "messages": ' + b"[" * 100 + b"]" * 100 + b"}"),
+    ),
+    Case(
+        "nested-within-limit",
+        "POST",
+        "/chat",
         422,
         "invalid_request",
-        **_raw(b'{"message": ' + b"[" * 500 + b"]" * 500 + b"}"),
+        message="message",
+        **_raw(b'{"message": ' + b"[" * 60 + b"]" * 60 + b"}"),
     ),
     # Absurd numbers.
     Case(
@@ -347,6 +396,8 @@ CASES = [
         "POST",
         "/chat",
         400,
+        "invalid_json",
+        message="a number of more than 4300 digits",
         **_raw(b'{"message": "hi", "max_tokens": 1' + b"0" * 5000 + b"}"),
     ),
     Case(
@@ -479,6 +530,7 @@ def test_hostile_request_is_refused_precisely(
         assert error["type"] == "invalid_request_error"
     elif case.type:
         assert error["type"] == case.type, error
+    assert case.message in error["message"]
     assert "Traceback" not in response.text
     assert evidence.counts(user_id) == before
     assert evidence.errors_since(sizes) == []

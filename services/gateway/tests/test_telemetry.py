@@ -13,9 +13,12 @@ from fastapi import FastAPI, Response
 from prometheus_client import CollectorRegistry
 
 from parley_common.logs import JsonFormatter
+from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.relay import TextChunk
 from parley_gateway.schemas import TurnAnswer, Usage
 from parley_gateway.telemetry import RequestTelemetry, annotate_turn, observe_turn
+from parley_gateway.turns import generation_failed
 
 
 @pytest.fixture
@@ -135,7 +138,7 @@ async def test_every_response_names_its_request_and_the_access_line_too(
 
 
 async def _events() -> AsyncIterator[object]:
-    yield "chunk"
+    yield TextChunk("chunk")
     yield TurnAnswer(
         content="hi",
         finish_reason="stop",
@@ -159,3 +162,17 @@ async def test_a_turns_first_text_answer_and_tokens_are_measured(metrics: Gatewa
     assert (
         value("parley_gateway_tokens_total", {"direction": "completion", "source": "worker"}) == 3
     )
+
+
+async def _failing() -> AsyncIterator[object]:
+    yield TextChunk("some")
+    raise generation_failed("engine exploded", request_id="r1", stored=False)
+
+
+async def test_a_failed_generation_is_timed_as_an_error(metrics: GatewayMetrics) -> None:
+    with pytest.raises(ApiError, match=r"could not answer \(engine exploded\); retry"):
+        _ = [event async for event in observe_turn(_failing(), metrics, source="worker")]
+
+    value = metrics.registry.get_sample_value
+    labels = {"source": "worker", "finish_reason": "error"}
+    assert value("parley_gateway_turn_duration_seconds_count", labels) == 1

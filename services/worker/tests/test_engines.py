@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from parley_devstack.tiny_model import build_tiny_model
 from parley_worker.engines import (
@@ -21,8 +21,10 @@ from parley_worker.engines import (
     SamplingParams,
     TextDelta,
     create_engine,
+    transformers_engine,
 )
 from parley_worker.engines.base import StopStringFilter
+from parley_worker.engines.detokenizer import IncrementalDetokenizer
 
 MESSAGES = (
     ChatMessage("system", "You are a helpful assistant."),
@@ -216,6 +218,47 @@ async def test_stopping_the_engine_cancels_running_generations(tiny_model: Path)
         engine.count_tokens(MESSAGES)
 
 
+async def test_sampled_multi_byte_text_streams_as_it_decodes(
+    engine: Engine, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hot sampling of the tiny model's byte tokens: characters broken and completed across
+    tokens. The deltas add up to the stored text, which is the one-shot decode of the tokens."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    generated: dict[int, list[int]] = {}
+
+    class Recording(IncrementalDetokenizer):
+        def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+            super().__init__(tokenizer)
+            generated[id(self)] = self.ids = []
+
+        def add(self, token_id: int) -> str:
+            self.ids.append(token_id)
+            return super().add(token_id)
+
+    monkeypatch.setattr(transformers_engine, "IncrementalDetokenizer", Recording)
+    prompts = ["日本語で答えて 🎉🙂", "中文: 你好吗? ëèê 🚀", "Ünïcödé, ça va? 👩‍👩‍👧"]
+
+    async def run(seed: int) -> tuple[list[str], GenerationDone]:
+        messages = (ChatMessage("user", prompts[seed % len(prompts)]),)
+        return await collect(
+            engine.generate(request(messages=messages, max_tokens=120, temperature=1.5, seed=seed))
+        )
+
+    results = await asyncio.gather(*(run(seed) for seed in range(4)))
+
+    assert len(generated) == len(results)
+    texts = {done.text for _, done in results}
+    decoded = {tokenizer.decode(ids, skip_special_tokens=True) for ids in generated.values()}
+    assert texts == decoded
+    for deltas, done in results:
+        assert "".join(deltas) == done.text
+        # Text is held while it ends in an incomplete character, so no delta ends in one.
+        assert not any(delta.endswith("\ufffd") for delta in deltas[:-1])
+    assert any(any(ord(c) > 127 for c in text.replace("\ufffd", "")) for text in texts), (
+        "expected some non-ASCII characters in 480 hot samples of byte tokens"
+    )
+
+
 async def test_a_prompt_longer_than_the_context_window_is_refused(engine: Engine) -> None:
     long = ChatMessage("user", "weather " * 3000)
 
@@ -258,6 +301,17 @@ async def test_fake_engine_unpaced_adds_almost_no_overhead() -> None:
     assert (done.finish_reason, done.completion_tokens) == ("length", 10_000)
     assert done.text == " tok" * 10_000
     assert done.prompt_tokens == engine.count_tokens(MESSAGES) > 0
+
+
+async def test_fake_engine_fails_on_its_cue() -> None:
+    engine = await started(EngineSettings("fake", "fake", max_concurrency=1, fake_fail_on="[fail]"))
+    failing = (ChatMessage("user", "please [fail] now"),)
+
+    with pytest.raises(RuntimeError, match=r"fails on messages with '\[fail\]'"):
+        await collect(engine.generate(request(messages=failing)))
+    _, done = await collect(engine.generate(request(max_tokens=3)))
+
+    assert done.text == " tok" * 3
 
 
 async def test_fake_engine_honours_stop_strings() -> None:

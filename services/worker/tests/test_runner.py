@@ -160,7 +160,7 @@ async def test_streams_chunks_publishes_results_and_commits(bus: Bus) -> None:
     chunks = bus.chunks("chat-1")
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert "".join(c.text for c in chunks) == chat.text
+    assert "".join(c.text for c in chunks) == chat.text == chunks[-1].full_text
     # Batched by time: fewer messages than tokens, more than one.
     assert 3 <= len(chunks) <= 20
     assert chunks[-1].finish_reason == types_pb2.FINISH_REASON_LENGTH
@@ -325,6 +325,7 @@ async def test_request_that_keeps_failing_is_dead_lettered_and_answered(bus: Bus
         await bus.request("fine")
         await bus.wait(bus.answered("cursed", "fine"), within=30, what="results")
         await bus.wait(lambda: len(bus.dead_letters()) == 1, within=10, what="dead letter")
+        await bus.wait(lambda: bool(bus.chunks("cursed")), within=10, what="the final chunk")
         await all_committed(bus)
 
     assert engine.calls.count("cursed") == 3
@@ -335,6 +336,13 @@ async def test_request_that_keeps_failing_is_dead_lettered_and_answered(bus: Bus
     cursed = bus.result_of("cursed")
     assert cursed.finish_reason == types_pb2.FINISH_REASON_ERROR
     assert cursed.error == letter.reason
+    # What the gateway that waits for it reads: one final chunk, with the reason.
+    (final,) = bus.chunks("cursed")
+    assert (final.done, final.finish_reason, final.error) == (
+        True,
+        types_pb2.FINISH_REASON_ERROR,
+        letter.reason,
+    )
     assert bus.result_of("fine").finish_reason == types_pb2.FINISH_REASON_LENGTH
 
 

@@ -116,6 +116,27 @@ async def test_same_seed_gives_the_same_text_even_side_by_side(engine: Engine) -
     assert alone[0] != alone[1]
 
 
+async def test_sampled_multi_byte_text_streams_as_it_is_stored(engine: Engine) -> None:
+    """Hot sampling of the tiny model's byte tokens breaks and completes characters across
+    tokens: vLLM holds an incomplete one back, so the deltas add up to the text."""
+
+    def req(seed: int, prompt: str) -> GenerationRequest:
+        return GenerationRequest(
+            f"mb{seed}",
+            (ChatMessage("user", prompt),),
+            SamplingParams(max_tokens=120, temperature=1.5, seed=seed),
+        )
+
+    prompts = ["日本語で答えて 🎉🙂", "中文: 你好吗? ëèê 🚀", "Ünïcödé, ça va? 👩‍👩‍👧"]
+    results = await asyncio.gather(
+        *(collect(engine.generate(req(seed, prompts[seed % 3]))) for seed in range(SLOTS))
+    )
+
+    for deltas, done in results:
+        assert "".join(deltas) == done.text
+        assert not any(delta.endswith("\ufffd") for delta in deltas[:-1])
+
+
 async def test_closing_streams_aborts_them_and_frees_their_slots(engine: Engine) -> None:
     # About 2000 tokens each: seconds of work unless closing really aborts them in vLLM.
     streams = [engine.generate(request(f"long{i}", max_tokens=100_000)) for i in range(SLOTS)]

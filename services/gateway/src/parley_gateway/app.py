@@ -19,7 +19,7 @@ from parley_gateway.auth import Authenticator
 from parley_gateway.config import Settings
 from parley_gateway.deps import Parts
 from parley_gateway.errors import install_error_handlers
-from parley_gateway.limits import BodySizeLimit
+from parley_gateway.limits import BodySizeLimit, JsonBodyCheck
 from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.openapi import install_openapi
 from parley_gateway.replies import ReplyRouter
@@ -157,6 +157,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(chat_settings.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    # Inside the size limit, which bounds what this one reads.
+    app.add_middleware(JsonBodyCheck)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost: times and logs what the other middleware refuses too.
     app.add_middleware(RequestTelemetry, metrics=metrics)

@@ -24,8 +24,9 @@ import grpc
 from parley.v1 import session_pb2, session_pb2_grpc, types_pb2
 from parley_gateway.auth import Principal
 from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.relay import RESET_MESSAGE, Reset, TextChunk, TextEvent
 from parley_gateway.schemas import CompletionError, CompletionOut, TurnAnswer, Usage
-from parley_gateway.turns import FINISH_NAMES, TextChunk, Turn
+from parley_gateway.turns import FINISH_NAMES, Turn
 
 __all__ = ["AsyncCompletions", "BeforeQueue", "completion_out"]
 
@@ -88,7 +89,7 @@ def completion_out(completion: session_pb2.Completion) -> CompletionOut:
 class _Progress:
     """What this replica saw of a completion it accepted."""
 
-    chunks: list[str] = field(default_factory=list)
+    events: list[TextEvent] = field(default_factory=list)  # their event ids: 0, 1, ...
     answer: TurnAnswer | None = None
     failed: ApiError | None = None
     finished_at: float | None = None
@@ -174,10 +175,10 @@ class AsyncCompletions:
     async def _run(self, user_id: str, completion_id: str, turn: Turn, progress: _Progress) -> None:
         try:
             async for event in turn.events():
-                if isinstance(event, TextChunk):
-                    if not progress.chunks and turn.queued:
+                if isinstance(event, TextChunk | Reset):
+                    if not progress.events and turn.queued:
                         self._mark_running(user_id, completion_id)
-                    progress.chunks.append(event.text)
+                    progress.events.append(event)
                 else:
                     progress.answer = event
                 progress.notify()
@@ -224,8 +225,9 @@ class AsyncCompletions:
         self, principal: Principal, first: session_pb2.Completion, last_event_id: str | None
     ) -> AsyncIterator[bytes]:
         """The completion's event stream: `state`, then `chunk`s (ids 0, 1, ...; only on the
-        replica that accepted it), then `done` (id "done") with the whole completion, or
-        `error`. `last_event_id` skips the chunks already received."""
+        replica that accepted it; a `reset` among them voids the chunks before it), then `done`
+        (id "done") with the whole completion, or `error`. `last_event_id` skips the chunks
+        already received."""
         completion_id = first.completion_id
         state = STATE_NAMES.get(first.state, "queued")
         if state in FINAL_STATES:
@@ -237,8 +239,12 @@ class AsyncCompletions:
             next_chunk = _resume_from(last_event_id)
             deadline = time.monotonic() + self._follow_timeout_s
             while progress.failed is None:
-                while next_chunk < len(progress.chunks):
-                    yield _sse("chunk", {"text": progress.chunks[next_chunk]}, str(next_chunk))
+                while next_chunk < len(progress.events):
+                    event = progress.events[next_chunk]
+                    if isinstance(event, Reset):
+                        yield _sse("reset", {"message": RESET_MESSAGE}, str(next_chunk))
+                    else:
+                        yield _sse("chunk", {"text": event.text}, str(next_chunk))
                     next_chunk += 1
                 if progress.answer is not None:
                     break  # its final record comes from the session, like everywhere else

@@ -9,6 +9,7 @@ exception a client of OpenAI expects.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import grpc
@@ -39,6 +40,8 @@ _OPENAI_TYPES: dict[str, tuple[str, str | None]] = {
     "service_unavailable": ("server_error", "service_unavailable"),
     "timeout": ("server_error", "timeout"),
     "upstream_error": ("server_error", "upstream_error"),
+    "generation_failed": ("server_error", "generation_failed"),
+    "answer_restarted": ("server_error", "answer_restarted"),
     "internal_error": ("server_error", None),
 }
 
@@ -142,6 +145,20 @@ _PYDANTIC_CODES = {
 }
 
 
+# What FastAPI answers when parsing a JSON body raises anything but a JSONDecodeError (the
+# exception is the HTTPException's cause). Bodies that are not UTF-8 or nest too deep are
+# refused before, with their own messages (limits.JsonBodyCheck).
+_FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
+def _unparsable(cause: BaseException | None) -> ApiError:
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        message = f"the body has a number of more than {sys.get_int_max_str_digits()} digits"
+    else:
+        message = "the body could not be parsed as JSON"
+    return ApiError(400, "invalid_json", message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def render(request: Request, error: ApiError) -> JSONResponse:
         return error.response(openai=is_openai_path(request.url.path))
@@ -183,6 +200,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _FASTAPI_PARSE_ERROR:
+            return render(request, _unparsable(exc.__cause__))
         type_ = {
             404: "not_found",
             405: "method_not_allowed",

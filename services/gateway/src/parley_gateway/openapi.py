@@ -30,6 +30,10 @@ OpenAI-compatible API, the admin key for `/admin`.
   or a first frame `{"type": "auth", "api_key": "..."}`, then `{"type": "message", "message":
   "...", "chat_id"?: "..."}` is answered with `chat`, `chunk`s and `done`; `{"type": "stop"}`
   stops the turn being generated.
+- **Streams** end with the stored answer: `done` carries its whole text. A `reset` event (SSE)
+  or frame (WebSocket) says the text received so far is void and the chunks that follow start
+  the answer over (its worker stopped and another generated it again differently). A failed
+  turn ends with `error`.
 - **OpenAI-compatible API** under `/v1`: point an OpenAI SDK at `<this server>/v1`. Errors there
   have OpenAI's shape and status codes. `chat_id` (in the body, or the header
   `X-Parley-Chat-Id`) answers within a stored chat, whose history is then the context.
@@ -42,7 +46,7 @@ _ERROR = "#/components/schemas/ErrorBody"
 _OPENAI_ERROR = "#/components/schemas/OpenAIErrorBody"
 
 _COMMON: dict[str, str] = {
-    "400": "the body is not valid JSON",
+    "400": "the body is not valid JSON (or not UTF-8, or nested too deep)",
     "401": "missing, malformed, unknown or revoked API key",
     "403": "a key of the wrong kind (the admin key where a user's key is needed, or the reverse)",
     "413": "the body, or a message, is too large",

@@ -31,7 +31,9 @@ from parley.v1 import cache_pb2
 from parley_common.ids import new_id
 from parley_common.logs import bind_log_fields, log_fields
 from parley_common.telemetry import annotate
+from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.relay import TextChunk
 from parley_gateway.schemas import TurnAnswer
 
 __all__ = [
@@ -190,10 +192,14 @@ async def _observed(
                         "gen_ai.response.finish_reasons": [event.finish_reason],
                     }
                 )
-            elif first:
+            elif first and isinstance(event, TextChunk):
                 first = False
                 metrics.time_to_first_token.labels(source).observe(time.perf_counter() - arrived)
             yield event
+    except ApiError as exc:
+        if exc.type == "generation_failed":  # the model's failure, not the client's or ours
+            metrics.turn_duration.labels(source, "error").observe(time.perf_counter() - arrived)
+        raise
     finally:
         # Whoever stops reading (a client gone, an answer taken) closes the turn's own stream.
         aclose = getattr(events, "aclose", None)

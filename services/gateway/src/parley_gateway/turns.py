@@ -28,11 +28,21 @@ from parley_common.timeutil import now_ms
 from parley_gateway.auth import Principal
 from parley_gateway.errors import ApiError, from_grpc
 from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.relay import AnswerRelay, Reset, TextChunk, TextEvent
 from parley_gateway.replies import ReplyRouter
 from parley_gateway.schemas import TurnAnswer, Usage
 from parley_gateway.telemetry import annotate_cache, annotate_turn, observe_turn
 
-__all__ = ["FINISH_NAMES", "Sampling", "TextChunk", "Turn", "TurnService"]
+__all__ = [
+    "FINISH_NAMES",
+    "Reset",
+    "Sampling",
+    "TextChunk",
+    "Turn",
+    "TurnEvent",
+    "TurnService",
+    "generation_failed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +64,10 @@ _ROLES_TO_PB = {
     "assistant": types_pb2.ROLE_ASSISTANT,
 }
 
+# A worker's error is shown to the client; an engine's exception text can be long.
+_MAX_ERROR_CHARS = 300
 
-@dataclass(frozen=True, slots=True)
-class TextChunk:
-    text: str
+TurnEvent = TextEvent | TurnAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +102,19 @@ class Sampling:
 
 @dataclass
 class Turn:
-    """A started turn. Iterate `events()` for its text chunks and, last, the TurnAnswer."""
+    """A started turn. Iterate `events()` for its text: `TextChunk`s, a `Reset` when the answer
+    starts over (its worker died and another generated it again differently), and last the
+    `TurnAnswer`, whose content is the stored answer. A failed generation raises ApiError."""
 
     chat_id: str
     request_id: str
     message_id: str
-    _events: AsyncIterator[TextChunk | TurnAnswer]
+    _events: AsyncIterator[TurnEvent]
     model: str = ""
     created_unix_s: int = field(default_factory=lambda: int(time.time()))
     queued: bool = False  # sent to the workers (not a cache hit or a replayed answer)
 
-    def events(self) -> AsyncIterator[TextChunk | TurnAnswer]:
+    def events(self) -> AsyncIterator[TurnEvent]:
         return self._events
 
     async def close(self) -> None:
@@ -352,7 +364,9 @@ class TurnService:
                 f"the completion queue is unavailable; {saved}retry with the same request_id",
                 retry_after_s=5,
             ) from exc
-        turn._events = self._follow(plan.request_id, stream, cancel_on_exit=not detached)
+        turn._events = self._follow(
+            plan.request_id, stream, cancel_on_exit=not detached, stored=bool(plan.chat_id)
+        )
         turn._events = observe_turn(turn._events, self._metrics, source="worker")
         turn.queued = True
         return turn
@@ -423,11 +437,11 @@ class TurnService:
         stream: asyncio.Queue[envelopes_pb2.CompletionChunk],
         *,
         cancel_on_exit: bool,
-    ) -> AsyncIterator[TextChunk | TurnAnswer]:
+        stored: bool,
+    ) -> AsyncIterator[TurnEvent]:
         deadline = time.monotonic() + self._completion_timeout_s
-        next_seq = 0
+        relay = AnswerRelay()
         finished = False
-        text: list[str] = []
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -441,24 +455,27 @@ class TurnService:
                     chunk = await asyncio.wait_for(stream.get(), timeout=remaining)
                 except TimeoutError:
                     continue
-                if chunk.done:
-                    finished = True
-                    usage = chunk.usage
-                    yield TurnAnswer(
-                        content="".join(text),
-                        finish_reason=FINISH_NAMES.get(chunk.finish_reason, "error"),
-                        usage=Usage(
-                            prompt_tokens=usage.prompt_tokens,
-                            completion_tokens=usage.completion_tokens,
-                            total_tokens=usage.prompt_tokens + usage.completion_tokens,
-                        ),
-                    )
-                    return
-                if chunk.seq < next_seq:
-                    continue  # a redelivered request re-sends what was already relayed
-                next_seq = chunk.seq + 1
-                text.append(chunk.text)
-                yield TextChunk(chunk.text)
+                if not chunk.done:
+                    for event in relay.add(chunk):
+                        yield event
+                    continue
+                finished = True
+                if chunk.finish_reason == types_pb2.FINISH_REASON_ERROR:
+                    raise generation_failed(chunk.error, request_id=request_id, stored=stored)
+                content, events = relay.finish(chunk)
+                for event in events:
+                    yield event
+                usage = chunk.usage
+                yield TurnAnswer(
+                    content=content,
+                    finish_reason=FINISH_NAMES.get(chunk.finish_reason, "error"),
+                    usage=Usage(
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                    ),
+                )
+                return
         finally:
             self._replies.close(request_id)
             if not finished and cancel_on_exit:
@@ -478,16 +495,31 @@ class TurnService:
             log.warning("could not send a cancel", extra={"error": repr(exc)})
 
 
+def generation_failed(reason: str, *, request_id: str, stored: bool) -> ApiError:
+    """A worker's error answer (its engine failed on the request, again and again), for a client.
+
+    Nothing is stored for it but the question, so the same request id tries it again."""
+    reason = " ".join(reason.split()) or "the worker gave no reason"
+    if len(reason) > _MAX_ERROR_CHARS:
+        reason = reason[: _MAX_ERROR_CHARS - 1] + "…"
+    retry = (
+        f"your message is saved: send it again with the same request id ({request_id}) to retry"
+        if stored
+        else "retry the request"
+    )
+    return ApiError(502, "generation_failed", f"the model could not answer ({reason}); {retry}")
+
+
 def _key(plan: _Plan) -> bytes:
     # A chat's turns share a partition (in order); a stateless request has no chat to order by.
     return (plan.chat_id or plan.request_id).encode()
 
 
-async def _single(answer: TurnAnswer) -> AsyncIterator[TextChunk | TurnAnswer]:
+async def _single(answer: TurnAnswer) -> AsyncIterator[TurnEvent]:
     yield TextChunk(answer.content)
     yield answer
 
 
-async def _empty() -> AsyncIterator[TextChunk | TurnAnswer]:
+async def _empty() -> AsyncIterator[TurnEvent]:
     return
     yield  # pragma: no cover - makes this an async generator

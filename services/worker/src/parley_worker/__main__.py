@@ -35,6 +35,8 @@ def engine_settings(settings: Settings) -> EngineSettings:
         cpu_threads=settings.cpu_threads,
         fake_ttft_s=settings.fake_ttft_s,
         fake_tokens_per_s=settings.fake_tokens_per_s,
+        fake_token=settings.fake_token,
+        fake_fail_on=settings.fake_fail_on,
         vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
         vllm_max_model_len=settings.vllm_max_model_len,
         vllm_kv_cache_memory_bytes=settings.vllm_kv_cache_memory_bytes,

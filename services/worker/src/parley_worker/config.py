@@ -53,6 +53,12 @@ class Settings(ServiceSettings):
     )
     fake_ttft_s: float = Field(default=0.0, ge=0)
     fake_tokens_per_s: float = Field(default=0.0, ge=0, description="0: as fast as possible")
+    fake_token: str = Field(default=" tok", min_length=1, description="fake engine: its text")
+    fake_fail_on: str = Field(
+        default="",
+        description="fake engine: fail every generation whose last message contains this text "
+        "(tests of failure handling); empty: never",
+    )
     vllm_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     vllm_max_model_len: int | None = None
     vllm_kv_cache_memory_bytes: int | None = Field(

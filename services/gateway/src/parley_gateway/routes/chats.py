@@ -17,6 +17,7 @@ from parley_gateway.async_completions import BeforeQueue, completion_out
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Admitted, PartsDep, User
 from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.relay import RESET_MESSAGE
 from parley_gateway.schemas import (
     ChatDetail,
     ChatList,
@@ -29,7 +30,7 @@ from parley_gateway.schemas import (
     TurnAnswer,
     TurnResponse,
 )
-from parley_gateway.turns import FINISH_NAMES, Sampling, TextChunk, Turn
+from parley_gateway.turns import FINISH_NAMES, Reset, Sampling, TextChunk, Turn
 
 router = APIRouter(tags=["chats"])
 
@@ -53,7 +54,8 @@ _TURN_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     200: {
         "description": "the answer as JSON, or with `stream: true` a text/event-stream of "
-        "`chat`, `chunk` and `done` events",
+        "`chat`, `chunk` and `done` events (`reset`: discard the chunks so far, the answer "
+        "starts over; `error`: the turn failed)",
         "content": {"text/event-stream": {}},
     },
     202: {
@@ -62,6 +64,11 @@ _TURN_RESPONSES: dict[int | str, dict[str, Any]] = {
         "follow it at `Location`",
     },
     429: {"model": ErrorBody, "description": "over a rate limit; retry after Retry-After"},
+    502: {
+        "model": ErrorBody,
+        "description": "`generation_failed`: the model could not answer (the message says why); "
+        "send the message again with the same request_id to retry",
+    },
     503: {
         "model": ErrorBody,
         "description": "the workers' queue is full or a backing service is down; retry after "
@@ -132,6 +139,8 @@ async def _sse_stream(turn: Turn) -> AsyncIterator[bytes]:
         async for event in turn.events():
             if isinstance(event, TextChunk):
                 yield _sse("chunk", {"text": event.text})
+            elif isinstance(event, Reset):
+                yield _sse("reset", {"message": RESET_MESSAGE})
             else:
                 yield _sse("done", event.model_dump())
     except ApiError as exc:

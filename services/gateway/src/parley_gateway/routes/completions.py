@@ -52,7 +52,8 @@ async def get_completion(completion_id: CompletionId, user: User, parts: PartsDe
         **_ERRORS,
         200: {
             "description": "a text/event-stream: `state` events, `chunk` events (`id` 0, 1, ...) "
-            "while it is generated, and last `done` (the completion) or `error`. After a "
+            "while it is generated (a `reset`, numbered among them, voids the chunks before it: "
+            "the answer starts over), and last `done` (the completion) or `error`. After a "
             "reconnect, `Last-Event-ID` resumes after the last chunk received; `done` always "
             "carries the whole answer.",
             "content": {"text/event-stream": {}},

@@ -5,6 +5,11 @@ OpenAI: the client's messages are the whole context and no chat is stored. To ke
 server-side instead, name a stored chat (`extra_body={"chat_id": ...}` or the header
 `X-Parley-Chat-Id`): the last message is then the user's next turn of that chat and the chat's
 own history is the context.
+
+A streamed answer whose worker stopped mid-way is generated again by another worker; when that
+text differs from what was streamed, OpenAI's stream has no way to take text back, so the stream
+ends with an error (`answer_restarted`) instead of a finish: a client never keeps a text that is
+not the answer.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from parley_gateway.openai_schemas import (
     dump,
 )
 from parley_gateway.schemas import TurnAnswer
-from parley_gateway.turns import Sampling, TextChunk, Turn
+from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -57,7 +62,10 @@ _COMPLETION_ERRORS: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {}},
     },
     429: {"model": OpenAIErrorBody, "description": "over a rate limit; retry after Retry-After"},
-    502: {"model": OpenAIErrorBody, "description": "the model failed to answer"},
+    502: {
+        "model": OpenAIErrorBody,
+        "description": "the model failed to answer (`generation_failed`, the message says why)",
+    },
     503: {
         "model": OpenAIErrorBody,
         "description": "the workers are busy or a backing service is down; retry after Retry-After",
@@ -223,6 +231,20 @@ def _finish_reason(answer: TurnAnswer) -> str:
     return "length" if answer.finish_reason == "length" else "stop"
 
 
+def _restarted(turn: Turn) -> ApiError:
+    where = (
+        f"the answer is stored with the chat: GET /chat/{turn.chat_id} reads it"
+        if turn.chat_id
+        else "retry the request"
+    )
+    return ApiError(
+        502,
+        "answer_restarted",
+        "the worker generating this answer stopped and another generated it again differently, "
+        f"so the text streamed is not the answer; {where}",
+    )
+
+
 def _usage(answer: TurnAnswer) -> CompletionUsage:
     return CompletionUsage(**answer.usage.model_dump())
 
@@ -307,25 +329,32 @@ async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[bytes]:
         return _data(data)
 
     yield chunk(Delta(role="assistant", content=""))
+    restarted = False
     try:
         async for event in turn.events():
-            if isinstance(event, TextChunk):
-                if event.text:
+            if isinstance(event, Reset):
+                # OpenAI's stream cannot take text back: the client is told once the answer
+                # (stored, when there is a chat) is complete.
+                restarted = True
+            elif isinstance(event, TextChunk):
+                if event.text and not restarted:
                     yield chunk(Delta(content=event.text))
-                continue
-            yield chunk(Delta(), _finish_reason(event))
-            if include_usage:
-                yield _data(
-                    dump(
-                        ChatCompletionChunk(
-                            id=f"chatcmpl-{turn.request_id}",
-                            created=turn.created_unix_s,
-                            model=turn.model,
-                            choices=[],
-                            usage=_usage(event),
+            elif restarted:
+                raise _restarted(turn)
+            else:
+                yield chunk(Delta(), _finish_reason(event))
+                if include_usage:
+                    yield _data(
+                        dump(
+                            ChatCompletionChunk(
+                                id=f"chatcmpl-{turn.request_id}",
+                                created=turn.created_unix_s,
+                                model=turn.model,
+                                choices=[],
+                                usage=_usage(event),
+                            )
                         )
                     )
-                )
     except ApiError as exc:
         # OpenAI's way to fail a stream that has begun; its SDKs raise an APIError from it.
         yield _data(exc.openai_body())

@@ -6,7 +6,9 @@ the upgrade request or, where it cannot set headers (a browser), with a first fr
 
 - `{"type": "message", "message": "...", "chat_id"?, "bot_id"?, "max_tokens"?, "request_id"?,
   "no_cache"?, "temperature"?, "top_p"?, "stop"?, "seed"?}` (as in the REST API) starts a turn (a new chat without `chat_id`); the server sends `chat` (ids),
-  `chunk`s (`text`) and `done` (`answer`, as in the REST API), or `error`;
+  `chunk`s (`text`) and `done` (`answer`, as in the REST API: its `content` is the stored
+  answer), or `error`; `reset` says the chunks so far are void and those that follow start the
+  answer over (its worker stopped and another generated it again differently);
 - `{"type": "stop"}` stops the turn being generated: its `done` follows with the text so far
   and `finish_reason: "cancelled"` (that text is also what the chat stores);
 - `{"type": "ping"}` is answered with `pong`.
@@ -31,7 +33,9 @@ from parley_common.ids import is_id
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Parts, admit
 from parley_gateway.errors import ApiError
-from parley_gateway.turns import Sampling, TextChunk, Turn
+from parley_gateway.limits import MAX_JSON_DEPTH, json_too_deep
+from parley_gateway.relay import RESET_MESSAGE
+from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 
 router = APIRouter(tags=["chats"])
 
@@ -94,6 +98,10 @@ async def _receive(websocket: WebSocket) -> dict[str, Any] | ApiError:
     text = message.get("text")
     if text is None:
         return ApiError(422, "invalid_request", "frames are JSON text; binary frames are not read")
+    if json_too_deep(text.encode()):
+        return ApiError(
+            400, "invalid_json", f"the frame's JSON is nested deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
         frame = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -176,6 +184,10 @@ async def _relay(socket: _Socket, turn: Turn) -> None:
                     await socket.send(
                         {"type": "chunk", "request_id": turn.request_id, "text": event.text}
                     )
+            elif isinstance(event, Reset):
+                await socket.send(
+                    {"type": "reset", "request_id": turn.request_id, "message": RESET_MESSAGE}
+                )
             else:
                 await socket.send(
                     {

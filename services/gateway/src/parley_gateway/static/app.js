@@ -349,6 +349,9 @@
     } else if (frame.type === "chunk" && turn && frame.request_id === turn.requestId) {
       turn.text += frame.text;
       renderSoon();
+    } else if (frame.type === "reset" && turn && frame.request_id === turn.requestId) {
+      turn.text = "";
+      renderSoon();
     } else if (frame.type === "done" && turn && frame.request_id === turn.requestId) {
       showAnswer(turn.bubble, frame.answer.content, frame.answer.finish_reason);
       findAnswerId(turn.bubble, turn.chatId, turn.requestId);

@@ -94,7 +94,8 @@ class EngineSettings:
     ``vllm_kv_cache_memory_bytes`` sizes vLLM's KV cache directly instead of by
     ``vllm_gpu_memory_utilization`` (on vLLM's CPU backend that fraction is of the machine's RAM,
     and is refused when that much is not free). ``vllm_enforce_eager`` skips CUDA graph capture
-    and compilation: a faster start, slower steps.
+    and compilation: a faster start, slower steps. ``fake_fail_on``: the fake engine fails every
+    generation whose last message contains this text (tests of failure handling; "": never).
     """
 
     engine: str
@@ -105,6 +106,7 @@ class EngineSettings:
     fake_ttft_s: float = 0.0
     fake_tokens_per_s: float = 0.0
     fake_token: str = " tok"
+    fake_fail_on: str = ""
     vllm_gpu_memory_utilization: float = 0.9
     vllm_max_model_len: int | None = None
     vllm_kv_cache_memory_bytes: int | None = None

@@ -2,7 +2,8 @@
 
 It emits ``fake_token`` ``max_tokens`` times, after ``fake_ttft_s`` and at ``fake_tokens_per_s``
 (0: as fast as possible, with no sleep at all). Token counts are estimates: four characters a
-token plus four tokens of chat-template overhead a message, like a typical BPE chat model.
+token plus four tokens of chat-template overhead a message, like a typical BPE chat model. A
+request whose last message contains ``fake_fail_on`` (when set) fails, as a broken engine would.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class FakeEngine:
             1 / settings.fake_tokens_per_s if settings.fake_tokens_per_s else 0.0
         )
         self._token = settings.fake_token
+        self._fail_on = settings.fake_fail_on
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._ready = False
 
@@ -61,6 +63,8 @@ class FakeEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if not self._ready:
             raise EngineNotReadyError("the fake engine is not started")
+        if self._fail_on and request.messages and self._fail_on in request.messages[-1].content:
+            raise RuntimeError(f"the fake engine fails on messages with {self._fail_on!r}")
         prompt_tokens = self.count_tokens(request.messages)
         sampling = request.sampling
         stops = StopStringFilter(sampling.stop)

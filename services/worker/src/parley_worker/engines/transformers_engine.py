@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from transformers import (
@@ -43,6 +43,7 @@ from parley_worker.engines.base import (
     StopStringFilter,
     TextDelta,
 )
+from parley_worker.engines.detokenizer import IncrementalDetokenizer
 
 __all__ = ["TransformersEngine"]
 
@@ -185,6 +186,7 @@ class _Generation(BaseStreamer):
     ``generate`` calls ``put`` on the generation thread, first with the prompt, then with each
     new token. Text is decoded incrementally (a token's text can depend on the next one, and a
     multi-byte character can span tokens), cut at stop strings, and posted to the event loop.
+    The generation's text is what was posted: the deltas add up to it exactly.
     """
 
     def __init__(
@@ -194,14 +196,11 @@ class _Generation(BaseStreamer):
         self.completion_tokens = 0
         self.ended_turn = False
         self._loop = loop
-        self._tokenizer = loaded.tokenizer
         self._eos_ids = loaded.eos_ids
         self._cancelled = threading.Event()
         self._stops = StopStringFilter(stops)
         self._prompt_seen = False
-        self._token_ids: list[int] = []
-        self._prefix_offset = 0
-        self._read_offset = 0
+        self._detokenizer = IncrementalDetokenizer(loaded.tokenizer)
         self._parts: list[str] = []
 
     @property
@@ -227,8 +226,7 @@ class _Generation(BaseStreamer):
             self.completion_tokens += 1
             if token_id in self._eos_ids:
                 self.ended_turn = True
-            self._token_ids.append(token_id)
-            self._emit(self._next_text())
+            self._emit(self._detokenizer.add(token_id))
 
     def end(self) -> None:
         """Nothing to do: ``finish`` is called once ``generate`` has returned."""
@@ -237,7 +235,7 @@ class _Generation(BaseStreamer):
         if self.cancelled:
             self._post(_Finished("cancelled", self.completion_tokens))
             return
-        self._emit(self._next_text(final=True))
+        self._emit(self._detokenizer.flush())
         if not self._stops.stopped:
             self._emit_safe(self._stops.flush())
         reason = "stop" if self._stops.stopped or self.ended_turn else "length"
@@ -245,20 +243,6 @@ class _Generation(BaseStreamer):
 
     def fail(self, error: BaseException) -> None:
         self._post(error)
-
-    def _next_text(self, *, final: bool = False) -> str:
-        # The sliding window of text-generation-inference: decode from one token before the
-        # new ones, and wait while the text ends in an incomplete character (U+FFFD).
-        ids = self._token_ids
-        before = self._decode(ids[self._prefix_offset : self._read_offset])
-        after = self._decode(ids[self._prefix_offset :])
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self._prefix_offset, self._read_offset = self._read_offset, len(ids)
-            return after[len(before) :]
-        return ""
-
-    def _decode(self, token_ids: list[int]) -> str:
-        return cast(str, self._tokenizer.decode(token_ids, skip_special_tokens=True))
 
     def _emit(self, text: str) -> None:
         if text and not self._stops.stopped:
