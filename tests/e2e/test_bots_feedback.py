@@ -320,3 +320,36 @@ def test_a_message_longer_than_the_models_window_is_refused_with_its_size(
     assert message.startswith("content: message is ")
     assert f"this model's window allows {window_left} " in message
     assert grace.get("/chats").json()["chats"] == []  # nothing stored
+
+
+def test_changing_a_profiles_prompt_drops_its_cached_answers(new_user: NewUser) -> None:
+    ivy = new_user("ivy")
+    bot = ivy.post("/bots", json={"name": "Chef", "system_prompt": "You are a chef."})
+    assert bot.status_code == 201, bot.text
+    bot_id = bot.json()["bot_id"]
+    question = {"message": "How long do I roast a chicken?", "bot_id": bot_id, "max_tokens": 8}
+
+    def ask() -> dict[str, Any]:
+        asked = ivy.post("/chat", json=question)
+        assert asked.status_code == 200, asked.text
+        answer: dict[str, Any] = asked.json()["answer"]
+        return answer
+
+    first = ask()
+    assert not first["cached"]
+
+    # The answer is stored in the cache off the hot path, from the results topic.
+    def cached() -> dict[str, Any] | None:
+        answer = ask()
+        return answer if answer["cached"] else None
+
+    hit = eventually(cached, timeout=60, what="a cache hit")
+    assert hit["content"] == first["content"]
+
+    renamed = ivy.patch(f"/bots/{bot_id}", json={"name": "Head chef"})
+    assert renamed.status_code == 200, renamed.text
+    assert ask()["cached"], "a new name changes no answer"
+
+    changed = ivy.patch(f"/bots/{bot_id}", json={"system_prompt": "You are a pastry chef."})
+    assert changed.status_code == 200, changed.text
+    assert not ask()["cached"], "an answer to the old prompt was reused"
