@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bench import connections, overhead, streaming, throughput
+from bench import cache_cpu, connections, overhead, streaming, throughput
 from bench._harness import REPO, RESULTS, Bench, machine
 
 BENCHMARKS: dict[str, Callable[..., Coroutine[Any, Any, str]]] = {
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, Callable[..., Coroutine[Any, Any, str]]] = {
     "throughput": throughput.run,
     "streaming": streaming.run,
     "connections": connections.run,
+    "cache_cpu": cache_cpu.run,
 }
 
 

@@ -599,6 +599,7 @@ def test_services_get_their_runtime_configuration(helm: Helm) -> None:
             "GRPC_PORT",
             "METRICS_PORT",
             "QDRANT_ADDR",
+            "QDRANT_GRPC_ADDR",
             "QDRANT_API_KEY",
             "EMBEDDING_MODEL",
             "CACHE_SIMILARITY_THRESHOLD",
@@ -634,6 +635,8 @@ def test_services_get_their_runtime_configuration(helm: Helm) -> None:
     assert envs["session"]["MODEL_NAME"] == envs["worker"]["MODEL_NAME"]
     assert len({envs[c]["KAFKA_ADDR"] for c in SERVICES}) == 1
     assert envs["cache"]["QDRANT_ADDR"] == "qdrant.example.internal:6333"
+    # Lookups and stores go over Qdrant's gRPC API: the same host, its gRPC port.
+    assert envs["cache"]["QDRANT_GRPC_ADDR"] == "qdrant.example.internal:6334"
     assert (envs["cache"]["CACHE_SIMILARITY_THRESHOLD"], envs["cache"]["CACHE_TTL_SECONDS"]) == (
         "0.85",
         "604800",
@@ -669,6 +672,7 @@ def test_dev_runs_its_dependencies_in_the_cluster(helm: Helm) -> None:
     kafka_addr = _env(manifests, "worker")["KAFKA_ADDR"]
     assert kafka_addr == f"parley-kafka.{NAMESPACE}.svc:9092"
     assert _env(manifests, "cache")["QDRANT_ADDR"] == "parley-qdrant:6333"
+    assert _env(manifests, "cache")["QDRANT_GRPC_ADDR"] == "parley-qdrant:6334"
     secret = _by_name(manifests, "Secret", "parley-dev-credentials")
     assert secret is not None
     assert secret["stringData"]["mongodb-uri"].startswith(
@@ -698,6 +702,10 @@ def test_prod_uses_external_services_and_existing_secrets(helm: Helm) -> None:
     assert worker_policy is not None
     egress_ports = {p["port"] for rule in worker_policy["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 9092, 4317}, "workers reach DNS, Kafka and the trace collector only"
+    cache_policy = _by_name(manifests, "NetworkPolicy", "parley-cache")
+    assert cache_policy is not None
+    cache_ports = {p["port"] for rule in cache_policy["spec"]["egress"] for p in rule["ports"]}
+    assert {6333, 6334} <= cache_ports, "the cache reaches Qdrant's HTTP and gRPC APIs"
 
 
 def test_gpu_workers_request_gpus_and_scale_on_kafka_lag(helm: Helm) -> None:

@@ -30,6 +30,7 @@ TOKENIZER_PATH: {{ . | quote }}
 GRPC_PORT: {{ $v.cache.grpcPort | quote }}
 METRICS_PORT: {{ $v.cache.metricsPort | quote }}
 QDRANT_ADDR: {{ include "parley.qdrant.addr" . | quote }}
+QDRANT_GRPC_ADDR: {{ include "parley.qdrant.grpcAddr" . | quote }}
 {{- with $v.cache.embeddingModel }}
 EMBEDDING_MODEL: {{ . | quote }}
 {{- end }}

@@ -74,6 +74,17 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end -}}
 {{- end -}}
 
+{{/* Qdrant's gRPC API (the cache's lookups and stores): qdrant.grpcAddr, or addr's host on 6334. */}}
+{{- define "parley.qdrant.grpcAddr" -}}
+{{- if .Values.dev.inCluster.enabled -}}
+{{- printf "%s:6334" (include "parley.componentName" (dict "root" . "component" "qdrant")) -}}
+{{- else if .Values.qdrant.grpcAddr -}}
+{{- .Values.qdrant.grpcAddr -}}
+{{- else -}}
+{{- printf "%s:6334" (include "parley.qdrant.addr" . | splitList ":" | first) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "parley.session.addr" -}}
 {{- printf "%s:%v" (include "parley.componentName" (dict "root" . "component" "session")) .Values.session.grpcPort -}}
 {{- end -}}

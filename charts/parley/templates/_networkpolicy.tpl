@@ -43,7 +43,8 @@
 {{- end -}}
 
 {{- define "parley.np.qdrant" -}}
-{{- $ports := include "parley.portsOf" (include "parley.qdrant.addr" .) | fromYamlArray -}}
+{{- $addrs := printf "%s,%s" (include "parley.qdrant.addr" .) (include "parley.qdrant.grpcAddr" .) -}}
+{{- $ports := include "parley.portsOf" $addrs | fromYamlArray -}}
 {{- include "parley.np.dependency" (dict "root" . "dep" "qdrant" "ports" $ports "devPorts" (list 6333 6334)) -}}
 {{- end -}}
 

@@ -68,7 +68,7 @@ def test_addresses_point_at_listening_servers(stack: LocalStack) -> None:
     addresses = stack.addresses
     env = addresses.as_env()
 
-    assert set(env) == {"MONGODB_URI", "KAFKA_ADDR", "QDRANT_ADDR"}
+    assert set(env) == {"MONGODB_URI", "KAFKA_ADDR", "QDRANT_ADDR", "QDRANT_GRPC_ADDR"}
     assert env["MONGODB_URI"] == f"mongodb://127.0.0.1:{stack.mongo.port}/?replicaSet=rs0"
     for address in (addresses.kafka_addr, addresses.qdrant_addr, addresses.qdrant_grpc_addr):
         assert address.startswith("127.0.0.1:")

@@ -18,6 +18,7 @@ from qdrant_client import AsyncQdrantClient
 from parley.v1 import cache_pb2, cache_pb2_grpc, envelopes_pb2, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
+from parley_cache.qdrant_grpc import PointsClient, connect
 from parley_cache.results import ResultIndexer
 from parley_cache.server import CacheServicer
 from parley_cache.store import CacheStore
@@ -58,17 +59,26 @@ class CacheService:
     def __init__(
         self, stack: LocalStack, embedder: Embedder, clock: Clock, **overrides: Any
     ) -> None:
-        self.settings = Settings(qdrant_addr=stack.addresses.qdrant_addr, **overrides)
+        self.settings = Settings(
+            **{
+                "qdrant_addr": stack.addresses.qdrant_addr,
+                "qdrant_grpc_addr": stack.addresses.qdrant_grpc_addr,
+                **overrides,
+            }
+        )
         self.embedder = embedder
         self.clock = clock
         host, _, port = self.settings.qdrant_addr.rpartition(":")
         self.client = AsyncQdrantClient(host=host, port=int(port), https=False, timeout=10)
+        # Searches and upserts over gRPC, as the service makes them.
+        self.qdrant_channel = connect(self.settings.qdrant_grpc_target)
         self.store = CacheStore(
             self.client,
             embedding_model=embedder.model_id,
             dimension=embedder.dimension,
             collection=f"test_cache_{uuid.uuid4().hex[:12]}",
             clock=clock,
+            points=PointsClient(self.qdrant_channel, timeout_s=10),
         )
         self.indexer = ResultIndexer(
             self.store, embedder, default_ttl_s=self.settings.cache_ttl_seconds
@@ -89,6 +99,7 @@ class CacheService:
         await self.server.stop(grace_s=1)
         if self.channel is not None:
             await self.channel.close()
+        await self.qdrant_channel.close()
         try:
             await self.client.delete_collection(self.store.collection)
         finally:
@@ -158,6 +169,14 @@ async def embedder() -> AsyncIterator[Embedder]:
         yield embedder
 
 
+@pytest.fixture(scope="session")
+async def forgetful_embedder() -> AsyncIterator[Embedder]:
+    """Without the vectors of recent texts: a text asked again is embedded again (the tests of
+    batching compare a text embedded alone with the same text embedded in a batch)."""
+    async with Embedder(max_wait_ms=10.0, memo_size=0) as embedder:
+        yield embedder
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -167,10 +186,11 @@ def clock() -> Clock:
 async def make_cache(
     local_stack: LocalStack, embedder: Embedder, clock: Clock
 ) -> AsyncIterator[CacheFactory]:
-    """Start in-process cache services: `await make_cache(CACHE_SETTING=value)`."""
+    """Start in-process cache services: `await make_cache(CACHE_SETTING=value)`, with another
+    embedder: `await make_cache(embedder=...)`."""
     started: list[CacheService] = []
 
-    async def make(**overrides: Any) -> CacheService:
+    async def make(*, embedder: Embedder = embedder, **overrides: Any) -> CacheService:
         service = CacheService(local_stack, embedder, clock, **overrides)
         started.append(service)
         await service.start()

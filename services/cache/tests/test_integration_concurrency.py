@@ -11,7 +11,8 @@ import pytest
 from parley.v1 import types_pb2
 
 if TYPE_CHECKING:
-    from conftest import CacheService
+    from conftest import CacheFactory, CacheService
+    from parley_cache.embedder import Embedder
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,14 @@ LOOKUPS = [
 ]
 
 
-async def test_32_concurrent_lookups_match_single_lookups(cache: CacheService) -> None:
+@pytest.fixture
+async def forgetful_cache(make_cache: CacheFactory, forgetful_embedder: Embedder) -> CacheService:
+    return await make_cache(embedder=forgetful_embedder)
+
+
+async def test_32_concurrent_lookups_match_single_lookups(forgetful_cache: CacheService) -> None:
+    # An embedder that keeps no vectors: the concurrent lookups embed their texts again, together.
+    cache = forgetful_cache
     for question, answer in STORED.items():
         await cache.ask("alice", question, answer=answer)
     # 32 lookups: every question for its owner (a mix of hits and misses), and for another user.
@@ -76,16 +84,33 @@ async def test_32_concurrent_lookups_match_single_lookups(cache: CacheService) -
 
 
 async def test_concurrent_semantic_lookups_embed_question_and_context_together(
-    cache: CacheService,
+    forgetful_cache: CacheService,
 ) -> None:
+    cache = forgetful_cache
     semantic = {"context_mode": types_pb2.CACHE_CONTEXT_MODE_SEMANTIC}
-    turns = ("I write Rust.", "Great, Rust is a fine choice!")
-    await cache.ask("alice", *turns, "How do I read a file?", answer="std::fs", **semantic)
+    languages = ("Rust", "Go", "Java", "Python", "Ruby", "Haskell", "Kotlin", "Swift")
+    chats = [
+        (f"I write {language}.", f"Great, {language} is a fine choice!", question)
+        for language, question in zip(
+            languages,
+            (
+                "How do I read a file?",
+                "How do I start a web server?",
+                "How do I parse JSON?",
+                "How do I sort a list?",
+                "How do I open a socket?",
+                "How do I write a test?",
+                "How do I format a date?",
+                "How do I call a REST API?",
+            ),
+            strict=True,
+        )
+    ]
+    for index, chat in enumerate(chats):
+        await cache.ask("alice", *chat, answer=f"answer {index}", **semantic)
     before = cache.embedder.stats
-    found = await asyncio.gather(
-        *(cache.lookup("alice", *turns, "How do I read a file?", **semantic) for _ in range(8))
-    )
-    assert all(r.hit and r.answer == "std::fs" for r in found)
+    found = await asyncio.gather(*(cache.lookup("alice", *chat, **semantic) for chat in chats))
     after = cache.embedder.stats
+    assert [(r.hit, r.answer) for r in found] == [(True, f"answer {i}") for i in range(8)]
     assert after.texts - before.texts == 16  # a question and a context each
     assert after.batches - before.batches <= 4

@@ -4,7 +4,7 @@
 from parley_devstack import LocalStack
 
 with LocalStack() as stack:                # installs what is missing, starts, waits for health
-    env = stack.addresses.as_env()         # MONGODB_URI, KAFKA_ADDR, QDRANT_ADDR
+    env = stack.addresses.as_env()         # MONGODB_URI, KAFKA_ADDR, QDRANT_(GRPC_)ADDR
 ```
 
 The same code backs the test fixtures (`parley_devstack.pytest_plugin`) and `make run`

@@ -38,11 +38,13 @@ class StackAddresses:
     qdrant_grpc_addr: str
 
     def as_env(self) -> dict[str, str]:
-        """The environment variables the services read: MONGODB_URI, KAFKA_ADDR, QDRANT_ADDR."""
+        """The environment variables the services read: MONGODB_URI, KAFKA_ADDR, QDRANT_ADDR and
+        QDRANT_GRPC_ADDR."""
         return {
             "MONGODB_URI": self.mongodb_uri,
             "KAFKA_ADDR": self.kafka_addr,
             "QDRANT_ADDR": self.qdrant_addr,
+            "QDRANT_GRPC_ADDR": self.qdrant_grpc_addr,
         }
 
     def env_lines(self) -> str:

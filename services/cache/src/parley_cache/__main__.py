@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+import grpc
 from prometheus_client import REGISTRY
 from qdrant_client import AsyncQdrantClient
 
@@ -14,12 +15,13 @@ from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
 from parley_cache.maintenance import Maintenance
 from parley_cache.metrics import LOOKUP, CacheMetrics
+from parley_cache.qdrant_grpc import PointsClient, connect
 from parley_cache.results import ResultIndexer
 from parley_cache.server import CacheServicer
 from parley_cache.store import CacheStore
 from parley_common.grpc_server import GrpcServer
 from parley_common.grpc_telemetry import ServerTelemetry
-from parley_common.kafka import ResultsConsumer, Topics, ensure_topics, make_producer
+from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
 from parley_common.telemetry import setup_tracing
@@ -28,17 +30,44 @@ log = logging.getLogger("parley_cache")
 
 
 async def serve(settings: Settings) -> None:
-    embedder = Embedder(settings.embedding_model or None, device=settings.embedding_device)
+    import torch
+
+    # Concurrent lookups share model calls (the embedder's micro-batches) instead: more
+    # intra-op threads than that only spin, on the cores the event loop needs.
+    torch.set_num_threads(settings.embedding_threads)
+    embedder = Embedder(
+        settings.embedding_model or None,
+        device=settings.embedding_device,
+        precision=settings.embedding_precision,
+        memo_size=settings.embedding_memo_size,
+    )
     host, _, port = settings.qdrant_addr.rpartition(":")
+    api_key = settings.qdrant_api_key.get_secret_value()
     client = AsyncQdrantClient(
         host=host or "127.0.0.1",
         port=int(port),
-        api_key=settings.qdrant_api_key.get_secret_value() or None,
+        api_key=api_key or None,
         https=False,
         timeout=5,
     )
-    store = CacheStore(client, embedding_model=embedder.model_id, dimension=embedder.dimension)
+    channel = connect(settings.qdrant_grpc_target)
+    points = PointsClient(channel, api_key=api_key, timeout_s=5)
+    store = CacheStore(
+        client, embedding_model=embedder.model_id, dimension=embedder.dimension, points=points
+    )
     await store.ensure_collection()
+    try:
+        await points.check()
+    except grpc.aio.AioRpcError as exc:
+        # Else every lookup would quietly be a miss and no answer would ever be stored.
+        log.critical(
+            f"Qdrant's gRPC API is not reachable at {settings.qdrant_grpc_target}: set "
+            "QDRANT_GRPC_ADDR to its host:port (Qdrant's gRPC port, 6334 by default)",
+            extra={"code": exc.code().name, "error": exc.details()},
+        )
+        await channel.close()
+        await client.close()
+        raise SystemExit(1) from None
     metrics = CacheMetrics(REGISTRY)
     server = GrpcServer(
         port=settings.grpc_port,
@@ -47,7 +76,7 @@ async def serve(settings: Settings) -> None:
     cache_pb2_grpc.add_CacheServiceServicer_to_server(
         CacheServicer(store, embedder, settings), server.server
     )
-    topics = Topics()
+    topics = settings.topics()
     await ensure_topics(settings.kafka_addr, [topics.results, topics.dead_letters])
     producer = make_producer(
         settings.kafka_addr, client_id="parley-cache", kafka_metrics=metrics.kafka
@@ -71,7 +100,13 @@ async def serve(settings: Settings) -> None:
         )
     )
     log.info(
-        "cache service ready", extra={"grpc_port": server.port, "collection": store.collection}
+        "cache service ready",
+        extra={
+            "grpc_port": server.port,
+            "collection": store.collection,
+            "qdrant_grpc": settings.qdrant_grpc_target,
+            "embedding_precision": embedder.precision,
+        },
     )
 
     stop = asyncio.Event()
@@ -86,6 +121,7 @@ async def serve(settings: Settings) -> None:
     await producer.stop()
     await probes.stop()
     await embedder.aclose()
+    await channel.close()
     await client.close()
 
 

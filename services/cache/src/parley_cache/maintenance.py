@@ -10,9 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-
-from parley_cache.store import CacheStore
+from parley_cache.store import STORE_ERRORS, CacheStore
 
 __all__ = ["Maintenance", "MaintenanceReport"]
 
@@ -47,7 +45,7 @@ class Maintenance:
         while True:
             try:
                 await self.run_once()
-            except (ResponseHandlingException, UnexpectedResponse) as exc:
+            except STORE_ERRORS as exc:
                 log.warning(
                     "cache maintenance skipped: qdrant unavailable", extra={"error": repr(exc)}
                 )

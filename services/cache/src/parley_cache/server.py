@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 
 import grpc
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from parley.v1 import cache_pb2, cache_pb2_grpc, types_pb2
 from parley_cache.config import Settings
@@ -17,7 +16,7 @@ from parley_cache.embedder import Embedder
 from parley_cache.guard import MatchPolicy, judge, select_hit
 from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Role, Turn
 from parley_cache.privacy import find_personal_data, is_shared_scope, user_scope
-from parley_cache.store import CacheStore
+from parley_cache.store import STORE_ERRORS, CacheStore
 
 __all__ = ["CacheServicer", "scope_key"]
 
@@ -87,10 +86,14 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         mode = _CONTEXT_MODES.get(request.context_mode, self._settings.cache_context_mode)
         policy = self._policies[mode]
         embed_context = mode is ContextMode.SEMANTIC and key.has_context
-        texts = [key.question_text, key.context_text] if embed_context else [key.question_text]
-        vectors = await asyncio.gather(*(self._embedder.embed(text) for text in texts))
-        vector = vectors[0]
-        context_vector = vectors[1] if embed_context else None
+        context_vector: list[float] | None = None
+        if embed_context:
+            # Both in the same batch: one hand-off to the model thread for the two.
+            vector, context_vector = await asyncio.gather(
+                self._embedder.embed(key.question_text), self._embedder.embed(key.context_text)
+            )
+        else:
+            vector = await self._embedder.embed(key.question_text)
         response = cache_pb2.LookupResponse(hit=False)
         response.key.scope_key = scope
         response.key.embedding_model = self._embedder.model_id
@@ -115,7 +118,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 mode=mode,
                 context_vector=context_vector,
             )
-        except (ResponseHandlingException, UnexpectedResponse) as exc:
+        except STORE_ERRORS as exc:
             log.warning("qdrant unavailable; answering a miss", extra={"error": repr(exc)})
             return response
         if not candidates:
@@ -149,7 +152,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             deleted = await self._store.invalidate(
                 bot_id=request.bot_id.strip(), model=request.model.strip()
             )
-        except (ResponseHandlingException, UnexpectedResponse) as exc:
+        except STORE_ERRORS as exc:
             log.warning("qdrant unavailable; nothing invalidated", extra={"error": repr(exc)})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cache store is unavailable")
             raise
@@ -180,7 +183,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 request_id=request.request_id,
                 entry_id=request.entry_id,
             )
-        except (ResponseHandlingException, UnexpectedResponse) as exc:
+        except STORE_ERRORS as exc:
             log.warning("qdrant unavailable; nothing evicted", extra={"error": repr(exc)})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the cache store is unavailable")
             raise

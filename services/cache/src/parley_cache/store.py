@@ -18,6 +18,11 @@ Layout of a collection (``collection_name(model)``), chosen for how the cache is
 - ``scope_key`` is a keyword index marked ``is_tenant``, so that Qdrant stores each scope's points
   together; the other filtered fields have keyword, integer or bool indexes, ``created_at`` and
   ``expires_at`` with range support for the periodic purge and trimming.
+
+Transport: given a :class:`~parley_cache.qdrant_grpc.PointsClient`, searches and upserts (the
+calls every lookup and every stored answer make) go over Qdrant's gRPC API; everything else, and
+both of those without one, over qdrant-client's HTTP API. Both build their filters from the same
+:class:`_Conditions`, so the two transports find the same entries.
 """
 
 from __future__ import annotations
@@ -32,14 +37,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import grpc
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client import grpc as qgrpc
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from parley_cache.keying import KEY_VERSION, CacheKey, ContextMode
+from parley_cache.qdrant_grpc import PointsClient, from_payload, to_payload
 
 __all__ = [
     "CONTEXT_VECTOR",
     "QUESTION_VECTOR",
+    "STORE_ERRORS",
     "CacheStore",
     "Candidate",
     "NewEntry",
@@ -72,6 +81,19 @@ _INDEXES: Final[tuple[tuple[str, models.PayloadSchemaType | models.PayloadSchema
     ("expires_at", models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, range=True)),
     ("complete", models.PayloadSchemaType.BOOL),
     ("max_tokens", models.PayloadSchemaType.INTEGER),
+)
+
+
+# What a call to Qdrant raises when Qdrant is down, slow or refuses it, over either transport.
+STORE_ERRORS: Final[tuple[type[Exception], ...]] = (
+    ResponseHandlingException,
+    UnexpectedResponse,
+    grpc.aio.AioRpcError,
+)
+# What a search reads of an entry: its key (for the guard) and its answer, not the rest.
+_CANDIDATE_FIELDS: Final = ("bot_id", "model", "scope_fingerprint", "question", "context", "answer")
+_GRPC_CANDIDATE_PAYLOAD: Final = qgrpc.WithPayloadSelector(
+    include=qgrpc.PayloadIncludeSelector(fields=list(_CANDIDATE_FIELDS))
 )
 
 
@@ -112,6 +134,77 @@ def _match(field: str, value: str | int | bool) -> models.FieldCondition:
     return models.FieldCondition(key=field, match=models.MatchValue(value=value))
 
 
+@dataclass(frozen=True, slots=True)
+class _After:
+    """A range condition: the field's value is greater than ``value``."""
+
+    value: int
+
+
+_Value = str | int | bool | tuple[str, ...] | _After
+
+
+@dataclass(frozen=True, slots=True)
+class _Conditions:
+    """A search filter, rendered for either transport: every ``must`` and one ``should`` hold.
+    A value matches exactly; a tuple of strings matches any of them; ``_After`` is a range."""
+
+    must: tuple[tuple[str, _Value], ...]
+    should: tuple[tuple[str, _Value], ...]
+
+    def rest(self) -> models.Filter:
+        return models.Filter(
+            must=[self._rest(field, value) for field, value in self.must],
+            should=[self._rest(field, value) for field, value in self.should],
+        )
+
+    def grpc(self) -> qgrpc.Filter:
+        return qgrpc.Filter(
+            must=[self._grpc(field, value) for field, value in self.must],
+            should=[self._grpc(field, value) for field, value in self.should],
+        )
+
+    @staticmethod
+    def _rest(field: str, value: _Value) -> models.FieldCondition:
+        if isinstance(value, _After):
+            return models.FieldCondition(key=field, range=models.Range(gt=value.value))
+        if isinstance(value, tuple):
+            return models.FieldCondition(key=field, match=models.MatchAny(any=list(value)))
+        return _match(field, value)
+
+    @staticmethod
+    def _grpc(field: str, value: _Value) -> qgrpc.Condition:
+        if isinstance(value, _After):
+            condition = qgrpc.FieldCondition(key=field, range=qgrpc.Range(gt=value.value))
+        elif isinstance(value, tuple):
+            strings = qgrpc.RepeatedStrings(strings=list(value))
+            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(keywords=strings))
+        elif isinstance(value, bool):  # before int: True is an int too
+            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(boolean=value))
+        elif isinstance(value, int):
+            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(integer=value))
+        else:
+            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(keyword=value))
+        return qgrpc.Condition(field=condition)
+
+
+def _nearest(vector: Sequence[float]) -> qgrpc.Query:
+    return qgrpc.Query(nearest=qgrpc.VectorInput(dense=qgrpc.DenseVector(data=vector)))
+
+
+def _dense(vectors: qgrpc.VectorsOutput, name: str) -> Sequence[float]:
+    """The named dense vector of a search result; empty when it has none."""
+    if vectors.WhichOneof("vectors_options") != "vectors" or name not in vectors.vectors.vectors:
+        return ()
+    vector = vectors.vectors.vectors[name]
+    # Qdrant before 1.12 sends the values in the deprecated `data` field, not in `dense`.
+    return vector.dense.data if vector.WhichOneof("vector") == "dense" else vector.data
+
+
+def _point_id(point_id: qgrpc.PointId) -> str:
+    return point_id.uuid if point_id.WhichOneof("point_id_options") == "uuid" else str(point_id.num)
+
+
 def _dot(a: Sequence[float], b: Sequence[float]) -> float:
     return math.fsum(x * y for x, y in zip(a, b, strict=True))
 
@@ -119,6 +212,8 @@ def _dot(a: Sequence[float], b: Sequence[float]) -> float:
 class CacheStore:
     """The cache's entries in Qdrant.
 
+    ``points`` (Qdrant's gRPC API) carries searches and upserts; without it they go over
+    ``client``'s HTTP API like every other call.
     ``clock`` gives the time in seconds (``time.time``); entries expire against it.
     """
 
@@ -130,8 +225,10 @@ class CacheStore:
         dimension: int,
         collection: str | None = None,
         clock: Callable[[], float] = time.time,
+        points: PointsClient | None = None,
     ) -> None:
         self._client = client
+        self._points = points
         self.collection = collection or collection_name(embedding_model)
         self._dimension = dimension
         self._clock = clock
@@ -182,25 +279,22 @@ class CacheStore:
 
     def _filter(
         self, *, scopes: Sequence[str], key: CacheKey, max_tokens: int, mode: ContextMode
-    ) -> models.Filter:
+    ) -> _Conditions:
         context = (
-            _match("context_fingerprint", key.context_fingerprint)
+            ("context_fingerprint", key.context_fingerprint)
             if mode is ContextMode.EXACT
-            else _match("context_shape", key.context_shape)
+            else ("context_shape", key.context_shape)
         )
-        return models.Filter(
-            must=[
-                models.FieldCondition(key="scope_key", match=models.MatchAny(any=list(scopes))),
-                _match("key_version", KEY_VERSION),
-                _match("scope_fingerprint", key.scope_fingerprint),
+        return _Conditions(
+            must=(
+                ("scope_key", tuple(scopes)),
+                ("key_version", KEY_VERSION),
+                ("scope_fingerprint", key.scope_fingerprint),
                 context,
-                models.FieldCondition(key="expires_at", range=models.Range(gt=self._now())),
-            ],
+                ("expires_at", _After(self._now())),
+            ),
             # A complete answer serves any budget; one cut at max_tokens only the same budget.
-            should=[
-                _match("complete", True),
-                _match("max_tokens", max_tokens),
-            ],
+            should=(("complete", True), ("max_tokens", max_tokens)),
         )
 
     async def search(
@@ -222,9 +316,32 @@ class CacheStore:
         the same turn shape whose question passes the threshold are ranked by context instead,
         and each candidate carries both similarities.
         """
-        query_filter = self._filter(scopes=scopes, key=key, max_tokens=max_tokens, mode=mode)
-        if mode is ContextMode.SEMANTIC and key.has_context and context_vector is not None:
-            found = await self._client.query_points(
+        conditions = self._filter(scopes=scopes, key=key, max_tokens=max_tokens, mode=mode)
+        semantic = mode is ContextMode.SEMANTIC and key.has_context and context_vector is not None
+        if self._points is not None:
+            if semantic:
+                assert context_vector is not None
+                return await self._search_context_grpc(
+                    vector, context_vector, conditions, limit, score_threshold
+                )
+            found = await self._points.query(
+                qgrpc.QueryPoints(
+                    collection_name=self.collection,
+                    query=_nearest(vector),
+                    using=QUESTION_VECTOR,
+                    filter=conditions.grpc(),
+                    score_threshold=score_threshold,
+                    limit=limit,
+                    with_payload=_GRPC_CANDIDATE_PAYLOAD,
+                ),
+            )
+            return [
+                self._candidate(_point_id(p.id), from_payload(p.payload), score=p.score)
+                for p in found.result
+            ]
+        query_filter = conditions.rest()
+        if semantic:
+            found_rest = await self._client.query_points(
                 self.collection,
                 prefetch=models.Prefetch(
                     query=vector,
@@ -240,18 +357,21 @@ class CacheStore:
                 with_vectors=[QUESTION_VECTOR],
             )
             out = []
-            for point in found.points:
+            for point in found_rest.points:
                 stored = point.vector
                 question = stored.get(QUESTION_VECTOR) if isinstance(stored, dict) else None
                 if not isinstance(question, list) or not question or isinstance(question[0], list):
                     continue
                 out.append(
                     self._candidate(
-                        point, score=_dot(vector, question), context_score=float(point.score)
+                        str(point.id),
+                        point.payload or {},
+                        score=_dot(vector, question),
+                        context_score=float(point.score),
                     )
                 )
             return sorted(out, key=lambda c: c.score, reverse=True)
-        found = await self._client.query_points(
+        found_rest = await self._client.query_points(
             self.collection,
             query=vector,
             using=QUESTION_VECTOR,
@@ -260,15 +380,66 @@ class CacheStore:
             limit=limit,
             with_payload=True,
         )
-        return [self._candidate(point, score=float(point.score)) for point in found.points]
+        return [
+            self._candidate(str(point.id), point.payload or {}, score=float(point.score))
+            for point in found_rest.points
+        ]
+
+    async def _search_context_grpc(
+        self,
+        vector: list[float],
+        context_vector: list[float],
+        conditions: _Conditions,
+        limit: int,
+        score_threshold: float,
+    ) -> list[Candidate]:
+        assert self._points is not None
+        found = await self._points.query(
+            qgrpc.QueryPoints(
+                collection_name=self.collection,
+                prefetch=[
+                    qgrpc.PrefetchQuery(
+                        query=_nearest(vector),
+                        using=QUESTION_VECTOR,
+                        filter=conditions.grpc(),
+                        score_threshold=score_threshold,
+                        limit=limit * _SEMANTIC_PREFETCH_FACTOR,
+                    )
+                ],
+                query=_nearest(context_vector),
+                using=CONTEXT_VECTOR,
+                limit=limit,
+                with_payload=_GRPC_CANDIDATE_PAYLOAD,
+                with_vectors=qgrpc.WithVectorsSelector(
+                    include=qgrpc.VectorsSelector(names=[QUESTION_VECTOR])
+                ),
+            ),
+        )
+        out = []
+        for point in found.result:
+            question = _dense(point.vectors, QUESTION_VECTOR)
+            if len(question) != len(vector):
+                continue
+            out.append(
+                self._candidate(
+                    _point_id(point.id),
+                    from_payload(point.payload),
+                    score=_dot(vector, question),
+                    context_score=float(point.score),
+                )
+            )
+        return sorted(out, key=lambda c: c.score, reverse=True)
 
     @staticmethod
     def _candidate(
-        point: models.ScoredPoint, *, score: float, context_score: float | None = None
+        entry_id: str,
+        payload: dict[str, Any],
+        *,
+        score: float,
+        context_score: float | None = None,
     ) -> Candidate:
-        payload: dict[str, Any] = point.payload or {}
         return Candidate(
-            entry_id=str(point.id),
+            entry_id=entry_id,
             key=CacheKey.from_payload(payload),
             answer=str(payload.get("answer", "")),
             score=score,
@@ -333,24 +504,59 @@ class CacheStore:
         if not entries:
             return []
         now = self._now()
-        points = []
-        for entry in entries:
-            payload = {
-                **entry.key.payload(),
-                "scope_key": entry.scope_key,
-                "answer": entry.answer,
-                "request_id": entry.request_id,
-                "created_at": now,
-                "expires_at": now + entry.ttl_s,
-                "complete": entry.complete,
-                "max_tokens": entry.max_tokens,
-            }
-            vectors: dict[str, list[float]] = {QUESTION_VECTOR: entry.vector}
-            if entry.context_vector and entry.key.has_context:
-                vectors[CONTEXT_VECTOR] = entry.context_vector
-            points.append(models.PointStruct(id=entry.entry_id, vector=vectors, payload=payload))
-        await self._client.upsert(self.collection, points=points, wait=wait)
+        if self._points is not None:
+            await self._points.upsert(
+                qgrpc.UpsertPoints(
+                    collection_name=self.collection,
+                    wait=wait,
+                    points=[
+                        qgrpc.PointStruct(
+                            id=qgrpc.PointId(uuid=entry.entry_id),
+                            vectors=qgrpc.Vectors(
+                                vectors=qgrpc.NamedVectors(
+                                    vectors={
+                                        name: qgrpc.Vector(dense=qgrpc.DenseVector(data=vector))
+                                        for name, vector in self._vectors(entry).items()
+                                    }
+                                )
+                            ),
+                            payload=to_payload(self._payload(entry, now)),
+                        )
+                        for entry in entries
+                    ],
+                ),
+            )
+        else:
+            points = [
+                models.PointStruct(
+                    id=entry.entry_id,
+                    vector=dict(self._vectors(entry)),
+                    payload=self._payload(entry, now),
+                )
+                for entry in entries
+            ]
+            await self._client.upsert(self.collection, points=points, wait=wait)
         return [entry.entry_id for entry in entries]
+
+    @staticmethod
+    def _payload(entry: NewEntry, now: int) -> dict[str, object]:
+        return {
+            **entry.key.payload(),
+            "scope_key": entry.scope_key,
+            "answer": entry.answer,
+            "request_id": entry.request_id,
+            "created_at": now,
+            "expires_at": now + entry.ttl_s,
+            "complete": entry.complete,
+            "max_tokens": entry.max_tokens,
+        }
+
+    @staticmethod
+    def _vectors(entry: NewEntry) -> dict[str, list[float]]:
+        vectors = {QUESTION_VECTOR: entry.vector}
+        if entry.context_vector and entry.key.has_context:
+            vectors[CONTEXT_VECTOR] = entry.context_vector
+        return vectors
 
     async def count(self) -> int:
         """How many entries the collection holds (expired ones not yet purged included)."""
