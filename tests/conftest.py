@@ -54,8 +54,8 @@ def new_user(admin: httpx.Client, platform: Platform) -> Iterator[Callable[..., 
     """Creates a user with an API key; returns a client that speaks as that user."""
     clients: list[httpx.Client] = []
 
-    def make(name: str = "tester") -> httpx.Client:
-        user = admin.post("/admin/users", json={"name": name})
+    def make(name: str = "tester", tenant_id: str = "") -> httpx.Client:
+        user = admin.post("/admin/users", json={"name": name, "tenant_id": tenant_id})
         assert user.status_code == 201, user.text
         key = admin.post(f"/admin/users/{user.json()['user_id']}/keys", json={"name": "test"})
         assert key.status_code == 201, key.text

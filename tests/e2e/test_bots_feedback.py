@@ -358,3 +358,57 @@ def test_changing_a_profiles_prompt_drops_its_cached_answers(new_user: NewUser) 
     changed = ivy.patch(f"/bots/{bot_id}", json={"system_prompt": "You are a pastry chef."})
     assert changed.status_code == 200, changed.text
     assert not ask()["cached"], "an answer to the old prompt was reused"
+
+
+def test_thumbs_down_on_a_shared_answer_hides_it_from_that_user_only(
+    admin: httpx.Client, new_user: NewUser, platform: Platform
+) -> None:
+    created = admin.post(
+        "/bots",
+        json={
+            "name": "Station FAQ",
+            "system_prompt": "You answer travel FAQs.",
+            "cache_scope": "tenant",
+        },
+    )
+    assert created.status_code == 201, created.text
+    bot_id = created.json()["bot_id"]
+    uma, vic = new_user("uma", tenant_id="rail-co"), new_user("vic", tenant_id="rail-co")
+    question = {
+        "message": "Where does the night train to Vienna leave from?",
+        "bot_id": bot_id,
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    first = uma.post("/chat", json=question)
+    assert first.status_code == 200, first.text
+    assert first.json()["answer"]["cached"] is False
+    scroll = (
+        f"http://{platform.cache.env['QDRANT_ADDR']}"
+        "/collections/parley_cache_all_minilm_l6_v2/points/scroll"
+    )
+    of_bot = {"filter": {"must": [{"key": "bot_id", "match": {"value": bot_id}}]}, "limit": 10}
+
+    def stored() -> list[dict[str, Any]] | None:
+        found = httpx.post(scroll, json=of_bot)
+        assert found.status_code == 200, found.text
+        points: list[dict[str, Any]] = found.json()["result"]["points"]
+        return points or None
+
+    # Uma's answer, shared in the tenant, before anyone asks again (a miss would add another).
+    assert len(eventually(stored, what="the shared cache entry")) == 1
+
+    hit = vic.post("/chat", json=question)
+    assert hit.status_code == 200, hit.text
+    assert hit.json()["answer"]["cached"] is True
+    served = _answers(vic, hit.json()["chat_id"])[0]
+    down = vic.post(
+        f"/chat/{hit.json()['chat_id']}/messages/{served['message_id']}/feedback",
+        json={"rating": "down"},
+    )
+    assert down.status_code == 200, down.text
+    assert down.json()["cache_evicted"] == 1
+
+    # Vic no longer gets the answer he rejected; Uma, who did not reject it, still does.
+    assert vic.post("/chat", json=question).json()["answer"]["cached"] is False
+    assert uma.post("/chat", json=question).json()["answer"]["cached"] is True

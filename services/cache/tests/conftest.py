@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -54,10 +54,17 @@ def conversation(*turns: str, system: str = SYSTEM_PROMPT) -> list[types_pb2.Cha
 
 class CacheService:
     """One cache service in this process: a store on its own collection, the servicer on a gRPC
-    server, a client stub and the results indexer."""
+    server, a client stub and the results indexer. ``transport="http"``: the store searches and
+    upserts over Qdrant's HTTP API (its fallback) instead of gRPC."""
 
     def __init__(
-        self, stack: LocalStack, embedder: Embedder, clock: Clock, **overrides: Any
+        self,
+        stack: LocalStack,
+        embedder: Embedder,
+        clock: Clock,
+        *,
+        transport: Literal["grpc", "http"] = "grpc",
+        **overrides: Any,
     ) -> None:
         self.settings = Settings(
             **{
@@ -78,7 +85,7 @@ class CacheService:
             dimension=embedder.dimension,
             collection=f"test_cache_{uuid.uuid4().hex[:12]}",
             clock=clock,
-            points=PointsClient(self.qdrant_channel, timeout_s=10),
+            points=PointsClient(self.qdrant_channel, timeout_s=10) if transport == "grpc" else None,
         )
         self.indexer = ResultIndexer(
             self.store, embedder, default_ttl_s=self.settings.cache_ttl_seconds
@@ -186,12 +193,18 @@ def clock() -> Clock:
 async def make_cache(
     local_stack: LocalStack, embedder: Embedder, clock: Clock
 ) -> AsyncIterator[CacheFactory]:
-    """Start in-process cache services: `await make_cache(CACHE_SETTING=value)`, with another
-    embedder: `await make_cache(embedder=...)`."""
+    """Start in-process cache services: `await make_cache(cache_setting=value)`, with another
+    embedder: `await make_cache(embedder=...)`, over Qdrant's HTTP API only:
+    `await make_cache(transport="http")`."""
     started: list[CacheService] = []
 
-    async def make(*, embedder: Embedder = embedder, **overrides: Any) -> CacheService:
-        service = CacheService(local_stack, embedder, clock, **overrides)
+    async def make(
+        *,
+        embedder: Embedder = embedder,
+        transport: Literal["grpc", "http"] = "grpc",
+        **overrides: Any,
+    ) -> CacheService:
+        service = CacheService(local_stack, embedder, clock, transport=transport, **overrides)
         started.append(service)
         await service.start()
         return service

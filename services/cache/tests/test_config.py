@@ -32,3 +32,10 @@ def test_embedding_defaults_and_limits() -> None:
         Settings(embedding_precision="float16")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="embedding_threads"):
         Settings(embedding_threads=0)
+
+
+def test_a_shared_entry_is_deleted_after_three_distinct_rejections_unless_told() -> None:
+    assert Settings().cache_shared_evict_after == 3
+    assert Settings(cache_shared_evict_after=1).cache_shared_evict_after == 1
+    with pytest.raises(ValidationError, match="cache_shared_evict_after"):
+        Settings(cache_shared_evict_after=0)

@@ -14,7 +14,7 @@ from qdrant_client import models
 
 from parley.v1 import cache_pb2, types_pb2
 from parley_cache.maintenance import Maintenance, MaintenanceReport
-from parley_cache.store import CONTEXT_VECTOR, QUESTION_VECTOR, CacheStore
+from parley_cache.store import CONTEXT_VECTOR, QUESTION_VECTOR, CacheStore, Eviction
 
 if TYPE_CHECKING:
     from conftest import CacheFactory, CacheService, Clock
@@ -101,7 +101,8 @@ async def test_bypass_answers_a_miss_but_the_answer_is_still_stored(cache: Cache
     await cache.answer(fresh, ANSWER, user_id="alice")
     assert await cache.store.count() == 2
     # ... and served once the stale one is evicted.
-    assert await cache.store.evict(scope_key="user:alice", request_id=stale) == 1
+    evicted = await cache.store.evict(user_id="alice", request_id=stale, delete_shared_after=3)
+    assert evicted == Eviction(deleted=1, hidden=0, deleted_shared=0)
     again = await cache.lookup("alice", QUESTION)
     assert again.hit
     assert again.answer == ANSWER
@@ -185,7 +186,8 @@ async def test_the_collection_is_laid_out_for_filtered_lookups(cache: CacheServi
     schema = info.payload_schema
     assert schema["scope_key"].params is not None
     assert getattr(schema["scope_key"].params, "is_tenant", False) is True
-    for field in ("scope_fingerprint", "context_fingerprint", "context_shape", "request_id"):
+    keywords = ("scope_fingerprint", "context_fingerprint", "context_shape", "request_id")
+    for field in (*keywords, "rejected_by"):
         assert schema[field].data_type == models.PayloadSchemaType.KEYWORD
     for field in ("key_version", "created_at", "expires_at", "max_tokens"):
         assert schema[field].data_type == models.PayloadSchemaType.INTEGER

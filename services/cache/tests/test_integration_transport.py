@@ -105,11 +105,16 @@ async def test_grpc_and_http_find_the_same_entries(cache: CacheService) -> None:
     await http_store.put_many(over_http)
     cache.clock.advance(60)  # past the expiring entry's TTL
     ids = {e.answer.removeprefix("answer "): e.entry_id for e in over_grpc + over_http}
+    carols = await grpc_store.evict(user_id="carol", entry_id=ids["global"], delete_shared_after=3)
+    assert carols.evicted == 1
 
     searches: list[tuple[dict[str, object], set[str]]] = [
         ({"scopes": ["user:alice"]}, {"alice"}),
         ({"scopes": ["user:alice"], "max_tokens": 100}, {"alice", "cut"}),
         ({"scopes": ["user:alice", "global"]}, {"alice", "global"}),
+        # Left out for the user who rejected it only.
+        ({"scopes": ["user:carol", "global"], "user_id": "carol"}, set()),
+        ({"scopes": ["user:alice", "global"], "user_id": "alice"}, {"alice", "global"}),
         ({"scopes": ["user:bob", "user:carol"]}, {"bob"}),
         ({"scopes": ["user:alice"], "key": _key(QUESTION, RUST)}, {"rust"}),
         (

@@ -48,6 +48,12 @@ class Settings(ServiceSettings):
     cache_similarity_threshold: float = Field(default=DEFAULT_SIMILARITY_THRESHOLD, gt=0, le=1)
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     cache_candidates: int = Field(default=5, gt=0, description="nearest entries the guard checks")
+    cache_shared_evict_after: int = Field(
+        default=3,
+        gt=0,
+        description="distinct users whose thumbs-down deletes a shared (tenant or global) entry "
+        "for everyone; until then it is hidden from those users only",
+    )
     cache_context_mode: ContextMode = Field(
         default=ContextMode.EXACT,
         description="how prior turns must match when a lookup does not say (its bot profile does)",

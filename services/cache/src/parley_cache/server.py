@@ -117,6 +117,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 score_threshold=policy.threshold,
                 mode=mode,
                 context_vector=context_vector,
+                user_id=request.user_id,
             )
         except STORE_ERRORS as exc:
             log.warning("qdrant unavailable; answering a miss", extra={"error": repr(exc)})
@@ -177,11 +178,13 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             except ValueError:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "entry_id: not an entry id")
         try:
-            # A user's feedback reaches only that user's own entries, never shared ones.
-            evicted = await self._store.evict(
-                scope_key=f"user:{request.user_id}",
+            # One user's feedback deletes that user's own entries only; a shared entry is hidden
+            # from them, and deleted once enough distinct users rejected it.
+            eviction = await self._store.evict(
+                user_id=request.user_id,
                 request_id=request.request_id,
                 entry_id=request.entry_id,
+                delete_shared_after=self._settings.cache_shared_evict_after,
             )
         except STORE_ERRORS as exc:
             log.warning("qdrant unavailable; nothing evicted", extra={"error": repr(exc)})
@@ -189,6 +192,12 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             raise
         log.info(
             "evicted cache entries",
-            extra={"request_id": request.request_id, "evicted": evicted},
+            extra={
+                "request_id": request.request_id,
+                "entry_id": request.entry_id,
+                "deleted": eviction.deleted,
+                "hidden": eviction.hidden,
+                "deleted_shared": eviction.deleted_shared,
+            },
         )
-        return cache_pb2.EvictResponse(evicted=evicted)
+        return cache_pb2.EvictResponse(evicted=eviction.evicted)

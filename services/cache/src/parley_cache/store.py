@@ -17,7 +17,11 @@ Layout of a collection (``collection_name(model)``), chosen for how the cache is
   question search's candidates (a prefetch), which is exact;
 - ``scope_key`` is a keyword index marked ``is_tenant``, so that Qdrant stores each scope's points
   together; the other filtered fields have keyword, integer or bool indexes, ``created_at`` and
-  ``expires_at`` with range support for the periodic purge and trimming.
+  ``expires_at`` with range support for the periodic purge and trimming;
+- ``rejected_by`` lists the users who gave a thumbs-down to a shared (tenant or global) entry:
+  every lookup leaves out the entries its user rejected (``must_not``, a keyword index, so the
+  check is one index probe per visited point), and the list is short, since the entry is deleted
+  once ``delete_shared_after`` distinct users are on it.
 
 Transport: given a :class:`~parley_cache.qdrant_grpc.PointsClient`, searches and upserts (the
 calls every lookup and every stored answer make) go over Qdrant's gRPC API; everything else, and
@@ -28,6 +32,7 @@ both of those without one, over qdrant-client's HTTP API. Both build their filte
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import re
@@ -43,6 +48,7 @@ from qdrant_client import grpc as qgrpc
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from parley_cache.keying import KEY_VERSION, CacheKey, ContextMode
+from parley_cache.privacy import is_shared_scope, user_scope
 from parley_cache.qdrant_grpc import PointsClient, from_payload, to_payload
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "STORE_ERRORS",
     "CacheStore",
     "Candidate",
+    "Eviction",
     "NewEntry",
     "collection_name",
 ]
@@ -81,7 +88,14 @@ _INDEXES: Final[tuple[tuple[str, models.PayloadSchemaType | models.PayloadSchema
     ("expires_at", models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, range=True)),
     ("complete", models.PayloadSchemaType.BOOL),
     ("max_tokens", models.PayloadSchemaType.INTEGER),
+    ("rejected_by", _KEYWORD),
 )
+# How many entries one rejection can name: the entry an answer was served from (entry_id) and
+# the one stored from the request it answered (request_id); the ids are unique.
+_EVICT_MATCHES: Final = 4
+# Compare-and-set rounds beyond the threshold for one rejection: each lost round means another
+# user's rejection landed, so ``delete_shared_after`` rounds always reach the deletion.
+_EXTRA_REJECT_ROUNDS: Final = 3
 
 
 # What a call to Qdrant raises when Qdrant is down, slow or refuses it, over either transport.
@@ -108,6 +122,25 @@ class Candidate:
     answer: str
     score: float  # cosine of the question vectors
     context_score: float | None = None  # cosine of the context vectors (semantic mode)
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """What one user's thumbs-down did.
+
+    ``deleted``: entries of the user's own scope, deleted. ``hidden``: entries of a shared scope
+    (a tenant, global) newly hidden from this user, of which ``deleted_shared`` were then
+    rejected by enough distinct users to be deleted for everyone.
+    """
+
+    deleted: int = 0
+    hidden: int = 0
+    deleted_shared: int = 0
+
+    @property
+    def evicted(self) -> int:
+        """Entries this user is no longer served because of this call (0 when repeated)."""
+        return self.deleted + self.hidden
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,22 +179,26 @@ _Value = str | int | bool | tuple[str, ...] | _After
 
 @dataclass(frozen=True, slots=True)
 class _Conditions:
-    """A search filter, rendered for either transport: every ``must`` and one ``should`` hold.
-    A value matches exactly; a tuple of strings matches any of them; ``_After`` is a range."""
+    """A search filter, rendered for either transport: every ``must`` and one ``should`` hold,
+    no ``must_not`` does. A value matches exactly; a tuple of strings matches any of them;
+    ``_After`` is a range."""
 
     must: tuple[tuple[str, _Value], ...]
     should: tuple[tuple[str, _Value], ...]
+    must_not: tuple[tuple[str, _Value], ...] = ()
 
     def rest(self) -> models.Filter:
         return models.Filter(
             must=[self._rest(field, value) for field, value in self.must],
             should=[self._rest(field, value) for field, value in self.should],
+            must_not=[self._rest(field, value) for field, value in self.must_not] or None,
         )
 
     def grpc(self) -> qgrpc.Filter:
         return qgrpc.Filter(
             must=[self._grpc(field, value) for field, value in self.must],
             should=[self._grpc(field, value) for field, value in self.should],
+            must_not=[self._grpc(field, value) for field, value in self.must_not],
         )
 
     @staticmethod
@@ -199,6 +236,16 @@ def _dense(vectors: qgrpc.VectorsOutput, name: str) -> Sequence[float]:
     vector = vectors.vectors.vectors[name]
     # Qdrant before 1.12 sends the values in the deprecated `data` field, not in `dense`.
     return vector.dense.data if vector.WhichOneof("vector") == "dense" else vector.data
+
+
+class _Rejection(enum.Enum):
+    UNCHANGED = "unchanged"  # already rejected by this user, or gone
+    HIDDEN = "hidden"  # this user is now on its rejected_by
+    DELETED = "deleted"  # this user's rejection reached the threshold
+
+
+def _strings(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
 def _point_id(point_id: qgrpc.PointId) -> str:
@@ -278,7 +325,13 @@ class CacheStore:
         )
 
     def _filter(
-        self, *, scopes: Sequence[str], key: CacheKey, max_tokens: int, mode: ContextMode
+        self,
+        *,
+        scopes: Sequence[str],
+        key: CacheKey,
+        max_tokens: int,
+        mode: ContextMode,
+        user_id: str,
     ) -> _Conditions:
         context = (
             ("context_fingerprint", key.context_fingerprint)
@@ -295,6 +348,8 @@ class CacheStore:
             ),
             # A complete answer serves any budget; one cut at max_tokens only the same budget.
             should=(("complete", True), ("max_tokens", max_tokens)),
+            # Left out before the limit applies, so the next-best entry is still a candidate.
+            must_not=(("rejected_by", user_id),) if user_id else (),
         )
 
     async def search(
@@ -308,15 +363,19 @@ class CacheStore:
         score_threshold: float,
         mode: ContextMode = ContextMode.EXACT,
         context_vector: list[float] | None = None,
+        user_id: str = "",
     ) -> list[Candidate]:
         """Entries in any of ``scopes`` for the same bot, model, system prompt and context whose
-        question is at least ``score_threshold`` similar, most similar first.
+        question is at least ``score_threshold`` similar, most similar first; none that
+        ``user_id`` rejected.
 
         In ``ContextMode.SEMANTIC`` with prior turns (``context_vector`` given), the entries with
         the same turn shape whose question passes the threshold are ranked by context instead,
         and each candidate carries both similarities.
         """
-        conditions = self._filter(scopes=scopes, key=key, max_tokens=max_tokens, mode=mode)
+        conditions = self._filter(
+            scopes=scopes, key=key, max_tokens=max_tokens, mode=mode, user_id=user_id
+        )
         semantic = mode is ContextMode.SEMANTIC and key.has_context and context_vector is not None
         if self._points is not None:
             if semantic:
@@ -446,27 +505,107 @@ class CacheStore:
             context_score=context_score,
         )
 
-    async def evict(self, *, scope_key: str, request_id: str = "", entry_id: str = "") -> int:
-        """Delete the entries of `scope_key` stored from `request_id` or with id `entry_id`."""
-        match: list[models.Condition] = []
+    async def evict(
+        self,
+        *,
+        user_id: str,
+        request_id: str = "",
+        entry_id: str = "",
+        delete_shared_after: int,
+    ) -> Eviction:
+        """A thumbs-down by ``user_id`` on the entry stored from ``request_id`` or with id
+        ``entry_id``: deleted when it is the user's own, hidden from that user when it is shared
+        (a tenant's, global) and deleted for everyone once ``delete_shared_after`` distinct users
+        rejected it. Entries of other users' own scopes are never touched.
+
+        The caller vouches that the entry is one this user was served or asked for: the gateway
+        takes both ids from the user's own stored message, never from the client.
+        """
+        if delete_shared_after < 1:
+            raise ValueError(f"delete_shared_after must be >= 1, got {delete_shared_after}")
+        which: list[models.Condition] = []
         if request_id:
-            match.append(
-                models.FieldCondition(key="request_id", match=models.MatchValue(value=request_id))
-            )
+            which.append(_match("request_id", request_id))
         if entry_id:
-            match.append(models.HasIdCondition(has_id=[entry_id]))
-        if not match:
-            return 0
-        selector = models.Filter(
-            must=[models.FieldCondition(key="scope_key", match=models.MatchValue(value=scope_key))],
-            should=match,
+            which.append(models.HasIdCondition(has_id=[entry_id]))
+        if not which:
+            return Eviction()
+        found, _ = await self._client.scroll(
+            self.collection,
+            scroll_filter=models.Filter(should=which),
+            limit=_EVICT_MATCHES,
+            with_payload=["scope_key"],
+            with_vectors=False,
         )
-        found = await self._client.count(self.collection, count_filter=selector, exact=True)
-        if found.count:
+        own, shared = [], []
+        for point in found:
+            scope = str((point.payload or {}).get("scope_key", ""))
+            if scope == user_scope(user_id):
+                own.append(point.id)
+            elif scope and is_shared_scope(scope):
+                shared.append(str(point.id))
+        if own:
             await self._client.delete(
-                self.collection, points_selector=models.FilterSelector(filter=selector), wait=True
+                self.collection, points_selector=models.PointIdsList(points=own), wait=True
             )
-        return found.count
+        hidden = deleted_shared = 0
+        for shared_id in shared:
+            outcome = await self._reject(shared_id, user_id, delete_after=delete_shared_after)
+            hidden += outcome is not _Rejection.UNCHANGED
+            deleted_shared += outcome is _Rejection.DELETED
+        return Eviction(deleted=len(own), hidden=hidden, deleted_shared=deleted_shared)
+
+    async def _reject(self, entry_id: str, user_id: str, *, delete_after: int) -> _Rejection:
+        """Add ``user_id`` to the entry's ``rejected_by``, or delete the entry when that makes
+        ``delete_after`` users.
+
+        Qdrant cannot append to a list, so this reads the list and writes it back longer, on
+        the condition that it still has the length read (compare-and-set): Qdrant applies a
+        shard's updates one at a time, filter included, so of two concurrent rejections that
+        read the same list one write matches and the other matches nothing; the loser reads
+        again and retries. The list only grows while the entry lives, so its length is a
+        version. ``STRONG`` ordering sends the writes through one replica, so that replicas
+        apply them in the same order.
+        """
+        wrote = False
+        for _ in range(delete_after + _EXTRA_REJECT_ROUNDS):
+            points = await self._client.retrieve(
+                self.collection, ids=[entry_id], with_payload=["rejected_by"], with_vectors=False
+            )
+            if not points:  # deleted meanwhile (other users' rejections, TTL, invalidation)
+                return _Rejection.HIDDEN if wrote else _Rejection.UNCHANGED
+            seen = _strings((points[0].payload or {}).get("rejected_by"))
+            if user_id in seen:
+                return _Rejection.HIDDEN if wrote else _Rejection.UNCHANGED
+            if len(seen) + 1 >= delete_after:
+                await self._client.delete(
+                    self.collection,
+                    points_selector=models.PointIdsList(points=[entry_id]),
+                    wait=True,
+                    ordering=models.WriteOrdering.STRONG,
+                )
+                return _Rejection.DELETED
+            unchanged: models.Condition = (
+                models.IsEmptyCondition(is_empty=models.PayloadField(key="rejected_by"))
+                if not seen
+                else models.FieldCondition(
+                    key="rejected_by",
+                    values_count=models.ValuesCount(gte=len(seen), lte=len(seen)),
+                )
+            )
+            await self._client.set_payload(
+                self.collection,
+                payload={"rejected_by": [*seen, user_id]},
+                points=models.Filter(must=[models.HasIdCondition(has_id=[entry_id]), unchanged]),
+                wait=True,
+                ordering=models.WriteOrdering.STRONG,
+            )
+            wrote = True
+        log.warning(
+            "a rejection of a shared cache entry lost every round to concurrent ones; not recorded",
+            extra={"entry_id": entry_id},
+        )
+        return _Rejection.UNCHANGED
 
     async def put(
         self,

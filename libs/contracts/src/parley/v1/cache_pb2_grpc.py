@@ -61,8 +61,10 @@ class CacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Evict(self, request, context):
-        """Removes a cached answer after negative feedback: the entry stored from request_id (or the
-        entry entry_id), only within the user's own scope.
+        """Acts on negative feedback on the entry stored from request_id and/or the entry entry_id: an
+        entry of the user's own scope is deleted; a shared (tenant/global) one is hidden from this
+        user and deleted once CACHE_SHARED_EVICT_AFTER distinct users rejected it. `evicted`: entries
+        this call stopped serving to this user.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -35,8 +35,10 @@ class CacheServiceStub:
     def __new__(cls, channel: _aio.Channel) -> CacheServiceAsyncStub: ...
     Lookup: _grpc.UnaryUnaryMultiCallable[_cache_pb2.LookupRequest, _cache_pb2.LookupResponse]
     Evict: _grpc.UnaryUnaryMultiCallable[_cache_pb2.EvictRequest, _cache_pb2.EvictResponse]
-    """Removes a cached answer after negative feedback: the entry stored from request_id (or the
-    entry entry_id), only within the user's own scope.
+    """Acts on negative feedback on the entry stored from request_id and/or the entry entry_id: an
+    entry of the user's own scope is deleted; a shared (tenant/global) one is hidden from this
+    user and deleted once CACHE_SHARED_EVICT_AFTER distinct users rejected it. `evicted`: entries
+    this call stopped serving to this user.
     """
     Invalidate: _grpc.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]
     """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
@@ -48,8 +50,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Lookup: _aio.UnaryUnaryMultiCallable[_cache_pb2.LookupRequest, _cache_pb2.LookupResponse]  # type: ignore[assignment]
     Evict: _aio.UnaryUnaryMultiCallable[_cache_pb2.EvictRequest, _cache_pb2.EvictResponse]  # type: ignore[assignment]
-    """Removes a cached answer after negative feedback: the entry stored from request_id (or the
-    entry entry_id), only within the user's own scope.
+    """Acts on negative feedback on the entry stored from request_id and/or the entry entry_id: an
+    entry of the user's own scope is deleted; a shared (tenant/global) one is hidden from this
+    user and deleted once CACHE_SHARED_EVICT_AFTER distinct users rejected it. `evicted`: entries
+    this call stopped serving to this user.
     """
     Invalidate: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]  # type: ignore[assignment]
     """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
@@ -70,8 +74,10 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.EvictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.EvictResponse, _abc.Awaitable[_cache_pb2.EvictResponse]]:
-        """Removes a cached answer after negative feedback: the entry stored from request_id (or the
-        entry entry_id), only within the user's own scope.
+        """Acts on negative feedback on the entry stored from request_id and/or the entry entry_id: an
+        entry of the user's own scope is deleted; a shared (tenant/global) one is hidden from this
+        user and deleted once CACHE_SHARED_EVICT_AFTER distinct users rejected it. `evicted`: entries
+        this call stopped serving to this user.
         """
 
     @_abc_1.abstractmethod

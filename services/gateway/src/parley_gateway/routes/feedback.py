@@ -64,8 +64,9 @@ class FeedbackOut(BaseModel):
     updated_at: int = Field(description="Unix milliseconds; feedback given again replaces it")
     cache_evicted: int | None = Field(
         default=None,
-        description="thumbs-down: cached copies of this answer removed (null: the cache did not "
-        "answer; the feedback is stored all the same)",
+        description="thumbs-down: cache entries of this answer no longer served to you (deleted, "
+        "or hidden from you when shared with others; null: the cache did not answer; the "
+        "feedback is stored all the same)",
     )
 
 
