@@ -42,3 +42,28 @@ def test_no_cache_header_and_field_bypass_a_cached_answer(
         assert fresh.json()["answer"]["cache_score"] is None
     # Without it, the cache answers again.
     assert eventually(cached, what="a cache hit after the bypasses")["cache_score"] >= 0.79
+
+
+def test_an_answer_cut_at_max_tokens_is_served_from_the_cache_as_cut(
+    platform: Platform, new_user: NewUser
+) -> None:
+    gail = new_user("gail")
+    question = {"message": "Describe the rings of Saturn", "max_tokens": 8, "temperature": 0}
+    first = gail.post("/chat", json=question)
+    assert first.status_code == 200, first.text
+    assert first.json()["answer"]["finish_reason"] == "length"
+
+    def cached() -> dict[str, Any] | None:
+        asked = gail.post("/chat", json=question)
+        assert asked.status_code == 200, asked.text
+        return asked.json() if asked.json()["answer"]["cached"] else None
+
+    hit = eventually(cached, what="a cache hit")
+    assert hit["answer"]["content"] == first.json()["answer"]["content"]
+    assert hit["answer"]["finish_reason"] == "length"
+
+    def stored() -> dict[str, Any] | None:
+        messages = gail.get(f"/chat/{hit['chat_id']}").json()["messages"]
+        return messages[-1] if messages[-1]["role"] == "assistant" else None
+
+    assert eventually(stored, what="the cached answer stored")["finish_reason"] == "length"

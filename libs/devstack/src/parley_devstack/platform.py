@@ -322,7 +322,10 @@ def _main() -> None:
                 nonlocal stop
                 stop = True
 
-            signal.signal(signal.SIGTERM, _stop)
+            # Ctrl-C arrives as KeyboardInterrupt, unless the shell started `make run` as a
+            # background job (SIGINT ignored): handle it like SIGTERM and SIGHUP in any case.
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, _stop)
             try:
                 while not stop:
                     time.sleep(0.5)

@@ -141,7 +141,11 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         index, verdict = best
         hit = candidates[index]
         return cache_pb2.LookupResponse(
-            hit=True, answer=hit.answer, score=verdict.score, entry_id=hit.entry_id
+            hit=True,
+            answer=hit.answer,
+            score=verdict.score,
+            entry_id=hit.entry_id,
+            truncated=not hit.complete,
         )
 
     async def Invalidate(

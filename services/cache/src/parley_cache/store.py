@@ -104,8 +104,17 @@ STORE_ERRORS: Final[tuple[type[Exception], ...]] = (
     UnexpectedResponse,
     grpc.aio.AioRpcError,
 )
-# What a search reads of an entry: its key (for the guard) and its answer, not the rest.
-_CANDIDATE_FIELDS: Final = ("bot_id", "model", "scope_fingerprint", "question", "context", "answer")
+# What a search reads of an entry: its key (for the guard), its answer and whether that answer
+# is whole, not the rest.
+_CANDIDATE_FIELDS: Final = (
+    "bot_id",
+    "model",
+    "scope_fingerprint",
+    "question",
+    "context",
+    "answer",
+    "complete",
+)
 _GRPC_CANDIDATE_PAYLOAD: Final = qgrpc.WithPayloadSelector(
     include=qgrpc.PayloadIncludeSelector(fields=list(_CANDIDATE_FIELDS))
 )
@@ -122,6 +131,7 @@ class Candidate:
     answer: str
     score: float  # cosine of the question vectors
     context_score: float | None = None  # cosine of the context vectors (semantic mode)
+    complete: bool = True  # False: the answer was cut at its max_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +513,7 @@ class CacheStore:
             answer=str(payload.get("answer", "")),
             score=score,
             context_score=context_score,
+            complete=bool(payload.get("complete", True)),
         )
 
     async def evict(

@@ -316,7 +316,8 @@ class TurnService:
             turn._events = _single(
                 TurnAnswer(
                     content=lookup.answer,
-                    finish_reason="stop",
+                    # An answer cut at max_tokens is served only to the same budget, cut as before.
+                    finish_reason="length" if lookup.truncated else "stop",
                     usage=Usage(
                         prompt_tokens=plan.context.prompt_tokens,
                         completion_tokens=0,
@@ -408,7 +409,9 @@ class TurnService:
             model=plan.model,
             kind=envelopes_pb2.COMPLETION_KIND_CHAT,
             text=lookup.answer,
-            finish_reason=types_pb2.FINISH_REASON_STOP,
+            finish_reason=(
+                types_pb2.FINISH_REASON_LENGTH if lookup.truncated else types_pb2.FINISH_REASON_STOP
+            ),
             usage=types_pb2.Usage(prompt_tokens=plan.context.prompt_tokens),
             worker_id="cache",
             bot_id=plan.bot_id,

@@ -80,6 +80,7 @@ class LookupResponse(_message.Message):
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     REJECT_REASON_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     hit: _builtins.bool
     answer: _builtins.str
     score: _builtins.float
@@ -87,6 +88,8 @@ class LookupResponse(_message.Message):
     entry_id: _builtins.str
     reject_reason: _builtins.str
     """why the best candidate was refused (precision guard), if any"""
+    truncated: _builtins.bool
+    """A hit whose answer was cut at its max_tokens (finish reason "length"), not ended by the model."""
     @_builtins.property
     def key(self) -> _types_pb2.CacheKey:
         """on a miss: pass it on with the request so that the answer gets stored"""
@@ -100,10 +103,11 @@ class LookupResponse(_message.Message):
         entry_id: _builtins.str = ...,
         key: _types_pb2.CacheKey | None = ...,
         reject_reason: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "entry_id", b"entry_id", "hit", b"hit", "key", b"key", "reject_reason", b"reject_reason", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "entry_id", b"entry_id", "hit", b"hit", "key", b"key", "reject_reason", b"reject_reason", "score", b"score", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
