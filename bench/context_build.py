@@ -67,10 +67,19 @@ _POLICIES = {
 
 async def _fill(store: SessionStore, tokens: TokenCounter, user_id: str, size: int) -> str:
     """A chat of `size` messages (questions and answers), written directly."""
-    chat = await store.create_chat(user_id, bot_id="default", title="bench", request_id=new_id())
+    first = _QUESTION.format(k=0)
+    opened = await store.open_chat(
+        user_id,
+        bot_id="default",
+        title="bench",
+        request_id=new_id(),
+        content=first,
+        token_count=tokens.count(first),
+    )
+    chat = opened.chat
     now = datetime.now(UTC)
     docs: list[dict[str, Any]] = []
-    for ordinal in range(size):
+    for ordinal in range(1, size):
         k = ordinal // 2
         role = "user" if ordinal % 2 == 0 else "assistant"
         content = (_QUESTION if role == "user" else _ANSWER).format(k=k)

@@ -48,13 +48,7 @@ class Rig:
         self.addr = kafka_addr
         self.log_dir = log_dir
         self.prefix = f"bench{secrets.token_hex(3)}."
-        self.topics = Topics(
-            requests=f"{self.prefix}completions.requests",
-            results=f"{self.prefix}completions.results",
-            control=f"{self.prefix}completions.control",
-            dead_letters=f"{self.prefix}completions.dlq",
-            reply_prefix=f"{self.prefix}replies.",
-        )
+        self.topics = Topics.with_prefix(self.prefix)
         self.reply = self.topics.reply("bench")
         self.producer = AIOKafkaProducer(bootstrap_servers=kafka_addr, acks="all", linger_ms=0)
         self.results = AIOKafkaConsumer(bootstrap_servers=kafka_addr, group_id=None)

@@ -53,6 +53,17 @@ class Topics:
     dead_letters: str = "parley.completions.dlq"
     reply_prefix: str = "parley.replies."
 
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        """The same topics under another prefix (tests and benchmarks share one Kafka)."""
+        return cls(
+            requests=f"{prefix}completions.requests",
+            results=f"{prefix}completions.results",
+            control=f"{prefix}completions.control",
+            dead_letters=f"{prefix}completions.dlq",
+            reply_prefix=f"{prefix}replies.",
+        )
+
     def reply(self, instance_id: str) -> str:
         return f"{self.reply_prefix}{instance_id}"
 

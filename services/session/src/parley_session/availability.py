@@ -119,9 +119,12 @@ class MongoAvailability:
 
     async def _run(self) -> None:
         while True:
-            wait_s = self._interval_s if self._reachable and not self._failed else 0.0
             if not self._reachable:
                 wait_s = self._down_interval_s
+            elif self._failed:
+                wait_s = 0.0  # a slow ping: confirm or clear it at once
+            else:
+                wait_s = self._interval_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()

@@ -67,11 +67,4 @@ class Settings(ServiceSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM: finish calls")
 
     def topics(self) -> Topics:
-        prefix = self.topic_prefix
-        return Topics(
-            requests=f"{prefix}completions.requests",
-            results=f"{prefix}completions.results",
-            control=f"{prefix}completions.control",
-            dead_letters=f"{prefix}completions.dlq",
-            reply_prefix=f"{prefix}replies.",
-        )
+        return Topics.with_prefix(self.topic_prefix)

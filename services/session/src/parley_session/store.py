@@ -432,34 +432,6 @@ class SessionStore:
     # chats
 
     @_retried
-    async def create_chat(
-        self, user_id: str, *, bot_id: str, title: str, request_id: str
-    ) -> ChatDoc:
-        now = _now()
-        doc: Doc = {
-            "_id": new_id(),
-            "user_id": user_id,
-            "title": title,
-            "bot_id": bot_id,
-            "created_at": now,
-            "updated_at": now,
-            "message_count": 0,
-            "next_ordinal": 0,
-            "created_by_request": request_id,
-        }
-        try:
-            await self.chats.insert_one(doc)
-        except DuplicateKeyError:
-            # This request created its chat before (a retry, or a concurrent delivery).
-            existing = await self.chats.find_one(
-                {"user_id": user_id, "created_by_request": request_id}
-            )
-            if existing is None:
-                raise
-            return ChatDoc.from_doc(existing)
-        return ChatDoc.from_doc(doc)
-
-    @_retried
     async def find_chat_by_request(self, user_id: str, request_id: str) -> ChatDoc | None:
         doc = await self.chats.find_one({"user_id": user_id, "created_by_request": request_id})
         return None if doc is None else ChatDoc.from_doc(doc)

@@ -69,11 +69,4 @@ class Settings(ServiceSettings):
     )
 
     def topics(self) -> Topics:
-        prefix = self.topic_prefix
-        return Topics(
-            requests=f"{prefix}completions.requests",
-            results=f"{prefix}completions.results",
-            control=f"{prefix}completions.control",
-            dead_letters=f"{prefix}completions.dlq",
-            reply_prefix=f"{prefix}replies.",
-        )
+        return Topics.with_prefix(self.topic_prefix)
