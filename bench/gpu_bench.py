@@ -44,7 +44,7 @@ from bench._http import Connection
 
 __all__ = ["main"]
 
-SYSTEM = "You are Parley, a helpful assistant."  # the session's default system prompt
+SYSTEM = "You are a helpful AI assistant named Parley."  # the session's default system prompt
 QUESTIONS = (
     "Explain how a refrigerator keeps food cold.",
     "Write a short poem about the sea at night.",

@@ -37,7 +37,7 @@ LEVELS = (1, 10, 50, 200)
 TTFT_S = 0.05  # the fake engine's fixed time to first token; its tokens follow at once
 MAX_TOKENS = 16
 SLOTS = 512
-SYSTEM = "You are Parley, a helpful assistant."
+SYSTEM = "You are a helpful AI assistant named Parley."
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from parley_devstack.models import DEFAULT_MODEL, install_model
 from parley_devstack.platform import Platform
 from parley_devstack.stack import LocalStack
 from parley_devstack.tiny_model import build_tiny_model
@@ -20,7 +21,14 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
+    """Random weights: for tests of plumbing and speed, where language does not matter."""
     return build_tiny_model(REPO / ".stack" / "models" / "tiny")
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct, the model `make run` serves (installed once by `make install`)."""
+    return install_model(REPO / ".stack" / "models")
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +44,32 @@ def platform(
         model_dir=tiny_model,
         service_env={"gateway": {"CACHE_TIMEOUT_S": "5"}},
     ) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def real_platform(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The platform on SmolLM2 (transformers engine), on a stack of its own: the tiny-model
+    platform's workers share the request topics' consumer group, and would answer its turns.
+
+    Its window is small (640 tokens) so that a few turns pass a summarize policy's share of it.
+    """
+    scratch = tmp_path_factory.mktemp("real-platform")
+    with (
+        LocalStack(scratch / "stack") as stack,
+        Platform(
+            stack.addresses,
+            run_dir=scratch / "run",
+            model_dir=real_model,
+            model_id=DEFAULT_MODEL.model_id,
+            env={"CONTEXT_WINDOW": "640"},
+            service_env={
+                "gateway": {"CACHE_TIMEOUT_S": "5", "COMPLETION_TIMEOUT_S": "150"},
+                "session": {"DEFAULT_MAX_TOKENS": "48"},
+                "worker": {"MAX_CONCURRENCY": "2"},
+            },
+        ) as running,
+    ):
         yield running
 
 

@@ -19,7 +19,7 @@ from tests.conftest import eventually
 pytestmark = pytest.mark.e2e
 
 NewUser = Callable[..., httpx.Client]
-DEFAULT_SYSTEM = "You are Parley, a helpful assistant."
+DEFAULT_SYSTEM = "You are a helpful AI assistant named Parley."
 
 
 def _error(response: httpx.Response, status: int, contains: str = "") -> str:

@@ -67,7 +67,7 @@ def test_two_turns_json_then_stream(
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
-    system = {"role": "system", "content": "You are Parley, a helpful assistant."}
+    system = {"role": "system", "content": "You are a helpful AI assistant named Parley."}
     q1 = {"role": "user", "content": "Tell me about the sea."}
     a1 = {"role": "assistant", "content": turn1["answer"]["content"]}
     q2 = {"role": "user", "content": "And the mountains?"}

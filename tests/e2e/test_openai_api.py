@@ -323,7 +323,7 @@ def test_bound_to_a_stored_chat(
     assert (bound.model_extra or {})["parley"]["chat_id"] == chat_id
     assert bound.usage is not None
     history = [
-        {"role": "system", "content": "You are Parley, a helpful assistant."},
+        {"role": "system", "content": "You are a helpful AI assistant named Parley."},
         {"role": "user", "content": "Remember the word kiwi."},
         {"role": "assistant", "content": answer1},
         {"role": "user", "content": "What was the word?"},

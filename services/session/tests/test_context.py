@@ -20,7 +20,7 @@ from parley_session.domain import (
 )
 from parley_session.tokens import TokenCounter
 
-SYSTEM = "You are Parley, a helpful assistant."
+SYSTEM = "You are a helpful AI assistant named Parley."
 TOPICS = [
     "Tell me about the sea.",
     "And the mountains, with their snow and rocks?",

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 Wait = Callable[..., Awaitable[Any]]
-SYSTEM = "You are Parley, a helpful assistant."
+SYSTEM = "You are a helpful AI assistant named Parley."
 HEADER = "Summary of the earlier conversation (older turns are not shown):"
 
 

@@ -82,7 +82,7 @@ async def test_truncate_keeps_the_newest_turns_that_fit_the_window_exactly(
         chat_id = turn.chat.chat_id
         sent = pairs(turn.context.messages)
         assert turn.context.policy == session_pb2.HISTORY_POLICY_TRUNCATE
-        assert sent[0] == ("system", "You are Parley, a helpful assistant.")
+        assert sent[0] == ("system", "You are a helpful AI assistant named Parley.")
         assert sent[-1] == ("user", f"Question {k}: tell me about the weather in town {k}.")
         assert turn.context.prompt_tokens == template_tokens(hf, sent)
         assert turn.context.prompt_tokens <= window - reply
@@ -107,7 +107,9 @@ async def test_full_sends_every_turn_until_it_no_longer_fits(
     bob = await service.user("bob")
     full = session_pb2.HISTORY_POLICY_FULL
     chat_id = ""
-    sent_before: list[tuple[str, str]] = [("system", "You are Parley, a helpful assistant.")]
+    sent_before: list[tuple[str, str]] = [
+        ("system", "You are a helpful AI assistant named Parley.")
+    ]
     k = 0
     while True:
         question = f"Fact number {k} about bread?"
@@ -147,7 +149,9 @@ async def test_a_message_too_large_for_the_window_is_refused_and_not_stored(
     window, reply = 200, 50
     service = await make_service(context_window=window, default_max_tokens=reply)
     carol = await service.user("carol")
-    empty = template_tokens(hf, [("system", "You are Parley, a helpful assistant."), ("user", "")])
+    empty = template_tokens(
+        hf, [("system", "You are a helpful AI assistant named Parley."), ("user", "")]
+    )
     # Too long with the reply budget, short enough without most of it.
     big = next(
         text

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ManagedProcess", "pid_alive", "wait_until"]
+__all__ = ["ManagedProcess", "parent_death_signal", "pid_alive", "wait_until"]
 
 _PR_SET_PDEATHSIG = 1
 # Java stack frames ("\tat kafka.Kafka.main(Kafka.scala)", "\t... 5 more") would crowd the
@@ -69,7 +69,7 @@ class ManagedProcess:
                 # A session of its own: Ctrl-C in a terminal reaches only the Python process,
                 # which then stops the servers in the right order.
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=parent_death_signal(),
             )
 
     def terminate(self) -> None:
@@ -123,7 +123,7 @@ class ManagedProcess:
             os.killpg(self._popen.pid, signum)
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A pre-exec hook that has the kernel SIGKILL the child when this process dies.
 
     This covers what atexit cannot: the test runner or `make run` being killed with SIGKILL.

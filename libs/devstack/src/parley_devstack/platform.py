@@ -6,13 +6,12 @@ with LocalStack() as stack:
         httpx.get(p.gateway_url + "/healthz/ready")
 ```
 
-Used by `make run` (`python -m parley_devstack.platform`), the end-to-end tests and the
+Used by `make run` (through `parley_devstack.launcher`), the end-to-end tests and the
 benchmarks: the same processes, the same environment variables as in a cluster.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import secrets
@@ -30,9 +29,10 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from parley_devstack._process import parent_death_signal
 from parley_devstack.errors import StackError
 from parley_devstack.ports import pick_free_ports
-from parley_devstack.stack import LocalStack, StackAddresses
+from parley_devstack.stack import StackAddresses
 
 __all__ = ["Platform", "ServiceProcess"]
 
@@ -47,18 +47,21 @@ class ServiceProcess:
     log_path: Path
     ready_url: str = ""
     grpc_addr: str = ""
+    python: str = sys.executable
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        # A parent-death signal too: a SIGKILLed `make run` or test runner leaves no service.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [self.python, "-m", self.module],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=parent_death_signal(),
         )
         log.close()
 
@@ -128,7 +131,10 @@ class Platform:
         env: Mapping[str, str] | None = None,
         service_env: Mapping[str, Mapping[str, str]] | None = None,
         gateway_port: int | None = None,
+        model_id: str | None = None,
+        worker_python: str | None = None,
     ) -> None:
+        self.stack = stack
         self.admin_api_key = admin_api_key or "adm-" + secrets.token_urlsafe(24)
         session_port, cache_port, *rest = pick_free_ports(2 + 2 * gateways + workers + 2)
         gateway_ports = [gateway_port] if gateway_port and gateways == 1 else rest[:gateways]
@@ -143,7 +149,7 @@ class Platform:
             **stack.as_env(),
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
-            "MODEL_NAME": "parley-tiny" if engine != "fake" else "fake",
+            "MODEL_NAME": model_id or ("parley-tiny" if engine != "fake" else "fake"),
             **(env or {}),
         }
         extra = service_env or {}
@@ -191,6 +197,7 @@ class Platform:
                 },
                 run_dir / f"worker-{i}.log",
                 ready_url=f"http://127.0.0.1:{port}/healthz/ready",
+                python=worker_python or sys.executable,
             )
             for i, port in enumerate(worker_ports)
         ]
@@ -275,88 +282,7 @@ class Platform:
         self.stop()
 
 
-def _main() -> None:
-    from parley_devstack.tiny_model import build_tiny_model
-
-    parser = argparse.ArgumentParser(description="Run the whole Parley platform on this machine.")
-    parser.add_argument("--port", type=int, default=8080, help="the gateway's port")
-    parser.add_argument(
-        "--engine", default="transformers", choices=["transformers", "fake", "vllm"]
-    )
-    parser.add_argument(
-        "--model", default="", help="model folder or name (default: a tiny built one)"
-    )
-    parser.add_argument("--run-dir", type=Path, default=Path(".run"))
-    args = parser.parse_args()
-
-    root = Path(__file__).resolve().parents[4]
-    model = (
-        Path(args.model) if args.model else build_tiny_model(root / ".stack" / "models" / "tiny")
-    )
-    print("Starting MongoDB, Kafka and Qdrant ...", flush=True)
-    with LocalStack() as stack:
-        print("Starting session, cache, worker and gateway ...", flush=True)
-        platform = Platform(
-            stack.addresses,
-            run_dir=args.run_dir,
-            model_dir=model,
-            engine=args.engine,
-            gateway_port=args.port,
-        )
-        with platform:
-            key = _demo_key(platform)
-            print(
-                f"\nParley is up: {platform.gateway_url}\n"
-                f"  API docs:       {platform.gateway_url}/docs\n"
-                f"  demo API key:   {key}\n"
-                f"  admin API key:  {platform.admin_api_key}\n"
-                f"  logs:           {args.run_dir}/\n"
-                f"Try: curl -s {platform.gateway_url}/chat -H 'Authorization: Bearer {key}' "
-                "-H 'Content-Type: application/json' -d '{\"message\": \"Hello!\"}'\n"
-                "Ctrl-C stops everything.",
-                flush=True,
-            )
-            stop = False
-
-            def _stop(*_: object) -> None:
-                nonlocal stop
-                stop = True
-
-            # Ctrl-C arrives as KeyboardInterrupt, unless the shell started `make run` as a
-            # background job (SIGINT ignored): handle it like SIGTERM and SIGHUP in any case.
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(signum, _stop)
-            try:
-                while not stop:
-                    time.sleep(0.5)
-                    for proc in platform.processes:
-                        if not proc.running:
-                            print(f"{proc.name} exited; see {proc.log_path}", file=sys.stderr)
-                            stop = True
-            except KeyboardInterrupt:
-                pass
-            print("\nStopping ...", flush=True)
-
-
-def _demo_key(platform: Platform) -> str:
-    import json
-
-    def post(path: str, body: dict[str, str]) -> dict[str, str]:
-        request = urllib.request.Request(
-            platform.gateway_url + path,
-            data=json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {platform.admin_api_key}",
-                "Content-Type": "application/json",
-            },
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            result: dict[str, str] = json.loads(response.read())
-            return result
-
-    user = post("/admin/users", {"name": "demo"})
-    return post(f"/admin/users/{user['user_id']}/keys", {"name": "demo"})["api_key"]
-
-
 if __name__ == "__main__":
-    _main()
+    from parley_devstack.launcher import main
+
+    sys.exit(main())

@@ -31,7 +31,7 @@ class Settings(ServiceSettings):
     )
     context_window: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
-    default_system_prompt: str = "You are Parley, a helpful assistant."
+    default_system_prompt: str = "You are a helpful AI assistant named Parley."
     default_history_policy: str = Field(
         default="truncate", pattern="^(full|truncate|summarize)$", description="of the default bot"
     )

@@ -231,14 +231,12 @@ def recent_boundary(newest_first: Sequence[tuple[int, str, int]], keep_tokens: i
     return boundary
 
 
-_SUMMARY_SYSTEM = (
-    "You write the running summary of a conversation between a user and an assistant, so that "
-    "the assistant can go on with it without the full transcript."
-)
+# Worded for small models too: SmolLM2-135M writes a real summary with this system prompt and
+# task, and copies or invents transcript lines with a longer, more abstract one.
+_SUMMARY_SYSTEM = "You are a helpful assistant that summarizes conversations."
 _SUMMARY_TASK = (
-    "Summarize the conversation below in at most {words} words. Keep every name, number, date, "
-    "fact, decision, preference of the user and open question; leave out greetings and "
-    "repetition. Write only the summary."
+    "Summarize this conversation in at most {words} words. Keep every name, number, date, fact "
+    "and preference of the user."
 )
 _SUMMARY_HEADER = "Summary of the earlier conversation (older turns are not shown):"
 
@@ -271,21 +269,20 @@ def summary_prompt(
     answers = [i for i, m in enumerate(turns) if m.role == "assistant"]
     if not answers:
         return None
-    task = _SUMMARY_TASK.format(words=max(int(max_tokens * 0.6), 20))
-    parts = [task]
-    if previous_summary:
-        parts.append(f"Summary so far:\n{previous_summary.strip()}")
-    preamble = "\n\n".join(parts) + "\n\nConversation:\n"
+    # The task comes after the transcript: small models follow the instruction they read last.
+    head = f"Summary so far:\n{previous_summary.strip()}\n\n" if previous_summary else ""
+    head += "Conversation:\n"
+    tail = "\n\n" + _SUMMARY_TASK.format(words=max(int(max_tokens * 0.6), 20))
     budget = window - max_tokens
 
     def request(upto: int, lines: list[str]) -> SummaryPrompt:
         return SummaryPrompt(
-            [("system", _SUMMARY_SYSTEM), ("user", preamble + "\n".join(lines))],
+            [("system", _SUMMARY_SYSTEM), ("user", head + "\n".join(lines) + tail)],
             turns[upto].ordinal,
         )
 
     lines = [_line(m) for m in turns]
-    base = fmt.prompt_tokens([("system", _SUMMARY_SYSTEM), ("user", preamble)])
+    base = fmt.prompt_tokens([("system", _SUMMARY_SYSTEM), ("user", head + tail)])
     # Estimate with the stored counts, then check exactly, dropping whole turns from the end.
     spent = base
     fits = -1

@@ -118,7 +118,10 @@ class Summarizer:
                 types_pb2.ChatMessage(role=_ROLES[role], content=text)
                 for role, text in prompt.messages
             ],
-            sampling=types_pb2.SamplingParams(max_tokens=bot.history.summary_max_tokens),
+            # Greedy: a summary is a record of what was said, not a creative answer.
+            sampling=types_pb2.SamplingParams(
+                max_tokens=bot.history.summary_max_tokens, temperature=0.0
+            ),
             deadline_unix_ms=now_ms() + int(self._timeout_s * 1000),
             enqueued_unix_ms=now_ms(),
             bot_id=bot.bot_id,
