@@ -217,3 +217,30 @@ def test_page_is_public_and_locked_down(platform: Platform) -> None:
         assert "http://" not in asset.text.replace("http://example", "")
     for missing in ("nope.js", "..%2Fapp.py", ".hidden.css", "app.py"):
         assert httpx.get(f"{platform.gateway_url}/static/{missing}").status_code == 404
+
+
+def test_web_chat_on_the_real_model(page: Page, real_platform: Platform) -> None:
+    """SmolLM2 behind the page: a question, a streamed answer that makes sense, a screenshot."""
+    with httpx.Client(
+        base_url=real_platform.gateway_url,
+        headers={"Authorization": f"Bearer {real_platform.admin_api_key}"},
+        timeout=30,
+    ) as admin:
+        user = admin.post("/admin/users", json={"name": "browser-real"}).json()
+        key = admin.post(f"/admin/users/{user['user_id']}/keys", json={"name": "t"}).json()
+    page.goto(real_platform.gateway_url + "/")
+    page.fill("#api-key", key["api_key"])
+    page.click("#signin-button")
+    expect(page.locator("#app")).to_be_visible()
+    page.click(".options summary")
+    page.fill("#temperature", "0")
+
+    page.fill("#input", "What is the capital of France?")
+    page.press("#input", "Enter")
+    answer = page.locator(".message.assistant").last
+    expect(answer).to_have_class("message assistant streaming", timeout=30_000)
+    expect(answer).not_to_have_class("message assistant streaming", timeout=120_000)
+    expect(answer.locator(".bubble")).to_contain_text("Paris")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-chat-real-model.png"), full_page=True)
+    assert (ARTIFACTS / "web-chat-real-model.png").stat().st_size > 10_000

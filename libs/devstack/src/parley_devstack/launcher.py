@@ -112,7 +112,15 @@ def _run(args: argparse.Namespace, data: DataDir) -> int:
         secrets = data.secrets()
         print(f"Starting MongoDB, Kafka and Qdrant on {data.stack_dir} ...", flush=True)
         with LocalStack(data.stack_dir, **dataclasses.asdict(data.ports())) as stack:
-            print(f"Starting session, cache, worker ({args.engine}) and gateway ...", flush=True)
+            print(
+                f"Starting session, cache, worker ({args.engine} engine, {model_id}) and gateway"
+                + (
+                    " (vLLM loads the model in 40 s to a few minutes) ..."
+                    if args.engine == "vllm"
+                    else " ..."
+                ),
+                flush=True,
+            )
             platform = Platform(
                 stack.addresses,
                 run_dir=args.run_dir,
@@ -128,11 +136,15 @@ def _run(args: argparse.Namespace, data: DataDir) -> int:
                     "worker": worker_env,
                 },
             )
-            with platform:
+            try:
+                # vLLM compiles the model on its first start: minutes on a busy 2-core machine.
+                platform.start(timeout=900 if args.engine == "vllm" else 180)
                 key = _demo_key(platform, data, secrets)
                 _banner(platform, data, model_id, key, time.monotonic() - started, cold=cold)
                 _wait(platform)
                 print("\nStopping ...", flush=True)
+            finally:
+                platform.stop()
     print("Stopped. Your data stays in " + str(data.root) + " (`make reset` deletes it).")
     return 0
 
