@@ -163,3 +163,18 @@ def test_a_summarized_chat_keeps_what_the_user_said(
     # The first turn is no longer in the context; the model answers from the summary.
     answer = _turn(dave, f"/chat/{chat_id}/completion", "Summarize what we talked about.")
     assert "Tom" in answer["answer"]["content"], (answer["answer"]["content"], stored["text"])
+
+
+def test_a_prompt_longer_than_the_window_is_refused_before_the_engine(
+    user: Callable[[str], httpx.Client], real_platform: Platform
+) -> None:
+    erin = user("erin")
+    long_message = "Tell me about the sea. " * 200  # ~1,200 tokens; the window is 640
+
+    refused = erin.post("/chat", json={"message": long_message})
+
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert "window" in error["message"], error
+    worker_log = real_platform.workers[0].log_path.read_text()
+    assert "PromptTooLong" not in worker_log
