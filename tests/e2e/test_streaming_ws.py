@@ -83,8 +83,12 @@ def test_turns_over_a_websocket(ws: WebSocketSession, user: httpx.Client) -> Non
     second = _until_done(ws)
     assert second[0]["chat_id"] == chat_id
     assert second[-1]["type"] == "done"
-    assert _assistant(user, chat_id)["content"] == second[-1]["answer"]["content"]
-    assert len(user.get(f"/chat/{chat_id}").json()["messages"]) == 4
+    # The second answer is stored from the results topic, a moment after the socket has it.
+    messages = eventually(
+        lambda: (m := user.get(f"/chat/{chat_id}").json()["messages"]) and len(m) == 4 and m,
+        what="the second stored answer",
+    )
+    assert messages[-1]["content"] == second[-1]["answer"]["content"]
 
     ws.send_json({"type": "ping"})
     assert ws.receive_json(timeout=5) == {"type": "pong"}
