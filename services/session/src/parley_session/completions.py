@@ -28,7 +28,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from parley.v1 import envelopes_pb2, session_pb2, types_pb2
 from parley_session.domain import InvalidArgumentError
 from parley_session.retry import RetryPolicy
-from parley_session.store import SessionStore
+from parley_session.stores import Stores
 from parley_session.tokens import TokenCounter
 
 __all__ = [
@@ -352,7 +352,7 @@ class CompletionService:
         self,
         db: AsyncDatabase[Doc],
         *,
-        sessions: SessionStore,
+        sessions: Stores,
         tokens: TokenCounter,
         model_name: str,
         context_window: int,
@@ -372,7 +372,7 @@ class CompletionService:
     @classmethod
     def for_store(
         cls,
-        store: SessionStore,
+        store: Stores,
         tokens: TokenCounter,
         *,
         model_name: str,
@@ -382,7 +382,7 @@ class CompletionService:
     ) -> CompletionService:
         """The service on the session store's database, under its retry policy."""
         return cls(
-            store.users.database,
+            store.db,
             sessions=store,
             tokens=tokens,
             model_name=model_name,
@@ -455,7 +455,7 @@ class CompletionService:
         if request.chat_id:
             # The turn was answered before (a retry of a synchronous request): done already,
             # and no result will come again to finish it.
-            answer = await self._sessions.find_message(
+            answer = await self._sessions.messages.find_message(
                 request.chat_id, request.completion_id, "assistant"
             )
             if answer is not None:

@@ -56,13 +56,13 @@ from parley_session.retry import (
     deadline,
     is_transient,
 )
-from parley_session.store import (
+from parley_session.stores import (
     ChatDoc,
     FeedbackDoc,
     FeedbackQuery,
     LoadedHistory,
     MessageDoc,
-    SessionStore,
+    Stores,
     TurnSlot,
     from_ms,
 )
@@ -297,7 +297,7 @@ def _feedback_query(bot_id: str, since_ms: int, until_ms: int, cursor: str = "")
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     def __init__(
         self,
-        store: SessionStore,
+        store: Stores,
         tokens: TokenCounter,
         settings: Settings,
         *,
@@ -326,7 +326,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if chat.bot_id in ("", DEFAULT_BOT_ID):
             return self._profiles.default
         try:
-            return await self._store.get_bot(chat.bot_id, visible_to=None, include_deleted=True)
+            return await self._store.bots.get_bot(
+                chat.bot_id, visible_to=None, include_deleted=True
+            )
         except BotNotFoundError:
             log.warning("chat's bot profile is gone", extra={"bot_id": chat.bot_id})
             return self._profiles.default
@@ -338,7 +340,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         try:
             if not is_id(bot_id):
                 raise BotNotFoundError(bot_id)
-            return await self._store.get_bot(bot_id, visible_to=user_id, include_deleted=False)
+            return await self._store.bots.get_bot(bot_id, visible_to=user_id, include_deleted=False)
         except BotNotFoundError:
             raise InvalidArgumentError("bot_id", f"no bot profile {bot_id!r}") from None
 
@@ -358,7 +360,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.AuthenticateKeyRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.User:
-        user = await self._store.authenticate(request.api_key)
+        user = await self._store.users.authenticate(request.api_key)
         if user is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         assert user is not None
@@ -371,7 +373,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         name = request.name.strip()
         if not name or len(name) > 200:
             raise InvalidArgumentError("name", "must be 1 to 200 characters")
-        user = await self._store.create_user(name, request.tenant_id)
+        user = await self._store.users.create_user(name, request.tenant_id)
         return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
 
     @_rpc
@@ -380,14 +382,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.CreateApiKeyResponse:
         if not is_id(request.user_id):
             raise InvalidArgumentError("user_id", f"no user {request.user_id}")
-        key = await self._store.create_api_key(request.user_id, request.name)
+        key = await self._store.users.create_api_key(request.user_id, request.name)
         return session_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=key.api_key)
 
     @_rpc
     async def RevokeApiKey(
         self, request: session_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.RevokeApiKeyResponse:
-        if not (is_id(request.key_id) and await self._store.revoke_api_key(request.key_id)):
+        if not (is_id(request.key_id) and await self._store.users.revoke_api_key(request.key_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
         return session_pb2.RevokeApiKeyResponse()
 
@@ -419,11 +421,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             self._check_fits(bot, content, token_count, max_tokens)
         except InvalidArgumentError:
             # Unless the request was accepted before (a retry): it goes on in its chat.
-            chat = await self._store.find_chat_by_request(request.user_id, request.request_id)
+            chat = await self._store.chats.find_chat_by_request(request.user_id, request.request_id)
             if chat is None:
                 raise
             return await self._next_turn(request, chat.chat_id)
-        opened = await self._store.open_chat(
+        opened = await self._store.chats.open_chat(
             request.user_id,
             bot_id=bot.bot_id,
             title=_title_from(content),
@@ -456,7 +458,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         checked), store it, read the history once."""
         content = request.content
         token_count = self._tokens.count(content)
-        slot = await self._store.reserve_turn(request.user_id, chat_id)
+        slot = await self._store.chats.reserve_turn(request.user_id, chat_id)
         try:
             bot = await self._chat_bot(slot.chat)
             policy = POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
@@ -473,20 +475,20 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                     summarize=False,
                 )
         except InvalidArgumentError:
-            await self._store.release_turn(slot)
+            await self._store.chats.release_turn(slot)
             # A question stored before (a retry) is answered as it was accepted then.
-            stored = await self._store.find_message(chat_id, request.request_id, "user")
+            stored = await self._store.messages.find_message(chat_id, request.request_id, "user")
             if stored is None:
                 raise
             return await self._replay(request, chat_id, stored)
         except Exception:
             await self._release_quietly(slot)
             raise
-        question, placed = await self._store.place_question(
+        question, placed = await self._store.chats.place_question(
             slot, content=content, token_count=token_count, request_id=request.request_id
         )
         if not placed:
-            await self._store.release_turn(slot)
+            await self._store.chats.release_turn(slot)
             return await self._replay(request, chat_id, question)
         built = await self._contexts.build(
             chat=slot.chat,
@@ -502,10 +504,12 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: session_pb2.StartTurnRequest, chat_id: str, question: MessageDoc
     ) -> session_pb2.StartTurnResponse:
         """A turn delivered again: its stored question, its context and its answer if stored."""
-        chat = await self._store.get_chat(request.user_id, chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, chat_id)
         bot = await self._chat_bot(chat)
         max_tokens = self._reply_budget(bot, request.max_tokens)
-        existing_answer = await self._store.find_message(chat_id, request.request_id, "assistant")
+        existing_answer = await self._store.messages.find_message(
+            chat_id, request.request_id, "assistant"
+        )
         built = await self._contexts.build(
             chat=chat,
             bot=bot,
@@ -521,7 +525,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         still answers (otherwise the chat's count keeps it: a display figure, nothing else)."""
         try:
             with deadline(_RELEASE_S):
-                await self._store.release_turn(slot)
+                await self._store.chats.release_turn(slot)
         except _MAPPED as exc:
             log.warning("could not give back a turn's slot", extra={"error": repr(exc)})
 
@@ -569,7 +573,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Context:
         _check_chat_id(request.chat_id)
         _check_content(request.content)
-        chat = await self._store.get_chat(request.user_id, request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
         bot = await self._chat_bot(chat)
         max_tokens = self._reply_budget(bot, request.max_tokens)
         built = await self._contexts.build(
@@ -592,11 +596,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: session_pb2.GetChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.GetChatResponse:
         _check_chat_id(request.chat_id)
-        chat = await self._store.get_chat(request.user_id, request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
         response = session_pb2.GetChatResponse(chat=_chat_pb(chat))
         if request.include_messages:
             response.messages.extend(
-                _message_pb(m) for m in await self._store.chat_messages(chat.chat_id)
+                _message_pb(m) for m in await self._store.messages.chat_messages(chat.chat_id)
             )
         return response
 
@@ -608,7 +612,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if limit > MAX_LIST_LIMIT:
             raise InvalidArgumentError("limit", f"at most {MAX_LIST_LIMIT}")
         before = _decode_cursor(request.cursor) if request.cursor else None
-        chats = await self._store.list_chats(request.user_id, limit=limit + 1, before=before)
+        chats = await self._store.chats.list_chats(request.user_id, limit=limit + 1, before=before)
         response = session_pb2.ListChatsResponse(chats=[_chat_pb(c) for c in chats[:limit]])
         if len(chats) > limit:
             last = chats[limit - 1]
@@ -627,11 +631,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             if not title or len(title) > 200:
                 raise InvalidArgumentError("title", "must be 1 to 200 characters")
         if request.HasField("bot_id"):
-            await self._store.get_chat(request.user_id, request.chat_id)  # NOT_FOUND comes first
+            await self._store.chats.get_chat(
+                request.user_id, request.chat_id
+            )  # NOT_FOUND comes first
             bot_id = (await self._pickable_bot(request.user_id, request.bot_id)).bot_id
         if title is None and bot_id is None:
             raise InvalidArgumentError("title", "give a title or a bot_id to change")
-        chat = await self._store.update_chat(
+        chat = await self._store.chats.update_chat(
             request.user_id, request.chat_id, title=title, bot_id=bot_id
         )
         return _chat_pb(chat)
@@ -641,7 +647,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: session_pb2.DeleteChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.DeleteChatResponse:
         _check_chat_id(request.chat_id)
-        await self._store.delete_chat(request.user_id, request.chat_id)
+        await self._store.chats.delete_chat(request.user_id, request.chat_id)
         return session_pb2.DeleteChatResponse()
 
     # bot profiles
@@ -661,7 +667,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             raise PermissionDeniedError("the default profile is set by the service's configuration")
         if not is_id(bot_id):
             raise BotNotFoundError(bot_id)
-        bot = await self._store.get_bot(
+        bot = await self._store.bots.get_bot(
             bot_id, visible_to=None if admin else owner, include_deleted=False
         )
         if bot.owner_user_id != owner:
@@ -675,7 +681,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: session_pb2.ListBotsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ListBotsResponse:
         owner = self._owner(request.user_id, request.admin)
-        bots = await self._store.list_bots(owner or None)
+        bots = await self._store.bots.list_bots(owner or None)
         return session_pb2.ListBotsResponse(
             bots=[bot_pb(b) for b in [self._profiles.default, *bots]]
         )
@@ -689,7 +695,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             return bot_pb(self._profiles.default)
         if not is_id(request.bot_id):
             raise BotNotFoundError(request.bot_id)
-        bot = await self._store.get_bot(
+        bot = await self._store.bots.get_bot(
             request.bot_id, visible_to=owner or None, include_deleted=False
         )
         if request.admin and not bot.shared:
@@ -702,11 +708,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.BotProfile:
         owner = self._owner(request.user_id, request.admin)
         bot = self._profiles.new(request.bot, owner_user_id=owner, admin=request.admin)
-        if owner and await self._store.count_bots(owner) >= self._settings.max_bots_per_user:
+        if owner and await self._store.bots.count_bots(owner) >= self._settings.max_bots_per_user:
             raise InvalidArgumentError(
                 "bot", f"at most {self._settings.max_bots_per_user} profiles a user; delete one"
             )
-        return bot_pb(await self._store.create_bot(bot))
+        return bot_pb(await self._store.bots.create_bot(bot))
 
     @_rpc
     async def UpdateBot(
@@ -717,14 +723,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if not paths:
             raise InvalidArgumentError("update_mask", "name the fields to change")
         changed = self._profiles.update(current, request.bot, paths, admin=request.admin)
-        return bot_pb(await self._store.replace_bot(changed))
+        return bot_pb(await self._store.bots.replace_bot(changed))
 
     @_rpc
     async def DeleteBot(
         self, request: session_pb2.DeleteBotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.DeleteBotResponse:
         bot = await self._own_bot(request.user_id, request.admin, request.bot_id)
-        await self._store.delete_bot(bot.bot_id, bot.owner_user_id)
+        await self._store.bots.delete_bot(bot.bot_id, bot.owner_user_id)
         return session_pb2.DeleteBotResponse()
 
     # feedback
@@ -743,9 +749,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if len(comment) > 4000:
             raise InvalidArgumentError("comment", "at most 4000 characters")
         tags = _clean_tags(list(request.tags))
-        chat = await self._store.get_chat(request.user_id, request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
         message = (
-            await self._store.get_message(chat.chat_id, request.message_id)
+            await self._store.messages.get_message(chat.chat_id, request.message_id)
             if is_id(request.message_id)
             else None
         )
@@ -753,7 +759,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             raise MessageNotFoundError(request.message_id)
         if message.role != "assistant":
             raise InvalidArgumentError("message_id", "feedback is given on the assistant's answers")
-        feedback = await self._store.put_feedback(
+        feedback = await self._store.feedback.put_feedback(
             user_id=request.user_id,
             chat=chat,
             message=message,
@@ -773,7 +779,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         query = _feedback_query(
             request.bot_id, request.since_unix_ms, request.until_unix_ms, request.cursor
         )
-        found = await self._store.list_feedback(query, limit=limit + 1)
+        found = await self._store.feedback.list_feedback(query, limit=limit + 1)
         response = session_pb2.ListFeedbackResponse(
             feedback=[_feedback_pb(f) for f in found[:limit]]
         )
@@ -789,7 +795,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> AsyncIterator[session_pb2.Feedback]:
         try:
             query = _feedback_query(request.bot_id, request.since_unix_ms, request.until_unix_ms)
-            async for item in self._store.export_feedback(query):
+            async for item in self._store.feedback.export_feedback(query):
                 yield _feedback_pb(item)
         except _MAPPED as exc:
             await _abort_for(context, exc)

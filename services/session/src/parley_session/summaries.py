@@ -21,7 +21,7 @@ from parley.v1 import envelopes_pb2, types_pb2
 from parley_common.kafka import SCHEMA_VERSION, Topics
 from parley_common.timeutil import now_ms
 from parley_session.domain import BotProfile, summary_prompt
-from parley_session.store import ChatDoc, SessionStore
+from parley_session.stores import ChatDoc, Stores
 from parley_session.tokens import TokenCounter
 
 __all__ = ["Summarizer", "retry_delay"]
@@ -40,7 +40,7 @@ def retry_delay(first_s: float, attempts: int) -> timedelta:
 class Summarizer:
     def __init__(
         self,
-        store: SessionStore,
+        store: Stores,
         tokens: TokenCounter,
         producer: AIOKafkaProducer,
         *,
@@ -89,14 +89,14 @@ class Summarizer:
 
     async def _publish(self, chat: ChatDoc, bot: BotProfile, after: int, before: int) -> None:
         now = datetime.now(UTC)
-        job = await self._store.claim_summary_job(
+        job = await self._store.summaries.claim_summary_job(
             chat.chat_id,
             now=now,
             stale_before=now - timedelta(seconds=self._timeout_s + 30),
         )
         if job is None:
             return  # one is in flight, or waiting out its backoff
-        loaded = await self._store.history(chat.chat_id, after=after, through=before - 1)
+        loaded = await self._store.messages.history(chat.chat_id, after=after, through=before - 1)
         prompt = summary_prompt(
             previous_summary=chat.summary.text if chat.summary is not None else "",
             turns=loaded.messages,
@@ -105,7 +105,7 @@ class Summarizer:
             fmt=self._tokens,
         )
         if prompt is None:
-            await self._store.release_summary_job(chat.chat_id, job.request_id)
+            await self._store.summaries.release_summary_job(chat.chat_id, job.request_id)
             return
         request = envelopes_pb2.CompletionRequest(
             schema_version=SCHEMA_VERSION,
@@ -133,7 +133,7 @@ class Summarizer:
                 "summary request not published; it will be redone",
                 extra={"chat_id": chat.chat_id, "error": repr(exc)},
             )
-            await self._store.fail_summary_job(
+            await self._store.summaries.fail_summary_job(
                 chat.chat_id, job.request_id, now + retry_delay(self._retry_s, job.attempts)
             )
             return
