@@ -21,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from parley.v1 import envelopes_pb2
+from parley_common.backoff import Backoff
 from parley_common.logs import log_fields
 from parley_common.metrics import KafkaMetrics, ResultsMetrics
 from parley_common.telemetry import annotate, tracer
@@ -384,7 +385,7 @@ class ResultsConsumer:
         self, record: ConsumerRecord[bytes, bytes], result: envelopes_pb2.CompletionResult
     ) -> str:
         outcome = "applied"
-        delay = 0.2
+        backoff = Backoff()
         attempt = 0
         while True:
             try:
@@ -409,8 +410,7 @@ class ResultsConsumer:
                     extra={"attempt": attempt, "error": repr(exc)},
                 )
             outcome = "retried"
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -12,6 +12,7 @@ from parley_worker.engines.base import ChatMessage, GenerationRequest, SamplingP
 __all__ = [
     "Outcome",
     "done_chunk",
+    "finish_name",
     "finish_reason",
     "generation_request",
     "result_envelope",
@@ -27,6 +28,13 @@ _FINISH = {
     "stop": types_pb2.FINISH_REASON_STOP,
     "length": types_pb2.FINISH_REASON_LENGTH,
     "cancelled": types_pb2.FINISH_REASON_CANCELLED,
+}
+_FINISH_NAMES = {
+    types_pb2.FINISH_REASON_STOP: "stop",
+    types_pb2.FINISH_REASON_LENGTH: "length",
+    types_pb2.FINISH_REASON_CANCELLED: "cancelled",
+    types_pb2.FINISH_REASON_ERROR: "error",
+    types_pb2.FINISH_REASON_EXPIRED: "expired",
 }
 FinishReason: TypeAlias = types_pb2.FinishReason.ValueType
 
@@ -68,6 +76,11 @@ def finish_reason(engine_reason: str) -> FinishReason:
         raise RuntimeError(
             f"the engine ended with an unknown finish reason {engine_reason!r}"
         ) from None
+
+
+def finish_name(finish: FinishReason) -> str:
+    """How metrics, logs and traces name a finish reason."""
+    return _FINISH_NAMES.get(finish, "error")
 
 
 def result_envelope(
