@@ -18,23 +18,23 @@ from parley.v1 import (
     cache_pb2_grpc,
     envelopes_pb2,
     session_pb2,
-    session_pb2_grpc,
     types_pb2,
 )
 from parley_common.ids import new_id
 from parley_common.kafka import SCHEMA_VERSION, Topics
 from parley_common.logs import bind_log_fields
 from parley_common.timeutil import now_ms
+from parley_common.vocabulary import FinishReason, Role
 from parley_gateway.auth import Principal
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.relay import AnswerRelay, Reset, TextChunk, TextEvent
 from parley_gateway.replies import ReplyRouter
 from parley_gateway.schemas import TurnAnswer, Usage
+from parley_gateway.session_client import SessionClient
 from parley_gateway.telemetry import annotate_cache, annotate_turn, observe_turn
 
 __all__ = [
-    "FINISH_NAMES",
     "Reset",
     "Sampling",
     "TextChunk",
@@ -51,18 +51,6 @@ log = logging.getLogger(__name__)
 # the client's retry with the same request_id is then answered from what was stored.
 QUEUE_WAIT_S = 2.0
 
-FINISH_NAMES = {
-    types_pb2.FINISH_REASON_STOP: "stop",
-    types_pb2.FINISH_REASON_LENGTH: "length",
-    types_pb2.FINISH_REASON_CANCELLED: "cancelled",
-    types_pb2.FINISH_REASON_ERROR: "error",
-    types_pb2.FINISH_REASON_EXPIRED: "expired",
-}
-_ROLES_TO_PB = {
-    "system": types_pb2.ROLE_SYSTEM,
-    "user": types_pb2.ROLE_USER,
-    "assistant": types_pb2.ROLE_ASSISTANT,
-}
 
 # A worker's error is shown to the client; an engine's exception text can be long.
 _MAX_ERROR_CHARS = 300
@@ -150,14 +138,13 @@ class TurnService:
     def __init__(
         self,
         *,
-        session: session_pb2_grpc.SessionServiceAsyncStub,
+        session: SessionClient,
         cache: cache_pb2_grpc.CacheServiceAsyncStub,
         producer: AIOKafkaProducer,
         replies: ReplyRouter,
         topics: Topics,
         completion_timeout_s: float,
         cache_timeout_s: float,
-        grpc_timeout_s: float,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self._metrics = metrics or GatewayMetrics(CollectorRegistry())
@@ -168,7 +155,6 @@ class TurnService:
         self._topics = topics
         self._completion_timeout_s = completion_timeout_s
         self._cache_timeout_s = cache_timeout_s
-        self._grpc_timeout_s = grpc_timeout_s
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -199,20 +185,16 @@ class TurnService:
         """
         request_id = request_id or new_id()
         bind_log_fields(request_id=request_id)  # from here on, log lines and gRPC calls carry it
-        try:
-            started = await self._session.StartTurn(
-                session_pb2.StartTurnRequest(
-                    user_id=principal.user_id,
-                    chat_id=chat_id,
-                    request_id=request_id,
-                    content=message,
-                    bot_id=bot_id or "",
-                    max_tokens=max_tokens or 0,
-                ),
-                timeout=self._grpc_timeout_s,
+        started = await self._session.start_turn(
+            session_pb2.StartTurnRequest(
+                user_id=principal.user_id,
+                chat_id=chat_id,
+                request_id=request_id,
+                content=message,
+                bot_id=bot_id or "",
+                max_tokens=max_tokens or 0,
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "session") from exc
+        )
         if before_queue is not None and not await before_queue(
             started.chat.chat_id, started.user_message.message_id, started.model
         ):
@@ -232,7 +214,9 @@ class TurnService:
                 _single(
                     TurnAnswer(
                         content=answer.content,
-                        finish_reason=FINISH_NAMES.get(answer.finish_reason, "stop"),
+                        finish_reason=(
+                            FinishReason.from_pb(answer.finish_reason) or FinishReason.STOP
+                        ).value,
                         usage=Usage(
                             prompt_tokens=0,
                             completion_tokens=answer.token_count,
@@ -270,21 +254,17 @@ class TurnService:
         no_cache: bool = False,
     ) -> Turn:
         """A turn on the client's messages (OpenAI style): nothing is stored in a chat."""
-        try:
-            prepared = await self._session.PrepareCompletion(
-                session_pb2.PrepareCompletionRequest(
-                    user_id=principal.user_id,
-                    model=model,
-                    messages=[
-                        types_pb2.ChatMessage(role=_ROLES_TO_PB[role], content=content)
-                        for role, content in messages
-                    ],
-                    max_tokens=max_tokens or 0,
-                ),
-                timeout=self._grpc_timeout_s,
+        prepared = await self._session.prepare_completion(
+            session_pb2.PrepareCompletionRequest(
+                user_id=principal.user_id,
+                model=model,
+                messages=[
+                    types_pb2.ChatMessage(role=Role(role).to_pb(), content=content)
+                    for role, content in messages
+                ],
+                max_tokens=max_tokens or 0,
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "session") from exc
+        )
         sampling = sampling or Sampling()
         plan = _Plan(
             request_id=new_id(),
@@ -471,7 +451,7 @@ class TurnService:
                 usage = chunk.usage
                 yield TurnAnswer(
                     content=content,
-                    finish_reason=FINISH_NAMES.get(chunk.finish_reason, "error"),
+                    finish_reason=FinishReason.name_of(chunk.finish_reason),
                     usage=Usage(
                         prompt_tokens=usage.prompt_tokens,
                         completion_tokens=usage.completion_tokens,

@@ -26,7 +26,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from parley.v1 import envelopes_pb2, session_pb2, types_pb2
-from parley_session.domain import InvalidArgumentError
+from parley_common.vocabulary import CompletionState, CompletionStatePb, FinishReason, Role
+from parley_session.domain import InvalidArgumentError, ModelNotFoundError
 from parley_session.retry import RetryPolicy
 from parley_session.stores import Stores
 from parley_session.tokens import TokenCounter
@@ -34,7 +35,6 @@ from parley_session.tokens import TokenCounter
 __all__ = [
     "CompletionService",
     "ContextLengthExceededError",
-    "ModelNotFoundError",
     "QuotaDecision",
     "ResultTracker",
     "quota_decision",
@@ -48,31 +48,7 @@ MAX_MESSAGES = 1000
 MAX_MESSAGE_CHARS = 100_000
 _WINDOW_KEEP = timedelta(minutes=3)
 
-_ROLES = {
-    types_pb2.ROLE_SYSTEM: "system",
-    types_pb2.ROLE_USER: "user",
-    types_pb2.ROLE_ASSISTANT: "assistant",
-}
-_FINAL_STATE = {
-    types_pb2.FINISH_REASON_STOP: session_pb2.COMPLETION_STATE_DONE,
-    types_pb2.FINISH_REASON_LENGTH: session_pb2.COMPLETION_STATE_DONE,
-    types_pb2.FINISH_REASON_CANCELLED: session_pb2.COMPLETION_STATE_CANCELLED,
-    types_pb2.FINISH_REASON_ERROR: session_pb2.COMPLETION_STATE_FAILED,
-    types_pb2.FINISH_REASON_EXPIRED: session_pb2.COMPLETION_STATE_FAILED,
-}
-_STATE_NAMES = {
-    session_pb2.COMPLETION_STATE_QUEUED: "queued",
-    session_pb2.COMPLETION_STATE_RUNNING: "running",
-    session_pb2.COMPLETION_STATE_DONE: "done",
-    session_pb2.COMPLETION_STATE_FAILED: "failed",
-    session_pb2.COMPLETION_STATE_CANCELLED: "cancelled",
-}
-_STATE_VALUES = {name: value for value, name in _STATE_NAMES.items()}
-_PENDING = ["queued", "running"]
-
-
-class ModelNotFoundError(LookupError):
-    """A model this platform does not serve."""
+_PENDING = [CompletionState.QUEUED.value, CompletionState.RUNNING.value]
 
 
 class ContextLengthExceededError(InvalidArgumentError):
@@ -244,7 +220,7 @@ class CompletionStore:
         chat_id: str,
         message_id: str,
         model: str,
-        state: str = "queued",
+        state: CompletionState = CompletionState.QUEUED,
     ) -> Doc:
         now = _now()
         return {
@@ -254,7 +230,7 @@ class CompletionStore:
             "chat_id": chat_id,
             "message_id": message_id,
             "model": model,
-            "state": state,
+            "state": state.value,
             "content": "",
             "finish_reason": types_pb2.FINISH_REASON_UNSPECIFIED,
             "prompt_tokens": 0,
@@ -276,8 +252,8 @@ class CompletionStore:
         key = self._key(user_id, completion_id)
         await self._retry.run(
             lambda: self._completions.update_one(
-                {"_id": key, "state": "queued"},
-                {"$set": {"state": "running", "updated_at": _now()}},
+                {"_id": key, "state": CompletionState.QUEUED.value},
+                {"$set": {"state": CompletionState.RUNNING.value, "updated_at": _now()}},
             ),
             "mark_completion_running",
         )
@@ -286,11 +262,11 @@ class CompletionStore:
     async def finish(self, result: envelopes_pb2.CompletionResult) -> bool:
         """Apply a result to its completion, if it is one and still pending (redeliveries and
         results of synchronous turns change nothing)."""
-        state = _FINAL_STATE.get(result.finish_reason)
-        if state is None or not result.user_id:
+        finish = FinishReason.from_pb(result.finish_reason)
+        if finish is None or not result.user_id:
             return False
         changes: Doc = {
-            "state": _STATE_NAMES[state],
+            "state": CompletionState.after(finish).value,
             "content": result.text,
             "finish_reason": int(result.finish_reason),
             "prompt_tokens": result.usage.prompt_tokens,
@@ -317,12 +293,17 @@ class CompletionStore:
         return updated.modified_count == 1
 
 
+def _state_pb(stored: str) -> CompletionStatePb:
+    state = CompletionState.parse(stored)
+    return session_pb2.COMPLETION_STATE_UNSPECIFIED if state is None else state.to_pb()
+
+
 def completion_pb(doc: Doc) -> session_pb2.Completion:
     return session_pb2.Completion(
         completion_id=doc["completion_id"],
         chat_id=doc.get("chat_id", ""),
         message_id=doc.get("message_id", ""),
-        state=_STATE_VALUES.get(doc.get("state", ""), session_pb2.COMPLETION_STATE_UNSPECIFIED),
+        state=_state_pb(doc.get("state", "")),
         content=doc.get("content", ""),
         finish_reason=doc.get("finish_reason", types_pb2.FINISH_REASON_UNSPECIFIED),
         usage=types_pb2.Usage(
@@ -460,7 +441,7 @@ class CompletionService:
             )
             if answer is not None:
                 doc.update(
-                    state="done",
+                    state=CompletionState.DONE,
                     content=answer.content,
                     finish_reason=_FINISH_FROM_NAME.get(
                         answer.finish_reason, types_pb2.FINISH_REASON_STOP
@@ -510,7 +491,7 @@ def _client_messages(
         raise InvalidArgumentError("messages", f"at most {MAX_MESSAGES} messages")
     converted: list[tuple[str, str]] = []
     for index, message in enumerate(messages):
-        role = _ROLES.get(message.role)
+        role = Role.from_pb(message.role)
         if role is None:
             raise InvalidArgumentError(
                 f"messages[{index}].role", "must be system, user or assistant"
@@ -519,7 +500,7 @@ def _client_messages(
             raise InvalidArgumentError(
                 f"messages[{index}].content", f"longer than {MAX_MESSAGE_CHARS} characters"
             )
-        converted.append((role, message.content))
+        converted.append((role.value, message.content))
     return converted
 
 

@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 
 from parley.v1 import envelopes_pb2, types_pb2
+from parley_common.vocabulary import FinishReason
 from parley_session.stores import Stores
 from parley_session.summaries import retry_delay
 from parley_session.tokens import TokenCounter
@@ -16,12 +17,10 @@ __all__ = ["ResultRecorder"]
 
 log = logging.getLogger(__name__)
 
-_FINISH = {
-    types_pb2.FINISH_REASON_STOP: "stop",
-    types_pb2.FINISH_REASON_LENGTH: "length",
-    types_pb2.FINISH_REASON_CANCELLED: "cancelled",
-    types_pb2.FINISH_REASON_ERROR: "error",
-}
+# What an answer may end with: an expired request generated nothing.
+_ANSWER_ENDINGS = frozenset(
+    {FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED, FinishReason.ERROR}
+)
 
 
 class ResultRecorder:
@@ -37,8 +36,11 @@ class ResultRecorder:
             await self._answer(result)
 
     async def _answer(self, result: envelopes_pb2.CompletionResult) -> None:
-        if result.finish_reason not in _FINISH or (
-            not result.text and result.finish_reason == types_pb2.FINISH_REASON_ERROR
+        finish = FinishReason.from_pb(result.finish_reason)
+        if (
+            finish is None
+            or finish not in _ANSWER_ENDINGS
+            or (not result.text and finish is FinishReason.ERROR)
         ):
             return  # nothing was generated (expired or failed): no assistant message
         created = await self._store.chats.append_answer(
@@ -47,7 +49,7 @@ class ResultRecorder:
             content=result.text,
             token_count=result.usage.completion_tokens or self._tokens.count(result.text),
             request_id=result.request_id,
-            finish_reason=_FINISH[result.finish_reason],
+            finish_reason=finish.value,
             model=result.model,
             cache_entry_id=result.cache_entry_id,
             worker_id=result.worker_id,

@@ -15,28 +15,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from pymongo.errors import PyMongoError
 
 from parley.v1 import session_pb2, session_pb2_grpc
+from parley_common.grpc_errors import abort_bad_field
 from parley_common.ids import is_id
 from parley_session import wire
 from parley_session.bot_access import BotAccess
 from parley_session.completions import (
     CompletionService,
     ContextLengthExceededError,
-    ModelNotFoundError,
 )
 from parley_session.config import Settings
 from parley_session.context import ContextBuilder
 from parley_session.domain import (
     BotNotFoundError,
     ChatNotFoundError,
+    CompletionNotFoundError,
     InvalidArgumentError,
     MessageNotFoundError,
+    ModelNotFoundError,
     PermissionDeniedError,
 )
+from parley_session.failures import EXPECTED_FAILURES
+from parley_session.feedback import submit_feedback
 from parley_session.profiles import ProfileRules, bot_pb
 from parley_session.retry import (
     DeadlineExceededError,
@@ -63,17 +65,13 @@ Method = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Res
 async def _abort_invalid(
     context: grpc.aio.ServicerContext[Any, Any], exc: InvalidArgumentError
 ) -> None:
-    violation = error_details_pb2.BadRequest.FieldViolation(
-        field=exc.field, description=exc.description
+    # OUT_OF_RANGE: the request is well formed, it just does not fit the model's window.
+    code = (
+        grpc.StatusCode.OUT_OF_RANGE
+        if isinstance(exc, ContextLengthExceededError)
+        else grpc.StatusCode.INVALID_ARGUMENT
     )
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[detail])
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        str(exc),
-        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-    )
+    await abort_bad_field(context, code, str(exc), field=exc.field, description=exc.description)
 
 
 async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
@@ -82,6 +80,10 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         await context.abort(grpc.StatusCode.NOT_FOUND, f"chat {exc} not found")
     if isinstance(exc, BotNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"bot profile {exc} not found")
+    if isinstance(exc, CompletionNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"completion {exc.args[0]!r} not found")
+    if isinstance(exc, ModelNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, MessageNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
     if isinstance(exc, PermissionDeniedError):
@@ -111,18 +113,6 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
     raise exc
 
 
-_MAPPED = (
-    ChatNotFoundError,
-    BotNotFoundError,
-    MessageNotFoundError,
-    PermissionDeniedError,
-    InvalidArgumentError,
-    DeadlineExceededError,
-    StoreUnavailableError,
-    PyMongoError,
-)
-
-
 def _rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
     """Bound the call's store work by its deadline and map errors to status codes."""
 
@@ -133,21 +123,11 @@ def _rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
         try:
             with deadline(context.time_remaining()):
                 return await method(self, request, context)
-        except _MAPPED as exc:
+        except EXPECTED_FAILURES as exc:
             await _abort_for(context, exc)
         raise AssertionError("unreachable")  # context.abort always raises
 
     return wrapper
-
-
-def _clean_tags(tags: list[str]) -> list[str]:
-    cleaned = list(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
-    if len(cleaned) > 10:
-        raise InvalidArgumentError("tags", "at most 10")
-    for tag in cleaned:
-        if len(tag) > 40:
-            raise InvalidArgumentError("tags", f"{tag[:40]!r}…: at most 40 characters a tag")
-    return cleaned
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
@@ -353,32 +333,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.SubmitFeedbackRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.Feedback:
-        check_chat_id(request.chat_id)
-        rating = wire.RATING_FROM_PB.get(request.rating)
-        if rating is None:
-            raise InvalidArgumentError("rating", "up or down")
-        comment = request.comment.strip()
-        if len(comment) > 4000:
-            raise InvalidArgumentError("comment", "at most 4000 characters")
-        tags = _clean_tags(list(request.tags))
-        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
-        message = (
-            await self._store.messages.get_message(chat.chat_id, request.message_id)
-            if is_id(request.message_id)
-            else None
-        )
-        if message is None:
-            raise MessageNotFoundError(request.message_id)
-        if message.role != "assistant":
-            raise InvalidArgumentError("message_id", "feedback is given on the assistant's answers")
-        feedback = await self._store.feedback.put_feedback(
-            user_id=request.user_id,
-            chat=chat,
-            message=message,
-            rating=rating,
-            comment=comment,
-            tags=tags,
-        )
+        feedback = await submit_feedback(self._store, wire.feedback_request(request))
         return wire.feedback_pb(feedback)
 
     @_rpc
@@ -411,7 +366,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             )
             async for item in self._store.feedback.export_feedback(query):
                 yield wire.feedback_pb(item)
-        except _MAPPED as exc:
+        except EXPECTED_FAILURES as exc:
             await _abort_for(context, exc)
 
     # stateless and asynchronous completions, rate limits: parley_session.completions
@@ -422,13 +377,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.PrepareCompletionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.PrepareCompletionResponse:
-        try:
-            return self._completions.prepare(request)
-        except ModelNotFoundError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except ContextLengthExceededError as exc:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-        raise AssertionError("unreachable")  # context.abort always raises
+        return self._completions.prepare(request)
 
     @_rpc
     async def ListModels(
@@ -450,10 +399,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Completion:
         found = await self._completions.get(request.user_id, request.completion_id)
         if found is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"completion {request.completion_id!r} not found"
-            )
-        assert found is not None
+            raise CompletionNotFoundError(request.completion_id)
         return found
 
     @_rpc
@@ -464,10 +410,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Completion:
         found = await self._completions.mark_running(request.user_id, request.completion_id)
         if found is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"completion {request.completion_id!r} not found"
-            )
-        assert found is not None
+            raise CompletionNotFoundError(request.completion_id)
         return found
 
     @_rpc

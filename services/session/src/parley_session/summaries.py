@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from parley.v1 import envelopes_pb2, types_pb2
 from parley_common.kafka import SCHEMA_VERSION, Topics
 from parley_common.timeutil import now_ms
+from parley_common.vocabulary import Role
 from parley_session.domain import BotProfile, summary_prompt
 from parley_session.stores import ChatDoc, Stores
 from parley_session.tokens import TokenCounter
@@ -29,7 +30,6 @@ __all__ = ["Summarizer", "retry_delay"]
 log = logging.getLogger(__name__)
 
 _MAX_RETRY_DELAY_S = 600.0
-_ROLES = {"system": types_pb2.ROLE_SYSTEM, "user": types_pb2.ROLE_USER}
 
 
 def retry_delay(first_s: float, attempts: int) -> timedelta:
@@ -115,7 +115,7 @@ class Summarizer:
             model=bot.model,
             kind=envelopes_pb2.COMPLETION_KIND_SUMMARY,
             messages=[
-                types_pb2.ChatMessage(role=_ROLES[role], content=text)
+                types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
                 for role, text in prompt.messages
             ],
             sampling=types_pb2.SamplingParams(max_tokens=bot.history.summary_max_tokens),

@@ -11,24 +11,20 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from pymongo.errors import PyMongoError
-
 from parley_common.ids import is_id
 from parley_session.bot_access import BotAccess
 from parley_session.config import Settings
 from parley_session.context import BuiltContext, ContextBuilder
 from parley_session.domain import (
-    BotNotFoundError,
     BotProfile,
     ChatNotFoundError,
     HistoryPolicy,
     InvalidArgumentError,
-    MessageNotFoundError,
-    PermissionDeniedError,
     StoredMessage,
     check_message_fits,
 )
-from parley_session.retry import DeadlineExceededError, StoreUnavailableError, deadline
+from parley_session.failures import EXPECTED_FAILURES
+from parley_session.retry import deadline
 from parley_session.stores import ChatDoc, LoadedHistory, MessageDoc, Stores, TurnSlot
 from parley_session.tokens import TokenCounter
 
@@ -39,17 +35,6 @@ log = logging.getLogger(__name__)
 MAX_CONTENT_CHARS: Final = 100_000
 _RELEASE_S: Final = 1.0
 _NO_LATER_THAN: Final = 2**31  # an ordinal past any chat's last message
-# What giving back a slot may run into; none of it should hide the turn's own error.
-_RELEASE_FAILURES: Final = (
-    ChatNotFoundError,
-    BotNotFoundError,
-    MessageNotFoundError,
-    PermissionDeniedError,
-    InvalidArgumentError,
-    DeadlineExceededError,
-    StoreUnavailableError,
-    PyMongoError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +234,7 @@ class Turns:
         try:
             with deadline(_RELEASE_S):
                 await self._stores.chats.release_turn(slot)
-        except _RELEASE_FAILURES as exc:
+        except EXPECTED_FAILURES as exc:
             log.warning("could not give back a turn's slot", extra={"error": repr(exc)})
 
     @staticmethod

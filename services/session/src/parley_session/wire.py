@@ -8,14 +8,15 @@ import binascii
 from datetime import datetime
 
 from parley.v1 import session_pb2, types_pb2
+from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
 from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError
+from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
 from parley_session.stores import ChatDoc, FeedbackDoc, FeedbackQuery, MessageDoc, from_ms
 from parley_session.turns import Turn, TurnRequest
 
 __all__ = [
-    "RATING_FROM_PB",
     "chat_pb",
     "context_pb",
     "decode_cursor",
@@ -23,24 +24,25 @@ __all__ = [
     "encode_cursor",
     "feedback_pb",
     "feedback_query",
+    "feedback_request",
     "message_pb",
     "turn_pb",
     "turn_request",
 ]
 
-_ROLE_TO_PB = {
-    "system": types_pb2.ROLE_SYSTEM,
-    "user": types_pb2.ROLE_USER,
-    "assistant": types_pb2.ROLE_ASSISTANT,
-}
-_FINISH_TO_PB = {
-    "stop": types_pb2.FINISH_REASON_STOP,
-    "length": types_pb2.FINISH_REASON_LENGTH,
-    "cancelled": types_pb2.FINISH_REASON_CANCELLED,
-    "error": types_pb2.FINISH_REASON_ERROR,
-}
-RATING_FROM_PB = {session_pb2.RATING_UP: "up", session_pb2.RATING_DOWN: "down"}
-_RATING_TO_PB = {v: k for k, v in RATING_FROM_PB.items()}
+_RATING_FROM_PB = {session_pb2.RATING_UP: "up", session_pb2.RATING_DOWN: "down"}
+_RATING_TO_PB = {v: k for k, v in _RATING_FROM_PB.items()}
+
+
+def _role_pb(stored: str) -> RolePb:
+    role = Role.parse(stored)
+    return types_pb2.ROLE_UNSPECIFIED if role is None else role.to_pb()
+
+
+def _finish_pb(stored: str) -> FinishReasonPb:
+    """A question's (empty) or an answer's finish reason; answers never end `expired`."""
+    finish = FinishReason.parse(stored)
+    return types_pb2.FINISH_REASON_UNSPECIFIED if finish is None else finish.to_pb()
 
 
 def chat_pb(chat: ChatDoc) -> session_pb2.Chat:
@@ -62,12 +64,12 @@ def message_pb(m: MessageDoc) -> session_pb2.Message:
     return session_pb2.Message(
         message_id=m.message_id,
         ordinal=m.ordinal,
-        role=_ROLE_TO_PB.get(m.role, types_pb2.ROLE_UNSPECIFIED),
+        role=_role_pb(m.role),
         content=m.content,
         token_count=m.token_count,
         request_id=m.request_id,
         created_unix_ms=m.created_ms,
-        finish_reason=_FINISH_TO_PB.get(m.finish_reason, types_pb2.FINISH_REASON_UNSPECIFIED),
+        finish_reason=_finish_pb(m.finish_reason),
     )
 
 
@@ -94,7 +96,7 @@ def feedback_pb(f: FeedbackDoc) -> session_pb2.Feedback:
 def context_pb(built: BuiltContext) -> session_pb2.Context:
     pb = session_pb2.Context(
         messages=[
-            types_pb2.ChatMessage(role=_ROLE_TO_PB[role], content=text)
+            types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
             for role, text in built.plan.messages
         ],
         prompt_tokens=built.plan.prompt_tokens,
@@ -163,6 +165,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     # OverflowError, OSError: a time far outside what datetime or the platform can represent.
     except (ValueError, OverflowError, OSError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidArgumentError("cursor", "not a cursor returned by this API") from exc
+
+
+def feedback_request(request: session_pb2.SubmitFeedbackRequest) -> FeedbackRequest:
+    return FeedbackRequest(
+        user_id=request.user_id,
+        chat_id=request.chat_id,
+        message_id=request.message_id,
+        rating=_RATING_FROM_PB.get(request.rating),
+        comment=request.comment,
+        tags=list(request.tags),
+    )
 
 
 def feedback_query(bot_id: str, since_ms: int, until_ms: int, cursor: str = "") -> FeedbackQuery:

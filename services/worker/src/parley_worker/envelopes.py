@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
 from parley.v1 import envelopes_pb2, types_pb2
 from parley_common.kafka import SCHEMA_VERSION
+from parley_common.vocabulary import FinishReason, FinishReasonPb, Role
 from parley_worker.engines.base import ChatMessage, GenerationRequest, SamplingParams
 
 __all__ = [
@@ -19,31 +19,15 @@ __all__ = [
     "text_chunk",
 ]
 
-_ROLES = {
-    types_pb2.ROLE_SYSTEM: "system",
-    types_pb2.ROLE_USER: "user",
-    types_pb2.ROLE_ASSISTANT: "assistant",
-}
-_FINISH = {
-    "stop": types_pb2.FINISH_REASON_STOP,
-    "length": types_pb2.FINISH_REASON_LENGTH,
-    "cancelled": types_pb2.FINISH_REASON_CANCELLED,
-}
-_FINISH_NAMES = {
-    types_pb2.FINISH_REASON_STOP: "stop",
-    types_pb2.FINISH_REASON_LENGTH: "length",
-    types_pb2.FINISH_REASON_CANCELLED: "cancelled",
-    types_pb2.FINISH_REASON_ERROR: "error",
-    types_pb2.FINISH_REASON_EXPIRED: "expired",
-}
-FinishReason: TypeAlias = types_pb2.FinishReason.ValueType
+# What an engine may end a generation with; the other reasons are the worker's to give.
+_ENGINE_ENDINGS = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a request ended: what the results topic and the final chunk say."""
 
-    finish: FinishReason
+    finish: FinishReasonPb
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -57,10 +41,10 @@ def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRe
         raise ValueError("the request has no messages")
     messages = []
     for message in request.messages:
-        role = _ROLES.get(message.role)
+        role = Role.from_pb(message.role)
         if role is None:
             raise ValueError(f"message role {message.role} is not system, user or assistant")
-        messages.append(ChatMessage(role, message.content))
+        messages.append(ChatMessage(role.value, message.content))
     return GenerationRequest(
         request_id=request.request_id,
         messages=tuple(messages),
@@ -68,19 +52,17 @@ def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRe
     )
 
 
-def finish_reason(engine_reason: str) -> FinishReason:
+def finish_reason(engine_reason: str) -> FinishReasonPb:
     """The wire value of an engine's finish reason (an unknown one is an engine bug)."""
-    try:
-        return _FINISH[engine_reason]
-    except KeyError:
-        raise RuntimeError(
-            f"the engine ended with an unknown finish reason {engine_reason!r}"
-        ) from None
+    reason = FinishReason.parse(engine_reason)
+    if reason is None or reason not in _ENGINE_ENDINGS:
+        raise RuntimeError(f"the engine ended with an unknown finish reason {engine_reason!r}")
+    return reason.to_pb()
 
 
-def finish_name(finish: FinishReason) -> str:
+def finish_name(finish: FinishReasonPb) -> str:
     """How metrics, logs and traces name a finish reason."""
-    return _FINISH_NAMES.get(finish, "error")
+    return FinishReason.name_of(finish)
 
 
 def result_envelope(
