@@ -20,8 +20,9 @@ from parley.v1 import (
     session_pb2,
     types_pb2,
 )
+from parley_common.envelopes import cancel_request, completion_request, completion_result
 from parley_common.ids import new_id
-from parley_common.kafka import SCHEMA_VERSION, Topics
+from parley_common.kafka import Topics
 from parley_common.logs import bind_log_fields
 from parley_common.timeutil import now_ms
 from parley_common.vocabulary import FinishReason, Role
@@ -310,8 +311,7 @@ class TurnService:
             turn._events = observe_turn(turn._events, self._metrics, source="cache")
             return turn
 
-        request = envelopes_pb2.CompletionRequest(
-            schema_version=SCHEMA_VERSION,
+        request = completion_request(
             request_id=plan.request_id,
             chat_id=plan.chat_id,
             user_id=principal.user_id,
@@ -381,8 +381,7 @@ class TurnService:
         self, principal: Principal, plan: _Plan, lookup: cache_pb2.LookupResponse
     ) -> None:
         """A cached answer is still the turn's answer: record it like a worker's result."""
-        result = envelopes_pb2.CompletionResult(
-            schema_version=SCHEMA_VERSION,
+        result = completion_result(
             request_id=plan.request_id,
             chat_id=plan.chat_id,
             user_id=principal.user_id,
@@ -469,9 +468,7 @@ class TurnService:
                 task.add_done_callback(self._background.discard)
 
     async def cancel(self, request_id: str, reason: str) -> None:
-        cancel = envelopes_pb2.CancelRequest(
-            schema_version=SCHEMA_VERSION, request_id=request_id, reason=reason
-        )
+        cancel = cancel_request(request_id, reason)
         try:
             await self._producer.send_and_wait(self._topics.control, cancel.SerializeToString())
         except KafkaError as exc:

@@ -18,7 +18,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from parley.v1 import envelopes_pb2, types_pb2
-from parley_common.kafka import SCHEMA_VERSION, Topics
+from parley_common.envelopes import completion_request
+from parley_common.kafka import Topics
 from parley_common.timeutil import now_ms
 from parley_common.vocabulary import Role
 from parley_session.domain import BotProfile, summary_prompt
@@ -107,8 +108,7 @@ class Summarizer:
         if prompt is None:
             await self._store.summaries.release_summary_job(chat.chat_id, job.request_id)
             return
-        request = envelopes_pb2.CompletionRequest(
-            schema_version=SCHEMA_VERSION,
+        request = completion_request(
             request_id=job.request_id,
             chat_id=chat.chat_id,
             user_id=chat.user_id,

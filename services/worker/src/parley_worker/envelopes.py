@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parley.v1 import envelopes_pb2, types_pb2
-from parley_common.kafka import SCHEMA_VERSION
+from parley_common import envelopes
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role
 from parley_worker.engines.base import ChatMessage, GenerationRequest, SamplingParams
 
@@ -16,7 +16,6 @@ __all__ = [
     "finish_reason",
     "generation_request",
     "result_envelope",
-    "text_chunk",
 ]
 
 # What an engine may end a generation with; the other reasons are the worker's to give.
@@ -68,8 +67,7 @@ def finish_name(finish: FinishReasonPb) -> str:
 def result_envelope(
     request: envelopes_pb2.CompletionRequest, outcome: Outcome, *, worker_id: str, now_ms: int
 ) -> envelopes_pb2.CompletionResult:
-    result = envelopes_pb2.CompletionResult(
-        schema_version=SCHEMA_VERSION,
+    result = envelopes.completion_result(
         request_id=request.request_id,
         chat_id=request.chat_id,
         user_id=request.user_id,
@@ -96,18 +94,10 @@ def result_envelope(
     return result
 
 
-def text_chunk(request_id: str, seq: int, text: str) -> envelopes_pb2.CompletionChunk:
-    return envelopes_pb2.CompletionChunk(
-        schema_version=SCHEMA_VERSION, request_id=request_id, seq=seq, text=text
-    )
-
-
 def done_chunk(request_id: str, seq: int, outcome: Outcome) -> envelopes_pb2.CompletionChunk:
-    return envelopes_pb2.CompletionChunk(
-        schema_version=SCHEMA_VERSION,
-        request_id=request_id,
-        seq=seq,
-        done=True,
+    return envelopes.done_chunk(
+        request_id,
+        seq,
         finish_reason=outcome.finish,
         usage=_usage(outcome),
         error=outcome.error,

@@ -11,9 +11,10 @@ from aiokafka.errors import KafkaError
 
 from parley.v1 import envelopes_pb2
 from parley_common.backoff import Backoff
+from parley_common.envelopes import text_chunk
 from parley_common.kafka import Topics, TracedProducer, publish_dead_letter
 from parley_common.timeutil import now_ms
-from parley_worker.envelopes import Outcome, done_chunk, finish_name, result_envelope, text_chunk
+from parley_worker.envelopes import Outcome, done_chunk, finish_name, result_envelope
 from parley_worker.jobs import Job
 from parley_worker.metrics import WorkerMetrics
 

@@ -27,7 +27,8 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from parley.v1 import envelopes_pb2
-from parley_common.kafka import EnvelopeError, Topics, consume_span, decode, make_producer
+from parley_common.envelopes import EnvelopeError, decode
+from parley_common.kafka import Topics, consume_span, make_producer
 from parley_worker.commits import Committer
 from parley_worker.config import Settings
 from parley_worker.engines.base import Engine

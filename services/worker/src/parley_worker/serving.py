@@ -10,7 +10,7 @@ from enum import Enum
 from typing import Final
 
 from parley.v1 import envelopes_pb2, types_pb2
-from parley_common.kafka import EnvelopeError, decode
+from parley_common.envelopes import EnvelopeError, decode
 from parley_common.telemetry import annotate, record_span
 from parley_common.timeutil import now_ms
 from parley_worker.config import Settings
