@@ -377,13 +377,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.PrepareCompletionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.PrepareCompletionResponse:
-        return self._completions.prepare(request)
+        prepared = self._completions.prepare(
+            request.model, wire.client_messages(request.messages), request.max_tokens
+        )
+        return wire.prepared_pb(prepared)
 
     @_rpc
     async def ListModels(
         self, request: session_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ListModelsResponse:
-        return self._completions.list_models()
+        return wire.models_pb(self._completions.list_models())
 
     @_rpc
     async def CreateCompletion(
@@ -391,7 +394,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.CreateCompletionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.CreateCompletionResponse:
-        return await self._completions.create(request)
+        completion, created = await self._completions.create(
+            request.user_id,
+            request.completion_id,
+            chat_id=request.chat_id,
+            message_id=request.message_id,
+            model=request.model,
+        )
+        return session_pb2.CreateCompletionResponse(
+            completion=wire.completion_pb(completion), created=created
+        )
 
     @_rpc
     async def GetCompletion(
@@ -400,7 +412,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         found = await self._completions.get(request.user_id, request.completion_id)
         if found is None:
             raise CompletionNotFoundError(request.completion_id)
-        return found
+        return wire.completion_pb(found)
 
     @_rpc
     async def MarkCompletionRunning(
@@ -411,10 +423,15 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         found = await self._completions.mark_running(request.user_id, request.completion_id)
         if found is None:
             raise CompletionNotFoundError(request.completion_id)
-        return found
+        return wire.completion_pb(found)
 
     @_rpc
     async def ConsumeQuota(
         self, request: session_pb2.ConsumeQuotaRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ConsumeQuotaResponse:
-        return await self._completions.consume_quota(request)
+        decision = await self._completions.consume_quota(
+            request.user_id,
+            requests_per_minute=request.requests_per_minute,
+            tokens_per_minute=request.tokens_per_minute,
+        )
+        return wire.quota_pb(decision)

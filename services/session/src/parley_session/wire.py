@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+from collections.abc import Sequence
 from datetime import datetime
 
 from parley.v1 import session_pb2, types_pb2
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
+from parley_session.completions import ModelInfo, PreparedCompletion
 from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError
 from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
+from parley_session.quotas import QuotaDecision
 from parley_session.stores import ChatDoc, FeedbackDoc, FeedbackQuery, MessageDoc, from_ms
+from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
 __all__ = [
     "chat_pb",
+    "client_messages",
+    "completion_pb",
     "context_pb",
     "decode_cursor",
     "draft_request",
@@ -26,6 +33,9 @@ __all__ = [
     "feedback_query",
     "feedback_request",
     "message_pb",
+    "models_pb",
+    "prepared_pb",
+    "quota_pb",
     "turn_pb",
     "turn_request",
 ]
@@ -188,4 +198,67 @@ def feedback_query(bot_id: str, since_ms: int, until_ms: int, cursor: str = "") 
         since=from_ms(since_ms) if since_ms else None,
         until=from_ms(until_ms) if until_ms else None,
         before=decode_cursor(cursor) if cursor else None,
+    )
+
+
+# stateless and asynchronous completions, rate limits
+
+
+def client_messages(messages: Sequence[types_pb2.ChatMessage]) -> list[tuple[Role | None, str]]:
+    return [(Role.from_pb(m.role), m.content) for m in messages]
+
+
+def prepared_pb(prepared: PreparedCompletion) -> session_pb2.PrepareCompletionResponse:
+    return session_pb2.PrepareCompletionResponse(
+        context=session_pb2.Context(
+            messages=[
+                types_pb2.ChatMessage(role=Role(role).to_pb(), content=content)
+                for role, content in prepared.messages
+            ],
+            prompt_tokens=prepared.prompt_tokens,
+            policy=session_pb2.HISTORY_POLICY_FULL,
+        ),
+        model=prepared.model,
+        sampling=types_pb2.SamplingParams(max_tokens=prepared.max_tokens),
+        cache_scope=types_pb2.CACHE_SCOPE_USER,
+    )
+
+
+def models_pb(models: list[ModelInfo]) -> session_pb2.ListModelsResponse:
+    return session_pb2.ListModelsResponse(
+        models=[
+            session_pb2.ModelInfo(
+                model_id=m.model_id, created_unix_ms=m.created_ms, context_window=m.context_window
+            )
+            for m in models
+        ]
+    )
+
+
+def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
+    return session_pb2.Completion(
+        completion_id=c.completion_id,
+        chat_id=c.chat_id,
+        message_id=c.message_id,
+        state=session_pb2.COMPLETION_STATE_UNSPECIFIED if c.state is None else c.state.to_pb(),
+        content=c.content,
+        finish_reason=types_pb2.FINISH_REASON_UNSPECIFIED
+        if c.finish_reason is None
+        else c.finish_reason.to_pb(),
+        usage=types_pb2.Usage(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens),
+        error=c.error,
+        created_unix_ms=c.created_ms,
+        updated_unix_ms=c.updated_ms,
+        cached=c.cached,
+        model=c.model,
+    )
+
+
+def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
+    return session_pb2.ConsumeQuotaResponse(
+        allowed=decision.allowed,
+        exceeded=decision.exceeded,
+        retry_after_ms=math.ceil(decision.retry_after_s * 1000),
+        requests_remaining=decision.requests_remaining,
+        tokens_remaining=decision.tokens_remaining,
     )
