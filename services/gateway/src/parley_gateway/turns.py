@@ -207,24 +207,11 @@ class TurnService:
                 model=started.model,
             )
         if started.replayed:
-            answer = started.existing_answer
             return Turn(
                 started.chat.chat_id,
                 request_id,
                 started.user_message.message_id,
-                _single(
-                    TurnAnswer(
-                        content=answer.content,
-                        finish_reason=(
-                            FinishReason.from_pb(answer.finish_reason) or FinishReason.STOP
-                        ).value,
-                        usage=Usage(
-                            prompt_tokens=0,
-                            completion_tokens=answer.token_count,
-                            total_tokens=answer.token_count,
-                        ),
-                    )
-                ),
+                _single(_stored_answer(started.existing_answer)),
                 model=started.model,
             )
         sampling = sampling or Sampling()
@@ -359,17 +346,7 @@ class TurnService:
             return None
         try:
             return await self._cache.Lookup(
-                cache_pb2.LookupRequest(
-                    user_id=principal.user_id,
-                    tenant_id=plan.tenant_id,
-                    bot_id=plan.bot_id,
-                    model=plan.model,
-                    scope=plan.cache_scope,
-                    messages=plan.context.messages,
-                    bypass=bypass,
-                    max_tokens=plan.sampling.max_tokens,
-                ),
-                timeout=self._cache_timeout_s,
+                _lookup_request(principal, plan, bypass=bypass), timeout=self._cache_timeout_s
             )
         except grpc.aio.AioRpcError as exc:
             # The cache is an optimisation: when it is down or slow, the turn goes to a worker.
@@ -381,23 +358,7 @@ class TurnService:
         self, principal: Principal, plan: _Plan, lookup: cache_pb2.LookupResponse
     ) -> None:
         """A cached answer is still the turn's answer: record it like a worker's result."""
-        result = completion_result(
-            request_id=plan.request_id,
-            chat_id=plan.chat_id,
-            user_id=principal.user_id,
-            model=plan.model,
-            kind=envelopes_pb2.COMPLETION_KIND_CHAT,
-            text=lookup.answer,
-            finish_reason=(
-                types_pb2.FINISH_REASON_LENGTH if lookup.truncated else types_pb2.FINISH_REASON_STOP
-            ),
-            usage=types_pb2.Usage(prompt_tokens=plan.context.prompt_tokens),
-            worker_id="cache",
-            bot_id=plan.bot_id,
-            user_message_ordinal=plan.user_message_ordinal,
-            completed_unix_ms=now_ms(),
-            cache_entry_id=lookup.entry_id,
-        )
+        result = _cached_result(principal, plan, lookup)
         try:
             await asyncio.wait_for(
                 self._producer.send_and_wait(
@@ -447,16 +408,7 @@ class TurnService:
                 content, events = relay.finish(chunk)
                 for event in events:
                     yield event
-                usage = chunk.usage
-                yield TurnAnswer(
-                    content=content,
-                    finish_reason=FinishReason.name_of(chunk.finish_reason),
-                    usage=Usage(
-                        prompt_tokens=usage.prompt_tokens,
-                        completion_tokens=usage.completion_tokens,
-                        total_tokens=usage.prompt_tokens + usage.completion_tokens,
-                    ),
-                )
+                yield _final_answer(content, chunk)
                 return
         finally:
             self._replies.close(request_id)
@@ -488,6 +440,67 @@ def generation_failed(reason: str, *, request_id: str, stored: bool) -> ApiError
         else "retry the request"
     )
     return ApiError(502, "generation_failed", f"the model could not answer ({reason}); {retry}")
+
+
+def _stored_answer(answer: session_pb2.Message) -> TurnAnswer:
+    """The answer a retried turn had already (its prompt's tokens are not on record)."""
+    return TurnAnswer(
+        content=answer.content,
+        finish_reason=(FinishReason.from_pb(answer.finish_reason) or FinishReason.STOP).value,
+        usage=Usage(
+            prompt_tokens=0,
+            completion_tokens=answer.token_count,
+            total_tokens=answer.token_count,
+        ),
+    )
+
+
+def _final_answer(content: str, chunk: envelopes_pb2.CompletionChunk) -> TurnAnswer:
+    usage = chunk.usage
+    return TurnAnswer(
+        content=content,
+        finish_reason=FinishReason.name_of(chunk.finish_reason),
+        usage=Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        ),
+    )
+
+
+def _lookup_request(principal: Principal, plan: _Plan, *, bypass: bool) -> cache_pb2.LookupRequest:
+    return cache_pb2.LookupRequest(
+        user_id=principal.user_id,
+        tenant_id=plan.tenant_id,
+        bot_id=plan.bot_id,
+        model=plan.model,
+        scope=plan.cache_scope,
+        messages=plan.context.messages,
+        bypass=bypass,
+        max_tokens=plan.sampling.max_tokens,
+    )
+
+
+def _cached_result(
+    principal: Principal, plan: _Plan, lookup: cache_pb2.LookupResponse
+) -> envelopes_pb2.CompletionResult:
+    return completion_result(
+        request_id=plan.request_id,
+        chat_id=plan.chat_id,
+        user_id=principal.user_id,
+        model=plan.model,
+        kind=envelopes_pb2.COMPLETION_KIND_CHAT,
+        text=lookup.answer,
+        finish_reason=(
+            types_pb2.FINISH_REASON_LENGTH if lookup.truncated else types_pb2.FINISH_REASON_STOP
+        ),
+        usage=types_pb2.Usage(prompt_tokens=plan.context.prompt_tokens),
+        worker_id="cache",
+        bot_id=plan.bot_id,
+        user_message_ordinal=plan.user_message_ordinal,
+        completed_unix_ms=now_ms(),
+        cache_entry_id=lookup.entry_id,
+    )
 
 
 def _key(plan: _Plan) -> bytes:
