@@ -30,7 +30,7 @@ from parley_devstack.stack import LocalStack
 from parley_devstack.tiny_model import build_tiny_model
 from parley_session.config import Settings
 from parley_session.server import SessionServicer
-from parley_session.store import SessionStore
+from parley_session.stores import Stores
 from parley_session.tokens import TokenCounter
 
 SIZES = (10, 100, 1000)
@@ -65,10 +65,10 @@ _POLICIES = {
 }
 
 
-async def _fill(store: SessionStore, tokens: TokenCounter, user_id: str, size: int) -> str:
+async def _fill(store: Stores, tokens: TokenCounter, user_id: str, size: int) -> str:
     """A chat of `size` messages (questions and answers), written directly."""
     first = _QUESTION.format(k=0)
-    opened = await store.open_chat(
+    opened = await store.chats.open_chat(
         user_id,
         bot_id="default",
         title="bench",
@@ -96,16 +96,16 @@ async def _fill(store: SessionStore, tokens: TokenCounter, user_id: str, size: i
                 "finish_reason": "stop" if role == "assistant" else "",
             }
         )
-    await store.messages.insert_many(docs)
+    await store.db["messages"].insert_many(docs)
     next_ordinal = size + size % 2
-    await store.chats.update_one(
+    await store.db["chats"].update_one(
         {"_id": chat.chat_id},
         {"$set": {"next_ordinal": next_ordinal, "message_count": size}},
     )
     # The summarize rows: a summary of all but the last 20 messages (ending with an answer).
     through = size - 21 if size % 2 == 0 else size - 20
     if through > 0:
-        await store.store_summary(
+        await store.summaries.store_summary(
             chat.chat_id,
             request_id="bench",
             text=_SUMMARY,
@@ -142,12 +142,12 @@ async def _measure(
 async def _run(mongodb_uri: str, tokenizer: Path, calls: int) -> str:
     database = f"bench_context_{new_id()[:8]}"
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri, tz_aware=True)
-    store = SessionStore(client, database)
+    store = Stores(client, database)
     tokens = TokenCounter(str(tokenizer))
     results: dict[Row, list[object]] = {}
     try:
         await store.ensure_indexes()
-        user = await store.create_user("bench")
+        user = await store.users.create_user("bench")
         chats = {size: await _fill(store, tokens, user.user_id, size) for size in SIZES}
         for window in sorted({row.window for row in ROWS}):
             settings = Settings(

@@ -933,9 +933,10 @@ def test_skaffold_builds_one_image_per_service() -> None:
     assert set(artifacts) == set(ARTIFACTS)
     for image, artifact in artifacts.items():
         assert artifact["context"] == "."
-        assert artifact["docker"]["dockerfile"] == f"services/{ARTIFACTS[image]}/Dockerfile"
+        assert artifact["docker"]["dockerfile"] == "Dockerfile"
+        assert artifact["docker"]["buildArgs"]["SERVICE"] == ARTIFACTS[image]
     gpu = {a["image"]: a for a in skaffold_config("gpu")["build"]["artifacts"]}
-    assert gpu["parley-worker"]["docker"]["dockerfile"] == "services/worker/Dockerfile.gpu"
+    assert gpu["parley-worker"]["docker"] == {"dockerfile": "services/worker/Dockerfile.gpu"}
     assert {p["name"] for p in yaml.safe_load(SKAFFOLD.read_text())["profiles"]} == {"cpu", "gpu"}
 
 
@@ -967,7 +968,7 @@ def test_skaffold_deploys_the_chart_with_the_built_images(helm: Helm, profile: s
 
 def test_a_broken_skaffold_config_is_reported() -> None:
     config = skaffold_config()
-    config["build"]["artifacts"][0]["docker"]["dockerfle"] = "services/gateway/Dockerfile"
+    config["build"]["artifacts"][0]["docker"]["dockerfle"] = "Dockerfile"
     assert any("dockerfle" in e for e in _skaffold_errors(config))
 
 

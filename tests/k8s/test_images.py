@@ -1,8 +1,10 @@
 """Static checks of the service images' Dockerfiles (no Docker engine needed).
 
-The Dockerfiles are parsed into instructions per stage; the checks hold them to what the chart
-expects of the images (uid 10001, ports, entry points) and to the build rules: multi-stage, CPU
-torch from PyTorch's CPU index only where torch is needed, vLLM pinned in the GPU image.
+The Dockerfiles (the one of the four CPU images, built per service with skaffold.yaml's build
+arguments, and the GPU worker's) are parsed into instructions per stage; the checks hold them to
+what the chart expects of the images (uid 10001, ports, entry points) and to the build rules:
+multi-stage, CPU torch from PyTorch's CPU index only where torch is needed, vLLM pinned in the
+GPU image.
 """
 
 from __future__ import annotations
@@ -100,34 +102,79 @@ def _local_dependencies(service: str) -> set[str]:
     return needed
 
 
-IMAGES = [(s, f"services/{s}/Dockerfile") for s in SERVICES] + [
-    ("worker", "services/worker/Dockerfile.gpu")
-]
+def _build_args() -> dict[str, dict[str, str]]:
+    """Each service's build arguments of the one Dockerfile, as skaffold.yaml passes them."""
+    config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    found: dict[str, dict[str, str]] = {}
+    for artifact in config["build"]["artifacts"]:
+        assert artifact["docker"]["dockerfile"] == "Dockerfile"
+        args = {k: str(v) for k, v in artifact["docker"]["buildArgs"].items()}
+        found[args["SERVICE"]] = args
+    return found
 
 
-@pytest.mark.parametrize(("service", "path"), IMAGES, ids=[p for _, p in IMAGES])
-def test_final_stage_runs_the_service_unprivileged(service: str, path: str) -> None:
-    _, stages = _dockerfile(path)
+def _resolved(text: str, args: dict[str, str]) -> str:
+    """`text` with the build arguments put in (what a build of that service sees)."""
+    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], m[0]), text)
+
+
+def test_skaffold_builds_every_service_from_the_one_dockerfile() -> None:
+    assert set(_build_args()) == set(SERVICES)
+    assert not any((REPO / f"services/{s}/Dockerfile").exists() for s in ("gateway", "session"))
+    assert not (REPO / "services/worker/Dockerfile").exists()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_final_stage_runs_the_service_unprivileged(service: str) -> None:
+    args = _build_args()[service]
+    _, stages = _dockerfile("Dockerfile")
     assert len(stages) >= 2, "build in a builder stage, copy the result into the final stage"
     final = stages[-1]
     assert final.all("USER") == ["10001:10001"]
-    assert final.all("ENTRYPOINT") == [json.dumps(["python", "-m", f"parley_{service}"])]
+    assert final.all("ENTRYPOINT") == [json.dumps(["python", "-m", "parley_common.image", "run"])]
+    env = " ".join(final.all("ENV"))
+    assert "PARLEY_SERVICE=${SERVICE}" in env
+    assert "PARLEY_HEALTHCHECK=${HEALTHCHECK}" in env
     (healthcheck,) = final.all("HEALTHCHECK")
     assert "CMD [" in healthcheck, "exec form"
+    kind, _, variable = args["HEALTHCHECK"].partition(":")
+    assert kind == ("http" if service in ("gateway", "worker") else "grpc")
+    assert variable in args, f"the probe's port {variable} is built in"
     labels = " ".join(final.all("LABEL"))
     for key in ("title", "description", "version", "revision", "created"):
         assert f"org.opencontainers.image.{key}=" in labels
-    exposed = {port for args in final.all("EXPOSE") for port in args.split()}
+    assert 'org.opencontainers.image.title="parley-${SERVICE}"' in labels
+    exposed = {port for a in final.all("EXPOSE") for port in _resolved(a, args).split()}
     assert exposed == _expected_ports(service)
+    for variable in ("PORT", "GRPC_PORT", "METRICS_PORT"):
+        if variable in args:
+            assert args[variable] in exposed
     copied = final.all("COPY")
     assert all(c.startswith("--from=") for c in copied), "the final stage copies build output only"
     runs = " ".join(final.all("RUN"))
     assert "pip install" not in runs
-    assert "apt-get install" not in runs or path.endswith(".gpu")
+    assert "apt-get install" not in runs
 
 
-@pytest.mark.parametrize(("service", "path"), IMAGES, ids=[p for _, p in IMAGES])
+def test_gpu_image_runs_the_worker_unprivileged() -> None:
+    _, stages = _dockerfile("services/worker/Dockerfile.gpu")
+    assert len(stages) >= 2, "build in a builder stage, copy the result into the final stage"
+    final = stages[-1]
+    assert final.all("USER") == ["10001:10001"]
+    assert final.all("ENTRYPOINT") == [json.dumps(["python", "-m", "parley_worker"])]
+    (healthcheck,) = final.all("HEALTHCHECK")
+    assert "CMD [" in healthcheck, "exec form"
+    exposed = {port for args in final.all("EXPOSE") for port in args.split()}
+    assert exposed == _expected_ports("worker")
+    assert all(c.startswith("--from=") for c in final.all("COPY"))
+
+
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [(s, "Dockerfile") for s in SERVICES] + [("worker", "services/worker/Dockerfile.gpu")],
+)
 def test_images_are_pinned_and_installed_from_the_repository(service: str, path: str) -> None:
+    args = _build_args()[service] if path == "Dockerfile" else {}
     global_args, stages = _dockerfile(path)
     bases = [
         global_args.get(s.base[2:-1], s.base) if s.base.startswith("${") else s.base for s in stages
@@ -138,28 +185,31 @@ def test_images_are_pinned_and_installed_from_the_repository(service: str, path:
     named = {s.name for s in stages}
     assert all(":" in b or b in named for b in bases), f"untagged base image in {bases}"
     copied = {
-        args.split()[-1] for s in stages for args in s.all("COPY") if not args.startswith("--from")
+        _resolved(copy.split()[-1], args)
+        for s in stages
+        for copy in s.all("COPY")
+        if not copy.startswith("--from")
     }
     assert copied == _local_dependencies(service)
     for folder in copied:
         assert (REPO / folder / "pyproject.toml").is_file()
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_torch_comes_from_the_cpu_index_where_needed(service: str) -> None:
-    _, stages = _dockerfile(f"services/{service}/Dockerfile")
+def test_torch_comes_from_the_cpu_index_where_needed() -> None:
+    _, stages = _dockerfile("Dockerfile")
     runs = [args for s in stages for args in s.all("RUN")]
-    torch_runs = [r for r in runs if "torch" in r]
-    if service not in NEEDS_TORCH:
-        assert torch_runs == []
-        return
     (cpu,) = [r for r in runs if CPU_TORCH_INDEX in r]
+    # Only in the branch of the services that need it.
+    case = re.search(r'case "\$\{SERVICE\}" in\s+([\w|]+)\)', cpu)
+    assert case is not None, "torch is installed for some services only"
+    assert set(case[1].split("|")) == NEEDS_TORCH
     (command,) = [c for c in cpu.split("&&") if CPU_TORCH_INDEX in c]
     arguments = command.split(" install ", 1)[1].replace(CPU_TORCH_INDEX, "").split()
     requirements = [
         re.split(r"[=<>~!]", a.strip('"'))[0] for a in arguments if not a.startswith("-")
     ]
     assert requirements == ["torch"], "only torch comes from the CPU index"
+    assert "torch" not in " ".join(r for r in runs if r is not cpu), "torch comes once"
     later = runs[runs.index(cpu) + 1 :]
     assert any("--constraint" in r and "install" in r for r in later), "torch stays pinned"
 

@@ -28,7 +28,7 @@ from parley_session.metrics import SessionMetrics
 from parley_session.results import ResultRecorder
 from parley_session.retry import RetryPolicy, StoreUnavailableError
 from parley_session.server import SessionServicer
-from parley_session.store import SessionStore
+from parley_session.stores import Stores
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 
@@ -79,7 +79,7 @@ class Service:
         self.availability = MongoAvailability(
             self.client, on_change=report_health(self.server.health, SERVICE)
         )
-        self.store = SessionStore(
+        self.store = Stores(
             self.client,
             self.database,
             retry=RetryPolicy(
@@ -199,7 +199,7 @@ class Service:
 
     async def answer(self, turn: session_pb2.StartTurnResponse, text: str) -> None:
         """Store the turn's answer as the results consumer would."""
-        stored = await self.store.append_answer(
+        stored = await self.store.chats.append_answer(
             chat_id=turn.chat.chat_id,
             question_ordinal=turn.user_message.ordinal,
             content=text,

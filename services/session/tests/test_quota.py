@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parley_session.completions import quota_decision
+from parley_session.quotas import quota_decision
 
 
 def _decide(

@@ -127,5 +127,5 @@ async def test_graceful_shutdown_finishes_the_calls_in_flight(
     assert finished.user_message.content == "second"
     assert finished.user_message.ordinal == 2
     await stopping
-    stored = await service.store.chat_messages(first.chat.chat_id)
+    stored = await service.store.messages.chat_messages(first.chat.chat_id)
     assert [m.content for m in stored] == ["first, answer still to come", "second"]

@@ -109,7 +109,7 @@ async def test_results_twice_and_out_of_order_are_stored_once_in_order(
         return len(await contents(service, alice, other.chat.chat_id)) == 2
 
     await wait_for(other_answered, what="the other chat's answer")
-    assert await service.store.messages.count_documents({"chat_id": chat_id}) == 0
+    assert await service.store.db["messages"].count_documents({"chat_id": chat_id}) == 0
 
 
 async def test_results_arriving_while_mongodb_is_down_are_stored_once_it_is_back(

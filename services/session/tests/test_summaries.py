@@ -17,6 +17,7 @@ from parley_common.ids import new_id
 from parley_devstack.platform import ServiceProcess
 from parley_devstack.ports import pick_free_ports
 from parley_devstack.stack import LocalStack
+from parley_session.stores import SummaryJob, SummaryJobState
 
 if TYPE_CHECKING:
     from conftest import Service, ServiceFactory
@@ -108,7 +109,7 @@ async def test_older_turns_are_summarized_by_a_worker_and_replace_them(
         await service.answer(turn, answer)
 
         async def settled(chat_id: str = chat_id) -> bool:
-            return await service.store.summary_job(chat_id) is None
+            return await service.store.summaries.summary_job(chat_id) is None
 
         # Once a summary was asked for, give the worker the time to answer it.
         await wait_for(settled, within=60, what="the summary request answered")
@@ -128,7 +129,7 @@ async def test_older_turns_are_summarized_by_a_worker_and_replace_them(
     ]
     assert len(turn.context.messages) - 1 + turn.context.dropped_messages == len(recent)
     # It was a worker's answer to a summary request of this chat.
-    doc = await service.store.chats.find_one({"_id": chat_id})
+    doc = await service.store.db["chats"].find_one({"_id": chat_id})
     assert doc is not None
     assert doc["summary"]["request_id"].startswith("summary-")
     assert "summary_job" not in doc
@@ -162,19 +163,19 @@ async def test_a_failed_summary_is_retried_and_never_blocks_the_chat(
         assert not turn.context.summary_used
         assert turn.context.prompt_tokens <= window - reply
         await service.answer(turn, answer)
-        job = await service.store.summary_job(chat_id)
+        job = await service.store.summaries.summary_job(chat_id)
         if job is None:
             continue
 
-        async def failed(chat_id: str = chat_id) -> dict[str, Any] | None:
-            now = await service.store.summary_job(chat_id)
-            return now if now is not None and now["state"] == "failed" else None
+        async def failed(chat_id: str = chat_id) -> SummaryJob | None:
+            now = await service.store.summaries.summary_job(chat_id)
+            return now if now is not None and now.state is SummaryJobState.FAILED else None
 
         job = await wait_for(failed, within=60, what="the expired summary reported back")
-        attempts_seen.append(job["attempts"])
-        if job["attempts"] == 3:
+        attempts_seen.append(job.attempts)
+        if job.attempts == 3:
             break
-        await asyncio.sleep(0.2 * 2 ** (job["attempts"] - 1))  # let the backoff pass
+        await asyncio.sleep(0.2 * 2 ** (job.attempts - 1))  # let the backoff pass
     assert sorted(set(attempts_seen))[:3] == [1, 2, 3]
     chat = await service.stub.GetChat(session_pb2.GetChatRequest(user_id=bob, chat_id=chat_id))
     assert chat.chat.summary == ""

@@ -200,7 +200,7 @@ async def test_a_redelivered_turn_is_stored_once(service: Service) -> None:
     assert third.replayed
     assert third.existing_answer.content == "Hi! How can I help?"
     # The result redelivered: no second answer.
-    assert not await service.store.append_answer(
+    assert not await service.store.chats.append_answer(
         chat_id=first.chat.chat_id,
         question_ordinal=first.user_message.ordinal,
         content="Hi! How can I help?",

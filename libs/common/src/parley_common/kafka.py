@@ -10,21 +10,24 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from parley.v1 import envelopes_pb2
+from parley_common.backoff import Backoff
+from parley_common.envelopes import SCHEMA_VERSION, EnvelopeError, dead_letter, decode
 from parley_common.logs import log_fields
 from parley_common.metrics import KafkaMetrics, ResultsMetrics
 from parley_common.telemetry import annotate, tracer
 
+# SCHEMA_VERSION, EnvelopeError and decode live in parley_common.envelopes; they are named here
+# too for the readers that import them with the Kafka plumbing (the cache, tests, benchmarks).
 __all__ = [
     "SCHEMA_VERSION",
     "EnvelopeError",
@@ -41,8 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,34 +67,6 @@ class Topics:
 
     def reply(self, instance_id: str) -> str:
         return f"{self.reply_prefix}{instance_id}"
-
-
-class EnvelopeError(ValueError):
-    """A Kafka message that is not a valid envelope of the expected type and version."""
-
-
-class _Versioned(Protocol):
-    schema_version: int
-
-
-M = TypeVar("M", bound=Message)
-
-
-def decode(message_type: type[M], value: bytes | None) -> M:
-    if value is None:
-        raise EnvelopeError("empty message value")
-    msg = message_type()
-    try:
-        msg.ParseFromString(value)
-    except DecodeError as exc:
-        raise EnvelopeError(f"not a {message_type.__name__}: {exc}") from exc
-    version = getattr(msg, "schema_version", None)
-    if version != SCHEMA_VERSION:
-        raise EnvelopeError(
-            f"{message_type.__name__} schema_version {version} is not supported "
-            f"(this build reads {SCHEMA_VERSION})"
-        )
-    return msg
 
 
 def kafka_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
@@ -265,16 +238,7 @@ async def publish_dead_letter(
 ) -> None:
     from parley_common.timeutil import now_ms
 
-    letter = envelopes_pb2.DeadLetter(
-        schema_version=SCHEMA_VERSION,
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        reason=reason,
-        key=record.key or b"",
-        value=record.value or b"",
-        failed_unix_ms=now_ms(),
-    )
+    letter = dead_letter(record, reason, failed_unix_ms=now_ms())
     await producer.send_and_wait(topics.dead_letters, letter.SerializeToString(), key=record.key)
     log.warning(
         "dead-lettered a message",
@@ -384,7 +348,7 @@ class ResultsConsumer:
         self, record: ConsumerRecord[bytes, bytes], result: envelopes_pb2.CompletionResult
     ) -> str:
         outcome = "applied"
-        delay = 0.2
+        backoff = Backoff()
         attempt = 0
         while True:
             try:
@@ -409,8 +373,7 @@ class ResultsConsumer:
                     extra={"attempt": attempt, "error": repr(exc)},
                 )
             outcome = "retried"
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:

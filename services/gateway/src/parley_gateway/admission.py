@@ -16,13 +16,13 @@ import math
 import time
 from collections.abc import Callable
 
-import grpc
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from parley.v1 import session_pb2, session_pb2_grpc
+from parley.v1 import session_pb2
 from parley_gateway.auth import Principal
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
+from parley_gateway.session_client import SessionClient
 
 __all__ = ["QueueMonitor", "RateLimiter"]
 
@@ -34,16 +34,14 @@ _STALE_AFTER_S = 10.0
 class RateLimiter:
     def __init__(
         self,
-        session: session_pb2_grpc.SessionServiceAsyncStub,
+        session: SessionClient,
         *,
         requests_per_minute: int,
         tokens_per_minute: int,
-        timeout_s: float,
     ) -> None:
         self._session = session
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
-        self._timeout_s = timeout_s
 
     @property
     def enabled(self) -> bool:
@@ -53,17 +51,13 @@ class RateLimiter:
         """Count one request of `principal`; raise 429 when it is over a limit."""
         if not self.enabled:
             return
-        try:
-            decision = await self._session.ConsumeQuota(
-                session_pb2.ConsumeQuotaRequest(
-                    user_id=principal.user_id,
-                    requests_per_minute=self.requests_per_minute,
-                    tokens_per_minute=self.tokens_per_minute,
-                ),
-                timeout=self._timeout_s,
+        decision = await self._session.consume_quota(
+            session_pb2.ConsumeQuotaRequest(
+                user_id=principal.user_id,
+                requests_per_minute=self.requests_per_minute,
+                tokens_per_minute=self.tokens_per_minute,
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "session") from exc
+        )
         if decision.allowed:
             return
         retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from parley.v1 import cache_pb2_grpc, session_pb2_grpc
 from parley_common.grpc_telemetry import client_interceptors
-from parley_common.kafka import Topics, ensure_topics, make_producer
+from parley_common.kafka import ensure_topics, make_producer
 from parley_gateway.admission import QueueMonitor, RateLimiter
 from parley_gateway.async_completions import AsyncCompletions
 from parley_gateway.auth import Authenticator
@@ -35,6 +35,7 @@ from parley_gateway.routes import (
     web,
     ws,
 )
+from parley_gateway.session_client import SessionClient
 from parley_gateway.telemetry import FASTAPI_TELEMETRY, RequestTelemetry
 from parley_gateway.turns import TurnService
 
@@ -58,14 +59,16 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        topics = Topics()
+        topics = settings.topics()
         session_channel = grpc.aio.insecure_channel(
             settings.session_addr, options=_CHANNEL_OPTIONS, interceptors=client_interceptors()
         )
         cache_channel = grpc.aio.insecure_channel(
             settings.cache_addr, options=_CHANNEL_OPTIONS, interceptors=client_interceptors()
         )
-        session = session_pb2_grpc.SessionServiceStub(session_channel)
+        session = SessionClient(
+            session_pb2_grpc.SessionServiceStub(session_channel), timeout_s=settings.grpc_timeout_s
+        )
         await ensure_topics(
             settings.kafka_addr,
             [topics.requests, topics.results, topics.control, topics.dead_letters],
@@ -86,7 +89,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             topics=topics,
             completion_timeout_s=settings.completion_timeout_s,
             cache_timeout_s=settings.cache_timeout_s,
-            grpc_timeout_s=settings.grpc_timeout_s,
             metrics=metrics,
         )
         queue = QueueMonitor(
@@ -100,7 +102,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         await queue.start()
         async_completions = AsyncCompletions(
             session,
-            grpc_timeout_s=settings.grpc_timeout_s,
             follow_timeout_s=settings.completion_timeout_s + 30,
         )
         parts = Parts(
@@ -110,14 +111,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 session,
                 admin_key=settings.admin_api_key.get_secret_value(),
                 ttl_s=settings.auth_cache_ttl_s,
-                timeout_s=settings.grpc_timeout_s,
             ),
             turns=turns,
             limiter=RateLimiter(
                 session,
                 requests_per_minute=settings.rate_limit_requests_per_minute,
                 tokens_per_minute=settings.rate_limit_tokens_per_minute,
-                timeout_s=settings.grpc_timeout_s,
             ),
             queue=queue,
             async_completions=async_completions,

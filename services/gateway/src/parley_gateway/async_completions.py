@@ -19,14 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
-from parley.v1 import session_pb2, session_pb2_grpc, types_pb2
+from parley.v1 import session_pb2, types_pb2
+from parley_common.vocabulary import CompletionState, FinishReason
 from parley_gateway.auth import Principal
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
 from parley_gateway.relay import RESET_MESSAGE, Reset, TextChunk, TextEvent
 from parley_gateway.schemas import CompletionError, CompletionOut, TurnAnswer, Usage
-from parley_gateway.turns import FINISH_NAMES, Turn
+from parley_gateway.session_client import SessionClient
+from parley_gateway.turns import Turn
 
 __all__ = ["AsyncCompletions", "BeforeQueue", "completion_out"]
 
@@ -34,29 +34,32 @@ log = logging.getLogger(__name__)
 
 BeforeQueue = Callable[[str, str, str], Awaitable[bool]]
 
-STATE_NAMES = {
-    session_pb2.COMPLETION_STATE_QUEUED: "queued",
-    session_pb2.COMPLETION_STATE_RUNNING: "running",
-    session_pb2.COMPLETION_STATE_DONE: "done",
-    session_pb2.COMPLETION_STATE_FAILED: "failed",
-    session_pb2.COMPLETION_STATE_CANCELLED: "cancelled",
-}
-FINAL_STATES = frozenset({"done", "failed", "cancelled"})
+FINAL_STATES = frozenset(
+    {CompletionState.DONE.value, CompletionState.FAILED.value, CompletionState.CANCELLED.value}
+)
 
 _POLL_S = 0.5
+
+
+def _state_name(state: int) -> str:
+    return (CompletionState.from_pb(state) or CompletionState.QUEUED).value
+
+
 _KEEPALIVE_S = 15.0
 _KEEP_FINISHED_S = 120.0
 _MAX_FOLLOWED = 10_000
 
 
 def completion_out(completion: session_pb2.Completion) -> CompletionOut:
-    state = STATE_NAMES.get(completion.state, "queued")
+    state = _state_name(completion.state)
     answer = None
     if state in ("done", "cancelled"):
         usage = completion.usage
         answer = TurnAnswer(
             content=completion.content,
-            finish_reason=FINISH_NAMES.get(completion.finish_reason, "stop"),
+            finish_reason=(
+                FinishReason.from_pb(completion.finish_reason) or FinishReason.STOP
+            ).value,
             usage=Usage(
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
@@ -108,13 +111,11 @@ def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes
 class AsyncCompletions:
     def __init__(
         self,
-        session: session_pb2_grpc.SessionServiceAsyncStub,
+        session: SessionClient,
         *,
-        grpc_timeout_s: float,
         follow_timeout_s: float,
     ) -> None:
         self._session = session
-        self._timeout_s = grpc_timeout_s
         self._follow_timeout_s = follow_timeout_s
         self._progress: dict[tuple[str, str], _Progress] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -131,19 +132,15 @@ class AsyncCompletions:
         """Start a turn with `start`, recording its completion before it is queued."""
 
         async def before_queue(chat_id: str, message_id: str, model: str) -> bool:
-            try:
-                response = await self._session.CreateCompletion(
-                    session_pb2.CreateCompletionRequest(
-                        user_id=principal.user_id,
-                        completion_id=request_id,
-                        chat_id=chat_id,
-                        message_id=message_id,
-                        model=model,
-                    ),
-                    timeout=self._timeout_s,
+            response = await self._session.create_completion(
+                session_pb2.CreateCompletionRequest(
+                    user_id=principal.user_id,
+                    completion_id=request_id,
+                    chat_id=chat_id,
+                    message_id=message_id,
+                    model=model,
                 )
-            except grpc.aio.AioRpcError as exc:
-                raise from_grpc(exc, "session") from exc
+            )
             recorded.append(response)
             # Not queued again: a completion submitted before with this id (a retry), or one
             # whose turn was answered already.
@@ -190,12 +187,11 @@ class AsyncCompletions:
 
     def _mark_running(self, user_id: str, completion_id: str) -> None:
         async def mark() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self._session.MarkCompletionRunning(
+            with contextlib.suppress(ApiError):
+                await self._session.mark_completion_running(
                     session_pb2.MarkCompletionRunningRequest(
                         user_id=user_id, completion_id=completion_id
-                    ),
-                    timeout=self._timeout_s,
+                    )
                 )
 
         task = asyncio.create_task(mark())
@@ -211,15 +207,9 @@ class AsyncCompletions:
             del self._progress[next(iter(self._progress))]
 
     async def get(self, principal: Principal, completion_id: str) -> session_pb2.Completion:
-        try:
-            return await self._session.GetCompletion(
-                session_pb2.GetCompletionRequest(
-                    user_id=principal.user_id, completion_id=completion_id
-                ),
-                timeout=self._timeout_s,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "completion") from exc
+        return await self._session.get_completion(
+            session_pb2.GetCompletionRequest(user_id=principal.user_id, completion_id=completion_id)
+        )
 
     async def events(
         self, principal: Principal, first: session_pb2.Completion, last_event_id: str | None
@@ -229,7 +219,7 @@ class AsyncCompletions:
         (id "done") with the whole completion, or `error`. `last_event_id` skips the chunks
         already received."""
         completion_id = first.completion_id
-        state = STATE_NAMES.get(first.state, "queued")
+        state = _state_name(first.state)
         if state in FINAL_STATES:
             yield self._final(first)
             return
@@ -272,7 +262,7 @@ class AsyncCompletions:
                     return
                 current = None  # the session is briefly away: keep following
             if current is not None:
-                now_state = STATE_NAMES.get(current.state, "queued")
+                now_state = _state_name(current.state)
                 if now_state in FINAL_STATES:
                     yield self._final(current)
                     return

@@ -6,10 +6,8 @@ import hmac
 import time
 from dataclasses import dataclass
 
-import grpc
-
-from parley.v1 import session_pb2, session_pb2_grpc
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
+from parley_gateway.session_client import SessionClient
 
 __all__ = ["Authenticator", "Principal"]
 
@@ -26,16 +24,14 @@ class Authenticator:
 
     def __init__(
         self,
-        session: session_pb2_grpc.SessionServiceAsyncStub,
+        session: SessionClient,
         *,
         admin_key: str,
         ttl_s: float,
-        timeout_s: float,
     ) -> None:
         self._session = session
         self._admin_key = admin_key
         self._ttl_s = ttl_s
-        self._timeout_s = timeout_s
         self._cache: dict[str, tuple[float, Principal]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -57,14 +53,7 @@ class Authenticator:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        try:
-            user = await self._session.AuthenticateKey(
-                session_pb2.AuthenticateKeyRequest(api_key=key), timeout=self._timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise ApiError(401, "authentication_error", "invalid or revoked API key") from exc
-            raise from_grpc(exc, "session") from exc
+        user = await self._session.authenticate_key(key)
         principal = Principal(user_id=user.user_id, tenant_id=user.tenant_id)
         if self._ttl_s:
             if len(self._cache) > 10_000:

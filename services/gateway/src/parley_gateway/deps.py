@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from parley.v1 import cache_pb2_grpc, session_pb2_grpc
+from parley.v1 import cache_pb2_grpc
 from parley_gateway.admission import QueueMonitor, RateLimiter
 from parley_gateway.async_completions import AsyncCompletions
 from parley_gateway.auth import Authenticator, Principal
 from parley_gateway.config import Settings
 from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.session_client import SessionClient
 from parley_gateway.turns import TurnService
 
 __all__ = ["Admin", "Admitted", "Caller", "Parts", "PartsDep", "User", "admit"]
@@ -23,7 +24,7 @@ __all__ = ["Admin", "Admitted", "Caller", "Parts", "PartsDep", "User", "admit"]
 @dataclass
 class Parts:
     settings: Settings
-    session: session_pb2_grpc.SessionServiceAsyncStub
+    session: SessionClient
     auth: Authenticator
     turns: TurnService
     limiter: RateLimiter

@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from parley_common.grpc_errors import bad_field
+
 __all__ = ["OPENAI_PREFIX", "ApiError", "from_grpc", "install_error_handlers", "is_openai_path"]
 
 log = logging.getLogger(__name__)
@@ -114,11 +116,9 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str) -> ApiError:
     if code == grpc.StatusCode.NOT_FOUND:
         return ApiError(404, "not_found", detail or f"{what} not found")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        param = detail.split(":", 1)[0] if ":" in detail else None
-        return ApiError(422, "invalid_request", detail, param=param)
+        return ApiError(422, "invalid_request", detail, param=bad_field(exc))
     if code == grpc.StatusCode.OUT_OF_RANGE:
-        param = detail.split(":", 1)[0] if ":" in detail else None
-        return ApiError(422, "context_length_exceeded", detail, param=param)
+        return ApiError(422, "context_length_exceeded", detail, param=bad_field(exc))
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return ApiError(401, "authentication_error", detail)
     if code == grpc.StatusCode.PERMISSION_DENIED:

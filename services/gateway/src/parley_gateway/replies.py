@@ -10,7 +10,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from parley.v1 import envelopes_pb2
-from parley_common.kafka import EnvelopeError, decode, ensure_topics
+from parley_common.envelopes import EnvelopeError, decode
+from parley_common.kafka import ensure_topics
 
 __all__ = ["ReplyRouter", "ReplyStream"]
 

@@ -18,23 +18,24 @@ from parley.v1 import (
     cache_pb2_grpc,
     envelopes_pb2,
     session_pb2,
-    session_pb2_grpc,
     types_pb2,
 )
+from parley_common.envelopes import cancel_request, completion_request, completion_result
 from parley_common.ids import new_id
-from parley_common.kafka import SCHEMA_VERSION, Topics
+from parley_common.kafka import Topics
 from parley_common.logs import bind_log_fields
 from parley_common.timeutil import now_ms
+from parley_common.vocabulary import FinishReason, Role
 from parley_gateway.auth import Principal
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.relay import AnswerRelay, Reset, TextChunk, TextEvent
 from parley_gateway.replies import ReplyRouter
 from parley_gateway.schemas import TurnAnswer, Usage
+from parley_gateway.session_client import SessionClient
 from parley_gateway.telemetry import annotate_cache, annotate_turn, observe_turn
 
 __all__ = [
-    "FINISH_NAMES",
     "Reset",
     "Sampling",
     "TextChunk",
@@ -51,18 +52,6 @@ log = logging.getLogger(__name__)
 # the client's retry with the same request_id is then answered from what was stored.
 QUEUE_WAIT_S = 2.0
 
-FINISH_NAMES = {
-    types_pb2.FINISH_REASON_STOP: "stop",
-    types_pb2.FINISH_REASON_LENGTH: "length",
-    types_pb2.FINISH_REASON_CANCELLED: "cancelled",
-    types_pb2.FINISH_REASON_ERROR: "error",
-    types_pb2.FINISH_REASON_EXPIRED: "expired",
-}
-_ROLES_TO_PB = {
-    "system": types_pb2.ROLE_SYSTEM,
-    "user": types_pb2.ROLE_USER,
-    "assistant": types_pb2.ROLE_ASSISTANT,
-}
 
 # A worker's error is shown to the client; an engine's exception text can be long.
 _MAX_ERROR_CHARS = 300
@@ -150,14 +139,13 @@ class TurnService:
     def __init__(
         self,
         *,
-        session: session_pb2_grpc.SessionServiceAsyncStub,
+        session: SessionClient,
         cache: cache_pb2_grpc.CacheServiceAsyncStub,
         producer: AIOKafkaProducer,
         replies: ReplyRouter,
         topics: Topics,
         completion_timeout_s: float,
         cache_timeout_s: float,
-        grpc_timeout_s: float,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self._metrics = metrics or GatewayMetrics(CollectorRegistry())
@@ -168,7 +156,6 @@ class TurnService:
         self._topics = topics
         self._completion_timeout_s = completion_timeout_s
         self._cache_timeout_s = cache_timeout_s
-        self._grpc_timeout_s = grpc_timeout_s
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -199,20 +186,16 @@ class TurnService:
         """
         request_id = request_id or new_id()
         bind_log_fields(request_id=request_id)  # from here on, log lines and gRPC calls carry it
-        try:
-            started = await self._session.StartTurn(
-                session_pb2.StartTurnRequest(
-                    user_id=principal.user_id,
-                    chat_id=chat_id,
-                    request_id=request_id,
-                    content=message,
-                    bot_id=bot_id or "",
-                    max_tokens=max_tokens or 0,
-                ),
-                timeout=self._grpc_timeout_s,
+        started = await self._session.start_turn(
+            session_pb2.StartTurnRequest(
+                user_id=principal.user_id,
+                chat_id=chat_id,
+                request_id=request_id,
+                content=message,
+                bot_id=bot_id or "",
+                max_tokens=max_tokens or 0,
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "session") from exc
+        )
         if before_queue is not None and not await before_queue(
             started.chat.chat_id, started.user_message.message_id, started.model
         ):
@@ -224,22 +207,11 @@ class TurnService:
                 model=started.model,
             )
         if started.replayed:
-            answer = started.existing_answer
             return Turn(
                 started.chat.chat_id,
                 request_id,
                 started.user_message.message_id,
-                _single(
-                    TurnAnswer(
-                        content=answer.content,
-                        finish_reason=FINISH_NAMES.get(answer.finish_reason, "stop"),
-                        usage=Usage(
-                            prompt_tokens=0,
-                            completion_tokens=answer.token_count,
-                            total_tokens=answer.token_count,
-                        ),
-                    )
-                ),
+                _single(_stored_answer(started.existing_answer)),
                 model=started.model,
             )
         sampling = sampling or Sampling()
@@ -270,21 +242,17 @@ class TurnService:
         no_cache: bool = False,
     ) -> Turn:
         """A turn on the client's messages (OpenAI style): nothing is stored in a chat."""
-        try:
-            prepared = await self._session.PrepareCompletion(
-                session_pb2.PrepareCompletionRequest(
-                    user_id=principal.user_id,
-                    model=model,
-                    messages=[
-                        types_pb2.ChatMessage(role=_ROLES_TO_PB[role], content=content)
-                        for role, content in messages
-                    ],
-                    max_tokens=max_tokens or 0,
-                ),
-                timeout=self._grpc_timeout_s,
+        prepared = await self._session.prepare_completion(
+            session_pb2.PrepareCompletionRequest(
+                user_id=principal.user_id,
+                model=model,
+                messages=[
+                    types_pb2.ChatMessage(role=Role(role).to_pb(), content=content)
+                    for role, content in messages
+                ],
+                max_tokens=max_tokens or 0,
             )
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, "session") from exc
+        )
         sampling = sampling or Sampling()
         plan = _Plan(
             request_id=new_id(),
@@ -330,8 +298,7 @@ class TurnService:
             turn._events = observe_turn(turn._events, self._metrics, source="cache")
             return turn
 
-        request = envelopes_pb2.CompletionRequest(
-            schema_version=SCHEMA_VERSION,
+        request = completion_request(
             request_id=plan.request_id,
             chat_id=plan.chat_id,
             user_id=principal.user_id,
@@ -379,17 +346,7 @@ class TurnService:
             return None
         try:
             return await self._cache.Lookup(
-                cache_pb2.LookupRequest(
-                    user_id=principal.user_id,
-                    tenant_id=plan.tenant_id,
-                    bot_id=plan.bot_id,
-                    model=plan.model,
-                    scope=plan.cache_scope,
-                    messages=plan.context.messages,
-                    bypass=bypass,
-                    max_tokens=plan.sampling.max_tokens,
-                ),
-                timeout=self._cache_timeout_s,
+                _lookup_request(principal, plan, bypass=bypass), timeout=self._cache_timeout_s
             )
         except grpc.aio.AioRpcError as exc:
             # The cache is an optimisation: when it is down or slow, the turn goes to a worker.
@@ -401,24 +358,7 @@ class TurnService:
         self, principal: Principal, plan: _Plan, lookup: cache_pb2.LookupResponse
     ) -> None:
         """A cached answer is still the turn's answer: record it like a worker's result."""
-        result = envelopes_pb2.CompletionResult(
-            schema_version=SCHEMA_VERSION,
-            request_id=plan.request_id,
-            chat_id=plan.chat_id,
-            user_id=principal.user_id,
-            model=plan.model,
-            kind=envelopes_pb2.COMPLETION_KIND_CHAT,
-            text=lookup.answer,
-            finish_reason=(
-                types_pb2.FINISH_REASON_LENGTH if lookup.truncated else types_pb2.FINISH_REASON_STOP
-            ),
-            usage=types_pb2.Usage(prompt_tokens=plan.context.prompt_tokens),
-            worker_id="cache",
-            bot_id=plan.bot_id,
-            user_message_ordinal=plan.user_message_ordinal,
-            completed_unix_ms=now_ms(),
-            cache_entry_id=lookup.entry_id,
-        )
+        result = _cached_result(principal, plan, lookup)
         try:
             await asyncio.wait_for(
                 self._producer.send_and_wait(
@@ -468,16 +408,7 @@ class TurnService:
                 content, events = relay.finish(chunk)
                 for event in events:
                     yield event
-                usage = chunk.usage
-                yield TurnAnswer(
-                    content=content,
-                    finish_reason=FINISH_NAMES.get(chunk.finish_reason, "error"),
-                    usage=Usage(
-                        prompt_tokens=usage.prompt_tokens,
-                        completion_tokens=usage.completion_tokens,
-                        total_tokens=usage.prompt_tokens + usage.completion_tokens,
-                    ),
-                )
+                yield _final_answer(content, chunk)
                 return
         finally:
             self._replies.close(request_id)
@@ -489,9 +420,7 @@ class TurnService:
                 task.add_done_callback(self._background.discard)
 
     async def cancel(self, request_id: str, reason: str) -> None:
-        cancel = envelopes_pb2.CancelRequest(
-            schema_version=SCHEMA_VERSION, request_id=request_id, reason=reason
-        )
+        cancel = cancel_request(request_id, reason)
         try:
             await self._producer.send_and_wait(self._topics.control, cancel.SerializeToString())
         except KafkaError as exc:
@@ -511,6 +440,67 @@ def generation_failed(reason: str, *, request_id: str, stored: bool) -> ApiError
         else "retry the request"
     )
     return ApiError(502, "generation_failed", f"the model could not answer ({reason}); {retry}")
+
+
+def _stored_answer(answer: session_pb2.Message) -> TurnAnswer:
+    """The answer a retried turn had already (its prompt's tokens are not on record)."""
+    return TurnAnswer(
+        content=answer.content,
+        finish_reason=(FinishReason.from_pb(answer.finish_reason) or FinishReason.STOP).value,
+        usage=Usage(
+            prompt_tokens=0,
+            completion_tokens=answer.token_count,
+            total_tokens=answer.token_count,
+        ),
+    )
+
+
+def _final_answer(content: str, chunk: envelopes_pb2.CompletionChunk) -> TurnAnswer:
+    usage = chunk.usage
+    return TurnAnswer(
+        content=content,
+        finish_reason=FinishReason.name_of(chunk.finish_reason),
+        usage=Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        ),
+    )
+
+
+def _lookup_request(principal: Principal, plan: _Plan, *, bypass: bool) -> cache_pb2.LookupRequest:
+    return cache_pb2.LookupRequest(
+        user_id=principal.user_id,
+        tenant_id=plan.tenant_id,
+        bot_id=plan.bot_id,
+        model=plan.model,
+        scope=plan.cache_scope,
+        messages=plan.context.messages,
+        bypass=bypass,
+        max_tokens=plan.sampling.max_tokens,
+    )
+
+
+def _cached_result(
+    principal: Principal, plan: _Plan, lookup: cache_pb2.LookupResponse
+) -> envelopes_pb2.CompletionResult:
+    return completion_result(
+        request_id=plan.request_id,
+        chat_id=plan.chat_id,
+        user_id=principal.user_id,
+        model=plan.model,
+        kind=envelopes_pb2.COMPLETION_KIND_CHAT,
+        text=lookup.answer,
+        finish_reason=(
+            types_pb2.FINISH_REASON_LENGTH if lookup.truncated else types_pb2.FINISH_REASON_STOP
+        ),
+        usage=types_pb2.Usage(prompt_tokens=plan.context.prompt_tokens),
+        worker_id="cache",
+        bot_id=plan.bot_id,
+        user_message_ordinal=plan.user_message_ordinal,
+        completed_unix_ms=now_ms(),
+        cache_entry_id=lookup.entry_id,
+    )
 
 
 def _key(plan: _Plan) -> bytes:

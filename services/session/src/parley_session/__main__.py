@@ -25,7 +25,7 @@ from parley_session.metrics import SessionMetrics
 from parley_session.results import ResultRecorder
 from parley_session.retry import RetryPolicy, StoreUnavailableError
 from parley_session.server import SessionServicer
-from parley_session.store import SessionStore
+from parley_session.stores import Stores
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 
@@ -57,7 +57,7 @@ async def serve(settings: Settings) -> None:
         ],
     )
     availability = MongoAvailability(client, on_change=report_health(server.health, SERVICE))
-    store = SessionStore(
+    store = Stores(
         client,
         settings.mongodb_database,
         retry=RetryPolicy(

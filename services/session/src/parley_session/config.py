@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from parley_common.kafka import Topics
 from parley_common.settings import ServiceSettings
 
 __all__ = ["Settings"]
@@ -36,11 +35,6 @@ class Settings(ServiceSettings):
         default="truncate", pattern="^(full|truncate|summarize)$", description="of the default bot"
     )
     results_group: str = "parley-session"
-    topic_prefix: str = Field(
-        default="parley.",
-        description="the Kafka topics are <prefix>completions.requests, ...results, ...dlq "
-        "(tests use their own prefix to share one Kafka)",
-    )
     completion_retention_s: float = Field(
         default=86_400.0, gt=0, description="how long an asynchronous completion can be read"
     )
@@ -65,6 +59,3 @@ class Settings(ServiceSettings):
     )
     max_bots_per_user: int = Field(default=100, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM: finish calls")
-
-    def topics(self) -> Topics:
-        return Topics.with_prefix(self.topic_prefix)

@@ -19,7 +19,7 @@ from parley_session.domain import (
     system_with_summary,
 )
 from parley_session.retry import remaining_s
-from parley_session.store import ChatDoc, LoadedHistory, SessionStore
+from parley_session.stores import ChatDoc, LoadedHistory, Stores
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 
@@ -53,7 +53,7 @@ class ContextBuilder:
 
     def __init__(
         self,
-        store: SessionStore,
+        store: Stores,
         tokens: TokenCounter,
         *,
         window: int,
@@ -119,8 +119,8 @@ class ContextBuilder:
         self, chat_id: str, policy: HistoryPolicy, after: int, through: int, budget: int
     ) -> LoadedHistory:
         if policy is HistoryPolicy.FULL:
-            return await self._store.history(chat_id, after=after, through=through)
-        return await self._store.history(
+            return await self._store.messages.history(chat_id, after=after, through=through)
+        return await self._store.messages.history(
             chat_id, after=after, through=through, budget=budget, cost=self._tokens.message_tokens
         )
 
@@ -147,7 +147,7 @@ class ContextBuilder:
         until = time.monotonic() + wait_s
         while time.monotonic() < until:
             await asyncio.sleep(_ANSWER_POLL_S)
-            if await self._store.message_at(chat_id, ordinal) is not None:
+            if await self._store.messages.message_at(chat_id, ordinal) is not None:
                 return True
         return False
 

@@ -12,12 +12,14 @@ __all__ = [
     "BotNotFoundError",
     "BotProfile",
     "ChatNotFoundError",
+    "CompletionNotFoundError",
     "ContextPlan",
     "ContextTooLargeError",
     "HistoryParams",
     "HistoryPolicy",
     "InvalidArgumentError",
     "MessageNotFoundError",
+    "ModelNotFoundError",
     "PermissionDeniedError",
     "PromptFormat",
     "StoredMessage",
@@ -40,6 +42,14 @@ class BotNotFoundError(LookupError):
 
 class MessageNotFoundError(LookupError):
     """No such message in the chat."""
+
+
+class CompletionNotFoundError(LookupError):
+    """No asynchronous completion with this id for the caller."""
+
+
+class ModelNotFoundError(LookupError):
+    """A model this platform does not serve."""
 
 
 class PermissionDeniedError(PermissionError):

@@ -8,7 +8,8 @@ import logging
 from datetime import UTC, datetime
 
 from parley.v1 import envelopes_pb2, types_pb2
-from parley_session.store import SessionStore
+from parley_common.vocabulary import FinishReason
+from parley_session.stores import Stores
 from parley_session.summaries import retry_delay
 from parley_session.tokens import TokenCounter
 
@@ -16,18 +17,14 @@ __all__ = ["ResultRecorder"]
 
 log = logging.getLogger(__name__)
 
-_FINISH = {
-    types_pb2.FINISH_REASON_STOP: "stop",
-    types_pb2.FINISH_REASON_LENGTH: "length",
-    types_pb2.FINISH_REASON_CANCELLED: "cancelled",
-    types_pb2.FINISH_REASON_ERROR: "error",
-}
+# What an answer may end with: an expired request generated nothing.
+_ANSWER_ENDINGS = frozenset(
+    {FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED, FinishReason.ERROR}
+)
 
 
 class ResultRecorder:
-    def __init__(
-        self, store: SessionStore, tokens: TokenCounter, *, summary_retry_s: float
-    ) -> None:
+    def __init__(self, store: Stores, tokens: TokenCounter, *, summary_retry_s: float) -> None:
         self._store = store
         self._tokens = tokens
         self._summary_retry_s = summary_retry_s
@@ -39,17 +36,20 @@ class ResultRecorder:
             await self._answer(result)
 
     async def _answer(self, result: envelopes_pb2.CompletionResult) -> None:
-        if result.finish_reason not in _FINISH or (
-            not result.text and result.finish_reason == types_pb2.FINISH_REASON_ERROR
+        finish = FinishReason.from_pb(result.finish_reason)
+        if (
+            finish is None
+            or finish not in _ANSWER_ENDINGS
+            or (not result.text and finish is FinishReason.ERROR)
         ):
             return  # nothing was generated (expired or failed): no assistant message
-        created = await self._store.append_answer(
+        created = await self._store.chats.append_answer(
             chat_id=result.chat_id,
             question_ordinal=result.user_message_ordinal,
             content=result.text,
             token_count=result.usage.completion_tokens or self._tokens.count(result.text),
             request_id=result.request_id,
-            finish_reason=_FINISH[result.finish_reason],
+            finish_reason=finish.value,
             model=result.model,
             cache_entry_id=result.cache_entry_id,
             worker_id=result.worker_id,
@@ -66,7 +66,7 @@ class ResultRecorder:
             types_pb2.FINISH_REASON_LENGTH,
         ) and bool(result.text.strip())
         if usable:
-            stored = await self._store.store_summary(
+            stored = await self._store.summaries.store_summary(
                 result.chat_id,
                 request_id=result.request_id,
                 text=result.text.strip(),
@@ -82,11 +82,11 @@ class ResultRecorder:
                 },
             )
             return
-        job = await self._store.summary_job(result.chat_id)
-        if job is None or job.get("request_id") != result.request_id:
+        job = await self._store.summaries.summary_job(result.chat_id)
+        if job is None or job.request_id != result.request_id:
             return  # a stale attempt: a newer one is in charge
-        retry_at = datetime.now(UTC) + retry_delay(self._summary_retry_s, job.get("attempts", 1))
-        await self._store.fail_summary_job(result.chat_id, result.request_id, retry_at)
+        retry_at = datetime.now(UTC) + retry_delay(self._summary_retry_s, job.attempts)
+        await self._store.summaries.fail_summary_job(result.chat_id, result.request_id, retry_at)
         log.warning(
             "summary failed; a later turn retries it",
             extra={

@@ -24,6 +24,8 @@ from typing import Protocol, TypeVar
 import pymongo
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
+from parley_common.backoff import Backoff
+
 __all__ = [
     "Availability",
     "DeadlineExceededError",
@@ -128,7 +130,7 @@ class RetryPolicy:
         if self.availability is not None and not self.availability.reachable:
             raise StoreUnavailableError(f"MongoDB is unreachable (it fails its pings): {what}")
         until = time.monotonic() + self.total_s
-        backoff = self.first_backoff_s
+        backoff = Backoff(self.first_backoff_s, self.max_backoff_s)
         attempt = 1
         while True:
             left = remaining_s()
@@ -152,7 +154,7 @@ class RetryPolicy:
                 if self.availability is not None:
                     self.availability.suspect()
                 # Jitter keeps the replicas of a service from retrying in lockstep.
-                pause = backoff * random.uniform(0.5, 1.0)
+                pause = backoff.next_s() * random.uniform(0.5, 1.0)
                 if (
                     attempt >= self.attempts
                     or (left is not None and left <= pause)
@@ -164,5 +166,4 @@ class RetryPolicy:
                     extra={"operation": what, "attempt": attempt, "error": repr(exc)},
                 )
                 await asyncio.sleep(pause)
-                backoff = min(backoff * 2, self.max_backoff_s)
                 attempt += 1

@@ -9,88 +9,53 @@ passes first (every MongoDB operation of a call is bounded by it).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from pymongo.errors import PyMongoError
 
-from parley.v1 import session_pb2, session_pb2_grpc, types_pb2
+from parley.v1 import session_pb2, session_pb2_grpc
+from parley_common.grpc_errors import abort_bad_field
 from parley_common.ids import is_id
+from parley_session import wire
+from parley_session.bot_access import BotAccess
 from parley_session.completions import (
     CompletionService,
     ContextLengthExceededError,
-    ModelNotFoundError,
 )
 from parley_session.config import Settings
-from parley_session.context import BuiltContext, ContextBuilder
+from parley_session.context import ContextBuilder
 from parley_session.domain import (
     BotNotFoundError,
-    BotProfile,
     ChatNotFoundError,
-    HistoryPolicy,
+    CompletionNotFoundError,
     InvalidArgumentError,
     MessageNotFoundError,
+    ModelNotFoundError,
     PermissionDeniedError,
-    StoredMessage,
-    check_message_fits,
 )
-from parley_session.profiles import (
-    DEFAULT_BOT_ID,
-    POLICY_FROM_PB,
-    POLICY_TO_PB,
-    SCOPE_TO_PB,
-    ProfileRules,
-    bot_pb,
-)
+from parley_session.failures import EXPECTED_FAILURES
+from parley_session.feedback import submit_feedback
+from parley_session.profiles import ProfileRules, bot_pb
 from parley_session.retry import (
     DeadlineExceededError,
     StoreUnavailableError,
     deadline,
     is_transient,
 )
-from parley_session.store import (
-    ChatDoc,
-    FeedbackDoc,
-    FeedbackQuery,
-    LoadedHistory,
-    MessageDoc,
-    SessionStore,
-    TurnSlot,
-    from_ms,
-)
+from parley_session.stores import Stores
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
+from parley_session.turns import Turns, check_chat_id
 
 __all__ = ["SessionServicer"]
 
 log = logging.getLogger(__name__)
 
-MAX_CONTENT_CHARS = 100_000
 MAX_LIST_LIMIT = 100
-_RELEASE_S = 1.0
-_NO_LATER_THAN = 2**31  # an ordinal past any chat's last message
-
-_ROLE_TO_PB = {
-    "system": types_pb2.ROLE_SYSTEM,
-    "user": types_pb2.ROLE_USER,
-    "assistant": types_pb2.ROLE_ASSISTANT,
-}
-_FINISH_TO_PB = {
-    "stop": types_pb2.FINISH_REASON_STOP,
-    "length": types_pb2.FINISH_REASON_LENGTH,
-    "cancelled": types_pb2.FINISH_REASON_CANCELLED,
-    "error": types_pb2.FINISH_REASON_ERROR,
-}
-_RATING_FROM_PB = {session_pb2.RATING_UP: "up", session_pb2.RATING_DOWN: "down"}
-_RATING_TO_PB = {v: k for k, v in _RATING_FROM_PB.items()}
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -100,17 +65,13 @@ Method = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Res
 async def _abort_invalid(
     context: grpc.aio.ServicerContext[Any, Any], exc: InvalidArgumentError
 ) -> None:
-    violation = error_details_pb2.BadRequest.FieldViolation(
-        field=exc.field, description=exc.description
+    # OUT_OF_RANGE: the request is well formed, it just does not fit the model's window.
+    code = (
+        grpc.StatusCode.OUT_OF_RANGE
+        if isinstance(exc, ContextLengthExceededError)
+        else grpc.StatusCode.INVALID_ARGUMENT
     )
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc), details=[detail])
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        str(exc),
-        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-    )
+    await abort_bad_field(context, code, str(exc), field=exc.field, description=exc.description)
 
 
 async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
@@ -119,6 +80,10 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         await context.abort(grpc.StatusCode.NOT_FOUND, f"chat {exc} not found")
     if isinstance(exc, BotNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"bot profile {exc} not found")
+    if isinstance(exc, CompletionNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"completion {exc.args[0]!r} not found")
+    if isinstance(exc, ModelNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, MessageNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
     if isinstance(exc, PermissionDeniedError):
@@ -148,18 +113,6 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
     raise exc
 
 
-_MAPPED = (
-    ChatNotFoundError,
-    BotNotFoundError,
-    MessageNotFoundError,
-    PermissionDeniedError,
-    InvalidArgumentError,
-    DeadlineExceededError,
-    StoreUnavailableError,
-    PyMongoError,
-)
-
-
 def _rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
     """Bound the call's store work by its deadline and map errors to status codes."""
 
@@ -170,134 +123,21 @@ def _rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
         try:
             with deadline(context.time_remaining()):
                 return await method(self, request, context)
-        except _MAPPED as exc:
+        except EXPECTED_FAILURES as exc:
             await _abort_for(context, exc)
         raise AssertionError("unreachable")  # context.abort always raises
 
     return wrapper
 
 
-def _chat_pb(chat: ChatDoc) -> session_pb2.Chat:
-    pb = session_pb2.Chat(
-        chat_id=chat.chat_id,
-        title=chat.title,
-        bot_id=chat.bot_id,
-        created_unix_ms=chat.created_ms,
-        updated_unix_ms=chat.updated_ms,
-        message_count=chat.message_count,
-    )
-    if chat.summary is not None:
-        pb.summary = chat.summary.text
-        pb.summary_through_ordinal = chat.summary.through_ordinal
-    return pb
-
-
-def _message_pb(m: MessageDoc) -> session_pb2.Message:
-    return session_pb2.Message(
-        message_id=m.message_id,
-        ordinal=m.ordinal,
-        role=_ROLE_TO_PB.get(m.role, types_pb2.ROLE_UNSPECIFIED),
-        content=m.content,
-        token_count=m.token_count,
-        request_id=m.request_id,
-        created_unix_ms=m.created_ms,
-        finish_reason=_FINISH_TO_PB.get(m.finish_reason, types_pb2.FINISH_REASON_UNSPECIFIED),
-    )
-
-
-def _feedback_pb(f: FeedbackDoc) -> session_pb2.Feedback:
-    return session_pb2.Feedback(
-        feedback_id=f.feedback_id,
-        chat_id=f.chat_id,
-        message_id=f.message_id,
-        user_id=f.user_id,
-        bot_id=f.bot_id,
-        rating=_RATING_TO_PB[f.rating],
-        comment=f.comment,
-        tags=f.tags,
-        request_id=f.request_id,
-        cache_entry_id=f.cache_entry_id,
-        created_unix_ms=f.created_ms,
-        updated_unix_ms=f.updated_ms,
-        model=f.model,
-        question=f.question,
-        answer=f.answer,
-    )
-
-
-def _context_pb(built: BuiltContext) -> session_pb2.Context:
-    pb = session_pb2.Context(
-        messages=[
-            types_pb2.ChatMessage(role=_ROLE_TO_PB[role], content=text)
-            for role, text in built.plan.messages
-        ],
-        prompt_tokens=built.plan.prompt_tokens,
-        policy=POLICY_TO_PB[built.policy],
-        dropped_messages=built.dropped_messages,
-        summary_used=built.summary_through_ordinal is not None,
-    )
-    if built.summary_through_ordinal is not None:
-        pb.summary_through_ordinal = built.summary_through_ordinal
-    return pb
-
-
-def _encode_cursor(at_ms: int, item_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{at_ms}:{item_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        ms, item_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-        return from_ms(int(ms)), item_id
-    # OverflowError, OSError: a time far outside what datetime or the platform can represent.
-    except (ValueError, OverflowError, OSError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError("cursor", "not a cursor returned by this API") from exc
-
-
-def _title_from(content: str) -> str:
-    line = " ".join(content.split())
-    return line if len(line) <= 60 else line[:59].rstrip() + "…"
-
-
-def _check_chat_id(chat_id: str) -> None:
-    if not is_id(chat_id):
-        raise ChatNotFoundError(chat_id)
-
-
-def _check_content(content: str) -> None:
-    if not content.strip():
-        raise InvalidArgumentError("content", "must not be empty")
-    if len(content) > MAX_CONTENT_CHARS:
-        raise InvalidArgumentError("content", f"longer than {MAX_CONTENT_CHARS} characters")
-
-
-def _clean_tags(tags: list[str]) -> list[str]:
-    cleaned = list(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
-    if len(cleaned) > 10:
-        raise InvalidArgumentError("tags", "at most 10")
-    for tag in cleaned:
-        if len(tag) > 40:
-            raise InvalidArgumentError("tags", f"{tag[:40]!r}…: at most 40 characters a tag")
-    return cleaned
-
-
-def _feedback_query(bot_id: str, since_ms: int, until_ms: int, cursor: str = "") -> FeedbackQuery:
-    if since_ms < 0 or until_ms < 0:
-        raise InvalidArgumentError("since", "Unix milliseconds, not negative")
-    if since_ms and until_ms and until_ms <= since_ms:
-        raise InvalidArgumentError("until", "must be after since")
-    return FeedbackQuery(
-        bot_id=bot_id,
-        since=from_ms(since_ms) if since_ms else None,
-        until=from_ms(until_ms) if until_ms else None,
-        before=_decode_cursor(cursor) if cursor else None,
-    )
-
-
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
+    """The wire to plain calls and back: each method checks what only the wire can get wrong,
+    calls the stores or a use-case (`turns.py`, `bot_access.py`, `completions.py`) and converts
+    the answer (`wire.py`); `_rpc` maps the domain's errors to status codes."""
+
     def __init__(
         self,
-        store: SessionStore,
+        store: Stores,
         tokens: TokenCounter,
         settings: Settings,
         *,
@@ -305,7 +145,6 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         completions: CompletionService | None = None,
     ) -> None:
         self._store = store
-        self._tokens = tokens
         self._settings = settings
         self._completions = completions or CompletionService.for_store(
             store,
@@ -315,40 +154,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             default_max_tokens=settings.default_max_tokens,
         )
         self._profiles = ProfileRules(settings, tokens)
-        self._contexts = ContextBuilder(
+        self._bots = BotAccess(store.bots, self._profiles.default)
+        contexts = ContextBuilder(
             store, tokens, window=settings.context_window, summarizer=summarizer
         )
-
-    # bot profiles of chats
-
-    async def _chat_bot(self, chat: ChatDoc) -> BotProfile:
-        """The profile a chat was started with (or moved to), even if it was deleted since."""
-        if chat.bot_id in ("", DEFAULT_BOT_ID):
-            return self._profiles.default
-        try:
-            return await self._store.get_bot(chat.bot_id, visible_to=None, include_deleted=True)
-        except BotNotFoundError:
-            log.warning("chat's bot profile is gone", extra={"bot_id": chat.bot_id})
-            return self._profiles.default
-
-    async def _pickable_bot(self, user_id: str, bot_id: str) -> BotProfile:
-        """A profile a user may start (or move) a chat with."""
-        if bot_id in ("", DEFAULT_BOT_ID):
-            return self._profiles.default
-        try:
-            if not is_id(bot_id):
-                raise BotNotFoundError(bot_id)
-            return await self._store.get_bot(bot_id, visible_to=user_id, include_deleted=False)
-        except BotNotFoundError:
-            raise InvalidArgumentError("bot_id", f"no bot profile {bot_id!r}") from None
-
-    def _reply_budget(self, bot: BotProfile, requested: int) -> int:
-        budget = requested or bot.max_tokens
-        if budget >= self._settings.context_window:
-            raise InvalidArgumentError(
-                "max_tokens", f"less than the model's window of {self._settings.context_window}"
-            )
-        return budget
+        self._turns = Turns(store, self._bots, contexts, tokens, settings)
 
     # users and keys
 
@@ -358,7 +168,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.AuthenticateKeyRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.User:
-        user = await self._store.authenticate(request.api_key)
+        user = await self._store.users.authenticate(request.api_key)
         if user is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         assert user is not None
@@ -371,7 +181,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         name = request.name.strip()
         if not name or len(name) > 200:
             raise InvalidArgumentError("name", "must be 1 to 200 characters")
-        user = await self._store.create_user(name, request.tenant_id)
+        user = await self._store.users.create_user(name, request.tenant_id)
         return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
 
     @_rpc
@@ -380,210 +190,30 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.CreateApiKeyResponse:
         if not is_id(request.user_id):
             raise InvalidArgumentError("user_id", f"no user {request.user_id}")
-        key = await self._store.create_api_key(request.user_id, request.name)
+        key = await self._store.users.create_api_key(request.user_id, request.name)
         return session_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=key.api_key)
 
     @_rpc
     async def RevokeApiKey(
         self, request: session_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.RevokeApiKeyResponse:
-        if not (is_id(request.key_id) and await self._store.revoke_api_key(request.key_id)):
+        if not (is_id(request.key_id) and await self._store.users.revoke_api_key(request.key_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
         return session_pb2.RevokeApiKeyResponse()
 
-    # turns
+    # turns: parley_session.turns
 
     @_rpc
     async def StartTurn(
         self, request: session_pb2.StartTurnRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.StartTurnResponse:
-        _check_content(request.content)
-        if not request.request_id or len(request.request_id) > 128:
-            raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
-        if request.chat_id:
-            _check_chat_id(request.chat_id)
-            return await self._next_turn(request, request.chat_id)
-        return await self._first_turn(request)
-
-    async def _first_turn(
-        self, request: session_pb2.StartTurnRequest
-    ) -> session_pb2.StartTurnResponse:
-        """A new chat: its question is stored in the same two writes that create it, and the
-        context is built from what is known (no history to read)."""
-        content = request.content
-        token_count = self._tokens.count(content)
-        try:
-            bot = await self._pickable_bot(request.user_id, request.bot_id)
-            max_tokens = self._reply_budget(bot, request.max_tokens)
-            # Refused before anything is stored: a turn that cannot be sent is never kept.
-            self._check_fits(bot, content, token_count, max_tokens)
-        except InvalidArgumentError:
-            # Unless the request was accepted before (a retry): it goes on in its chat.
-            chat = await self._store.find_chat_by_request(request.user_id, request.request_id)
-            if chat is None:
-                raise
-            return await self._next_turn(request, chat.chat_id)
-        opened = await self._store.open_chat(
-            request.user_id,
-            bot_id=bot.bot_id,
-            title=_title_from(content),
-            request_id=request.request_id,
-            content=content,
-            token_count=token_count,
-        )
-        if opened.question is None:
-            return await self._next_turn(request, opened.chat.chat_id)
-        if not opened.created:
-            return await self._replay(request, opened.chat.chat_id, opened.question)
-        policy = POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
-        built = await self._contexts.build(
-            chat=opened.chat,
-            bot=bot,
-            policy=policy,
-            reply_budget=max_tokens,
-            through_ordinal=opened.question.ordinal,
-            known=LoadedHistory(
-                [opened.question.stored()],
-                created_ms={opened.question.ordinal: opened.question.created_ms},
-            ),
-        )
-        return self._turn_response(opened.chat, bot, opened.question, built, max_tokens, None)
-
-    async def _next_turn(
-        self, request: session_pb2.StartTurnRequest, chat_id: str
-    ) -> session_pb2.StartTurnResponse:
-        """A question in an existing chat: reserve its ordinal (reading the chat, its owner
-        checked), store it, read the history once."""
-        content = request.content
-        token_count = self._tokens.count(content)
-        slot = await self._store.reserve_turn(request.user_id, chat_id)
-        try:
-            bot = await self._chat_bot(slot.chat)
-            policy = POLICY_FROM_PB.get(request.history_policy, bot.history_policy)
-            max_tokens = self._reply_budget(bot, request.max_tokens)
-            self._check_fits(bot, content, token_count, max_tokens)
-            if policy is HistoryPolicy.FULL:
-                await self._contexts.build(
-                    chat=slot.chat,
-                    bot=bot,
-                    policy=policy,
-                    reply_budget=max_tokens,
-                    through_ordinal=slot.ordinal - 1,
-                    draft=StoredMessage(slot.ordinal, "user", content, token_count),
-                    summarize=False,
-                )
-        except InvalidArgumentError:
-            await self._store.release_turn(slot)
-            # A question stored before (a retry) is answered as it was accepted then.
-            stored = await self._store.find_message(chat_id, request.request_id, "user")
-            if stored is None:
-                raise
-            return await self._replay(request, chat_id, stored)
-        except Exception:
-            await self._release_quietly(slot)
-            raise
-        question, placed = await self._store.place_question(
-            slot, content=content, token_count=token_count, request_id=request.request_id
-        )
-        if not placed:
-            await self._store.release_turn(slot)
-            return await self._replay(request, chat_id, question)
-        built = await self._contexts.build(
-            chat=slot.chat,
-            bot=bot,
-            policy=policy,
-            reply_budget=max_tokens,
-            through_ordinal=question.ordinal,
-            answer_wait_s=self._settings.previous_answer_wait_s,
-        )
-        return self._turn_response(slot.chat, bot, question, built, max_tokens, None)
-
-    async def _replay(
-        self, request: session_pb2.StartTurnRequest, chat_id: str, question: MessageDoc
-    ) -> session_pb2.StartTurnResponse:
-        """A turn delivered again: its stored question, its context and its answer if stored."""
-        chat = await self._store.get_chat(request.user_id, chat_id)
-        bot = await self._chat_bot(chat)
-        max_tokens = self._reply_budget(bot, request.max_tokens)
-        existing_answer = await self._store.find_message(chat_id, request.request_id, "assistant")
-        built = await self._contexts.build(
-            chat=chat,
-            bot=bot,
-            policy=POLICY_FROM_PB.get(request.history_policy, bot.history_policy),
-            reply_budget=max_tokens,
-            through_ordinal=question.ordinal,
-            answer_wait_s=self._settings.previous_answer_wait_s,
-        )
-        return self._turn_response(chat, bot, question, built, max_tokens, existing_answer)
-
-    async def _release_quietly(self, slot: TurnSlot) -> None:
-        """Give back the slot of a turn that failed before its question was stored, if MongoDB
-        still answers (otherwise the chat's count keeps it: a display figure, nothing else)."""
-        try:
-            with deadline(_RELEASE_S):
-                await self._store.release_turn(slot)
-        except _MAPPED as exc:
-            log.warning("could not give back a turn's slot", extra={"error": repr(exc)})
-
-    def _check_fits(self, bot: BotProfile, content: str, tokens: int, reply_budget: int) -> None:
-        check_message_fits(
-            system_prompt=bot.system_prompt,
-            content=content,
-            content_tokens=tokens,
-            window=self._settings.context_window,
-            reply_budget=reply_budget,
-            fmt=self._tokens,
-        )
-
-    def _turn_response(
-        self,
-        chat: ChatDoc,
-        bot: BotProfile,
-        question: MessageDoc,
-        built: BuiltContext,
-        max_tokens: int,
-        existing_answer: MessageDoc | None,
-    ) -> session_pb2.StartTurnResponse:
-        sampling = types_pb2.SamplingParams(max_tokens=max_tokens)
-        if bot.temperature is not None:
-            sampling.temperature = bot.temperature
-        if bot.top_p is not None:
-            sampling.top_p = bot.top_p
-        response = session_pb2.StartTurnResponse(
-            chat=_chat_pb(chat),
-            user_message=_message_pb(question),
-            context=_context_pb(built),
-            model=bot.model,
-            sampling=sampling,
-            cache_scope=SCOPE_TO_PB[bot.cache_scope],
-            system_prompt=bot.system_prompt,
-            replayed=existing_answer is not None,
-        )
-        if existing_answer is not None:
-            response.existing_answer.CopyFrom(_message_pb(existing_answer))
-        return response
+        return wire.turn_pb(await self._turns.start(wire.turn_request(request)))
 
     @_rpc
     async def BuildContext(
         self, request: session_pb2.BuildContextRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.Context:
-        _check_chat_id(request.chat_id)
-        _check_content(request.content)
-        chat = await self._store.get_chat(request.user_id, request.chat_id)
-        bot = await self._chat_bot(chat)
-        max_tokens = self._reply_budget(bot, request.max_tokens)
-        built = await self._contexts.build(
-            chat=chat,
-            bot=bot,
-            policy=POLICY_FROM_PB.get(request.history_policy, bot.history_policy),
-            reply_budget=max_tokens,
-            through_ordinal=_NO_LATER_THAN - 1,
-            draft=StoredMessage(
-                _NO_LATER_THAN, "user", request.content, self._tokens.count(request.content)
-            ),
-            summarize=False,
-        )
-        return _context_pb(built)
+        return wire.context_pb(await self._turns.build_context(wire.draft_request(request)))
 
     # chats
 
@@ -591,12 +221,12 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def GetChat(
         self, request: session_pb2.GetChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.GetChatResponse:
-        _check_chat_id(request.chat_id)
-        chat = await self._store.get_chat(request.user_id, request.chat_id)
-        response = session_pb2.GetChatResponse(chat=_chat_pb(chat))
+        check_chat_id(request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        response = session_pb2.GetChatResponse(chat=wire.chat_pb(chat))
         if request.include_messages:
             response.messages.extend(
-                _message_pb(m) for m in await self._store.chat_messages(chat.chat_id)
+                wire.message_pb(m) for m in await self._store.messages.chat_messages(chat.chat_id)
             )
         return response
 
@@ -607,19 +237,19 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         limit = request.limit or 20
         if limit > MAX_LIST_LIMIT:
             raise InvalidArgumentError("limit", f"at most {MAX_LIST_LIMIT}")
-        before = _decode_cursor(request.cursor) if request.cursor else None
-        chats = await self._store.list_chats(request.user_id, limit=limit + 1, before=before)
-        response = session_pb2.ListChatsResponse(chats=[_chat_pb(c) for c in chats[:limit]])
+        before = wire.decode_cursor(request.cursor) if request.cursor else None
+        chats = await self._store.chats.list_chats(request.user_id, limit=limit + 1, before=before)
+        response = session_pb2.ListChatsResponse(chats=[wire.chat_pb(c) for c in chats[:limit]])
         if len(chats) > limit:
             last = chats[limit - 1]
-            response.next_cursor = _encode_cursor(last.updated_ms, last.chat_id)
+            response.next_cursor = wire.encode_cursor(last.updated_ms, last.chat_id)
         return response
 
     @_rpc
     async def UpdateChat(
         self, request: session_pb2.UpdateChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.Chat:
-        _check_chat_id(request.chat_id)
+        check_chat_id(request.chat_id)
         title: str | None = None
         bot_id: str | None = None
         if request.HasField("title"):
@@ -627,55 +257,33 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             if not title or len(title) > 200:
                 raise InvalidArgumentError("title", "must be 1 to 200 characters")
         if request.HasField("bot_id"):
-            await self._store.get_chat(request.user_id, request.chat_id)  # NOT_FOUND comes first
-            bot_id = (await self._pickable_bot(request.user_id, request.bot_id)).bot_id
+            await self._store.chats.get_chat(
+                request.user_id, request.chat_id
+            )  # NOT_FOUND comes first
+            bot_id = (await self._bots.pickable(request.user_id, request.bot_id)).bot_id
         if title is None and bot_id is None:
             raise InvalidArgumentError("title", "give a title or a bot_id to change")
-        chat = await self._store.update_chat(
+        chat = await self._store.chats.update_chat(
             request.user_id, request.chat_id, title=title, bot_id=bot_id
         )
-        return _chat_pb(chat)
+        return wire.chat_pb(chat)
 
     @_rpc
     async def DeleteChat(
         self, request: session_pb2.DeleteChatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.DeleteChatResponse:
-        _check_chat_id(request.chat_id)
-        await self._store.delete_chat(request.user_id, request.chat_id)
+        check_chat_id(request.chat_id)
+        await self._store.chats.delete_chat(request.user_id, request.chat_id)
         return session_pb2.DeleteChatResponse()
 
-    # bot profiles
-
-    def _owner(self, user_id: str, admin: bool) -> str:
-        """Whose profiles a call manages: the admin's are the shared ones (no owner)."""
-        if admin:
-            return ""
-        if not is_id(user_id):
-            raise InvalidArgumentError("user_id", "required (or the admin flag)")
-        return user_id
-
-    async def _own_bot(self, user_id: str, admin: bool, bot_id: str) -> BotProfile:
-        """A profile the caller may change; a visible one that is not theirs is refused."""
-        owner = self._owner(user_id, admin)
-        if bot_id == DEFAULT_BOT_ID:
-            raise PermissionDeniedError("the default profile is set by the service's configuration")
-        if not is_id(bot_id):
-            raise BotNotFoundError(bot_id)
-        bot = await self._store.get_bot(
-            bot_id, visible_to=None if admin else owner, include_deleted=False
-        )
-        if bot.owner_user_id != owner:
-            if bot.shared:
-                raise PermissionDeniedError("shared profiles are managed with the admin key")
-            raise BotNotFoundError(bot_id)  # another user's: not told apart from none
-        return bot
+    # bot profiles: who may use or change which, parley_session.bot_access
 
     @_rpc
     async def ListBots(
         self, request: session_pb2.ListBotsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ListBotsResponse:
-        owner = self._owner(request.user_id, request.admin)
-        bots = await self._store.list_bots(owner or None)
+        owner = self._bots.owner(request.user_id, request.admin)
+        bots = await self._store.bots.list_bots(owner or None)
         return session_pb2.ListBotsResponse(
             bots=[bot_pb(b) for b in [self._profiles.default, *bots]]
         )
@@ -684,47 +292,37 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def GetBot(
         self, request: session_pb2.GetBotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.BotProfile:
-        owner = self._owner(request.user_id, request.admin)
-        if request.bot_id == DEFAULT_BOT_ID:
-            return bot_pb(self._profiles.default)
-        if not is_id(request.bot_id):
-            raise BotNotFoundError(request.bot_id)
-        bot = await self._store.get_bot(
-            request.bot_id, visible_to=owner or None, include_deleted=False
-        )
-        if request.admin and not bot.shared:
-            raise BotNotFoundError(request.bot_id)  # users' own profiles are theirs alone
-        return bot_pb(bot)
+        return bot_pb(await self._bots.visible(request.user_id, request.admin, request.bot_id))
 
     @_rpc
     async def CreateBot(
         self, request: session_pb2.CreateBotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.BotProfile:
-        owner = self._owner(request.user_id, request.admin)
+        owner = self._bots.owner(request.user_id, request.admin)
         bot = self._profiles.new(request.bot, owner_user_id=owner, admin=request.admin)
-        if owner and await self._store.count_bots(owner) >= self._settings.max_bots_per_user:
+        if owner and await self._store.bots.count_bots(owner) >= self._settings.max_bots_per_user:
             raise InvalidArgumentError(
                 "bot", f"at most {self._settings.max_bots_per_user} profiles a user; delete one"
             )
-        return bot_pb(await self._store.create_bot(bot))
+        return bot_pb(await self._store.bots.create_bot(bot))
 
     @_rpc
     async def UpdateBot(
         self, request: session_pb2.UpdateBotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.BotProfile:
-        current = await self._own_bot(request.user_id, request.admin, request.bot.bot_id)
+        current = await self._bots.own(request.user_id, request.admin, request.bot.bot_id)
         paths = list(request.update_mask.paths)
         if not paths:
             raise InvalidArgumentError("update_mask", "name the fields to change")
         changed = self._profiles.update(current, request.bot, paths, admin=request.admin)
-        return bot_pb(await self._store.replace_bot(changed))
+        return bot_pb(await self._store.bots.replace_bot(changed))
 
     @_rpc
     async def DeleteBot(
         self, request: session_pb2.DeleteBotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.DeleteBotResponse:
-        bot = await self._own_bot(request.user_id, request.admin, request.bot_id)
-        await self._store.delete_bot(bot.bot_id, bot.owner_user_id)
+        bot = await self._bots.own(request.user_id, request.admin, request.bot_id)
+        await self._store.bots.delete_bot(bot.bot_id, bot.owner_user_id)
         return session_pb2.DeleteBotResponse()
 
     # feedback
@@ -735,33 +333,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.SubmitFeedbackRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.Feedback:
-        _check_chat_id(request.chat_id)
-        rating = _RATING_FROM_PB.get(request.rating)
-        if rating is None:
-            raise InvalidArgumentError("rating", "up or down")
-        comment = request.comment.strip()
-        if len(comment) > 4000:
-            raise InvalidArgumentError("comment", "at most 4000 characters")
-        tags = _clean_tags(list(request.tags))
-        chat = await self._store.get_chat(request.user_id, request.chat_id)
-        message = (
-            await self._store.get_message(chat.chat_id, request.message_id)
-            if is_id(request.message_id)
-            else None
-        )
-        if message is None:
-            raise MessageNotFoundError(request.message_id)
-        if message.role != "assistant":
-            raise InvalidArgumentError("message_id", "feedback is given on the assistant's answers")
-        feedback = await self._store.put_feedback(
-            user_id=request.user_id,
-            chat=chat,
-            message=message,
-            rating=rating,
-            comment=comment,
-            tags=tags,
-        )
-        return _feedback_pb(feedback)
+        feedback = await submit_feedback(self._store, wire.feedback_request(request))
+        return wire.feedback_pb(feedback)
 
     @_rpc
     async def ListFeedback(
@@ -770,16 +343,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         limit = request.limit or 50
         if limit > MAX_LIST_LIMIT:
             raise InvalidArgumentError("limit", f"at most {MAX_LIST_LIMIT}")
-        query = _feedback_query(
+        query = wire.feedback_query(
             request.bot_id, request.since_unix_ms, request.until_unix_ms, request.cursor
         )
-        found = await self._store.list_feedback(query, limit=limit + 1)
+        found = await self._store.feedback.list_feedback(query, limit=limit + 1)
         response = session_pb2.ListFeedbackResponse(
-            feedback=[_feedback_pb(f) for f in found[:limit]]
+            feedback=[wire.feedback_pb(f) for f in found[:limit]]
         )
         if len(found) > limit:
             last = found[limit - 1]
-            response.next_cursor = _encode_cursor(last.updated_ms, last.feedback_id)
+            response.next_cursor = wire.encode_cursor(last.updated_ms, last.feedback_id)
         return response
 
     async def ExportFeedback(
@@ -788,10 +361,12 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[session_pb2.Feedback]:
         try:
-            query = _feedback_query(request.bot_id, request.since_unix_ms, request.until_unix_ms)
-            async for item in self._store.export_feedback(query):
-                yield _feedback_pb(item)
-        except _MAPPED as exc:
+            query = wire.feedback_query(
+                request.bot_id, request.since_unix_ms, request.until_unix_ms
+            )
+            async for item in self._store.feedback.export_feedback(query):
+                yield wire.feedback_pb(item)
+        except EXPECTED_FAILURES as exc:
             await _abort_for(context, exc)
 
     # stateless and asynchronous completions, rate limits: parley_session.completions
@@ -802,19 +377,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.PrepareCompletionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.PrepareCompletionResponse:
-        try:
-            return self._completions.prepare(request)
-        except ModelNotFoundError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except ContextLengthExceededError as exc:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-        raise AssertionError("unreachable")  # context.abort always raises
+        prepared = self._completions.prepare(
+            request.model, wire.client_messages(request.messages), request.max_tokens
+        )
+        return wire.prepared_pb(prepared)
 
     @_rpc
     async def ListModels(
         self, request: session_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ListModelsResponse:
-        return self._completions.list_models()
+        return wire.models_pb(self._completions.list_models())
 
     @_rpc
     async def CreateCompletion(
@@ -822,7 +394,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         request: session_pb2.CreateCompletionRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> session_pb2.CreateCompletionResponse:
-        return await self._completions.create(request)
+        completion, created = await self._completions.create(
+            request.user_id,
+            request.completion_id,
+            chat_id=request.chat_id,
+            message_id=request.message_id,
+            model=request.model,
+        )
+        return session_pb2.CreateCompletionResponse(
+            completion=wire.completion_pb(completion), created=created
+        )
 
     @_rpc
     async def GetCompletion(
@@ -830,11 +411,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Completion:
         found = await self._completions.get(request.user_id, request.completion_id)
         if found is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"completion {request.completion_id!r} not found"
-            )
-        assert found is not None
-        return found
+            raise CompletionNotFoundError(request.completion_id)
+        return wire.completion_pb(found)
 
     @_rpc
     async def MarkCompletionRunning(
@@ -844,14 +422,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Completion:
         found = await self._completions.mark_running(request.user_id, request.completion_id)
         if found is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"completion {request.completion_id!r} not found"
-            )
-        assert found is not None
-        return found
+            raise CompletionNotFoundError(request.completion_id)
+        return wire.completion_pb(found)
 
     @_rpc
     async def ConsumeQuota(
         self, request: session_pb2.ConsumeQuotaRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ConsumeQuotaResponse:
-        return await self._completions.consume_quota(request)
+        decision = await self._completions.consume_quota(
+            request.user_id,
+            requests_per_minute=request.requests_per_minute,
+            tokens_per_minute=request.tokens_per_minute,
+        )
+        return wire.quota_pb(decision)

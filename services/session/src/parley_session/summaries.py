@@ -18,10 +18,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from parley.v1 import envelopes_pb2, types_pb2
-from parley_common.kafka import SCHEMA_VERSION, Topics
+from parley_common.envelopes import completion_request
+from parley_common.kafka import Topics
 from parley_common.timeutil import now_ms
+from parley_common.vocabulary import Role
 from parley_session.domain import BotProfile, summary_prompt
-from parley_session.store import ChatDoc, SessionStore
+from parley_session.stores import ChatDoc, Stores
 from parley_session.tokens import TokenCounter
 
 __all__ = ["Summarizer", "retry_delay"]
@@ -29,7 +31,6 @@ __all__ = ["Summarizer", "retry_delay"]
 log = logging.getLogger(__name__)
 
 _MAX_RETRY_DELAY_S = 600.0
-_ROLES = {"system": types_pb2.ROLE_SYSTEM, "user": types_pb2.ROLE_USER}
 
 
 def retry_delay(first_s: float, attempts: int) -> timedelta:
@@ -40,7 +41,7 @@ def retry_delay(first_s: float, attempts: int) -> timedelta:
 class Summarizer:
     def __init__(
         self,
-        store: SessionStore,
+        store: Stores,
         tokens: TokenCounter,
         producer: AIOKafkaProducer,
         *,
@@ -89,14 +90,14 @@ class Summarizer:
 
     async def _publish(self, chat: ChatDoc, bot: BotProfile, after: int, before: int) -> None:
         now = datetime.now(UTC)
-        job = await self._store.claim_summary_job(
+        job = await self._store.summaries.claim_summary_job(
             chat.chat_id,
             now=now,
             stale_before=now - timedelta(seconds=self._timeout_s + 30),
         )
         if job is None:
             return  # one is in flight, or waiting out its backoff
-        loaded = await self._store.history(chat.chat_id, after=after, through=before - 1)
+        loaded = await self._store.messages.history(chat.chat_id, after=after, through=before - 1)
         prompt = summary_prompt(
             previous_summary=chat.summary.text if chat.summary is not None else "",
             turns=loaded.messages,
@@ -105,17 +106,16 @@ class Summarizer:
             fmt=self._tokens,
         )
         if prompt is None:
-            await self._store.release_summary_job(chat.chat_id, job.request_id)
+            await self._store.summaries.release_summary_job(chat.chat_id, job.request_id)
             return
-        request = envelopes_pb2.CompletionRequest(
-            schema_version=SCHEMA_VERSION,
+        request = completion_request(
             request_id=job.request_id,
             chat_id=chat.chat_id,
             user_id=chat.user_id,
             model=bot.model,
             kind=envelopes_pb2.COMPLETION_KIND_SUMMARY,
             messages=[
-                types_pb2.ChatMessage(role=_ROLES[role], content=text)
+                types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
                 for role, text in prompt.messages
             ],
             # Greedy: a summary is a record of what was said, not a creative answer.
@@ -136,7 +136,7 @@ class Summarizer:
                 "summary request not published; it will be redone",
                 extra={"chat_id": chat.chat_id, "error": repr(exc)},
             )
-            await self._store.fail_summary_job(
+            await self._store.summaries.fail_summary_job(
                 chat.chat_id, job.request_id, now + retry_delay(self._retry_s, job.attempts)
             )
             return

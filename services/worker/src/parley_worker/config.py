@@ -6,7 +6,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from parley_common.kafka import Topics
 from parley_common.settings import ServiceSettings
 
 __all__ = ["Settings"]
@@ -21,11 +20,6 @@ class Settings(ServiceSettings):
     worker_group: str = "parley-workers"
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     metrics_port: int = 9103
-    topic_prefix: str = Field(
-        default="parley.",
-        description="the Kafka topics are <prefix>completions.requests, ...results, ...control, "
-        "...dlq (tests use their own prefix to share one Kafka)",
-    )
     chunk_interval_ms: int = Field(default=20, ge=0, description="flush streamed text this often")
     chunk_max_chars: int = Field(default=256, gt=0, description="or when this much text is pending")
     shutdown_grace_s: float = Field(
@@ -67,6 +61,3 @@ class Settings(ServiceSettings):
     vllm_enforce_eager: bool = Field(
         default=False, description="skip CUDA graphs and compilation: faster start, slower steps"
     )
-
-    def topics(self) -> Topics:
-        return Topics.with_prefix(self.topic_prefix)

@@ -3,39 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
 from parley.v1 import envelopes_pb2, types_pb2
-from parley_common.kafka import SCHEMA_VERSION
+from parley_common import envelopes
+from parley_common.vocabulary import FinishReason, FinishReasonPb, Role
 from parley_worker.engines.base import ChatMessage, GenerationRequest, SamplingParams
 
 __all__ = [
     "Outcome",
     "done_chunk",
+    "finish_name",
     "finish_reason",
     "generation_request",
     "result_envelope",
-    "text_chunk",
 ]
 
-_ROLES = {
-    types_pb2.ROLE_SYSTEM: "system",
-    types_pb2.ROLE_USER: "user",
-    types_pb2.ROLE_ASSISTANT: "assistant",
-}
-_FINISH = {
-    "stop": types_pb2.FINISH_REASON_STOP,
-    "length": types_pb2.FINISH_REASON_LENGTH,
-    "cancelled": types_pb2.FINISH_REASON_CANCELLED,
-}
-FinishReason: TypeAlias = types_pb2.FinishReason.ValueType
+# What an engine may end a generation with; the other reasons are the worker's to give.
+_ENGINE_ENDINGS = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a request ended: what the results topic and the final chunk say."""
 
-    finish: FinishReason
+    finish: FinishReasonPb
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -49,10 +40,10 @@ def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRe
         raise ValueError("the request has no messages")
     messages = []
     for message in request.messages:
-        role = _ROLES.get(message.role)
+        role = Role.from_pb(message.role)
         if role is None:
             raise ValueError(f"message role {message.role} is not system, user or assistant")
-        messages.append(ChatMessage(role, message.content))
+        messages.append(ChatMessage(role.value, message.content))
     return GenerationRequest(
         request_id=request.request_id,
         messages=tuple(messages),
@@ -60,21 +51,23 @@ def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRe
     )
 
 
-def finish_reason(engine_reason: str) -> FinishReason:
+def finish_reason(engine_reason: str) -> FinishReasonPb:
     """The wire value of an engine's finish reason (an unknown one is an engine bug)."""
-    try:
-        return _FINISH[engine_reason]
-    except KeyError:
-        raise RuntimeError(
-            f"the engine ended with an unknown finish reason {engine_reason!r}"
-        ) from None
+    reason = FinishReason.parse(engine_reason)
+    if reason is None or reason not in _ENGINE_ENDINGS:
+        raise RuntimeError(f"the engine ended with an unknown finish reason {engine_reason!r}")
+    return reason.to_pb()
+
+
+def finish_name(finish: FinishReasonPb) -> str:
+    """How metrics, logs and traces name a finish reason."""
+    return FinishReason.name_of(finish)
 
 
 def result_envelope(
     request: envelopes_pb2.CompletionRequest, outcome: Outcome, *, worker_id: str, now_ms: int
 ) -> envelopes_pb2.CompletionResult:
-    result = envelopes_pb2.CompletionResult(
-        schema_version=SCHEMA_VERSION,
+    result = envelopes.completion_result(
         request_id=request.request_id,
         chat_id=request.chat_id,
         user_id=request.user_id,
@@ -101,18 +94,10 @@ def result_envelope(
     return result
 
 
-def text_chunk(request_id: str, seq: int, text: str) -> envelopes_pb2.CompletionChunk:
-    return envelopes_pb2.CompletionChunk(
-        schema_version=SCHEMA_VERSION, request_id=request_id, seq=seq, text=text
-    )
-
-
 def done_chunk(request_id: str, seq: int, outcome: Outcome) -> envelopes_pb2.CompletionChunk:
-    return envelopes_pb2.CompletionChunk(
-        schema_version=SCHEMA_VERSION,
-        request_id=request_id,
-        seq=seq,
-        done=True,
+    return envelopes.done_chunk(
+        request_id,
+        seq,
         finish_reason=outcome.finish,
         usage=_usage(outcome),
         error=outcome.error,

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import grpc
 from fastapi import APIRouter, Path, Response
 
 from parley.v1 import session_pb2
 from parley_gateway.deps import Admin, PartsDep
-from parley_gateway.errors import from_grpc
 from parley_gateway.schemas import ApiKeyCreated, CreateKeyBody, CreateUserBody, ErrorBody, UserOut
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -24,13 +22,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/users", response_model=UserOut, status_code=201, responses=_ERRORS)
 async def create_user(body: CreateUserBody, _: Admin, parts: PartsDep) -> UserOut:
-    try:
-        user = await parts.session.CreateUser(
-            session_pb2.CreateUserRequest(name=body.name, tenant_id=body.tenant_id),
-            timeout=parts.settings.grpc_timeout_s,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    user = await parts.session.create_user(
+        session_pb2.CreateUserRequest(name=body.name, tenant_id=body.tenant_id)
+    )
     return UserOut(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
 
 
@@ -40,13 +34,9 @@ async def create_user(body: CreateUserBody, _: Admin, parts: PartsDep) -> UserOu
 async def create_key(
     user_id: Annotated[str, Path(max_length=64)], body: CreateKeyBody, _: Admin, parts: PartsDep
 ) -> ApiKeyCreated:
-    try:
-        key = await parts.session.CreateApiKey(
-            session_pb2.CreateApiKeyRequest(user_id=user_id, name=body.name),
-            timeout=parts.settings.grpc_timeout_s,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "user") from exc
+    key = await parts.session.create_api_key(
+        session_pb2.CreateApiKeyRequest(user_id=user_id, name=body.name)
+    )
     return ApiKeyCreated(key_id=key.key_id, api_key=key.api_key)
 
 
@@ -54,10 +44,5 @@ async def create_key(
 async def revoke_key(
     key_id: Annotated[str, Path(max_length=64)], _: Admin, parts: PartsDep
 ) -> Response:
-    try:
-        await parts.session.RevokeApiKey(
-            session_pb2.RevokeApiKeyRequest(key_id=key_id), timeout=parts.settings.grpc_timeout_s
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "API key") from exc
+    await parts.session.revoke_api_key(session_pb2.RevokeApiKeyRequest(key_id=key_id))
     return Response(status_code=204)

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from parley.v1 import cache_pb2, session_pb2, types_pb2
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Caller, PartsDep
-from parley_gateway.errors import from_grpc
 from parley_gateway.schemas import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -235,27 +234,17 @@ def _mask(body: BotPatch) -> list[str]:
 async def list_bots(caller: Caller, parts: PartsDep) -> BotList:
     """The profiles you may chat with: the default, the shared ones and your own (with the admin
     key: the default and the shared ones)."""
-    try:
-        listed = await parts.session.ListBots(
-            session_pb2.ListBotsRequest(user_id=_user_id(caller), admin=caller.is_admin),
-            timeout=parts.settings.grpc_timeout_s,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    listed = await parts.session.list_bots(
+        session_pb2.ListBotsRequest(user_id=_user_id(caller), admin=caller.is_admin)
+    )
     return BotList(bots=[bot_out(b) for b in listed.bots])
 
 
 @router.get("/{bot_id}", response_model=BotOut, responses=_ERRORS, summary="Read a bot profile")
 async def get_bot(bot_id: BotId, caller: Caller, parts: PartsDep) -> BotOut:
-    try:
-        got = await parts.session.GetBot(
-            session_pb2.GetBotRequest(
-                user_id=_user_id(caller), admin=caller.is_admin, bot_id=bot_id
-            ),
-            timeout=parts.settings.grpc_timeout_s,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "bot profile") from exc
+    got = await parts.session.get_bot(
+        session_pb2.GetBotRequest(user_id=_user_id(caller), admin=caller.is_admin, bot_id=bot_id)
+    )
     return bot_out(got)
 
 
@@ -268,15 +257,11 @@ async def get_bot(bot_id: BotId, caller: Caller, parts: PartsDep) -> BotOut:
 )
 async def create_bot(body: BotIn, caller: Caller, parts: PartsDep) -> BotOut:
     """With a user's key: a profile of your own. With the admin key: a shared profile."""
-    try:
-        created = await parts.session.CreateBot(
-            session_pb2.CreateBotRequest(
-                user_id=_user_id(caller), admin=caller.is_admin, bot=_profile_pb(body)
-            ),
-            timeout=parts.settings.grpc_timeout_s,
+    created = await parts.session.create_bot(
+        session_pb2.CreateBotRequest(
+            user_id=_user_id(caller), admin=caller.is_admin, bot=_profile_pb(body)
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    )
     return bot_out(created)
 
 
@@ -286,18 +271,14 @@ async def update_bot(bot_id: BotId, body: BotPatch, caller: Caller, parts: Parts
     paths = _mask(body)
     profile = _profile_pb(body)
     profile.bot_id = bot_id
-    try:
-        updated = await parts.session.UpdateBot(
-            session_pb2.UpdateBotRequest(
-                user_id=_user_id(caller),
-                admin=caller.is_admin,
-                bot=profile,
-                update_mask=field_mask_pb2.FieldMask(paths=paths),
-            ),
-            timeout=parts.settings.grpc_timeout_s,
+    updated = await parts.session.update_bot(
+        session_pb2.UpdateBotRequest(
+            user_id=_user_id(caller),
+            admin=caller.is_admin,
+            bot=profile,
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "bot profile") from exc
+    )
     if any(path.split(".")[0] in _ANSWER_FIELDS for path in paths):
         await _invalidate_cache(parts, bot_id)
     return bot_out(updated)
@@ -323,15 +304,9 @@ async def _invalidate_cache(parts: PartsDep, bot_id: str) -> None:
 @router.delete("/{bot_id}", status_code=204, responses=_ERRORS, summary="Delete a bot profile")
 async def delete_bot(bot_id: BotId, caller: Caller, parts: PartsDep) -> Response:
     """Nobody can start a chat with it any more; chats started with it go on with it."""
-    try:
-        await parts.session.DeleteBot(
-            session_pb2.DeleteBotRequest(
-                user_id=_user_id(caller), admin=caller.is_admin, bot_id=bot_id
-            ),
-            timeout=parts.settings.grpc_timeout_s,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "bot profile") from exc
+    await parts.session.delete_bot(
+        session_pb2.DeleteBotRequest(user_id=_user_id(caller), admin=caller.is_admin, bot_id=bot_id)
+    )
     return Response(status_code=204)
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import grpc
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parley.v1 import session_pb2
 from parley_common.ids import is_id
 from parley_gateway.deps import PartsDep, User
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
 from parley_gateway.schemas import ChatSummary, ErrorBody
 
 __all__ = ["ChatPatch", "router"]
@@ -65,10 +64,7 @@ async def update_chat(
         request.title = body.title
     if body.bot_id is not None:
         request.bot_id = body.bot_id
-    try:
-        chat = await parts.session.UpdateChat(request, timeout=parts.settings.grpc_timeout_s)
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    chat = await parts.session.update_chat(request)
     return ChatSummary(
         chat_id=chat.chat_id,
         title=chat.title,

@@ -7,16 +7,16 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-import grpc
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from parley.v1 import session_pb2, types_pb2
+from parley.v1 import session_pb2
 from parley_common.ids import is_id, new_id
+from parley_common.vocabulary import FinishReason, Role
 from parley_gateway.async_completions import BeforeQueue, completion_out
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Admitted, PartsDep, User
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
 from parley_gateway.relay import RESET_MESSAGE
 from parley_gateway.schemas import (
     ChatDetail,
@@ -30,17 +30,18 @@ from parley_gateway.schemas import (
     TurnAnswer,
     TurnResponse,
 )
-from parley_gateway.turns import FINISH_NAMES, Reset, Sampling, TextChunk, Turn
+from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 
 router = APIRouter(tags=["chats"])
 
 ChatId = Annotated[str, Path(description="a chat id (32 hexadecimal characters)")]
 
-_ROLE_NAMES = {
-    types_pb2.ROLE_SYSTEM: "system",
-    types_pb2.ROLE_USER: "user",
-    types_pb2.ROLE_ASSISTANT: "assistant",
-}
+
+def _finish_name(finish: int) -> str | None:
+    """An answer's finish reason; None for a question."""
+    reason = FinishReason.from_pb(finish)
+    return None if reason is None else reason.value
+
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "the body is not valid JSON"},
@@ -297,13 +298,9 @@ async def list_chats(
     ] = None,
 ) -> ChatList:
     """Your chats, most recently active first."""
-    try:
-        listed = await parts.session.ListChats(
-            session_pb2.ListChatsRequest(user_id=user.user_id, limit=limit, cursor=cursor or ""),
-            timeout=parts.settings.grpc_timeout_s,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    listed = await parts.session.list_chats(
+        session_pb2.ListChatsRequest(user_id=user.user_id, limit=limit, cursor=cursor or "")
+    )
     return ChatList(
         chats=[_summary(c) for c in listed.chats], next_cursor=listed.next_cursor or None
     )
@@ -312,25 +309,21 @@ async def list_chats(
 @router.get("/chat/{chat_id}", response_model=ChatDetail, responses=_ERRORS, summary="Read a chat")
 async def get_chat(chat_id: ChatId, user: User, parts: PartsDep) -> ChatDetail:
     """A chat with its messages in order."""
-    try:
-        got = await parts.session.GetChat(
-            session_pb2.GetChatRequest(
-                user_id=user.user_id, chat_id=_valid_chat_id(chat_id), include_messages=True
-            ),
-            timeout=parts.settings.grpc_timeout_s,
+    got = await parts.session.get_chat(
+        session_pb2.GetChatRequest(
+            user_id=user.user_id, chat_id=_valid_chat_id(chat_id), include_messages=True
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    )
     messages = [
         MessageOut(
             message_id=m.message_id,
             ordinal=m.ordinal,
-            role=_ROLE_NAMES.get(m.role, "user"),
+            role=(Role.from_pb(m.role) or Role.USER).value,
             content=m.content,
             token_count=m.token_count,
             request_id=m.request_id,
             created_at=m.created_unix_ms,
-            finish_reason=FINISH_NAMES.get(m.finish_reason),
+            finish_reason=_finish_name(m.finish_reason),
         )
         for m in got.messages
     ]
@@ -340,11 +333,7 @@ async def get_chat(chat_id: ChatId, user: User, parts: PartsDep) -> ChatDetail:
 @router.delete("/chat/{chat_id}", status_code=204, responses=_ERRORS, summary="Delete a chat")
 async def delete_chat(chat_id: ChatId, user: User, parts: PartsDep) -> Response:
     """Delete a chat and its messages."""
-    try:
-        await parts.session.DeleteChat(
-            session_pb2.DeleteChatRequest(user_id=user.user_id, chat_id=_valid_chat_id(chat_id)),
-            timeout=parts.settings.grpc_timeout_s,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    await parts.session.delete_chat(
+        session_pb2.DeleteChatRequest(user_id=user.user_id, chat_id=_valid_chat_id(chat_id))
+    )
     return Response(status_code=204)

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path
 from fastapi.responses import StreamingResponse
 
-from parley_gateway.async_completions import FINAL_STATES, STATE_NAMES, completion_out
+from parley_common.vocabulary import CompletionState
+from parley_gateway.async_completions import FINAL_STATES, completion_out
 from parley_gateway.deps import PartsDep, User
 from parley_gateway.errors import ApiError
 from parley_gateway.schemas import CompletionOut, ErrorBody
@@ -93,6 +94,6 @@ async def cancel_completion(
     """Ask the workers to stop generating it; the text generated until then is kept (state
     `cancelled`). A completion that is final already is returned as it is."""
     found = await parts.async_completions.get(user, _valid(completion_id))
-    if STATE_NAMES.get(found.state) not in FINAL_STATES:
+    if CompletionState.from_pb(found.state) not in FINAL_STATES:
         await parts.turns.cancel(found.completion_id, "cancelled by its user")
     return completion_out(found)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from parley.v1 import cache_pb2, session_pb2
 from parley_common.ids import is_id
 from parley_gateway.deps import Admin, PartsDep, User
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
 from parley_gateway.schemas import ErrorBody
 
 __all__ = ["FeedbackBody", "FeedbackOut", "FeedbackRecord", "router"]
@@ -138,20 +138,16 @@ async def give_feedback(
         raise _not_found("chat", chat_id)
     if not is_id(message_id):
         raise _not_found("message", message_id)
-    try:
-        stored = await parts.session.SubmitFeedback(
-            session_pb2.SubmitFeedbackRequest(
-                user_id=user.user_id,
-                chat_id=chat_id,
-                message_id=message_id,
-                rating=_RATING_TO_PB[body.rating],
-                comment=body.comment,
-                tags=body.tags,
-            ),
-            timeout=parts.settings.grpc_timeout_s,
+    stored = await parts.session.submit_feedback(
+        session_pb2.SubmitFeedbackRequest(
+            user_id=user.user_id,
+            chat_id=chat_id,
+            message_id=message_id,
+            rating=_RATING_TO_PB[body.rating],
+            comment=body.comment,
+            tags=body.tags,
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    )
     out = FeedbackOut(
         feedback_id=stored.feedback_id,
         chat_id=stored.chat_id,
@@ -210,19 +206,15 @@ async def list_feedback(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FeedbackPage:
     """(admin key) Feedback, most recent first, with the question and answer it judges."""
-    try:
-        page = await parts.session.ListFeedback(
-            session_pb2.ListFeedbackRequest(
-                bot_id=bot_id,
-                since_unix_ms=_ms(since),
-                until_unix_ms=_ms(until),
-                limit=limit,
-                cursor=cursor or "",
-            ),
-            timeout=parts.settings.grpc_timeout_s,
+    page = await parts.session.list_feedback(
+        session_pb2.ListFeedbackRequest(
+            bot_id=bot_id,
+            since_unix_ms=_ms(since),
+            until_unix_ms=_ms(until),
+            limit=limit,
+            cursor=cursor or "",
         )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    )
     return FeedbackPage(
         feedback=[_record(f) for f in page.feedback], next_cursor=page.next_cursor or None
     )
@@ -248,20 +240,17 @@ async def export_feedback(
 ) -> StreamingResponse:
     """(admin key) Every matching feedback with its question and answer, for review and
     retraining, streamed as it is read."""
-    call = parts.session.ExportFeedback(
+    stream = parts.session.export_feedback(
         session_pb2.ExportFeedbackRequest(
             bot_id=bot_id, since_unix_ms=_ms(since), until_unix_ms=_ms(until)
         ),
-        timeout=max(parts.settings.grpc_timeout_s, 600),
+        timeout_s=max(parts.settings.grpc_timeout_s, 600),
     )
-    stream = aiter(call)
     try:
         # The first record (or the end) before the status line: a failure is still a 503/422.
         first: session_pb2.Feedback | None = await anext(stream)
     except StopAsyncIteration:
         first = None
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
 
     async def lines() -> AsyncIterator[bytes]:
         if first is None:
@@ -270,9 +259,9 @@ async def export_feedback(
         try:
             async for item in stream:
                 yield _line(item)
-        except grpc.aio.AioRpcError as exc:
+        except ApiError as exc:
             # Too late for a status code: the export ends early, and the log says why.
-            log.error("feedback export cut short", extra={"code": exc.code().name})
+            log.error("feedback export cut short", extra={"error": exc.type, "detail": exc.message})
 
     return StreamingResponse(
         lines(),

@@ -18,15 +18,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import grpc
 from fastapi import APIRouter, Header, Path, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from parley.v1 import session_pb2
 from parley_common.ids import is_id
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Admitted, PartsDep, User
-from parley_gateway.errors import ApiError, from_grpc
+from parley_gateway.errors import ApiError
 from parley_gateway.openai_schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -77,12 +75,7 @@ _SYSTEM_ROLES = {"system": "system", "developer": "system", "user": "user"}
 
 
 async def _models(parts: PartsDep) -> list[Model]:
-    try:
-        listed = await parts.session.ListModels(
-            session_pb2.ListModelsRequest(), timeout=parts.settings.grpc_timeout_s
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, "session") from exc
+    listed = await parts.session.list_models()
     return [
         Model(id=m.model_id, created=m.created_unix_ms // 1000, context_window=m.context_window)
         for m in listed.models

@@ -1,0 +1,34 @@
+"""The failures a call may end with that are expected and reported as such (each to its status
+code by the servicer): the domain's refusals and the store's unavailability."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pymongo.errors import PyMongoError
+
+from parley_session.domain import (
+    BotNotFoundError,
+    ChatNotFoundError,
+    CompletionNotFoundError,
+    InvalidArgumentError,
+    MessageNotFoundError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+)
+from parley_session.retry import DeadlineExceededError, StoreUnavailableError
+
+__all__ = ["EXPECTED_FAILURES"]
+
+EXPECTED_FAILURES: Final = (
+    ChatNotFoundError,
+    BotNotFoundError,
+    MessageNotFoundError,
+    CompletionNotFoundError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    InvalidArgumentError,
+    DeadlineExceededError,
+    StoreUnavailableError,
+    PyMongoError,
+)

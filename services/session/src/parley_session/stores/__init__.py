@@ -1,0 +1,80 @@
+"""The session service's MongoDB adapter: one store per collection family, on PyMongo's native
+async API.
+
+Every public method runs under the service's one `RetryPolicy` (the `retried` decorator) and is
+safe to run again after a transient failure: ids are chosen before the first attempt and unique
+indexes turn a repeated write into a no-op.
+"""
+
+from __future__ import annotations
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from parley_session.retry import RetryPolicy
+from parley_session.stores._mongo import Doc, from_ms, retried
+from parley_session.stores.bots import BotStore
+from parley_session.stores.chats import (
+    ChatDoc,
+    ChatStore,
+    LoadedHistory,
+    MessageDoc,
+    OpenedChat,
+    SummaryDoc,
+    TurnSlot,
+)
+from parley_session.stores.feedback import FeedbackDoc, FeedbackQuery, FeedbackStore
+from parley_session.stores.messages import MessageStore
+from parley_session.stores.summaries import SummaryJob, SummaryJobState, SummaryStore
+from parley_session.stores.users import ApiKey, UserDoc, UserStore, hash_api_key
+
+__all__ = [
+    "ApiKey",
+    "BotStore",
+    "ChatDoc",
+    "ChatStore",
+    "FeedbackDoc",
+    "FeedbackQuery",
+    "FeedbackStore",
+    "LoadedHistory",
+    "MessageDoc",
+    "MessageStore",
+    "OpenedChat",
+    "Stores",
+    "SummaryDoc",
+    "SummaryJob",
+    "SummaryJobState",
+    "SummaryStore",
+    "TurnSlot",
+    "UserDoc",
+    "UserStore",
+    "from_ms",
+    "hash_api_key",
+]
+
+
+class Stores:
+    """The service's stores on one database, under one retry policy."""
+
+    def __init__(
+        self, client: AsyncMongoClient[Doc], database: str, *, retry: RetryPolicy | None = None
+    ) -> None:
+        self.db: AsyncDatabase[Doc] = client[database]
+        self.retry = retry or RetryPolicy()
+        self.users = UserStore(self.db, retry=self.retry)
+        self.chats = ChatStore(self.db, retry=self.retry)
+        self.messages = MessageStore(self.db, retry=self.retry)
+        self.bots = BotStore(self.db, retry=self.retry)
+        self.feedback = FeedbackStore(self.db, retry=self.retry)
+        self.summaries = SummaryStore(self.db, retry=self.retry)
+
+    @retried
+    async def ensure_indexes(self) -> None:
+        await self.users.ensure_indexes()
+        await self.chats.ensure_indexes()
+        await self.bots.ensure_indexes()
+        await self.feedback.ensure_indexes()
+
+    @retried
+    async def ping(self) -> None:
+        await self.db.command("ping")

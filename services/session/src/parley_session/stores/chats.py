@@ -1,0 +1,424 @@
+"""Chats and their messages, one aggregate (`chats`, `messages`): a turn's writes move both.
+
+- `chats`: a user's chats by recency (`user_id, updated_at, _id`), a retried "start a chat" finds
+  its chat (`user_id, created_by_request` unique); the running summary lives in the chat
+  (`SummaryStore`);
+- `messages`: a chat's messages in order (`chat_id, ordinal` unique; the context is read newest
+  first from it), one user and one assistant message per request id (`chat_id, request_id, role`
+  unique).
+
+A chat's `message_count` is a counter moved by the write that adds (or gives back) a message, not
+a recount: PyMongo's retryable writes apply such a write once even when its reply is lost. A write
+redone by the policy after a lost reply, or a turn cut off by an outage between reserving its
+ordinal and storing its question, can leave the count off by one: it is shown to people, nothing
+depends on it.
+
+A turn costs few round trips: a new chat is inserted with its first question already counted
+(two inserts); a next question reserves its ordinal, counts itself and reads the chat (summary
+included) in one findAndModify, then one insert; its answer is one insert and one update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from parley_common.ids import new_id
+from parley_session.domain import ChatNotFoundError, StoredMessage
+from parley_session.retry import RetryPolicy
+from parley_session.stores._mongo import Doc, key_pattern, ms, now, retried
+
+__all__ = [
+    "ChatDoc",
+    "ChatStore",
+    "LoadedHistory",
+    "MessageDoc",
+    "OpenedChat",
+    "SummaryDoc",
+    "TurnSlot",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryDoc:
+    text: str
+    through_ordinal: int
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatDoc:
+    chat_id: str
+    user_id: str
+    title: str
+    bot_id: str
+    created_ms: int
+    updated_ms: int
+    message_count: int
+    summary: SummaryDoc | None = None
+
+    @classmethod
+    def from_doc(cls, doc: Doc) -> ChatDoc:
+        summary = doc.get("summary")
+        return cls(
+            chat_id=doc["_id"],
+            user_id=doc["user_id"],
+            title=doc.get("title", ""),
+            bot_id=doc.get("bot_id", ""),
+            created_ms=ms(doc["created_at"]),
+            updated_ms=ms(doc["updated_at"]),
+            message_count=doc.get("message_count", 0),
+            summary=None
+            if not summary
+            else SummaryDoc(summary["text"], summary["through_ordinal"], summary["token_count"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDoc:
+    message_id: str
+    chat_id: str
+    ordinal: int
+    role: str
+    content: str
+    token_count: int
+    request_id: str
+    created_ms: int
+    finish_reason: str
+    model: str = ""
+    cache_entry_id: str = ""
+
+    @classmethod
+    def from_doc(cls, doc: Doc) -> MessageDoc:
+        return cls(
+            message_id=doc["_id"],
+            chat_id=doc["chat_id"],
+            ordinal=doc["ordinal"],
+            role=doc["role"],
+            content=doc["content"],
+            token_count=doc.get("token_count", 0),
+            request_id=doc.get("request_id", ""),
+            created_ms=ms(doc["created_at"]),
+            finish_reason=doc.get("finish_reason", ""),
+            model=doc.get("model", ""),
+            cache_entry_id=doc.get("cache_entry_id", ""),
+        )
+
+    def stored(self) -> StoredMessage:
+        return StoredMessage(self.ordinal, self.role, self.content, self.token_count)
+
+
+@dataclass
+class LoadedHistory:
+    """Messages of a chat, oldest first, and how many older ones (in the range) were not read."""
+
+    messages: list[StoredMessage] = field(default_factory=list)
+    older: int = 0
+    created_ms: dict[int, int] = field(default_factory=dict)  # by ordinal
+
+    @property
+    def complete(self) -> bool:
+        return self.older == 0
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedChat:
+    """A chat started by a request, and its first question: `question` is None when the chat was
+    there already (the request retried) and something else holds ordinal 0."""
+
+    chat: ChatDoc
+    question: MessageDoc | None
+    created: bool  # the question was stored by this call (False: by an earlier delivery)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSlot:
+    """The ordinal reserved for a next question, with the chat as it is with that question
+    counted. `release_turn` gives it back when the question is not stored after all."""
+
+    chat: ChatDoc
+    ordinal: int
+    reserved_at: datetime
+    previous_updated_at: datetime
+
+
+def _question_doc(message_id: str, chat_id: str, ordinal: int, at: datetime, fields: Doc) -> Doc:
+    return {
+        "_id": message_id,
+        "chat_id": chat_id,
+        "ordinal": ordinal,
+        "role": "user",
+        **fields,
+        "created_at": at,
+        "finish_reason": "",
+    }
+
+
+class ChatStore:
+    """A user's chats and their messages; every chat read filters by owner."""
+
+    def __init__(self, db: AsyncDatabase[Doc], *, retry: RetryPolicy) -> None:
+        self.retry = retry
+        self._chats = db["chats"]
+        self._messages = db["messages"]
+        self._feedback = db["feedback"]
+
+    async def ensure_indexes(self) -> None:
+        await self._chats.create_index(
+            [("user_id", ASCENDING), ("updated_at", DESCENDING), ("_id", DESCENDING)]
+        )
+        await self._chats.create_index(
+            [("user_id", ASCENDING), ("created_by_request", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"created_by_request": {"$type": "string"}},
+        )
+        await self._messages.create_index(
+            [("chat_id", ASCENDING), ("ordinal", ASCENDING)], unique=True
+        )
+        await self._messages.create_index(
+            [("chat_id", ASCENDING), ("request_id", ASCENDING), ("role", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"request_id": {"$type": "string"}},
+        )
+
+    # chats
+
+    @retried
+    async def find_chat_by_request(self, user_id: str, request_id: str) -> ChatDoc | None:
+        doc = await self._chats.find_one({"user_id": user_id, "created_by_request": request_id})
+        return None if doc is None else ChatDoc.from_doc(doc)
+
+    @retried
+    async def get_chat(self, user_id: str, chat_id: str) -> ChatDoc:
+        doc = await self._chats.find_one({"_id": chat_id, "user_id": user_id})
+        if doc is None:
+            raise ChatNotFoundError(chat_id)
+        return ChatDoc.from_doc(doc)
+
+    @retried
+    async def list_chats(
+        self, user_id: str, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[ChatDoc]:
+        query: Doc = {"user_id": user_id}
+        if before is not None:
+            updated, chat_id = before
+            query["$or"] = [
+                {"updated_at": {"$lt": updated}},
+                {"updated_at": updated, "_id": {"$lt": chat_id}},
+            ]
+        cursor = self._chats.find(query).sort([("updated_at", DESCENDING), ("_id", DESCENDING)])
+        return [ChatDoc.from_doc(d) async for d in cursor.limit(limit)]
+
+    @retried
+    async def update_chat(
+        self, user_id: str, chat_id: str, *, title: str | None, bot_id: str | None
+    ) -> ChatDoc:
+        changes: Doc = {"updated_at": now()}
+        if title is not None:
+            changes["title"] = title
+        if bot_id is not None:
+            changes["bot_id"] = bot_id
+        doc = await self._chats.find_one_and_update(
+            {"_id": chat_id, "user_id": user_id},
+            {"$set": changes},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            raise ChatNotFoundError(chat_id)
+        return ChatDoc.from_doc(doc)
+
+    @retried
+    async def delete_chat(self, user_id: str, chat_id: str) -> None:
+        """The chat with its messages and the feedback on them."""
+        if await self._chats.count_documents({"_id": chat_id, "user_id": user_id}, limit=1) == 0:
+            raise ChatNotFoundError(chat_id)
+        # The chat goes last, so that an interrupted delete, run again, finds it and finishes.
+        await self._messages.delete_many({"chat_id": chat_id})
+        await self._feedback.delete_many({"chat_id": chat_id})
+        await self._chats.delete_one({"_id": chat_id, "user_id": user_id})
+
+    # a turn's writes
+
+    async def open_chat(
+        self,
+        user_id: str,
+        *,
+        bot_id: str,
+        title: str,
+        request_id: str,
+        content: str,
+        token_count: int,
+    ) -> OpenedChat:
+        """Start a chat with its first question, once per request id (`created_by_request`): the
+        chat is inserted with that question already counted at ordinal 0, then the question."""
+        at = now()
+        chat_doc: Doc = {
+            "_id": new_id(),
+            "user_id": user_id,
+            "title": title,
+            "bot_id": bot_id,
+            "created_at": at,
+            "updated_at": at,
+            "message_count": 1,
+            "next_ordinal": 2,
+            "created_by_request": request_id,
+        }
+        fields = {"content": content, "token_count": token_count, "request_id": request_id}
+        return await self._open(chat_doc, _question_doc(new_id(), "", 0, at, fields))
+
+    @retried
+    async def _open(self, chat_doc: Doc, question_doc: Doc) -> OpenedChat:
+        chat = chat_doc
+        try:
+            await self._chats.insert_one(chat_doc)
+        except DuplicateKeyError as exc:
+            if key_pattern(exc) != {"_id": 1}:
+                # This request started its chat before (a retry, or a concurrent delivery).
+                found = await self._chats.find_one(
+                    {
+                        "user_id": chat_doc["user_id"],
+                        "created_by_request": chat_doc["created_by_request"],
+                    }
+                )
+                if found is None:
+                    raise
+                chat = found
+        # Ordinal 0 is the slot the chat was counted with: whichever delivery of the request
+        # places its question there first is the one stored.
+        question, placed = await self._place({**question_doc, "chat_id": chat["_id"]})
+        return OpenedChat(ChatDoc.from_doc(chat), question, placed)
+
+    @retried
+    async def reserve_turn(self, user_id: str, chat_id: str) -> TurnSlot:
+        """Reserve the next question's ordinal in the user's chat and count the question. Turn k's
+        question has ordinal 2k and its answer 2k + 1, so an answer stored late still sits right
+        after its question; turns submitted at once each reserve their own ordinal atomically."""
+        at = now()
+        before = await self._chats.find_one_and_update(
+            {"_id": chat_id, "user_id": user_id},
+            {"$inc": {"next_ordinal": 2, "message_count": 1}, "$set": {"updated_at": at}},
+            projection={"summary_job": 0},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is None:
+            raise ChatNotFoundError(chat_id)
+        after = {**before, "updated_at": at, "message_count": before.get("message_count", 0) + 1}
+        return TurnSlot(
+            chat=ChatDoc.from_doc(after),
+            ordinal=before.get("next_ordinal", 0),
+            reserved_at=at,
+            previous_updated_at=before["updated_at"],
+        )
+
+    @retried
+    async def release_turn(self, slot: TurnSlot) -> None:
+        """Give a reserved question back: uncount it, and leave the ordinal and the chat's time as
+        they were unless another turn moved them meanwhile (a gap in the ordinals is harmless)."""
+        await self._chats.update_one(
+            {"_id": slot.chat.chat_id},
+            [
+                {
+                    "$set": {
+                        "message_count": {"$subtract": ["$message_count", 1]},
+                        "next_ordinal": {
+                            "$cond": [
+                                {"$eq": ["$next_ordinal", slot.ordinal + 2]},
+                                slot.ordinal,
+                                "$next_ordinal",
+                            ]
+                        },
+                        "updated_at": {
+                            "$cond": [
+                                {"$eq": ["$updated_at", slot.reserved_at]},
+                                slot.previous_updated_at,
+                                "$updated_at",
+                            ]
+                        },
+                    }
+                }
+            ],
+        )
+
+    async def place_question(
+        self, slot: TurnSlot, *, content: str, token_count: int, request_id: str
+    ) -> tuple[MessageDoc, bool]:
+        """Store the question in its reserved slot: (it, True), or (the question an earlier or
+        concurrent delivery of the request stored, False): then the slot is to be released."""
+        fields = {"content": content, "token_count": token_count, "request_id": request_id}
+        doc = _question_doc(new_id(), slot.chat.chat_id, slot.ordinal, slot.reserved_at, fields)
+        return await self._place_in_slot(doc)
+
+    @retried
+    async def _place_in_slot(self, doc: Doc) -> tuple[MessageDoc, bool]:
+        question, placed = await self._place(doc)
+        if question is None:
+            # Only a slot given back while in use could be held by someone else.
+            raise RuntimeError(f"ordinal {doc['ordinal']} of chat {doc['chat_id']} is taken")
+        return question, placed
+
+    async def _place(self, doc: Doc) -> tuple[MessageDoc | None, bool]:
+        """Insert a question at its ordinal: (it, True); (the one stored for its request id by an
+        earlier or concurrent delivery, False); (None, False) when another request holds the
+        ordinal."""
+        try:
+            await self._messages.insert_one(doc)
+        except DuplicateKeyError as exc:
+            if key_pattern(exc) == {"_id": 1}:  # an earlier attempt of this very insert
+                return MessageDoc.from_doc(doc), True
+            winner = await self._messages.find_one(
+                {"chat_id": doc["chat_id"], "request_id": doc["request_id"], "role": "user"}
+            )
+            return (None if winner is None else MessageDoc.from_doc(winner)), False
+        return MessageDoc.from_doc(doc), True
+
+    async def append_answer(
+        self,
+        *,
+        chat_id: str,
+        question_ordinal: int,
+        content: str,
+        token_count: int,
+        request_id: str,
+        finish_reason: str,
+        model: str = "",
+        cache_entry_id: str = "",
+        worker_id: str = "",
+    ) -> bool:
+        """Store the answer to the question at `question_ordinal`; False if it was already there
+        (a redelivered result: the unique indexes refuse it) or the chat is gone."""
+        doc = {
+            "_id": new_id(),
+            "chat_id": chat_id,
+            "ordinal": question_ordinal + 1,
+            "role": "assistant",
+            "content": content,
+            "token_count": token_count,
+            "request_id": request_id,
+            "created_at": now(),
+            "finish_reason": finish_reason,
+            "model": model,
+            "cache_entry_id": cache_entry_id,
+            "worker_id": worker_id,
+        }
+        return await self._append(doc)
+
+    @retried
+    async def _append(self, doc: Doc) -> bool:
+        try:
+            await self._messages.insert_one(doc)
+        except DuplicateKeyError as exc:
+            if key_pattern(exc) != {"_id": 1}:
+                return False
+        counted = await self._chats.update_one(
+            {"_id": doc["chat_id"]},
+            {"$inc": {"message_count": 1}, "$max": {"updated_at": doc["created_at"]}},
+        )
+        if counted.matched_count == 0:
+            # The chat is gone (deleted before or meanwhile): leave nothing behind.
+            await self._messages.delete_many({"chat_id": doc["chat_id"]})
+            return False
+        return True

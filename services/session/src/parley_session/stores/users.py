@@ -1,0 +1,99 @@
+"""Users and their API keys (`users`, `api_keys`; `key_hash` unique: authentication)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from parley_common.ids import new_id
+from parley_session.domain import InvalidArgumentError
+from parley_session.retry import RetryPolicy
+from parley_session.stores._mongo import Doc, insert_new, now, retried
+
+__all__ = ["API_KEY_PREFIX", "ApiKey", "UserDoc", "UserStore", "hash_api_key"]
+
+API_KEY_PREFIX = "pk-"
+
+
+def hash_api_key(api_key: str) -> str:
+    # Keys are 256-bit random strings, so a fast hash is enough (no dictionary to guess from).
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class UserDoc:
+    user_id: str
+    name: str
+    tenant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    api_key: str
+
+
+def _user(doc: Doc) -> UserDoc:
+    return UserDoc(doc["_id"], doc.get("name", ""), doc.get("tenant_id", ""))
+
+
+class UserStore:
+    """Who may call the platform: users, and the hashed API keys they authenticate with."""
+
+    def __init__(self, db: AsyncDatabase[Doc], *, retry: RetryPolicy) -> None:
+        self.retry = retry
+        self._users = db["users"]
+        self._keys = db["api_keys"]
+
+    async def ensure_indexes(self) -> None:
+        await self._keys.create_index("key_hash", unique=True)
+        await self._keys.create_index("user_id")
+
+    async def create_user(self, name: str, tenant_id: str = "") -> UserDoc:
+        user = UserDoc(user_id=new_id(), name=name, tenant_id=tenant_id)
+        doc = {"_id": user.user_id, "name": name, "tenant_id": tenant_id, "created_at": now()}
+        await self._insert(self._users, doc)
+        return user
+
+    @retried
+    async def get_user(self, user_id: str) -> UserDoc | None:
+        doc = await self._users.find_one({"_id": user_id})
+        return None if doc is None else _user(doc)
+
+    async def create_api_key(self, user_id: str, name: str) -> ApiKey:
+        if await self.get_user(user_id) is None:
+            raise InvalidArgumentError("user_id", f"no user {user_id}")
+        key = ApiKey(key_id=new_id(), api_key=API_KEY_PREFIX + secrets.token_urlsafe(32))
+        doc = {
+            "_id": key.key_id,
+            "user_id": user_id,
+            "name": name,
+            "key_hash": hash_api_key(key.api_key),
+            "created_at": now(),
+            "revoked_at": None,
+        }
+        await self._insert(self._keys, doc)
+        return key
+
+    @retried
+    async def revoke_api_key(self, key_id: str) -> bool:
+        result = await self._keys.update_one(
+            {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": now()}}
+        )
+        return result.matched_count == 1
+
+    @retried
+    async def authenticate(self, api_key: str) -> UserDoc | None:
+        doc = await self._keys.find_one({"key_hash": hash_api_key(api_key), "revoked_at": None})
+        if doc is None:
+            return None
+        user = await self._users.find_one({"_id": doc["user_id"]})
+        return None if user is None else _user(user)
+
+    @retried
+    async def _insert(self, collection: AsyncCollection[Doc], doc: Doc) -> None:
+        await insert_new(collection, doc)

@@ -1,0 +1,260 @@
+"""A chat turn, top-down: the question checked, stored once per request id (a new chat, or the
+next question of one), the context built; a retried request is answered as it was accepted.
+
+Plain values in (`TurnRequest`) and out (`Turn`); `server.py` translates them from and to the
+wire, `wire.py` holds the conversion.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from parley_common.ids import is_id
+from parley_session.bot_access import BotAccess
+from parley_session.config import Settings
+from parley_session.context import BuiltContext, ContextBuilder
+from parley_session.domain import (
+    BotProfile,
+    ChatNotFoundError,
+    HistoryPolicy,
+    InvalidArgumentError,
+    StoredMessage,
+    check_message_fits,
+)
+from parley_session.failures import EXPECTED_FAILURES
+from parley_session.retry import deadline
+from parley_session.stores import ChatDoc, LoadedHistory, MessageDoc, Stores, TurnSlot
+from parley_session.tokens import TokenCounter
+
+__all__ = ["MAX_CONTENT_CHARS", "Turn", "TurnRequest", "Turns", "check_chat_id", "check_content"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONTENT_CHARS: Final = 100_000
+_RELEASE_S: Final = 1.0
+_NO_LATER_THAN: Final = 2**31  # an ordinal past any chat's last message
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    user_id: str
+    request_id: str
+    content: str
+    chat_id: str = ""  # empty: start a chat
+    bot_id: str = ""  # of a new chat
+    max_tokens: int = 0  # 0: the profile's
+    history_policy: HistoryPolicy | None = None  # None: the profile's
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A stored question and what to send to the model for it; `existing_answer` when the
+    request was answered before (a retry)."""
+
+    chat: ChatDoc
+    bot: BotProfile
+    question: MessageDoc
+    context: BuiltContext
+    max_tokens: int
+    existing_answer: MessageDoc | None = None
+
+
+def check_chat_id(chat_id: str) -> None:
+    if not is_id(chat_id):
+        raise ChatNotFoundError(chat_id)
+
+
+def check_content(content: str) -> None:
+    if not content.strip():
+        raise InvalidArgumentError("content", "must not be empty")
+    if len(content) > MAX_CONTENT_CHARS:
+        raise InvalidArgumentError("content", f"longer than {MAX_CONTENT_CHARS} characters")
+
+
+def _title_from(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= 60 else line[:59].rstrip() + "…"
+
+
+class Turns:
+    def __init__(
+        self,
+        stores: Stores,
+        bots: BotAccess,
+        contexts: ContextBuilder,
+        tokens: TokenCounter,
+        settings: Settings,
+    ) -> None:
+        self._stores = stores
+        self._bots = bots
+        self._contexts = contexts
+        self._tokens = tokens
+        self._settings = settings
+
+    async def start(self, request: TurnRequest) -> Turn:
+        check_content(request.content)
+        if not request.request_id or len(request.request_id) > 128:
+            raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
+        if request.chat_id:
+            check_chat_id(request.chat_id)
+            return await self._next_turn(request, request.chat_id)
+        return await self._first_turn(request)
+
+    async def build_context(self, request: TurnRequest) -> BuiltContext:
+        """The context a question would be sent with now, nothing stored."""
+        check_chat_id(request.chat_id)
+        check_content(request.content)
+        chat = await self._stores.chats.get_chat(request.user_id, request.chat_id)
+        bot = await self._bots.of_chat(chat)
+        return await self._contexts.build(
+            chat=chat,
+            bot=bot,
+            policy=self._policy(request, bot),
+            reply_budget=self._reply_budget(bot, request.max_tokens),
+            through_ordinal=_NO_LATER_THAN - 1,
+            draft=StoredMessage(
+                _NO_LATER_THAN, "user", request.content, self._tokens.count(request.content)
+            ),
+            summarize=False,
+        )
+
+    async def _first_turn(self, request: TurnRequest) -> Turn:
+        """A new chat: its question is stored in the same two writes that create it, and the
+        context is built from what is known (no history to read)."""
+        content = request.content
+        token_count = self._tokens.count(content)
+        try:
+            bot = await self._bots.pickable(request.user_id, request.bot_id)
+            max_tokens = self._reply_budget(bot, request.max_tokens)
+            # Refused before anything is stored: a turn that cannot be sent is never kept.
+            self._check_fits(bot, content, token_count, max_tokens)
+        except InvalidArgumentError:
+            # Unless the request was accepted before (a retry): it goes on in its chat.
+            chats = self._stores.chats
+            chat = await chats.find_chat_by_request(request.user_id, request.request_id)
+            if chat is None:
+                raise
+            return await self._next_turn(request, chat.chat_id)
+        opened = await self._stores.chats.open_chat(
+            request.user_id,
+            bot_id=bot.bot_id,
+            title=_title_from(content),
+            request_id=request.request_id,
+            content=content,
+            token_count=token_count,
+        )
+        if opened.question is None:
+            return await self._next_turn(request, opened.chat.chat_id)
+        if not opened.created:
+            return await self._replay(request, opened.chat.chat_id, opened.question)
+        built = await self._contexts.build(
+            chat=opened.chat,
+            bot=bot,
+            policy=self._policy(request, bot),
+            reply_budget=max_tokens,
+            through_ordinal=opened.question.ordinal,
+            known=LoadedHistory(
+                [opened.question.stored()],
+                created_ms={opened.question.ordinal: opened.question.created_ms},
+            ),
+        )
+        return Turn(opened.chat, bot, opened.question, built, max_tokens)
+
+    async def _next_turn(self, request: TurnRequest, chat_id: str) -> Turn:
+        """A question in an existing chat: reserve its ordinal (reading the chat, its owner
+        checked), store it, read the history once."""
+        content = request.content
+        token_count = self._tokens.count(content)
+        chats = self._stores.chats
+        slot = await chats.reserve_turn(request.user_id, chat_id)
+        try:
+            bot = await self._bots.of_chat(slot.chat)
+            policy = self._policy(request, bot)
+            max_tokens = self._reply_budget(bot, request.max_tokens)
+            self._check_fits(bot, content, token_count, max_tokens)
+            if policy is HistoryPolicy.FULL:
+                await self._contexts.build(
+                    chat=slot.chat,
+                    bot=bot,
+                    policy=policy,
+                    reply_budget=max_tokens,
+                    through_ordinal=slot.ordinal - 1,
+                    draft=StoredMessage(slot.ordinal, "user", content, token_count),
+                    summarize=False,
+                )
+        except InvalidArgumentError:
+            await chats.release_turn(slot)
+            # A question stored before (a retry) is answered as it was accepted then.
+            messages = self._stores.messages
+            stored = await messages.find_message(chat_id, request.request_id, "user")
+            if stored is None:
+                raise
+            return await self._replay(request, chat_id, stored)
+        except Exception:
+            await self._release_quietly(slot)
+            raise
+        question, placed = await chats.place_question(
+            slot, content=content, token_count=token_count, request_id=request.request_id
+        )
+        if not placed:
+            await chats.release_turn(slot)
+            return await self._replay(request, chat_id, question)
+        built = await self._contexts.build(
+            chat=slot.chat,
+            bot=bot,
+            policy=policy,
+            reply_budget=max_tokens,
+            through_ordinal=question.ordinal,
+            answer_wait_s=self._settings.previous_answer_wait_s,
+        )
+        return Turn(slot.chat, bot, question, built, max_tokens)
+
+    async def _replay(self, request: TurnRequest, chat_id: str, question: MessageDoc) -> Turn:
+        """A request seen before: its question as stored then, its answer if there is one."""
+        chat = await self._stores.chats.get_chat(request.user_id, chat_id)
+        bot = await self._bots.of_chat(chat)
+        max_tokens = self._reply_budget(bot, request.max_tokens)
+        messages = self._stores.messages
+        existing_answer = await messages.find_message(chat_id, request.request_id, "assistant")
+        built = await self._contexts.build(
+            chat=chat,
+            bot=bot,
+            policy=self._policy(request, bot),
+            reply_budget=max_tokens,
+            through_ordinal=question.ordinal,
+            answer_wait_s=self._settings.previous_answer_wait_s,
+        )
+        return Turn(chat, bot, question, built, max_tokens, existing_answer)
+
+    async def _release_quietly(self, slot: TurnSlot) -> None:
+        """Give back the slot of a turn that failed before its question was stored, if MongoDB
+        still answers (otherwise the chat's count keeps it: a display figure, nothing else)."""
+        try:
+            with deadline(_RELEASE_S):
+                await self._stores.chats.release_turn(slot)
+        except EXPECTED_FAILURES as exc:
+            log.warning("could not give back a turn's slot", extra={"error": repr(exc)})
+
+    @staticmethod
+    def _policy(request: TurnRequest, bot: BotProfile) -> HistoryPolicy:
+        return bot.history_policy if request.history_policy is None else request.history_policy
+
+    def _reply_budget(self, bot: BotProfile, requested: int) -> int:
+        budget = requested or bot.max_tokens
+        if budget >= self._settings.context_window:
+            raise InvalidArgumentError(
+                "max_tokens", f"less than the model's window of {self._settings.context_window}"
+            )
+        return budget
+
+    def _check_fits(self, bot: BotProfile, content: str, tokens: int, reply_budget: int) -> None:
+        check_message_fits(
+            system_prompt=bot.system_prompt,
+            content=content,
+            content_tokens=tokens,
+            window=self._settings.context_window,
+            reply_budget=reply_budget,
+            fmt=self._tokens,
+        )

@@ -1,0 +1,264 @@
+"""The session's values to and from protobuf (no I/O): chats, messages, feedback, contexts,
+turns, list cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Sequence
+from datetime import datetime
+
+from parley.v1 import session_pb2, types_pb2
+from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
+from parley_session.completions import ModelInfo, PreparedCompletion
+from parley_session.context import BuiltContext
+from parley_session.domain import InvalidArgumentError
+from parley_session.feedback import FeedbackRequest
+from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
+from parley_session.quotas import QuotaDecision
+from parley_session.stores import ChatDoc, FeedbackDoc, FeedbackQuery, MessageDoc, from_ms
+from parley_session.stores.completions import CompletionDoc
+from parley_session.turns import Turn, TurnRequest
+
+__all__ = [
+    "chat_pb",
+    "client_messages",
+    "completion_pb",
+    "context_pb",
+    "decode_cursor",
+    "draft_request",
+    "encode_cursor",
+    "feedback_pb",
+    "feedback_query",
+    "feedback_request",
+    "message_pb",
+    "models_pb",
+    "prepared_pb",
+    "quota_pb",
+    "turn_pb",
+    "turn_request",
+]
+
+_RATING_FROM_PB = {session_pb2.RATING_UP: "up", session_pb2.RATING_DOWN: "down"}
+_RATING_TO_PB = {v: k for k, v in _RATING_FROM_PB.items()}
+
+
+def _role_pb(stored: str) -> RolePb:
+    role = Role.parse(stored)
+    return types_pb2.ROLE_UNSPECIFIED if role is None else role.to_pb()
+
+
+def _finish_pb(stored: str) -> FinishReasonPb:
+    """A question's (empty) or an answer's finish reason; answers never end `expired`."""
+    finish = FinishReason.parse(stored)
+    return types_pb2.FINISH_REASON_UNSPECIFIED if finish is None else finish.to_pb()
+
+
+def chat_pb(chat: ChatDoc) -> session_pb2.Chat:
+    pb = session_pb2.Chat(
+        chat_id=chat.chat_id,
+        title=chat.title,
+        bot_id=chat.bot_id,
+        created_unix_ms=chat.created_ms,
+        updated_unix_ms=chat.updated_ms,
+        message_count=chat.message_count,
+    )
+    if chat.summary is not None:
+        pb.summary = chat.summary.text
+        pb.summary_through_ordinal = chat.summary.through_ordinal
+    return pb
+
+
+def message_pb(m: MessageDoc) -> session_pb2.Message:
+    return session_pb2.Message(
+        message_id=m.message_id,
+        ordinal=m.ordinal,
+        role=_role_pb(m.role),
+        content=m.content,
+        token_count=m.token_count,
+        request_id=m.request_id,
+        created_unix_ms=m.created_ms,
+        finish_reason=_finish_pb(m.finish_reason),
+    )
+
+
+def feedback_pb(f: FeedbackDoc) -> session_pb2.Feedback:
+    return session_pb2.Feedback(
+        feedback_id=f.feedback_id,
+        chat_id=f.chat_id,
+        message_id=f.message_id,
+        user_id=f.user_id,
+        bot_id=f.bot_id,
+        rating=_RATING_TO_PB[f.rating],
+        comment=f.comment,
+        tags=f.tags,
+        request_id=f.request_id,
+        cache_entry_id=f.cache_entry_id,
+        created_unix_ms=f.created_ms,
+        updated_unix_ms=f.updated_ms,
+        model=f.model,
+        question=f.question,
+        answer=f.answer,
+    )
+
+
+def context_pb(built: BuiltContext) -> session_pb2.Context:
+    pb = session_pb2.Context(
+        messages=[
+            types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
+            for role, text in built.plan.messages
+        ],
+        prompt_tokens=built.plan.prompt_tokens,
+        policy=POLICY_TO_PB[built.policy],
+        dropped_messages=built.dropped_messages,
+        summary_used=built.summary_through_ordinal is not None,
+    )
+    if built.summary_through_ordinal is not None:
+        pb.summary_through_ordinal = built.summary_through_ordinal
+    return pb
+
+
+def turn_request(request: session_pb2.StartTurnRequest) -> TurnRequest:
+    return TurnRequest(
+        user_id=request.user_id,
+        request_id=request.request_id,
+        content=request.content,
+        chat_id=request.chat_id,
+        bot_id=request.bot_id,
+        max_tokens=request.max_tokens,
+        history_policy=POLICY_FROM_PB.get(request.history_policy),
+    )
+
+
+def draft_request(request: session_pb2.BuildContextRequest) -> TurnRequest:
+    return TurnRequest(
+        user_id=request.user_id,
+        request_id="",
+        content=request.content,
+        chat_id=request.chat_id,
+        max_tokens=request.max_tokens,
+        history_policy=POLICY_FROM_PB.get(request.history_policy),
+    )
+
+
+def turn_pb(turn: Turn) -> session_pb2.StartTurnResponse:
+    bot = turn.bot
+    sampling = types_pb2.SamplingParams(max_tokens=turn.max_tokens)
+    if bot.temperature is not None:
+        sampling.temperature = bot.temperature
+    if bot.top_p is not None:
+        sampling.top_p = bot.top_p
+    response = session_pb2.StartTurnResponse(
+        chat=chat_pb(turn.chat),
+        user_message=message_pb(turn.question),
+        context=context_pb(turn.context),
+        model=bot.model,
+        sampling=sampling,
+        cache_scope=SCOPE_TO_PB[bot.cache_scope],
+        system_prompt=bot.system_prompt,
+        replayed=turn.existing_answer is not None,
+    )
+    if turn.existing_answer is not None:
+        response.existing_answer.CopyFrom(message_pb(turn.existing_answer))
+    return response
+
+
+def encode_cursor(at_ms: int, item_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{at_ms}:{item_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        ms, item_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+        return from_ms(int(ms)), item_id
+    # OverflowError, OSError: a time far outside what datetime or the platform can represent.
+    except (ValueError, OverflowError, OSError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError("cursor", "not a cursor returned by this API") from exc
+
+
+def feedback_request(request: session_pb2.SubmitFeedbackRequest) -> FeedbackRequest:
+    return FeedbackRequest(
+        user_id=request.user_id,
+        chat_id=request.chat_id,
+        message_id=request.message_id,
+        rating=_RATING_FROM_PB.get(request.rating),
+        comment=request.comment,
+        tags=list(request.tags),
+    )
+
+
+def feedback_query(bot_id: str, since_ms: int, until_ms: int, cursor: str = "") -> FeedbackQuery:
+    if since_ms < 0 or until_ms < 0:
+        raise InvalidArgumentError("since", "Unix milliseconds, not negative")
+    if since_ms and until_ms and until_ms <= since_ms:
+        raise InvalidArgumentError("until", "must be after since")
+    return FeedbackQuery(
+        bot_id=bot_id,
+        since=from_ms(since_ms) if since_ms else None,
+        until=from_ms(until_ms) if until_ms else None,
+        before=decode_cursor(cursor) if cursor else None,
+    )
+
+
+# stateless and asynchronous completions, rate limits
+
+
+def client_messages(messages: Sequence[types_pb2.ChatMessage]) -> list[tuple[Role | None, str]]:
+    return [(Role.from_pb(m.role), m.content) for m in messages]
+
+
+def prepared_pb(prepared: PreparedCompletion) -> session_pb2.PrepareCompletionResponse:
+    return session_pb2.PrepareCompletionResponse(
+        context=session_pb2.Context(
+            messages=[
+                types_pb2.ChatMessage(role=Role(role).to_pb(), content=content)
+                for role, content in prepared.messages
+            ],
+            prompt_tokens=prepared.prompt_tokens,
+            policy=session_pb2.HISTORY_POLICY_FULL,
+        ),
+        model=prepared.model,
+        sampling=types_pb2.SamplingParams(max_tokens=prepared.max_tokens),
+        cache_scope=types_pb2.CACHE_SCOPE_USER,
+    )
+
+
+def models_pb(models: list[ModelInfo]) -> session_pb2.ListModelsResponse:
+    return session_pb2.ListModelsResponse(
+        models=[
+            session_pb2.ModelInfo(
+                model_id=m.model_id, created_unix_ms=m.created_ms, context_window=m.context_window
+            )
+            for m in models
+        ]
+    )
+
+
+def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
+    return session_pb2.Completion(
+        completion_id=c.completion_id,
+        chat_id=c.chat_id,
+        message_id=c.message_id,
+        state=session_pb2.COMPLETION_STATE_UNSPECIFIED if c.state is None else c.state.to_pb(),
+        content=c.content,
+        finish_reason=types_pb2.FINISH_REASON_UNSPECIFIED
+        if c.finish_reason is None
+        else c.finish_reason.to_pb(),
+        usage=types_pb2.Usage(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens),
+        error=c.error,
+        created_unix_ms=c.created_ms,
+        updated_unix_ms=c.updated_ms,
+        cached=c.cached,
+        model=c.model,
+    )
+
+
+def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
+    return session_pb2.ConsumeQuotaResponse(
+        allowed=decision.allowed,
+        exceeded=decision.exceeded,
+        retry_after_ms=math.ceil(decision.retry_after_s * 1000),
+        requests_remaining=decision.requests_remaining,
+        tokens_remaining=decision.tokens_remaining,
+    )
