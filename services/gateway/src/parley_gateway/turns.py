@@ -59,6 +59,9 @@ _MAX_ERROR_CHARS = 300
 TurnEvent = TextEvent | TurnAnswer
 
 
+_SMALLEST_TOP_P = 1e-30
+
+
 @dataclass(frozen=True, slots=True)
 class Sampling:
     """A request's own sampling parameters; what is None keeps the bot profile's."""
@@ -74,7 +77,8 @@ class Sampling:
         if self.temperature is not None:
             merged.temperature = self.temperature
         if self.top_p is not None:
-            merged.top_p = self.top_p
+            # The wire holds a float32: a positive top_p below its range would arrive as 0.
+            merged.top_p = max(self.top_p, _SMALLEST_TOP_P)
         if self.stop:
             del merged.stop[:]
             merged.stop.extend(self.stop)

@@ -139,6 +139,9 @@ class RetryPolicy:
             budget = min(self.attempt_timeout_s, until - time.monotonic())
             if left is not None:
                 budget = min(budget, left)
+            if budget <= 0:
+                # The last pause overslept the total (a busy machine): no attempt is left.
+                raise StoreUnavailableError(f"MongoDB unavailable: no time left for {what}")
             try:
                 # With a client-side timeout PyMongo also waits for a server at most this long
                 # (not serverSelectionTimeoutMS): an unreachable MongoDB costs one budget.
