@@ -104,7 +104,7 @@ STORE_ERRORS: Final[tuple[type[Exception], ...]] = (
     UnexpectedResponse,
     grpc.aio.AioRpcError,
 )
-# What a search reads of an entry: its key (for the guard), its answer and whether that answer
+# What a search reads of an entry: its key (for the verifier), its answer and whether that answer
 # is whole, not the rest.
 _CANDIDATE_FIELDS: Final = (
     "bot_id",
