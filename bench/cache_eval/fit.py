@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from parley_cache.signals import FEATURE_NAMES, pair_features
+from parley_cache.signals import FEATURE_NAMES, pair_features, same_words
 from parley_cache.verifier import (
     CALIBRATION_GRID,
     VERIFIER_PATH,
@@ -232,15 +232,22 @@ FEATURE_SETS: dict[str, FeatureSet] = {
 
 
 def fit_and_score(
-    x: Array, y: Array, parts: npt.NDArray[np.str_], sample_weight: Array
+    x: Array,
+    y: Array,
+    parts: npt.NDArray[np.str_],
+    sample_weight: Array,
+    decided: npt.NDArray[np.bool_],
 ) -> tuple[Array, Array, float, Array, Array]:
-    """Standardize on the fit part, fit there; (scores of all, weights, intercept, mean, std)."""
-    fit = parts == "fit"
+    """Standardize on the fit part, fit there; (scores of all, weights, intercept, mean, std).
+
+    ``decided``: pairs the verifier scores 1.0 before the model (``same_words``): left out of
+    the fit, scored 1.0 in every part."""
+    fit = (parts == "fit") & ~decided
     mean, std = x[fit].mean(axis=0), x[fit].std(axis=0)
     std[std == 0] = 1.0
     z = (x - mean) / std
     weights, intercept = fit_logistic(z[fit], y[fit], sample_weight[fit])
-    scores = 1.0 / (1.0 + np.exp(-(z @ weights + intercept)))
+    scores = np.where(decided, 1.0, 1.0 / (1.0 + np.exp(-(z @ weights + intercept))))
     return scores, weights, intercept, mean, std
 
 
@@ -271,6 +278,7 @@ def main() -> None:
     parts = np.array([p.part for p in pairs])
     sample_weight = np.array([1.0 if i < len(quora) else HAND_WEIGHT for i in range(len(pairs))])
     cos, vectors = cosines(pairs, args.cache_dir)
+    decided = np.array([same_words(p.a, p.b) for p in pairs])
     test, hand_test = parts == "test", parts == "hand-test"
     counts = {part: int((parts == part).sum()) for part in (*PARTS, "hand-test")}
     print(f"Quora pairs: {len(quora)}, hand-made single-turn pairs: {len(pairs) - len(quora)}")
@@ -283,12 +291,12 @@ def main() -> None:
     chosen = {"signals": FEATURE_SETS["signals"]}
     for name, make in (FEATURE_SETS if args.compare else chosen).items():
         x = make(pairs, cos, vectors)
-        scores, *_ = fit_and_score(x, y, parts, sample_weight)
+        scores, *_ = fit_and_score(x, y, parts, sample_weight, decided)
         for label, mask in (("Quora test", test), ("hand-made test", hand_test)):
             print(report_row(f"{name} | {label}", scores[mask], y[mask], cos[mask]))
 
     x = signal_features(pairs, cos, vectors)
-    scores, weights, intercept, mean, std = fit_and_score(x, y, parts, sample_weight)
+    scores, weights, intercept, mean, std = fit_and_score(x, y, parts, sample_weight, decided)
     calib = parts == "calibrate"  # Quora pairs only: the real users' questions
     table = calibration(scores[calib], y[calib])
     print(

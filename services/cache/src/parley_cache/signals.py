@@ -23,7 +23,14 @@ from typing import Final
 
 from parley_cache.lexicon import NEGATION_SUFFIXES, NEGATIONS
 
-__all__ = ["FEATURE_NAMES", "MAX_CHARS", "TextSignals", "pair_features", "text_signals"]
+__all__ = [
+    "FEATURE_NAMES",
+    "MAX_CHARS",
+    "TextSignals",
+    "pair_features",
+    "same_words",
+    "text_signals",
+]
 
 # Characters of a text the checks read: the first and the last half of this. A long prompt's
 # changed word is most often in its instruction, at one end; the cost stays well under 1 ms.
@@ -39,6 +46,7 @@ _PLAIN_PUNCTUATION: Final = frozenset({".", "?", "!", ",", ";", ":", "...", "?!"
 class TextSignals:
     """One text's parts that the pair features compare, extracted once per text."""
 
+    tokens: tuple[str, ...]  # casefolded words and symbols in order, sentence punctuation out
     words: Counter[str]
     symbols: Counter[str]
     numbers: Counter[str]
@@ -58,6 +66,7 @@ def _cap(text: str) -> str:
 @lru_cache(maxsize=8192)
 def text_signals(text: str) -> TextSignals:
     text = unicodedata.normalize("NFKC", _cap(text)).replace("’", "'")
+    tokens: list[str] = []
     words: Counter[str] = Counter()
     symbols: Counter[str] = Counter()
     names: set[str] = set()
@@ -67,6 +76,7 @@ def text_signals(text: str) -> TextSignals:
         token = match.group(0)
         if token[0].isalnum() or token[0] == "_":
             folded = token.casefold()
+            tokens.append(folded)
             words[folded] += 1
             if folded in NEGATIONS:
                 negations += 1
@@ -80,10 +90,12 @@ def text_signals(text: str) -> TextSignals:
                 text[match.start() - 1 : match.end() + 1].endswith(s) for s in NEGATION_SUFFIXES
             )
         if token not in _PLAIN_PUNCTUATION:
+            tokens.append(token)
             symbols[token] += 1
         sentence_start = sentence_start or any(c in ".!?\n" for c in token)
     compact = " " + " ".join(text.casefold().split()) + " "
     return TextSignals(
+        tokens=tuple(tokens),
         words=words,
         symbols=symbols,
         numbers=Counter(_NUMBER.findall(text)),
@@ -114,7 +126,7 @@ FEATURE_NAMES: Final = (
     "negation_differs",
     "names_differ",
     "length_log_ratio",
-    "identical",
+    "reordered",
 )
 
 
@@ -138,5 +150,12 @@ def pair_features(stored: str, asked: str, cosine: float) -> list[float]:
         float(a.negations != b.negations),
         float(bool((a.names - words_b) | (b.names - words_a))),
         abs(math.log((a.length + 1) / (b.length + 1))),
-        float(a.words == b.words and a.symbols == b.symbols),
+        # The same words in another order: "a dog bigger than a cat" / "a cat bigger than a dog".
+        float(a.words == b.words and a.symbols == b.symbols and a.tokens != b.tokens),
     ]
+
+
+def same_words(stored: str, asked: str) -> bool:
+    """The same words and symbols in the same order: the two differ in case, spacing or
+    sentence punctuation only, which never changes an answer."""
+    return text_signals(stored).tokens == text_signals(asked).tokens

@@ -23,8 +23,10 @@ from parley_cache.verifier import Calibration
 
 __all__ = ["FeedbackTuner"]
 
-# How many served hits the prior is worth: a scope's first rejection must not shut it off.
+# How many served hits the prior is worth, and the rejections a scope needs before its bar moves:
+# one user's thumbs-down evicts the entry (Evict), and must not also shut the scope off.
 _PRIOR_HITS: Final = 20.0
+_MIN_REJECTIONS: Final = 3
 _SERVED_MEMORY: Final = 100_000  # served entry ids remembered, to attribute a later rejection
 
 
@@ -44,7 +46,7 @@ class FeedbackTuner:
     def threshold(self, scope: str, max_error: float) -> float:
         """The verifier threshold for a lookup in ``scope`` at the operator's ``max_error``."""
         counts = self._scopes.get(scope)
-        if counts is None or not counts.rejected:
+        if counts is None or counts.rejected < _MIN_REJECTIONS:
             return self._calibration.threshold_for(max_error)
         observed = (counts.rejected + _PRIOR_HITS * max_error) / (counts.hits + _PRIOR_HITS)
         if observed <= max_error:

@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
-from parley_cache.signals import FEATURE_NAMES, pair_features
+from parley_cache.signals import FEATURE_NAMES, pair_features, same_words
 
 __all__ = [
     "CALIBRATION_GRID",
@@ -129,7 +129,10 @@ class Verifier:
 
     def score(self, stored: str, asked: str, cosine: float) -> float:
         """Probability that ``stored``'s answer is right for ``asked`` (cosine: their vectors')."""
-        if stored == asked:
+        # Quora's pairs that differ in punctuation alone are mostly labelled "different" (that is
+        # how its negatives were sampled), so a fitted model would learn the opposite of what a
+        # cache needs; such pairs are decided before it.
+        if same_words(stored, asked):
             return 1.0
         features = pair_features(stored, asked, cosine)
         logit = self._offset + sum(k * x for k, x in zip(self._slopes, features, strict=True))
