@@ -5,8 +5,8 @@ Two line formats are read:
 - the scoring command's, ``{"id", "a", "b", "same"?, "kind"?}``, where ``a`` and ``b`` are a
   question (a string) or a conversation (a list of ``{"role", "content"}`` messages ending with
   the user's question; a ``system`` message sets the system prompt);
-- ``pairs.jsonl``'s, where ``a`` and ``b`` are ``{"turns": [...]}`` and each line also names its
-  ``kind`` and its ``split`` (``tune``: looked at while developing; ``test``: written after).
+- ``pairs.jsonl``'s, where ``a`` and ``b`` are ``{"turns": [...]}`` (with optional
+  ``system_prompt``, ``bot_id`` and ``model``) and each line also names its ``kind`` and ``split`` (``tune``: looked at while developing; ``test``: written after).
 """
 
 from __future__ import annotations
@@ -40,8 +40,27 @@ class Pair:
     same: bool | None
     kind: str
     split: str
-    messages_a: tuple[tuple[str, str], ...]  # (role, content), system prompt first
-    messages_b: tuple[tuple[str, str], ...]
+    a: Side
+    b: Side
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    bot_id: str
+    model: str
+    messages: tuple[tuple[str, str], ...]  # (role, content), system prompt first
+
+
+def _side(side: object) -> Side:
+    meta = side if isinstance(side, dict) else {}
+    messages = _messages(side)
+    if "system_prompt" in meta:
+        messages = (("system", str(meta["system_prompt"])), *messages[1:])
+    return Side(
+        bot_id=str(meta.get("bot_id", DEFAULT_BOT)),
+        model=str(meta.get("model", DEFAULT_MODEL)),
+        messages=messages,
+    )
 
 
 def _messages(side: object) -> tuple[tuple[str, str], ...]:
@@ -59,12 +78,12 @@ def _messages(side: object) -> tuple[tuple[str, str], ...]:
     return tuple(messages)
 
 
-def _key(messages: tuple[tuple[str, str], ...]) -> CacheKey:
+def _key(side: Side) -> CacheKey:
     return CacheKey.build(
-        bot_id=DEFAULT_BOT,
-        model=DEFAULT_MODEL,
-        system_prompt="\n".join(c for r, c in messages if r == "system"),
-        turns=[Turn(Role(r), c) for r, c in messages if r != "system"],
+        bot_id=side.bot_id,
+        model=side.model,
+        system_prompt="\n".join(c for r, c in side.messages if r == "system"),
+        turns=[Turn(Role(r), c) for r, c in side.messages if r != "system"],
     )
 
 
@@ -74,7 +93,7 @@ def load_pairs(path: Path) -> list[Pair]:
         if not line.strip():
             continue
         row = json.loads(line)
-        a, b = _messages(row["a"]), _messages(row["b"])
+        a, b = _side(row["a"]), _side(row["b"])
         same = row.get("same")
         pairs.append(
             Pair(
@@ -84,8 +103,8 @@ def load_pairs(path: Path) -> list[Pair]:
                 same=None if same is None else bool(same),
                 kind=str(row.get("kind", "")),
                 split=str(row.get("split", "")),
-                messages_a=a,
-                messages_b=b,
+                a=a,
+                b=b,
             )
         )
     return pairs

@@ -30,7 +30,7 @@ import grpc
 from qdrant_client import AsyncQdrantClient
 
 from bench.cache_eval.fit import part_of
-from bench.cache_eval.pairs import DEFAULT_BOT, DEFAULT_MODEL, Pair, load_pairs
+from bench.cache_eval.pairs import Pair, Side, load_pairs
 from parley.v1 import cache_pb2, cache_pb2_grpc, envelopes_pb2, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
@@ -64,15 +64,13 @@ class Decision:
     lookup_s: float
 
 
-def _request(
-    user: str, messages: Sequence[tuple[str, str]], args: argparse.Namespace
-) -> cache_pb2.LookupRequest:
+def _request(user: str, side: Side, args: argparse.Namespace) -> cache_pb2.LookupRequest:
     return cache_pb2.LookupRequest(
         user_id=user,
-        bot_id=DEFAULT_BOT,
-        model=DEFAULT_MODEL,
+        bot_id=side.bot_id,
+        model=side.model,
         scope=types_pb2.CACHE_SCOPE_USER,
-        messages=[types_pb2.ChatMessage(role=_ROLES[r], content=c) for r, c in messages],
+        messages=[types_pb2.ChatMessage(role=_ROLES[r], content=c) for r, c in side.messages],
         max_tokens=256,
         context_mode=(
             types_pb2.CACHE_CONTEXT_MODE_SEMANTIC
@@ -113,7 +111,7 @@ async def score_pairs(
         try:
             for pair in pairs:
                 user = f"score-{uuid.uuid4().hex[:12]}"  # one scope per pair: pairs never mix
-                stored = await stub.Lookup(_request(user, pair.messages_a, args), timeout=60)
+                stored = await stub.Lookup(_request(user, pair.a, args), timeout=60)
                 await indexer(
                     envelopes_pb2.CompletionResult(
                         request_id=uuid.uuid4().hex,
@@ -125,7 +123,7 @@ async def score_pairs(
                     )
                 )
                 started = time.perf_counter()
-                asked = await stub.Lookup(_request(user, pair.messages_b, args), timeout=60)
+                asked = await stub.Lookup(_request(user, pair.b, args), timeout=60)
                 lookup_s = time.perf_counter() - started
                 a_vector, b_vector = await embedder.embed_many(
                     [pair.entry.question_text, pair.lookup.question_text]
