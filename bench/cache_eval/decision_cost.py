@@ -42,8 +42,10 @@ WORDS = tuple(
 
 def _text(rng: random.Random, chars: int) -> str:
     words: list[str] = []
-    while sum(len(w) + 1 for w in words) < chars:
+    size = 0
+    while size < chars:
         words.append(rng.choice(WORDS) + str(rng.randrange(100)))
+        size += len(words[-1]) + 1
     return " ".join(words)[:chars]
 
 

@@ -204,15 +204,6 @@ def cosine_only(pairs: Sequence[QuoraPair], cos: Array, _: dict[str, Array]) -> 
     return cos[:, None]
 
 
-def with_guard(pairs: Sequence[QuoraPair], cos: Array, vectors: dict[str, Array]) -> Array:
-    """The old guard's rules as features (``--compare`` measures whether they earn their cost)."""
-    from parley_cache.guard import check
-
-    base = signal_features(pairs, cos, vectors)
-    vetoes = np.array([[float(not check(p.b, p.a).accepted)] for p in pairs])
-    return np.hstack([base, vetoes])
-
-
 def with_vector_products(
     pairs: Sequence[QuoraPair], cos: Array, vectors: dict[str, Array]
 ) -> Array:
@@ -226,7 +217,6 @@ def with_vector_products(
 FEATURE_SETS: dict[str, FeatureSet] = {
     "cosine (logistic)": cosine_only,
     "signals": signal_features,
-    "signals + old guard veto": with_guard,
     "signals + vector products": with_vector_products,
 }
 
