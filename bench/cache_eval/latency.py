@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 
-from bench.cache_eval.__main__ import PAIRS_PATH, Pair, load_pairs
+from bench.cache_eval.pairs import PAIRS_PATH, Pair, load_pairs
 from parley.v1 import cache_pb2, cache_pb2_grpc, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder

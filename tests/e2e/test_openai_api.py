@@ -367,3 +367,28 @@ def test_bound_to_a_stored_chat(
             extra_body={"chat_id": chat_id},
         )
     assert last_not_user.value.param == "messages"
+
+
+def test_a_cache_hit_says_its_score_and_reason(user: httpx.Client) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Which planet is called the red planet?"}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    first = user.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200, first.text
+    assert "X-Parley-Cache-Score" not in first.headers
+
+    def hit() -> httpx.Response | None:
+        again = user.post("/v1/chat/completions", json=body)
+        return again if again.json()["parley"]["cached"] else None
+
+    served = eventually(hit, what="the answer served from the cache")
+    assert float(served.headers["X-Parley-Cache-Score"]) == 1.0
+    assert served.headers["X-Parley-Cache-Reason"].startswith("verifier 1.000 >=")
+    assert served.json()["parley"]["cache_reason"] == served.headers["X-Parley-Cache-Reason"]
+    # Asked for variety, the same question is generated again.
+    hot = user.post("/v1/chat/completions", json={**body, "temperature": 1.0})
+    assert hot.status_code == 200, hot.text
+    assert hot.json()["parley"]["cached"] is False

@@ -96,14 +96,19 @@ def test_a_first_question_has_no_context() -> None:
     assert k.context_shape == ""
 
 
-def test_the_window_keeps_only_the_most_recent_prior_turns() -> None:
+def test_the_window_keeps_the_recent_turns_and_a_hash_of_the_earlier_ones() -> None:
     turns = [user("a"), assistant("b"), user("c"), assistant("d"), user("question")]
     k = key(turns, window=2)
     assert k.context == (user("c"), assistant("d"))
-    # What lies outside the window no longer tells two conversations apart.
+    # What lies before the window still tells two conversations apart ("my name is …" long
+    # before the question), by its hash.
     other = key([user("x"), assistant("y"), user("c"), assistant("d"), user("question")], window=2)
-    assert k.context_fingerprint == other.context_fingerprint
+    assert k.earlier_fingerprint != other.earlier_fingerprint
+    assert k.context_fingerprint != other.context_fingerprint
+    same = key([user("A"), assistant("b "), user("c"), assistant("d"), user("question")], window=2)
+    assert k.context_fingerprint == same.context_fingerprint
     assert key(turns, window=0).context == ()
+    assert key([user("question")]).earlier_fingerprint == ""
 
 
 def test_context_text_puts_the_newest_turn_first_and_trims_long_turns() -> None:

@@ -45,9 +45,36 @@ class Settings(ServiceSettings):
         description="vectors of the most recently embedded texts kept (1.5 KiB each with "
         "all-MiniLM-L6-v2): a question asked again skips the model; 0 turns it off",
     )
-    cache_similarity_threshold: float = Field(default=DEFAULT_SIMILARITY_THRESHOLD, gt=0, le=1)
+    cache_similarity_threshold: float = Field(
+        default=DEFAULT_SIMILARITY_THRESHOLD,
+        gt=0,
+        le=1,
+        description="cosine below which a stored question is not even a candidate; the "
+        "decision is the verifier's (CACHE_MAX_ERROR_RATE)",
+    )
+    cache_max_error_rate: float = Field(
+        default=0.15,
+        gt=0,
+        lt=1,
+        description="share of wrong hits accepted, as measured on held-out Quora pairs: the "
+        "verifier's threshold is read from its calibration table (a bot profile may ask for "
+        "less); below 0.11 no threshold is safe on those pairs and only identical questions hit",
+    )
+    cache_max_temperature: float = Field(
+        default=0.7,
+        ge=0,
+        description="requests sampled above this temperature ask for variety: never answered "
+        "from the cache (their answers are still stored)",
+    )
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
-    cache_candidates: int = Field(default=5, gt=0, description="nearest entries the guard checks")
+    cache_fresh_ttl_seconds: int = Field(
+        default=600,
+        gt=0,
+        description="TTL of the answer to a time-sensitive question (today, latest, a date…)",
+    )
+    cache_candidates: int = Field(
+        default=5, gt=0, description="nearest entries the verifier judges"
+    )
     cache_shared_evict_after: int = Field(
         default=3,
         gt=0,

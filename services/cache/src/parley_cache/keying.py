@@ -29,7 +29,7 @@ match on them are offered (:class:`ContextMode`):
 ``SEMANTIC``
     The prior turns are embedded as a second vector; a match needs the same turn shape (same
     number of prior turns and the same roles), the context vector above
-    ``DEFAULT_CONTEXT_THRESHOLD`` and the precision guard to pass on every aligned pair of prior
+    ``DEFAULT_CONTEXT_THRESHOLD`` and the verifier to pass on every aligned pair of prior user
     turns. It recovers most multi-turn paraphrases; ``python -m bench.cache_eval`` measures both.
 
 The question vector embeds the question alone: the context is compared on its own vector (or
@@ -54,7 +54,6 @@ __all__ = [
     "DEFAULT_CONTEXT_THRESHOLD",
     "DEFAULT_CONTEXT_WINDOW",
     "DEFAULT_SIMILARITY_THRESHOLD",
-    "DEFAULT_SUBSTITUTION_THRESHOLD",
     "KEY_VERSION",
     "CacheKey",
     "ContextMode",
@@ -65,22 +64,18 @@ __all__ = [
     "scope_fingerprint",
 ]
 
-# Chosen on the tune split of bench/cache_eval/pairs.jsonl (`python -m bench.cache_eval` prints
-# the choice): the best F0.5 among cosines at which guarded lookups keep precision >= 0.97 on
-# its single-turn pairs, with all-MiniLM-L6-v2.
-DEFAULT_SIMILARITY_THRESHOLD: Final = 0.79
-# Two questions identical but for one swapped noun or adjective ("grams of sugar in a Coke" vs
-# "grams of caffeine in a Coke") score high because every other word is shared; such a pair
-# needs this cosine instead (see parley_cache.guard.substitution). On the tune split such
-# negatives reach 0.904 and most rewordings of that shape score above 0.92.
-DEFAULT_SUBSTITUTION_THRESHOLD: Final = 0.92
+# The cosine below which a stored question is not even a candidate for the verifier: on all
+# 20 000 Quora pairs, the verifier at a probability of 0.70 or more accepts no pair whose cosine
+# is below 0.75.
+DEFAULT_SIMILARITY_THRESHOLD: Final = 0.70
 # Cosine of the two context vectors required in ContextMode.SEMANTIC. On the tune split,
-# reworded contexts score 0.85-1.0; the guard on each prior turn catches closer impostors.
+# reworded contexts score 0.85-1.0; the verifier on each prior user turn catches closer ones.
 DEFAULT_CONTEXT_THRESHOLD: Final = 0.85
 # Prior messages (user and assistant) that a follow-up is taken to depend on: three exchanges.
 DEFAULT_CONTEXT_WINDOW: Final = 6
 # Bumped when normalization or rendering changes, so that old fingerprints stop matching.
-KEY_VERSION: Final = 1
+# 2: turns before the window are part of the key (``earlier_fingerprint``).
+KEY_VERSION: Final = 2
 
 # Per turn, how much of the text goes into the context vector. all-MiniLM-L6-v2 reads 256
 # word pieces at most; long assistant answers would otherwise crowd out the user turns.
@@ -159,6 +154,10 @@ class CacheKey:
     scope_fingerprint: str
     question: str
     context: tuple[Turn, ...]
+    # Hash of the turns before the window ("" when there are none): a name or a choice made
+    # long before the question can change its answer, so two chats match only when their
+    # earlier turns are the same too. Only the hash is kept: they are never compared otherwise.
+    earlier_fingerprint: str = ""
 
     @classmethod
     def build(
@@ -186,6 +185,7 @@ class CacheKey:
         if not last.content.strip():
             raise InvalidKeyError("the question is empty")
         context = tuple(prior[len(prior) - window :]) if window else ()
+        earlier = prior[: len(prior) - len(context)]
         return cls(
             bot_id=bot_id.strip(),
             model=model.strip(),
@@ -194,6 +194,11 @@ class CacheKey:
             ),
             question=_squash(last.content),
             context=context,
+            earlier_fingerprint=_sha256(
+                ["earlier", [[t.role.value, normalize_text(t.content)] for t in earlier]]
+            )
+            if earlier
+            else "",
         )
 
     @property
@@ -220,9 +225,12 @@ class CacheKey:
 
     @property
     def context_fingerprint(self) -> str:
-        """Hash of the scope and the normalized prior turns: equal only for the same context."""
+        """Hash of the scope and the normalized prior turns, all of them (the window's and the
+        earlier ones'): equal only for the same context."""
         turns = [[turn.role.value, normalize_text(turn.content)] for turn in self.context]
-        return _sha256(["context", KEY_VERSION, self.scope_fingerprint, turns])
+        return _sha256(
+            ["context", KEY_VERSION, self.scope_fingerprint, turns, self.earlier_fingerprint]
+        )
 
     def payload(self) -> dict[str, object]:
         """What a stored entry keeps besides its vectors and answer (see :meth:`from_payload`)."""
@@ -235,11 +243,12 @@ class CacheKey:
             "context_shape": self.context_shape,
             "question": self.question,
             "context": [{"role": t.role.value, "content": t.content} for t in self.context],
+            "earlier_fingerprint": self.earlier_fingerprint,
         }
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, object]) -> CacheKey:
-        """Rebuild a stored entry's key, to compare it with a lookup (the guard needs its texts)."""
+        """Rebuild a stored entry's key, to compare it with a lookup (the verifier reads its texts)."""
         try:
             context_raw = payload["context"]
             if not isinstance(context_raw, list):
@@ -253,6 +262,7 @@ class CacheKey:
                 scope_fingerprint=str(payload["scope_fingerprint"]),
                 question=str(payload["question"]),
                 context=context,
+                earlier_fingerprint=str(payload.get("earlier_fingerprint", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidKeyError(f"not a cache entry payload: {exc!r}") from exc

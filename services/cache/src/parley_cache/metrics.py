@@ -16,7 +16,7 @@ from parley_common.telemetry import annotate
 __all__ = ["LOOKUP", "LOOKUP_OUTCOMES", "CacheMetrics"]
 
 LOOKUP = "/parley.v1.CacheService/Lookup"
-# hit; miss (no entry close enough, or the guard refused the closest); bypass (the request asked
+# hit; miss (no entry close enough, or the verifier refused the closest); bypass (the request asked
 # not to be answered from the cache, the key is still built); skipped (caching off for the turn).
 LOOKUP_OUTCOMES = ("hit", "miss", "bypass", "skipped")
 _SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
@@ -43,7 +43,7 @@ class CacheMetrics:
             self.lookups.labels(outcome)
         self.similarity = Histogram(
             "parley_cache_similarity",
-            "Cosine similarity of the closest entry found, by outcome: the hits' scores, and "
+            "The verifier's score of the best candidate, by outcome: the hits' scores, and "
             "the misses' best candidates (how far the threshold is)",
             ["outcome"],
             buckets=_SIMILARITY_BUCKETS,

@@ -1,9 +1,7 @@
-"""CacheService over gRPC: scope, key, embed, search, judge."""
+"""CacheService over gRPC: a translator between the wire and ``lookup`` and ``store``."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import uuid
 from typing import Any
@@ -13,10 +11,11 @@ import grpc
 from parley.v1 import cache_pb2, cache_pb2_grpc, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
-from parley_cache.guard import MatchPolicy, judge, select_hit
 from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Role, Turn
-from parley_cache.privacy import find_personal_data, is_shared_scope, user_scope
+from parley_cache.lookup import LookupInput, LookupOutcome, Lookups
+from parley_cache.privacy import user_scope
 from parley_cache.store import STORE_ERRORS, CacheStore
+from parley_cache.verifier import Verifier, default_verifier
 
 __all__ = ["CacheServicer", "scope_key"]
 
@@ -31,6 +30,50 @@ _CONTEXT_MODES = {
 }
 
 
+def _lookup_input(request: cache_pb2.LookupRequest, scope: str) -> LookupInput:
+    system = [m.content for m in request.messages if m.role == types_pb2.ROLE_SYSTEM]
+    key = CacheKey.build(
+        bot_id=request.bot_id,
+        model=request.model,
+        system_prompt="\n".join(system),
+        turns=[Turn(_ROLES[m.role], m.content) for m in request.messages if m.role in _ROLES],
+    )
+    return LookupInput(
+        user_id=request.user_id,
+        scope=scope,
+        key=key,
+        all_turns=[m.content for m in request.messages if m.role != types_pb2.ROLE_SYSTEM],
+        bypass=request.bypass,
+        max_tokens=request.max_tokens,
+        context_mode=_CONTEXT_MODES.get(request.context_mode),
+        temperature=request.temperature,
+        max_error_rate=request.max_error_rate,
+    )
+
+
+def _response(outcome: LookupOutcome) -> cache_pb2.LookupResponse:
+    response = cache_pb2.LookupResponse(
+        hit=outcome.hit,
+        answer=outcome.answer,
+        score=outcome.score,
+        entry_id=outcome.entry_id,
+        truncated=outcome.truncated,
+        reason=outcome.reason,
+        reject_reason=outcome.reject_reason,
+    )
+    if outcome.key is not None:
+        stored = outcome.key
+        response.key.scope_key = stored.scope_key
+        response.key.embedding_model = stored.embedding_model
+        response.key.question_vector.extend(stored.question_vector)
+        if stored.context_vector is not None:
+            response.key.context_vector.extend(stored.context_vector)
+        response.key.payload = stored.payload
+        response.key.ttl_seconds = stored.ttl_seconds
+        response.key.max_tokens = stored.max_tokens
+    return response
+
+
 def scope_key(request: cache_pb2.LookupRequest) -> str | None:
     """Where an entry may be shared, as the bot profile asks: per user unless it allows more."""
     if request.scope == types_pb2.CACHE_SCOPE_DISABLED:
@@ -43,110 +86,29 @@ def scope_key(request: cache_pb2.LookupRequest) -> str | None:
 
 
 class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
-    def __init__(self, store: CacheStore, embedder: Embedder, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        embedder: Embedder,
+        settings: Settings,
+        verifier: Verifier | None = None,
+    ) -> None:
         self._store = store
-        self._embedder = embedder
         self._settings = settings
-        self._policies = {
-            mode: MatchPolicy(threshold=settings.cache_similarity_threshold, context_mode=mode)
-            for mode in ContextMode
-        }
+        self._lookups = Lookups(store, embedder, settings, verifier or default_verifier())
 
     async def Lookup(
         self, request: cache_pb2.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cache_pb2.LookupResponse:
         scope = scope_key(request)
         if scope is None or not request.user_id:
-            return cache_pb2.LookupResponse(hit=False)
-        system = [m.content for m in request.messages if m.role == types_pb2.ROLE_SYSTEM]
+            return cache_pb2.LookupResponse(hit=False, reason="caching disabled for this bot")
         try:
-            key = CacheKey.build(
-                bot_id=request.bot_id,
-                model=request.model,
-                system_prompt="\n".join(system),
-                turns=[
-                    Turn(_ROLES[m.role], m.content) for m in request.messages if m.role in _ROLES
-                ],
-            )
+            lookup = _lookup_input(request, scope)
         except InvalidKeyError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"messages: {exc}")
             raise
-        if is_shared_scope(scope):
-            # Every turn counts, not only the key's window: an answer may repeat a name given
-            # long before the question. Such a chat is cached for its own user only.
-            personal = find_personal_data(
-                m.content for m in request.messages if m.role != types_pb2.ROLE_SYSTEM
-            )
-            if personal:
-                log.info(
-                    "personal data in a shared-scope chat; caching it per user",
-                    extra={"kinds": sorted(personal.kinds), "requested_scope": scope},
-                )
-                scope = user_scope(request.user_id)
-        mode = _CONTEXT_MODES.get(request.context_mode, self._settings.cache_context_mode)
-        policy = self._policies[mode]
-        embed_context = mode is ContextMode.SEMANTIC and key.has_context
-        context_vector: list[float] | None = None
-        if embed_context:
-            # Both in the same batch: one hand-off to the model thread for the two.
-            vector, context_vector = await asyncio.gather(
-                self._embedder.embed(key.question_text), self._embedder.embed(key.context_text)
-            )
-        else:
-            vector = await self._embedder.embed(key.question_text)
-        response = cache_pb2.LookupResponse(hit=False)
-        response.key.scope_key = scope
-        response.key.embedding_model = self._embedder.model_id
-        response.key.question_vector.extend(vector)
-        if context_vector is not None:
-            response.key.context_vector.extend(context_vector)
-        response.key.payload = json.dumps(key.payload()).encode()
-        response.key.ttl_seconds = self._settings.cache_ttl_seconds
-        response.key.max_tokens = request.max_tokens
-        if request.bypass:
-            return response
-        try:
-            # A user always sees their own entries too: those of a shared-scope chat that were
-            # kept per user because of personal data.
-            candidates = await self._store.search(
-                vector,
-                scopes=sorted({scope, user_scope(request.user_id)}),
-                key=key,
-                max_tokens=request.max_tokens,
-                limit=self._settings.cache_candidates,
-                score_threshold=policy.threshold,
-                mode=mode,
-                context_vector=context_vector,
-                user_id=request.user_id,
-            )
-        except STORE_ERRORS as exc:
-            log.warning("qdrant unavailable; answering a miss", extra={"error": repr(exc)})
-            return response
-        if not candidates:
-            return response
-        best = select_hit(
-            key, ((c.key, c.score, c.context_score) for c in candidates), policy=policy
-        )
-        if best is None:
-            top = candidates[0]
-            response.score = top.score
-            response.reject_reason = judge(
-                key,
-                top.key,
-                similarity=top.score,
-                context_similarity=top.context_score,
-                policy=policy,
-            ).reason
-            return response
-        index, verdict = best
-        hit = candidates[index]
-        return cache_pb2.LookupResponse(
-            hit=True,
-            answer=hit.answer,
-            score=verdict.score,
-            entry_id=hit.entry_id,
-            truncated=not hit.complete,
-        )
+        return _response(await self._lookups.lookup(lookup))
 
     async def Invalidate(
         self, request: cache_pb2.InvalidateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -204,4 +166,6 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 "deleted_shared": eviction.deleted_shared,
             },
         )
+        # A rejected served answer counts against its scope's error rate (parley_cache.tuning).
+        self._lookups.rejected(request.entry_id)
         return cache_pb2.EvictResponse(evicted=eviction.evicted)

@@ -24,17 +24,16 @@ Layout of a collection (``collection_name(model)``), chosen for how the cache is
   once ``delete_shared_after`` distinct users are on it.
 
 Transport: given a :class:`~parley_cache.qdrant_grpc.PointsClient`, searches and upserts (the
-calls every lookup and every stored answer make) go over Qdrant's gRPC API; everything else, and
-both of those without one, over qdrant-client's HTTP API. Both build their filters from the same
-:class:`_Conditions`, so the two transports find the same entries.
+calls every lookup and every stored answer make) go over Qdrant's gRPC API, else over
+qdrant-client's HTTP API: both behind ``parley_cache.points.Points``, built from the same
+``Conditions``, so that ``search`` has one path and the two transports find the same entries.
+Everything else (collection, counts, deletes, ``rejections``) goes over HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import math
 import re
 import time
 import uuid
@@ -44,12 +43,22 @@ from typing import Any, Final
 
 import grpc
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client import grpc as qgrpc
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from parley_cache.keying import KEY_VERSION, CacheKey, ContextMode
-from parley_cache.privacy import is_shared_scope, user_scope
-from parley_cache.qdrant_grpc import PointsClient, from_payload, to_payload
+from parley_cache.points import (
+    CONTEXT_VECTOR,
+    QUESTION_VECTOR,
+    After,
+    Conditions,
+    GrpcPoints,
+    HttpPoints,
+    Point,
+    Points,
+    match,
+)
+from parley_cache.qdrant_grpc import PointsClient
+from parley_cache.rejections import Eviction, Rejections
 
 __all__ = [
     "CONTEXT_VECTOR",
@@ -64,8 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-QUESTION_VECTOR: Final = "question"
-CONTEXT_VECTOR: Final = "context"
 
 HNSW: Final = models.HnswConfigDiff(m=16, ef_construct=128, payload_m=16)
 # Enough question-similar entries to rank by context: a follow-up such as "and in Java?" is asked
@@ -90,12 +97,6 @@ _INDEXES: Final[tuple[tuple[str, models.PayloadSchemaType | models.PayloadSchema
     ("max_tokens", models.PayloadSchemaType.INTEGER),
     ("rejected_by", _KEYWORD),
 )
-# How many entries one rejection can name: the entry an answer was served from (entry_id) and
-# the one stored from the request it answered (request_id); the ids are unique.
-_EVICT_MATCHES: Final = 4
-# Compare-and-set rounds beyond the threshold for one rejection: each lost round means another
-# user's rejection landed, so ``delete_shared_after`` rounds always reach the deletion.
-_EXTRA_REJECT_ROUNDS: Final = 3
 
 
 # What a call to Qdrant raises when Qdrant is down, slow or refuses it, over either transport.
@@ -103,20 +104,6 @@ STORE_ERRORS: Final[tuple[type[Exception], ...]] = (
     ResponseHandlingException,
     UnexpectedResponse,
     grpc.aio.AioRpcError,
-)
-# What a search reads of an entry: its key (for the guard), its answer and whether that answer
-# is whole, not the rest.
-_CANDIDATE_FIELDS: Final = (
-    "bot_id",
-    "model",
-    "scope_fingerprint",
-    "question",
-    "context",
-    "answer",
-    "complete",
-)
-_GRPC_CANDIDATE_PAYLOAD: Final = qgrpc.WithPayloadSelector(
-    include=qgrpc.PayloadIncludeSelector(fields=list(_CANDIDATE_FIELDS))
 )
 
 
@@ -132,25 +119,6 @@ class Candidate:
     score: float  # cosine of the question vectors
     context_score: float | None = None  # cosine of the context vectors (semantic mode)
     complete: bool = True  # False: the answer was cut at its max_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Eviction:
-    """What one user's thumbs-down did.
-
-    ``deleted``: entries of the user's own scope, deleted. ``hidden``: entries of a shared scope
-    (a tenant, global) newly hidden from this user, of which ``deleted_shared`` were then
-    rejected by enough distinct users to be deleted for everyone.
-    """
-
-    deleted: int = 0
-    hidden: int = 0
-    deleted_shared: int = 0
-
-    @property
-    def evicted(self) -> int:
-        """Entries this user is no longer served because of this call (0 when repeated)."""
-        return self.deleted + self.hidden
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,99 +141,6 @@ class NewEntry:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{self.request_id}"))
 
 
-def _match(field: str, value: str | int | bool) -> models.FieldCondition:
-    return models.FieldCondition(key=field, match=models.MatchValue(value=value))
-
-
-@dataclass(frozen=True, slots=True)
-class _After:
-    """A range condition: the field's value is greater than ``value``."""
-
-    value: int
-
-
-_Value = str | int | bool | tuple[str, ...] | _After
-
-
-@dataclass(frozen=True, slots=True)
-class _Conditions:
-    """A search filter, rendered for either transport: every ``must`` and one ``should`` hold,
-    no ``must_not`` does. A value matches exactly; a tuple of strings matches any of them;
-    ``_After`` is a range."""
-
-    must: tuple[tuple[str, _Value], ...]
-    should: tuple[tuple[str, _Value], ...]
-    must_not: tuple[tuple[str, _Value], ...] = ()
-
-    def rest(self) -> models.Filter:
-        return models.Filter(
-            must=[self._rest(field, value) for field, value in self.must],
-            should=[self._rest(field, value) for field, value in self.should],
-            must_not=[self._rest(field, value) for field, value in self.must_not] or None,
-        )
-
-    def grpc(self) -> qgrpc.Filter:
-        return qgrpc.Filter(
-            must=[self._grpc(field, value) for field, value in self.must],
-            should=[self._grpc(field, value) for field, value in self.should],
-            must_not=[self._grpc(field, value) for field, value in self.must_not],
-        )
-
-    @staticmethod
-    def _rest(field: str, value: _Value) -> models.FieldCondition:
-        if isinstance(value, _After):
-            return models.FieldCondition(key=field, range=models.Range(gt=value.value))
-        if isinstance(value, tuple):
-            return models.FieldCondition(key=field, match=models.MatchAny(any=list(value)))
-        return _match(field, value)
-
-    @staticmethod
-    def _grpc(field: str, value: _Value) -> qgrpc.Condition:
-        if isinstance(value, _After):
-            condition = qgrpc.FieldCondition(key=field, range=qgrpc.Range(gt=value.value))
-        elif isinstance(value, tuple):
-            strings = qgrpc.RepeatedStrings(strings=list(value))
-            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(keywords=strings))
-        elif isinstance(value, bool):  # before int: True is an int too
-            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(boolean=value))
-        elif isinstance(value, int):
-            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(integer=value))
-        else:
-            condition = qgrpc.FieldCondition(key=field, match=qgrpc.Match(keyword=value))
-        return qgrpc.Condition(field=condition)
-
-
-def _nearest(vector: Sequence[float]) -> qgrpc.Query:
-    return qgrpc.Query(nearest=qgrpc.VectorInput(dense=qgrpc.DenseVector(data=vector)))
-
-
-def _dense(vectors: qgrpc.VectorsOutput, name: str) -> Sequence[float]:
-    """The named dense vector of a search result; empty when it has none."""
-    if vectors.WhichOneof("vectors_options") != "vectors" or name not in vectors.vectors.vectors:
-        return ()
-    vector = vectors.vectors.vectors[name]
-    # Qdrant before 1.12 sends the values in the deprecated `data` field, not in `dense`.
-    return vector.dense.data if vector.WhichOneof("vector") == "dense" else vector.data
-
-
-class _Rejection(enum.Enum):
-    UNCHANGED = "unchanged"  # already rejected by this user, or gone
-    HIDDEN = "hidden"  # this user is now on its rejected_by
-    DELETED = "deleted"  # this user's rejection reached the threshold
-
-
-def _strings(value: object) -> list[str]:
-    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
-
-
-def _point_id(point_id: qgrpc.PointId) -> str:
-    return point_id.uuid if point_id.WhichOneof("point_id_options") == "uuid" else str(point_id.num)
-
-
-def _dot(a: Sequence[float], b: Sequence[float]) -> float:
-    return math.fsum(x * y for x, y in zip(a, b, strict=True))
-
-
 class CacheStore:
     """The cache's entries in Qdrant.
 
@@ -285,8 +160,9 @@ class CacheStore:
         points: PointsClient | None = None,
     ) -> None:
         self._client = client
-        self._points = points
+        self._points: Points = GrpcPoints(points) if points is not None else HttpPoints(client)
         self.collection = collection or collection_name(embedding_model)
+        self._rejections = Rejections(client, self.collection)
         self._dimension = dimension
         self._clock = clock
 
@@ -342,19 +218,19 @@ class CacheStore:
         max_tokens: int,
         mode: ContextMode,
         user_id: str,
-    ) -> _Conditions:
+    ) -> Conditions:
         context = (
             ("context_fingerprint", key.context_fingerprint)
             if mode is ContextMode.EXACT
             else ("context_shape", key.context_shape)
         )
-        return _Conditions(
+        return Conditions(
             must=(
                 ("scope_key", tuple(scopes)),
                 ("key_version", KEY_VERSION),
                 ("scope_fingerprint", key.scope_fingerprint),
                 context,
-                ("expires_at", _After(self._now())),
+                ("expires_at", After(self._now())),
             ),
             # A complete answer serves any budget; one cut at max_tokens only the same budget.
             should=(("complete", True), ("max_tokens", max_tokens)),
@@ -386,118 +262,24 @@ class CacheStore:
         conditions = self._filter(
             scopes=scopes, key=key, max_tokens=max_tokens, mode=mode, user_id=user_id
         )
-        semantic = mode is ContextMode.SEMANTIC and key.has_context and context_vector is not None
-        if self._points is not None:
-            if semantic:
-                assert context_vector is not None
-                return await self._search_context_grpc(
-                    vector, context_vector, conditions, limit, score_threshold
-                )
-            found = await self._points.query(
-                qgrpc.QueryPoints(
-                    collection_name=self.collection,
-                    query=_nearest(vector),
-                    using=QUESTION_VECTOR,
-                    filter=conditions.grpc(),
-                    score_threshold=score_threshold,
-                    limit=limit,
-                    with_payload=_GRPC_CANDIDATE_PAYLOAD,
-                ),
-            )
-            return [
-                self._candidate(_point_id(p.id), from_payload(p.payload), score=p.score)
-                for p in found.result
-            ]
-        query_filter = conditions.rest()
-        if semantic:
-            found_rest = await self._client.query_points(
+        if mode is ContextMode.SEMANTIC and key.has_context and context_vector is not None:
+            found = await self._points.by_context(
                 self.collection,
-                prefetch=models.Prefetch(
-                    query=vector,
-                    using=QUESTION_VECTOR,
-                    filter=query_filter,
-                    score_threshold=score_threshold,
-                    limit=limit * _SEMANTIC_PREFETCH_FACTOR,
-                ),
-                query=context_vector,
-                using=CONTEXT_VECTOR,
+                vector,
+                context_vector,
+                conditions,
                 limit=limit,
-                with_payload=True,
-                with_vectors=[QUESTION_VECTOR],
+                prefetch=limit * _SEMANTIC_PREFETCH_FACTOR,
+                score_threshold=score_threshold,
             )
-            out = []
-            for point in found_rest.points:
-                stored = point.vector
-                question = stored.get(QUESTION_VECTOR) if isinstance(stored, dict) else None
-                if not isinstance(question, list) or not question or isinstance(question[0], list):
-                    continue
-                out.append(
-                    self._candidate(
-                        str(point.id),
-                        point.payload or {},
-                        score=_dot(vector, question),
-                        context_score=float(point.score),
-                    )
-                )
-            return sorted(out, key=lambda c: c.score, reverse=True)
-        found_rest = await self._client.query_points(
-            self.collection,
-            query=vector,
-            using=QUESTION_VECTOR,
-            query_filter=query_filter,
-            score_threshold=score_threshold,
-            limit=limit,
-            with_payload=True,
-        )
+        else:
+            found = await self._points.nearest(
+                self.collection, vector, conditions, limit=limit, score_threshold=score_threshold
+            )
         return [
-            self._candidate(str(point.id), point.payload or {}, score=float(point.score))
-            for point in found_rest.points
+            self._candidate(f.entry_id, f.payload, score=f.score, context_score=f.context_score)
+            for f in found
         ]
-
-    async def _search_context_grpc(
-        self,
-        vector: list[float],
-        context_vector: list[float],
-        conditions: _Conditions,
-        limit: int,
-        score_threshold: float,
-    ) -> list[Candidate]:
-        assert self._points is not None
-        found = await self._points.query(
-            qgrpc.QueryPoints(
-                collection_name=self.collection,
-                prefetch=[
-                    qgrpc.PrefetchQuery(
-                        query=_nearest(vector),
-                        using=QUESTION_VECTOR,
-                        filter=conditions.grpc(),
-                        score_threshold=score_threshold,
-                        limit=limit * _SEMANTIC_PREFETCH_FACTOR,
-                    )
-                ],
-                query=_nearest(context_vector),
-                using=CONTEXT_VECTOR,
-                limit=limit,
-                with_payload=_GRPC_CANDIDATE_PAYLOAD,
-                with_vectors=qgrpc.WithVectorsSelector(
-                    include=qgrpc.VectorsSelector(names=[QUESTION_VECTOR])
-                ),
-            ),
-        )
-        out = []
-        for point in found.result:
-            question = _dense(point.vectors, QUESTION_VECTOR)
-            if len(question) != len(vector):
-                continue
-            out.append(
-                self._candidate(
-                    _point_id(point.id),
-                    from_payload(point.payload),
-                    score=_dot(vector, question),
-                    context_score=float(point.score),
-                )
-            )
-        return sorted(out, key=lambda c: c.score, reverse=True)
 
     @staticmethod
     def _candidate(
@@ -527,96 +309,13 @@ class CacheStore:
         """A thumbs-down by ``user_id`` on the entry stored from ``request_id`` or with id
         ``entry_id``: deleted when it is the user's own, hidden from that user when it is shared
         (a tenant's, global) and deleted for everyone once ``delete_shared_after`` distinct users
-        rejected it. Entries of other users' own scopes are never touched.
-
-        The caller vouches that the entry is one this user was served or asked for: the gateway
-        takes both ids from the user's own stored message, never from the client.
-        """
-        if delete_shared_after < 1:
-            raise ValueError(f"delete_shared_after must be >= 1, got {delete_shared_after}")
-        which: list[models.Condition] = []
-        if request_id:
-            which.append(_match("request_id", request_id))
-        if entry_id:
-            which.append(models.HasIdCondition(has_id=[entry_id]))
-        if not which:
-            return Eviction()
-        found, _ = await self._client.scroll(
-            self.collection,
-            scroll_filter=models.Filter(should=which),
-            limit=_EVICT_MATCHES,
-            with_payload=["scope_key"],
-            with_vectors=False,
+        rejected it (``rejections``). Entries of other users' own scopes are never touched."""
+        return await self._rejections.evict(
+            user_id=user_id,
+            request_id=request_id,
+            entry_id=entry_id,
+            delete_shared_after=delete_shared_after,
         )
-        own, shared = [], []
-        for point in found:
-            scope = str((point.payload or {}).get("scope_key", ""))
-            if scope == user_scope(user_id):
-                own.append(point.id)
-            elif scope and is_shared_scope(scope):
-                shared.append(str(point.id))
-        if own:
-            await self._client.delete(
-                self.collection, points_selector=models.PointIdsList(points=own), wait=True
-            )
-        hidden = deleted_shared = 0
-        for shared_id in shared:
-            outcome = await self._reject(shared_id, user_id, delete_after=delete_shared_after)
-            hidden += outcome is not _Rejection.UNCHANGED
-            deleted_shared += outcome is _Rejection.DELETED
-        return Eviction(deleted=len(own), hidden=hidden, deleted_shared=deleted_shared)
-
-    async def _reject(self, entry_id: str, user_id: str, *, delete_after: int) -> _Rejection:
-        """Add ``user_id`` to the entry's ``rejected_by``, or delete the entry when that makes
-        ``delete_after`` users.
-
-        Qdrant cannot append to a list, so this reads the list and writes it back longer, on
-        the condition that it still has the length read (compare-and-set): Qdrant applies a
-        shard's updates one at a time, filter included, so of two concurrent rejections that
-        read the same list one write matches and the other matches nothing; the loser reads
-        again and retries. The list only grows while the entry lives, so its length is a
-        version. ``STRONG`` ordering sends the writes through one replica, so that replicas
-        apply them in the same order.
-        """
-        wrote = False
-        for _ in range(delete_after + _EXTRA_REJECT_ROUNDS):
-            points = await self._client.retrieve(
-                self.collection, ids=[entry_id], with_payload=["rejected_by"], with_vectors=False
-            )
-            if not points:  # deleted meanwhile (other users' rejections, TTL, invalidation)
-                return _Rejection.HIDDEN if wrote else _Rejection.UNCHANGED
-            seen = _strings((points[0].payload or {}).get("rejected_by"))
-            if user_id in seen:
-                return _Rejection.HIDDEN if wrote else _Rejection.UNCHANGED
-            if len(seen) + 1 >= delete_after:
-                await self._client.delete(
-                    self.collection,
-                    points_selector=models.PointIdsList(points=[entry_id]),
-                    wait=True,
-                    ordering=models.WriteOrdering.STRONG,
-                )
-                return _Rejection.DELETED
-            unchanged: models.Condition = (
-                models.IsEmptyCondition(is_empty=models.PayloadField(key="rejected_by"))
-                if not seen
-                else models.FieldCondition(
-                    key="rejected_by",
-                    values_count=models.ValuesCount(gte=len(seen), lte=len(seen)),
-                )
-            )
-            await self._client.set_payload(
-                self.collection,
-                payload={"rejected_by": [*seen, user_id]},
-                points=models.Filter(must=[models.HasIdCondition(has_id=[entry_id]), unchanged]),
-                wait=True,
-                ordering=models.WriteOrdering.STRONG,
-            )
-            wrote = True
-        log.warning(
-            "a rejection of a shared cache entry lost every round to concurrent ones; not recorded",
-            extra={"entry_id": entry_id},
-        )
-        return _Rejection.UNCHANGED
 
     async def put(
         self,
@@ -654,38 +353,11 @@ class CacheStore:
         if not entries:
             return []
         now = self._now()
-        if self._points is not None:
-            await self._points.upsert(
-                qgrpc.UpsertPoints(
-                    collection_name=self.collection,
-                    wait=wait,
-                    points=[
-                        qgrpc.PointStruct(
-                            id=qgrpc.PointId(uuid=entry.entry_id),
-                            vectors=qgrpc.Vectors(
-                                vectors=qgrpc.NamedVectors(
-                                    vectors={
-                                        name: qgrpc.Vector(dense=qgrpc.DenseVector(data=vector))
-                                        for name, vector in self._vectors(entry).items()
-                                    }
-                                )
-                            ),
-                            payload=to_payload(self._payload(entry, now)),
-                        )
-                        for entry in entries
-                    ],
-                ),
-            )
-        else:
-            points = [
-                models.PointStruct(
-                    id=entry.entry_id,
-                    vector=dict(self._vectors(entry)),
-                    payload=self._payload(entry, now),
-                )
-                for entry in entries
-            ]
-            await self._client.upsert(self.collection, points=points, wait=wait)
+        await self._points.upsert(
+            self.collection,
+            [Point(e.entry_id, self._vectors(e), self._payload(e, now)) for e in entries],
+            wait=wait,
+        )
         return [entry.entry_id for entry in entries]
 
     @staticmethod
@@ -723,7 +395,7 @@ class CacheStore:
     async def invalidate(self, *, bot_id: str = "", model: str = "") -> int:
         """Delete every entry of bot profile ``bot_id`` and/or ``model`` (both: matching both)."""
         must = [
-            _match(field, value) for field, value in (("bot_id", bot_id), ("model", model)) if value
+            match(field, value) for field, value in (("bot_id", bot_id), ("model", model)) if value
         ]
         if not must:
             raise ValueError("invalidate needs a bot_id or a model")

@@ -139,6 +139,7 @@ class ParleyInfo(BaseModel):
     chat_id: str | None = Field(default=None, description="the stored chat, when one was used")
     cached: bool = Field(default=False, description="answered from the semantic cache")
     cache_score: float | None = None
+    cache_reason: str | None = None
 
 
 class ChatCompletion(BaseModel):

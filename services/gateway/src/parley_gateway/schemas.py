@@ -74,6 +74,9 @@ class TurnAnswer(BaseModel):
     usage: Usage
     cached: bool = False
     cache_score: float | None = None
+    cache_reason: str | None = Field(
+        default=None, description="why the cache answered: the verifier's score and threshold"
+    )
 
 
 class TurnResponse(BaseModel):

@@ -297,6 +297,7 @@ class TurnService:
                     ),
                     cached=True,
                     cache_score=lookup.score,
+                    cache_reason=lookup.reason or None,
                 )
             )
             turn._events = observe_turn(turn._events, self._metrics, source="cache")
@@ -482,6 +483,8 @@ def _lookup_request(principal: Principal, plan: _Plan, *, bypass: bool) -> cache
         messages=plan.context.messages,
         bypass=bypass,
         max_tokens=plan.sampling.max_tokens,
+        # Above the cache's CACHE_MAX_TEMPERATURE a stored answer is not served.
+        temperature=plan.sampling.temperature,
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from parley.v1 import types_pb2 as parley_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15parley/v1/cache.proto\x12\tparley.v1\x1a\x15parley/v1/types.proto\"\xf9\x01\n\rLookupRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06\x62ot_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x05scope\x18\x05 \x01(\x0e\x32\x15.parley.v1.CacheScope\x12(\n\x08messages\x18\x06 \x03(\x0b\x32\x16.parley.v1.ChatMessage\x12\x0e\n\x06\x62ypass\x18\x07 \x01(\x08\x12\x12\n\nmax_tokens\x18\x08 \x01(\r\x12\x31\n\x0c\x63ontext_mode\x18\t \x01(\x0e\x32\x1b.parley.v1.CacheContextMode\"\x9a\x01\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12 \n\x03key\x18\x05 \x01(\x0b\x32\x13.parley.v1.CacheKey\x12\x15\n\rreject_reason\x18\x06 \x01(\t\x12\x11\n\ttruncated\x18\x07 \x01(\x08\"E\n\x0c\x45victRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\" \n\rEvictResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\r\"2\n\x11InvalidateRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"%\n\x12InvalidateResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r2\xd4\x01\n\x0c\x43\x61\x63heService\x12=\n\x06Lookup\x12\x18.parley.v1.LookupRequest\x1a\x19.parley.v1.LookupResponse\x12:\n\x05\x45vict\x12\x17.parley.v1.EvictRequest\x1a\x18.parley.v1.EvictResponse\x12I\n\nInvalidate\x12\x1c.parley.v1.InvalidateRequest\x1a\x1d.parley.v1.InvalidateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15parley/v1/cache.proto\x12\tparley.v1\x1a\x15parley/v1/types.proto\"\xa6\x02\n\rLookupRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06\x62ot_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x05scope\x18\x05 \x01(\x0e\x32\x15.parley.v1.CacheScope\x12(\n\x08messages\x18\x06 \x03(\x0b\x32\x16.parley.v1.ChatMessage\x12\x0e\n\x06\x62ypass\x18\x07 \x01(\x08\x12\x12\n\nmax_tokens\x18\x08 \x01(\r\x12\x31\n\x0c\x63ontext_mode\x18\t \x01(\x0e\x32\x1b.parley.v1.CacheContextMode\x12\x13\n\x0btemperature\x18\n \x01(\x02\x12\x16\n\x0emax_error_rate\x18\x0b \x01(\x02\"\xaa\x01\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12 \n\x03key\x18\x05 \x01(\x0b\x32\x13.parley.v1.CacheKey\x12\x15\n\rreject_reason\x18\x06 \x01(\t\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\"E\n\x0c\x45victRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\" \n\rEvictResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\r\"2\n\x11InvalidateRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"%\n\x12InvalidateResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r2\xd4\x01\n\x0c\x43\x61\x63heService\x12=\n\x06Lookup\x12\x18.parley.v1.LookupRequest\x1a\x19.parley.v1.LookupResponse\x12:\n\x05\x45vict\x12\x17.parley.v1.EvictRequest\x1a\x18.parley.v1.EvictResponse\x12I\n\nInvalidate\x12\x1c.parley.v1.InvalidateRequest\x1a\x1d.parley.v1.InvalidateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.v1.cache_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOOKUPREQUEST']._serialized_start=60
-  _globals['_LOOKUPREQUEST']._serialized_end=309
-  _globals['_LOOKUPRESPONSE']._serialized_start=312
-  _globals['_LOOKUPRESPONSE']._serialized_end=466
-  _globals['_EVICTREQUEST']._serialized_start=468
-  _globals['_EVICTREQUEST']._serialized_end=537
-  _globals['_EVICTRESPONSE']._serialized_start=539
-  _globals['_EVICTRESPONSE']._serialized_end=571
-  _globals['_INVALIDATEREQUEST']._serialized_start=573
-  _globals['_INVALIDATEREQUEST']._serialized_end=623
-  _globals['_INVALIDATERESPONSE']._serialized_start=625
-  _globals['_INVALIDATERESPONSE']._serialized_end=662
-  _globals['_CACHESERVICE']._serialized_start=665
-  _globals['_CACHESERVICE']._serialized_end=877
+  _globals['_LOOKUPREQUEST']._serialized_end=354
+  _globals['_LOOKUPRESPONSE']._serialized_start=357
+  _globals['_LOOKUPRESPONSE']._serialized_end=527
+  _globals['_EVICTREQUEST']._serialized_start=529
+  _globals['_EVICTREQUEST']._serialized_end=598
+  _globals['_EVICTRESPONSE']._serialized_start=600
+  _globals['_EVICTRESPONSE']._serialized_end=632
+  _globals['_INVALIDATEREQUEST']._serialized_start=634
+  _globals['_INVALIDATEREQUEST']._serialized_end=684
+  _globals['_INVALIDATERESPONSE']._serialized_start=686
+  _globals['_INVALIDATERESPONSE']._serialized_end=723
+  _globals['_CACHESERVICE']._serialized_start=726
+  _globals['_CACHESERVICE']._serialized_end=938
 # @@protoc_insertion_point(module_scope)

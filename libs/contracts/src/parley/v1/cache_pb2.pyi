@@ -34,6 +34,8 @@ class LookupRequest(_message.Message):
     BYPASS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     CONTEXT_MODE_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     tenant_id: _builtins.str
     bot_id: _builtins.str
@@ -45,6 +47,12 @@ class LookupRequest(_message.Message):
     """the reply budget of this request"""
     context_mode: _types_pb2.CacheContextMode.ValueType
     """how prior turns must match (from the bot profile)"""
+    temperature: _builtins.float
+    """The request's sampling temperature: above CACHE_MAX_TEMPERATURE the caller asks for variety,
+    and no stored answer is served (the fresh one is still stored for calmer requests).
+    """
+    max_error_rate: _builtins.float
+    """The share of wrong hits accepted (a bot profile's setting); 0: CACHE_MAX_ERROR_RATE."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]:
         """The conversation as the model will see it, system prompt first, the question last."""
@@ -61,10 +69,12 @@ class LookupRequest(_message.Message):
         bypass: _builtins.bool = ...,
         max_tokens: _builtins.int = ...,
         context_mode: _types_pb2.CacheContextMode.ValueType = ...,
+        temperature: _builtins.float = ...,
+        max_error_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "bypass", b"bypass", "context_mode", b"context_mode", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "scope", b"scope", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "bypass", b"bypass", "context_mode", b"context_mode", "max_error_rate", b"max_error_rate", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "scope", b"scope", "temperature", b"temperature", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -81,15 +91,22 @@ class LookupResponse(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     REJECT_REASON_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     hit: _builtins.bool
     answer: _builtins.str
     score: _builtins.float
-    """cosine similarity of the hit, or of the best rejected candidate"""
+    """The verifier's probability that the hit's question has the same answer (see
+    parley_cache.verifier), or that of the best rejected candidate.
+    """
     entry_id: _builtins.str
     reject_reason: _builtins.str
-    """why the best candidate was refused (precision guard), if any"""
+    """why the best candidate was refused, if any (as `reason`)"""
     truncated: _builtins.bool
     """A hit whose answer was cut at its max_tokens (finish reason "length"), not ended by the model."""
+    reason: _builtins.str
+    """Why the cache decided as it did, for operators: a hit's score against its threshold, or
+    why it looked nothing up ("temperature 1.00 above 0.70").
+    """
     @_builtins.property
     def key(self) -> _types_pb2.CacheKey:
         """on a miss: pass it on with the request so that the answer gets stored"""
@@ -104,10 +121,11 @@ class LookupResponse(_message.Message):
         key: _types_pb2.CacheKey | None = ...,
         reject_reason: _builtins.str = ...,
         truncated: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "entry_id", b"entry_id", "hit", b"hit", "key", b"key", "reject_reason", b"reject_reason", "score", b"score", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "entry_id", b"entry_id", "hit", b"hit", "key", b"key", "reason", b"reason", "reject_reason", b"reject_reason", "score", b"score", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -297,8 +297,13 @@ async def create_chat_completion(
             chat_id=turn.chat_id or None,
             cached=answer.cached,
             cache_score=answer.cache_score,
+            cache_reason=answer.cache_reason,
         ),
     )
+    if answer.cached and answer.cache_score is not None:
+        # For operators auditing hits; the reason is ASCII (parley_cache.policy writes it).
+        headers["X-Parley-Cache-Score"] = f"{answer.cache_score:.4f}"
+        headers["X-Parley-Cache-Reason"] = answer.cache_reason or ""
     return JSONResponse(dump(completion), headers=headers)
 
 

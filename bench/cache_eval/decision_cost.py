@@ -1,0 +1,94 @@
+"""What the cache's decision costs, by message length, up to the gateway's limit (32 000 chars).
+
+    python -m bench.cache_eval.decision_cost
+
+Times ``policy.select_hit`` over 5 candidates (``CACHE_CANDIDATES``' default) for fresh texts
+(no memoized signals), as a lookup makes it; plain cosine's decision (a comparison) is the
+baseline and costs nothing measurable. Prints p50 / p99 per length, wall and CPU time.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+from parley_cache.keying import CacheKey, Role, Turn
+from parley_cache.policy import MatchPolicy, select_hit
+from parley_cache.signals import text_signals
+
+LENGTHS = (100, 1_000, 32_000)
+ROUNDS = 100
+CANDIDATES = 5
+WORDS = tuple(
+    [
+        "the",
+        "a",
+        "cache",
+        "answer",
+        "model",
+        "question",
+        "python",
+        "list",
+        "value",
+        "error",
+        "file",
+        "number",
+        "run",
+        "test",
+    ]
+)
+
+
+def _text(rng: random.Random, chars: int) -> str:
+    words: list[str] = []
+    size = 0
+    while size < chars:
+        words.append(rng.choice(WORDS) + str(rng.randrange(100)))
+        size += len(words[-1]) + 1
+    return " ".join(words)[:chars]
+
+
+def _key(text: str) -> CacheKey:
+    return CacheKey.build(bot_id="b", model="m", system_prompt="", turns=[Turn(Role.USER, text)])
+
+
+def main() -> None:
+    rng = random.Random(14)
+    policy = MatchPolicy(threshold=0.8)
+    for warm in (False, True):
+        print(
+            "\nCandidates seen before (their signals memoized, as stored questions are):"
+            if warm
+            else "All six texts new (the worst case):"
+        )
+        _table(rng, policy, warm=warm)
+
+
+def _table(rng: random.Random, policy: MatchPolicy, *, warm: bool) -> None:
+    # CPU time beside wall time: on a shared machine the wall time's tail is other processes'.
+    print("| message chars | decision p50 | p99 | CPU p50 | CPU p99 | plain cosine |")
+    print("|---|---|---|---|---|---|")
+    for length in LENGTHS:
+        samples, cpu = [], []
+        for _ in range(ROUNDS):
+            query = _key(_text(rng, length))
+            candidates = [(_key(_text(rng, length)), 0.9, None) for _ in range(CANDIDATES)]
+            if warm:
+                for candidate, _, _ in candidates:
+                    text_signals(candidate.question)
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            select_hit(query, candidates, policy=policy)
+            samples.append((time.perf_counter() - started) * 1000)
+            cpu.append((time.thread_time() - cpu_started) * 1000)
+        samples.sort()
+        cpu.sort()
+        print(
+            f"| {length:,} | {statistics.median(samples):.2f} ms "
+            f"| {samples[int(0.99 * len(samples))]:.2f} ms | {statistics.median(cpu):.2f} ms "
+            f"| {cpu[int(0.99 * len(cpu))]:.2f} ms | ~0 ms |"
+        )
+
+
+if __name__ == "__main__":
+    main()
