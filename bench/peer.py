@@ -240,12 +240,16 @@ def main() -> None:
         if litellm is not None:
             command = [str(litellm), "--config", str(config), "--port", str(litellm_port)]
             command += ["--num_workers", "1"]
-            with _process(command, scratch / "litellm.log") as litellm_pid:
+            # Like Parley, the proxy checks a key on every request (it refuses to start without).
+            master = "sk-" + os.urandom(32).hex()
+            auth = {"Authorization": f"Bearer {master}"}
+            litellm_env = {"LITELLM_MASTER_KEY": master}
+            with _process(command, scratch / "litellm.log", litellm_env) as litellm_pid:
                 _wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness")
                 for clients in levels:
                     results["litellm", clients] = asyncio.run(
                         _measure(f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
-                                 clients=clients, seconds=args.seconds, headers={}, chat=False,
+                                 clients=clients, seconds=args.seconds, headers=auth, chat=False,
                                  unique=True,
                                  pids={"litellm": [litellm_pid], "engine": [engine_pid]})
                     )  # fmt: skip

@@ -5,7 +5,6 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from parley_cache.keying import DEFAULT_SIMILARITY_THRESHOLD, ContextMode
-from parley_common.kafka import Topics
 from parley_common.settings import ServiceSettings
 
 __all__ = ["QDRANT_GRPC_PORT", "Settings"]
@@ -92,11 +91,6 @@ class Settings(ServiceSettings):
         default=60.0, gt=0, description="how often expired entries are purged and size is bounded"
     )
     results_group: str = "parley-cache"
-    topic_prefix: str = Field(
-        default="parley.",
-        description="the results topic is <prefix>completions.results, dead letters go to "
-        "<prefix>completions.dlq (benchmarks use their own prefix to share one Kafka)",
-    )
 
     @property
     def qdrant_grpc_target(self) -> str:
@@ -104,6 +98,3 @@ class Settings(ServiceSettings):
             return self.qdrant_grpc_addr
         host = self.qdrant_addr.rpartition(":")[0] or "127.0.0.1"
         return f"{host}:{QDRANT_GRPC_PORT}"
-
-    def topics(self) -> Topics:
-        return Topics.with_prefix(self.topic_prefix)

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from parley_common.vocabulary import Role
+
 __all__ = [
     "DEFAULT_CONTEXT_THRESHOLD",
     "DEFAULT_CONTEXT_WINDOW",
@@ -84,11 +86,6 @@ _CONTEXT_CHARS_PER_TURN: Final = 300
 _WHITESPACE = re.compile(r"\s+")
 
 
-class Role(StrEnum):
-    USER = "user"
-    ASSISTANT = "assistant"
-
-
 class ContextMode(StrEnum):
     EXACT = "exact"
     SEMANTIC = "semantic"
@@ -98,19 +95,22 @@ class InvalidKeyError(ValueError):
     """The conversation cannot be turned into a cache key (no question, unknown role...)."""
 
 
+_TURN_ROLES: Final = frozenset({Role.USER.value, Role.ASSISTANT.value})
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     role: Role
     content: str
 
     def __post_init__(self) -> None:
-        try:
-            role = Role(self.role)
-        except ValueError:
+        # The system prompt is part of the key on its own, not a turn.
+        role = Role.parse(self.role) if self.role in _TURN_ROLES else None
+        if role is None:
             raise InvalidKeyError(
                 f"unknown role {self.role!r}: a turn is 'user' or 'assistant' "
                 "(the system prompt is passed separately)"
-            ) from None
+            )
         object.__setattr__(self, "role", role)
 
 

@@ -11,18 +11,16 @@ import grpc
 from parley.v1 import cache_pb2, cache_pb2_grpc, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
-from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Role, Turn
+from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Turn
 from parley_cache.lookup import LookupInput, LookupOutcome, Lookups
 from parley_cache.privacy import user_scope
 from parley_cache.store import STORE_ERRORS, CacheStore
 from parley_cache.verifier import Verifier, default_verifier
+from parley_common.vocabulary import Role
 
 __all__ = ["CacheServicer", "scope_key"]
 
 log = logging.getLogger(__name__)
-
-_ROLES = {types_pb2.ROLE_USER: Role.USER, types_pb2.ROLE_ASSISTANT: Role.ASSISTANT}
-
 
 _CONTEXT_MODES = {
     types_pb2.CACHE_CONTEXT_MODE_EXACT: ContextMode.EXACT,
@@ -36,7 +34,11 @@ def _lookup_input(request: cache_pb2.LookupRequest, scope: str) -> LookupInput:
         bot_id=request.bot_id,
         model=request.model,
         system_prompt="\n".join(system),
-        turns=[Turn(_ROLES[m.role], m.content) for m in request.messages if m.role in _ROLES],
+        turns=[
+            Turn(role, m.content)
+            for m in request.messages
+            if (role := Role.from_pb(m.role)) in (Role.USER, Role.ASSISTANT)
+        ],
     )
     return LookupInput(
         user_id=request.user_id,
