@@ -1024,3 +1024,55 @@ def test_alerts_and_dashboard_use_only_metrics_the_services_expose(helm: Helm) -
     titles = " ".join(p["title"].lower() for p in panels)
     for topic in ("latency", "first token", "tokens per second", "cache hit", "errors", "lag"):
         assert topic in titles
+
+
+# Tests: one list of each service's environment ------------------------------------------------
+
+# Read by libraries (OpenTelemetry, Python, Hugging Face, uvicorn), not by a service's Settings.
+_LIBRARY_ENV = re.compile(
+    r"^(OTEL_|PYTHON|HF_|TRANSFORMERS_|TOKENIZERS_|OMP_|VLLM_[A-Z_]*LOGGING|FORWARDED_ALLOW_IPS$)"
+)
+
+
+def service_settings_names() -> dict[str, set[str]]:
+    """Each service's environment variables: its Settings class's fields, upper-cased. Those
+    classes are the one list; the chart and the local platform may set nothing else."""
+    from parley_cache.config import Settings as CacheSettings
+    from parley_gateway.config import Settings as GatewaySettings
+    from parley_session.config import Settings as SessionSettings
+    from parley_worker.config import Settings as WorkerSettings
+
+    classes = {
+        "gateway": GatewaySettings,
+        "session": SessionSettings,
+        "cache": CacheSettings,
+        "worker": WorkerSettings,
+    }
+    return {name: {f.upper() for f in cls.model_fields} for name, cls in classes.items()}
+
+
+def unknown_env(component: str, names: Sequence[str]) -> list[str]:
+    known = service_settings_names()[component]
+    return sorted(n for n in names if n not in known and not _LIBRARY_ENV.match(n))
+
+
+def test_the_chart_sets_only_variables_its_services_read(helm: Helm, scenario: str) -> None:
+    manifests = helm.template(SCENARIOS[scenario])
+    for component in SERVICES:
+        env = _env(manifests, component)
+        assert unknown_env(component, list(env)) == [], f"{scenario}: {component}"
+
+
+def test_the_local_platform_sets_only_variables_its_services_read(tmp_path: Path) -> None:
+    from parley_devstack.platform import Platform
+    from parley_devstack.stack import StackAddresses
+
+    addresses = StackAddresses("mongodb://127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4")
+    platform = Platform(addresses, run_dir=tmp_path, model_dir=tmp_path, workers=1, gateways=1)
+    for proc in platform.processes:
+        component = proc.name.split("-")[0]
+        assert unknown_env(component, list(proc.env)) == [], component
+
+
+def test_a_misspelt_variable_is_reported() -> None:
+    assert unknown_env("gateway", ["PORT", "TURN_TIMEOUT_S"]) == ["TURN_TIMEOUT_S"]

@@ -145,11 +145,12 @@ class Platform:
         # benchmarks) must not stall each other in rebalances, and applying a result twice is
         # harmless. Workers stay in one group: two groups would generate every request twice.
         self.group_suffix = secrets.token_hex(3)
+        addresses = stack.as_env()
+        kafka = {"KAFKA_ADDR": addresses["KAFKA_ADDR"]}
         common = {
-            **stack.as_env(),
+            **kafka,
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
-            "MODEL_NAME": model_id or ("parley-tiny" if engine != "fake" else "fake"),
             **(env or {}),
         }
         extra = service_env or {}
@@ -160,6 +161,8 @@ class Platform:
             "parley_session",
             {
                 **common,
+                "MONGODB_URI": addresses["MONGODB_URI"],
+                "MODEL_NAME": model_id or ("parley-tiny" if engine != "fake" else "fake"),
                 "GRPC_PORT": str(session_port),
                 "METRICS_PORT": str(session_metrics),
                 "TOKENIZER_PATH": model,
@@ -175,6 +178,8 @@ class Platform:
             "parley_cache",
             {
                 **common,
+                "QDRANT_ADDR": addresses["QDRANT_ADDR"],
+                "QDRANT_GRPC_ADDR": addresses["QDRANT_GRPC_ADDR"],
                 "GRPC_PORT": str(cache_port),
                 "METRICS_PORT": str(cache_metrics),
                 "RESULTS_GROUP": f"parley-cache-{self.group_suffix}",
