@@ -54,7 +54,7 @@ _CHANNEL_OPTIONS = [
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
     """`registry`: where the metrics go (prometheus_client.REGISTRY in the service; default: a
-    registry of this app's own)."""
+    registry of this app's own). The wiring of every part, in start-up order: long, read once."""
     metrics = GatewayMetrics(registry or CollectorRegistry())
 
     @asynccontextmanager

@@ -35,6 +35,7 @@ SERVICE = "parley.v1.SessionService"
 
 
 async def serve(settings: Settings) -> None:
+    """The wiring, in start-up order and stopped in reverse: long, but read once, top to bottom."""
     topics = settings.topics()
     metrics = SessionMetrics(REGISTRY)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(

@@ -174,6 +174,8 @@ async def _turn(
     prefer: str | None,
     no_cache: bool,
 ) -> Response | TurnResponse:
+    """A turn of `POST /chat` or `/chat/{id}/completion`: asynchronous (202), streamed, or JSON;
+    the three answers side by side read better than split apart."""
     _check_message(parts, body)
     sampling = Sampling(
         temperature=body.temperature,

@@ -205,6 +205,8 @@ async def _relay(socket: _Socket, turn: Turn) -> None:
 
 @router.websocket("/chat/ws")
 async def chat_ws(websocket: WebSocket) -> None:
+    """One socket's life, top to bottom (auth, the frame loop, one turn at a time); longer than
+    a screen because splitting it would scatter the socket's states over several functions."""
     parts: Parts = websocket.app.state.parts
     socket = _Socket(websocket)
     await websocket.accept()
