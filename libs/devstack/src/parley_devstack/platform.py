@@ -285,9 +285,3 @@ class Platform:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-if __name__ == "__main__":
-    from parley_devstack.launcher import main
-
-    sys.exit(main())
