@@ -147,7 +147,7 @@ def test_a_summarized_chat_keeps_what_the_user_said(
     ]:
         _turn(dave, f"/chat/{chat_id}/completion", message)
 
-    with MongoClient(real_platform.mongodb_uri) as mongo:  # type: ignore[attr-defined]
+    with MongoClient(real_platform.stack.mongodb_uri) as mongo:
         chats = mongo["parley"]["chats"]
 
         def summary() -> dict[str, Any] | None:
