@@ -1076,3 +1076,12 @@ def test_the_local_platform_sets_only_variables_its_services_read(tmp_path: Path
 
 def test_a_misspelt_variable_is_reported() -> None:
     assert unknown_env("gateway", ["PORT", "TURN_TIMEOUT_S"]) == ["TURN_TIMEOUT_S"]
+
+
+def test_cors_origins_reach_the_gateway_only_when_set(helm: Helm) -> None:
+    assert "CORS_ALLOWED_ORIGINS" not in _env(helm.template(), "gateway")
+    env = _env(helm.template((EVERYTHING,)), "gateway")
+    assert env["CORS_ALLOWED_ORIGINS"] == "https://app.example.com, https://admin.example.com"
+    refused = helm.template_raw(sets=["gateway.corsAllowedOrigins=app.example.com"])
+    assert refused.returncode != 0
+    assert "corsAllowedOrigins" in refused.stderr

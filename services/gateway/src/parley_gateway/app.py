@@ -17,6 +17,7 @@ from parley_gateway.admission import QueueMonitor, RateLimiter
 from parley_gateway.async_completions import AsyncCompletions
 from parley_gateway.auth import Authenticator
 from parley_gateway.config import Settings
+from parley_gateway.cors import install_cors, parse_origins
 from parley_gateway.deps import Parts
 from parley_gateway.errors import install_error_handlers
 from parley_gateway.limits import BodySizeLimit, JsonBodyCheck
@@ -159,6 +160,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     # Inside the size limit, which bounds what this one reads.
     app.add_middleware(JsonBodyCheck)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outside the body checks: a preflight carries no body, and refusals carry CORS headers too.
+    install_cors(app, parse_origins(settings.cors_allowed_origins))
     # Outermost: times and logs what the other middleware refuses too.
     app.add_middleware(RequestTelemetry, metrics=metrics)
     return app

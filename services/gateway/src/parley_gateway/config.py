@@ -3,9 +3,10 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from parley_common.settings import ServiceSettings
+from parley_gateway.cors import parse_origins
 
 __all__ = ["Settings"]
 
@@ -48,6 +49,17 @@ class Settings(ServiceSettings):
         default="parley-workers", description="the workers' consumer group, whose lag is the queue"
     )
     queue_depth_refresh_s: float = Field(default=1.0, gt=0, description="how often the lag is read")
+    cors_allowed_origins: str = Field(
+        default="",
+        description="comma-separated origins whose browser apps may call the API, or *; "
+        "empty: none",
+    )
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        parse_origins(value)
+        return value
 
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self) -> Settings:
