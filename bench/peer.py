@@ -203,8 +203,8 @@ def _row(name: str, clients: int, level: Level, engine: Level | None) -> list[st
     errors = ", ".join(f"{k}: {v}" for k, v in level.errors.items()) or "0"
     rate = len(level.total) / level.wall if level.wall else 0.0
     return [
-        name, str(clients), p(level.ttft, 0.5), p(level.ttft, 0.99), added,
-        p(level.total, 0.5), p(level.total, 0.99), f"{rate:.1f}", errors, cpu,
+        name, str(clients), p(level.ttft, 50), p(level.ttft, 99), added,
+        p(level.total, 50), p(level.total, 99), f"{rate:.1f}", errors, cpu,
     ]  # fmt: skip
 
 
