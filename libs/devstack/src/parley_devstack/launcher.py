@@ -132,7 +132,10 @@ def _run(args: argparse.Namespace, data: DataDir) -> int:
                 admin_api_key=secrets["admin_api_key"],
                 env={"CONTEXT_WINDOW": str(_CPU_CONTEXT_WINDOW)},
                 service_env={
-                    "session": {"DEFAULT_MAX_TOKENS": str(_CPU_REPLY_BUDGET)},
+                    "session": {
+                        "DEFAULT_MAX_TOKENS": str(_CPU_REPLY_BUDGET),
+                        **_sampling(model_id),
+                    },
                     "worker": worker_env,
                 },
             )
@@ -160,6 +163,14 @@ def _model(args: argparse.Namespace) -> tuple[Path | None, str]:
         check_model_folder(path)
         return path.resolve(), args.model_id or path.resolve().name
     return Path(args.model), args.model_id or args.model.rsplit("/", 1)[-1]
+
+
+def _sampling(model_id: str) -> dict[str, str]:
+    """The default bot's sampling for the default model: a 135M model strays at 0.7 (7 of 12
+    sampled answers to "What is the capital of France?" right; 21 of 24 at 0.2 with top_p 0.9)."""
+    if model_id != DEFAULT_MODEL.model_id:
+        return {}
+    return {"DEFAULT_TEMPERATURE": "0.2", "DEFAULT_TOP_P": "0.9"}
 
 
 def _engine(engine: str) -> tuple[str | None, dict[str, str]]:

@@ -31,6 +31,12 @@ class Settings(ServiceSettings):
     context_window: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
     default_system_prompt: str = "You are a helpful AI assistant named Parley."
+    default_temperature: float | None = Field(
+        default=None, ge=0, le=2, description="the default bot's; unset: the engine's (0.7)"
+    )
+    default_top_p: float | None = Field(
+        default=None, gt=0, le=1, description="the default bot's; unset: the engine's (1.0)"
+    )
     default_history_policy: str = Field(
         default="truncate", pattern="^(full|truncate|summarize)$", description="of the default bot"
     )

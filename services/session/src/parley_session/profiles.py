@@ -101,6 +101,8 @@ class ProfileRules:
             model=settings.model_name,
             history_policy=HistoryPolicy(settings.default_history_policy),
             max_tokens=settings.default_max_tokens,
+            temperature=settings.default_temperature,
+            top_p=settings.default_top_p,
             description="The default assistant.",
             history=self.default_history,
             builtin=True,
