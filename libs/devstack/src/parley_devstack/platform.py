@@ -133,8 +133,10 @@ class Platform:
         gateway_port: int | None = None,
         model_id: str | None = None,
         worker_python: str | None = None,
+        start_timeout: float = 180.0,
     ) -> None:
         self.stack = stack
+        self.start_timeout = start_timeout
         self.admin_api_key = admin_api_key or "adm-" + secrets.token_urlsafe(24)
         session_port, cache_port, *rest = pick_free_ports(2 + 2 * gateways + workers + 2)
         gateway_ports = [gateway_port] if gateway_port and gateways == 1 else rest[:gateways]
@@ -238,7 +240,8 @@ class Platform:
     def processes(self) -> list[ServiceProcess]:
         return [self.session, self.cache, *self.workers, *self.gateways]
 
-    def start(self, timeout: float = 180.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        timeout = self.start_timeout if timeout is None else timeout
         # Session and cache first: gateways need them; workers load their model meanwhile.
         for proc in [self.session, self.cache, *self.workers]:
             proc.start()

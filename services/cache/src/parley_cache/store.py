@@ -306,10 +306,7 @@ class CacheStore:
         entry_id: str = "",
         delete_shared_after: int,
     ) -> Eviction:
-        """A thumbs-down by ``user_id`` on the entry stored from ``request_id`` or with id
-        ``entry_id``: deleted when it is the user's own, hidden from that user when it is shared
-        (a tenant's, global) and deleted for everyone once ``delete_shared_after`` distinct users
-        rejected it (``rejections``). Entries of other users' own scopes are never touched."""
+        """A thumbs-down on an entry: see `Rejections.evict`."""
         return await self._rejections.evict(
             user_id=user_id,
             request_id=request_id,
