@@ -89,7 +89,8 @@ async def score_pairs(
     client = AsyncQdrantClient(host=host, port=int(port), https=False, timeout=60)
     channel = connect(settings.qdrant_grpc_target)
     decisions: list[Decision] = []
-    async with Embedder() as embedder:
+    embedding = Embedder(runtime=args.embedding_runtime, precision=args.embedding_precision)
+    async with embedding as embedder:
         store = CacheStore(
             client,
             embedding_model=embedder.model_id,
@@ -223,6 +224,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score only this part of the Quora pairs (as bench.cache_eval.fit splits them)",
     )
     parser.add_argument("--limit", type=int, help="the first N pairs only")
+    parser.add_argument("--embedding-runtime", choices=["torch", "onnx"], default="onnx")
+    parser.add_argument(
+        "--embedding-precision",
+        choices=["float32", "bfloat16", "int8"],
+        default="float32",
+        help="bfloat16 with torch, int8 with onnx",
+    )
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:

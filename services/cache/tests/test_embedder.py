@@ -143,7 +143,7 @@ async def test_concurrent_callers_with_the_same_text_share_one_row(embedder: Emb
 
 
 async def test_bfloat16_vectors_stay_within_float32_ones(embedder: Embedder) -> None:
-    async with Embedder(precision="bfloat16", memo_size=0) as half:
+    async with Embedder(runtime="torch", precision="bfloat16", memo_size=0) as half:
         assert half.precision == "bfloat16"
         reduced = await half.embed_many(QUESTIONS)
         alone = [(await half.embed_many([text]))[0] for text in QUESTIONS]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from prometheus_client import REGISTRY
@@ -40,6 +41,9 @@ async def serve(settings: Settings) -> None:
         device=settings.embedding_device,
         precision=settings.embedding_precision,
         memo_size=settings.embedding_memo_size,
+        runtime=settings.embedding_runtime,
+        threads=settings.embedding_threads,
+        onnx_cache_dir=Path(settings.embedding_onnx_dir) if settings.embedding_onnx_dir else None,
     )
     host, _, port = settings.qdrant_addr.rpartition(":")
     api_key = settings.qdrant_api_key.get_secret_value()

