@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 __all__ = [
     "InputMessage",
@@ -48,6 +48,9 @@ class InputMessage(_Body):
         return "".join(part.text for part in self.content)
 
 
+_MESSAGES: TypeAdapter[list[InputMessage]] = TypeAdapter(list[InputMessage])
+
+
 class TextFormat(_Body):
     type: Literal["text"] = Field(description="only plain text (structured output comes later)")
 
@@ -86,6 +89,30 @@ class ResponseRequest(_Body):
     include: list[str] | None = Field(default=None, description="accepted; nothing extra is sent")
     reasoning: dict[str, Any] | None = Field(default=None, description="not supported")
     no_cache: bool = Field(default=False, description="Parley: do not answer from the cache")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text_or_messages(cls, value: Any) -> Any:
+        # Named precisely here: a union's own errors would name its `str` branch first.
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("a text or a list of messages")
+        for i, item in enumerate(value):
+            content = item.get("content") if isinstance(item, dict) else None
+            for j, part in enumerate(content if isinstance(content, list) else []):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in ("input_text", "output_text"):
+                    raise ValueError(
+                        f"input[{i}].content[{j}]: {kind!r} parts are not supported "
+                        "(the model reads text only); send input_text parts"
+                    )
+        try:
+            return _MESSAGES.validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            raise ValueError(f"input{where}: {first['msg']}") from None
 
     @field_validator("tools")
     @classmethod
