@@ -309,3 +309,28 @@ def test_an_image_part_is_refused_naming_it(sdk: openai.OpenAI) -> None:
         )
     assert "input[0].content[1]" in refused.value.message
     assert "input_image" in refused.value.message
+
+
+def test_cancel_a_background_response(sdk: openai.OpenAI) -> None:
+    started = sdk.responses.create(
+        model=MODEL,
+        input="A very long tale",
+        background=True,
+        max_output_tokens=4000,
+        temperature=0,
+        extra_body=FRESH,
+    )
+    eventually(
+        lambda: sdk.responses.retrieve(started.id).status == "in_progress", what="in progress"
+    )
+    sdk.responses.cancel(started.id)
+    final = eventually(
+        lambda: (
+            (r := sdk.responses.retrieve(started.id)).status not in ("queued", "in_progress") and r
+        ),
+        timeout=60,
+        what="the cancelled response",
+    )
+    assert final.status == "cancelled"
+    assert final.usage is not None
+    assert final.usage.output_tokens < 4000
