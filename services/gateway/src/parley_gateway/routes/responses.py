@@ -94,6 +94,14 @@ def _input(parts: PartsDep, body: ResponseRequest) -> tuple[str | None, list[tup
     return ("\n\n".join(system) if system else None), messages
 
 
+def _as_responses_error(error: ApiError) -> ApiError:
+    """The session names the reply budget `max_tokens`; the Responses API calls it otherwise."""
+    if error.param == "max_tokens":
+        error.param = "max_output_tokens"
+        error.message = error.message.replace("max_tokens", "max_output_tokens", 1)
+    return error
+
+
 def _check(parts: PartsDep, body: ResponseRequest) -> None:
     limit = parts.settings.max_tokens_limit
     if body.max_output_tokens is not None and body.max_output_tokens > limit:
@@ -187,7 +195,7 @@ async def _stateless(
     except ApiError as exc:
         if exc.status == 404:
             raise _model_not_found(body.model) from exc
-        raise
+        raise _as_responses_error(exc) from exc
     meta = _meta(body, RESPONSE_PREFIX + turn.request_id, turn.model, turn.created_unix_s)
     if body.stream:
         return StreamingResponse(
@@ -245,7 +253,7 @@ async def create_response(body: ResponseRequest, user: Admitted, parts: PartsDep
     except ApiError as exc:
         if exc.status == 404 and body.previous_response_id:
             raise _not_found(body.previous_response_id, "previous_response_id") from exc
-        raise
+        raise _as_responses_error(exc) from exc
     meta = _meta(
         body, RESPONSE_PREFIX + request_id, completion.model, completion.created_unix_ms // 1000
     )
