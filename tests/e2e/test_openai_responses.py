@@ -336,3 +336,18 @@ def test_cancel_a_background_response(sdk: openai.OpenAI) -> None:
     assert final.status == "cancelled"
     assert final.usage is not None
     assert final.usage.output_tokens < 1800
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_instructions_reach_the_model(sdk: openai.OpenAI, store: bool) -> None:
+    def input_tokens(**extra: Any) -> int:
+        response = sdk.responses.create(
+            model=MODEL, input="Hi", max_output_tokens=1, store=store, extra_body=FRESH, **extra
+        )
+        assert response.usage is not None
+        return response.usage.input_tokens
+
+    plain = input_tokens()
+    # The worker's own count of the prompt it was given: the instructions replaced the bot's
+    # system prompt (about ten tokens) with about a hundred.
+    assert input_tokens(instructions="You are a pirate who loves the sea. " * 12) > plain + 50
