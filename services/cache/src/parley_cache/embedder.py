@@ -252,6 +252,19 @@ class Embedder:
         return self._model_id
 
     @property
+    def max_tokens(self) -> int:
+        """The most tokens of a text the model reads (it ignores the rest)."""
+        return int(self._model.max_seq_length)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's tokens as the model reads them, its special tokens included, before the
+        model's truncation to ``max_tokens``."""
+        if not texts:
+            return []
+        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    @property
     def stats(self) -> EmbedderStats:
         return EmbedderStats(batches=self._batches, texts=self._texts, reused=self._reused)
 

@@ -11,11 +11,13 @@ import grpc
 from parley.v1 import cache_pb2, cache_pb2_grpc, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
+from parley_cache.embeddings import EmbedInputError, UnknownModelError, embed_texts
 from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Turn
 from parley_cache.lookup import LookupInput, LookupOutcome, Lookups
 from parley_cache.privacy import user_scope
 from parley_cache.store import STORE_ERRORS, CacheStore
 from parley_cache.verifier import Verifier, default_verifier
+from parley_common.grpc_errors import abort_bad_field
 from parley_common.vocabulary import Role
 
 __all__ = ["CacheServicer", "scope_key"]
@@ -96,6 +98,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         verifier: Verifier | None = None,
     ) -> None:
         self._store = store
+        self._embedder = embedder
         self._settings = settings
         self._lookups = Lookups(store, embedder, settings, verifier or default_verifier())
 
@@ -171,3 +174,28 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         # A rejected served answer counts against its scope's error rate (parley_cache.tuning).
         self._lookups.rejected(request.entry_id)
         return cache_pb2.EvictResponse(evicted=eviction.evicted)
+
+    async def Embed(
+        self, request: cache_pb2.EmbedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cache_pb2.EmbedResponse:
+        try:
+            embeddings = await embed_texts(self._embedder, list(request.texts), model=request.model)
+        except UnknownModelError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+        except EmbedInputError as exc:
+            await abort_bad_field(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                str(exc),
+                field=exc.field,
+                description=str(exc),
+            )
+            raise
+        return cache_pb2.EmbedResponse(
+            embeddings=[cache_pb2.Embedding(vector=v) for v in embeddings.vectors],
+            model=embeddings.model,
+            prompt_tokens=embeddings.prompt_tokens,
+            dimension=embeddings.dimension,
+            max_tokens=embeddings.max_tokens,
+        )

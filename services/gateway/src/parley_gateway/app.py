@@ -30,9 +30,12 @@ from parley_gateway.routes import (
     chat_settings,
     chats,
     completions,
+    embeddings,
     feedback,
     health,
     openai,
+    responses,
+    text_completions,
     web,
     ws,
 )
@@ -151,6 +154,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(ws.router)
     app.include_router(completions.router)
     app.include_router(openai.router)
+    app.include_router(embeddings.router)
+    app.include_router(text_completions.router)
+    app.include_router(responses.router)
     app.include_router(web.router)
     app.include_router(bots.router)
     app.include_router(feedback.router)

@@ -206,6 +206,11 @@ class AsyncCompletions:
         while len(self._progress) >= _MAX_FOLLOWED:
             del self._progress[next(iter(self._progress))]
 
+    def followed(self, user_id: str, completion_id: str) -> _Progress | None:
+        """What this replica saw of a completion it accepted (None: accepted elsewhere, before a
+        restart, or forgotten since)."""
+        return self._progress.get((user_id, completion_id))
+
     async def get(self, principal: Principal, completion_id: str) -> session_pb2.Completion:
         return await self._session.get_completion(
             session_pb2.GetCompletionRequest(user_id=principal.user_id, completion_id=completion_id)

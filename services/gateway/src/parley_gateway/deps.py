@@ -93,11 +93,13 @@ Admin = Annotated[Principal, Depends(_admin)]
 Caller = Annotated[Principal, Depends(_caller)]
 
 
-async def admit(parts: Parts, user: Principal) -> None:
+async def admit(parts: Parts, user: Principal, *, uses_workers: bool = True) -> None:
     """Let `user` start a generation now, or refuse: the workers' queue is full (503) or the
-    user is over a rate limit (429). Checked in this order, so a 503 costs no quota."""
+    user is over a rate limit (429). Checked in this order, so a 503 costs no quota. A request
+    that no worker serves (`uses_workers=False`: embeddings) is checked against the limits only."""
     try:
-        parts.queue.check()
+        if uses_workers:
+            parts.queue.check()
     except ApiError:
         parts.metrics.admission_refusals.labels("queue_full").inc()
         raise

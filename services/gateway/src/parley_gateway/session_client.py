@@ -63,6 +63,9 @@ class SessionClient:
     ) -> session_pb2.ConsumeQuotaResponse:
         return await self._call(self._stub.ConsumeQuota, request)
 
+    async def add_tokens(self, request: session_pb2.AddTokensRequest) -> None:
+        await self._call(self._stub.AddTokens, request)
+
     # turns and completions
 
     async def start_turn(

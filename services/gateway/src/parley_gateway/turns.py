@@ -180,8 +180,11 @@ class TurnService:
         sampling: Sampling | None = None,
         detached: bool = False,
         before_queue: Callable[[str, str, str], Awaitable[bool]] | None = None,
+        instructions: str | None = None,
     ) -> Turn:
         """A turn of a stored chat (a new one when `chat_id` is empty).
+
+        `instructions`: this turn's system prompt in place of the bot profile's (not stored).
 
         `detached`: nobody waits on the stream (asynchronous mode), so a follower that stops
         reading does not cancel the generation. `before_queue(chat_id, message_id, model)` runs
@@ -224,7 +227,11 @@ class TurnService:
             chat_id=started.chat.chat_id,
             message_id=started.user_message.message_id,
             model=started.model,
-            context=started.context,
+            context=(
+                started.context
+                if instructions is None
+                else _with_system_prompt(started.context, instructions)
+            ),
             sampling=sampling.over(started.sampling),
             cache_scope=started.cache_scope,
             tenant_id=started.tenant_id or principal.tenant_id,
@@ -508,6 +515,16 @@ def _cached_result(
         completed_unix_ms=now_ms(),
         cache_entry_id=lookup.entry_id,
     )
+
+
+def _with_system_prompt(context: session_pb2.Context, prompt: str) -> session_pb2.Context:
+    replaced = session_pb2.Context()
+    replaced.CopyFrom(context)
+    turns = [m for m in context.messages if m.role != types_pb2.ROLE_SYSTEM]
+    del replaced.messages[:]
+    replaced.messages.append(types_pb2.ChatMessage(role=types_pb2.ROLE_SYSTEM, content=prompt))
+    replaced.messages.extend(turns)
+    return replaced
 
 
 def _key(plan: _Plan) -> bytes:

@@ -192,6 +192,11 @@ class CompletionService:
             user_id, requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute
         )
 
+    async def add_tokens(self, user_id: str, tokens: int) -> None:
+        if not user_id:
+            raise InvalidArgumentError("user_id", "required")
+        await self.quotas.add_tokens(user_id, tokens, 0)
+
 
 Handler = Callable[[envelopes_pb2.CompletionResult], Awaitable[None]]
 

@@ -435,3 +435,10 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             tokens_per_minute=request.tokens_per_minute,
         )
         return wire.quota_pb(decision)
+
+    @_rpc
+    async def AddTokens(
+        self, request: session_pb2.AddTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.AddTokensResponse:
+        await self._completions.add_tokens(request.user_id, request.tokens)
+        return session_pb2.AddTokensResponse()

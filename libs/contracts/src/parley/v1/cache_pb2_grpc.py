@@ -49,6 +49,11 @@ class CacheServiceStub:
                 request_serializer=parley_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/parley.v1.CacheService/Embed',
+                request_serializer=parley_dot_v1_dot_cache__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_cache__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -78,6 +83,14 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """The cache's own sentence embeddings of texts (the OpenAI-compatible /v1/embeddings), each
+        text embedded in the micro-batches that lookups share. Vectors are unit norm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Invalidate,
                     request_deserializer=parley_dot_v1_dot_cache__pb2.InvalidateRequest.FromString,
                     response_serializer=parley_dot_v1_dot_cache__pb2.InvalidateResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=parley_dot_v1_dot_cache__pb2.EmbedRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_cache__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class CacheService:
             '/parley.v1.CacheService/Invalidate',
             parley_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
             parley_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.CacheService/Embed',
+            parley_dot_v1_dot_cache__pb2.EmbedRequest.SerializeToString,
+            parley_dot_v1_dot_cache__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class CacheServiceStub:
     """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
     that storage keeps no answer of a changed or deleted profile or a retired model.
     """
+    Embed: _grpc.UnaryUnaryMultiCallable[_cache_pb2.EmbedRequest, _cache_pb2.EmbedResponse]
+    """The cache's own sentence embeddings of texts (the OpenAI-compatible /v1/embeddings), each
+    text embedded in the micro-batches that lookups share. Vectors are unit norm.
+    """
 
 @_typing.type_check_only
 class CacheServiceAsyncStub(CacheServiceStub):
@@ -58,6 +62,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     Invalidate: _aio.UnaryUnaryMultiCallable[_cache_pb2.InvalidateRequest, _cache_pb2.InvalidateResponse]  # type: ignore[assignment]
     """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
     that storage keeps no answer of a changed or deleted profile or a retired model.
+    """
+    Embed: _aio.UnaryUnaryMultiCallable[_cache_pb2.EmbedRequest, _cache_pb2.EmbedResponse]  # type: ignore[assignment]
+    """The cache's own sentence embeddings of texts (the OpenAI-compatible /v1/embeddings), each
+    text embedded in the micro-batches that lookups share. Vectors are unit norm.
     """
 
 class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -88,6 +96,16 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cache_pb2.InvalidateResponse, _abc.Awaitable[_cache_pb2.InvalidateResponse]]:
         """Deletes every entry of a bot profile and/or a model (both given: entries matching both), so
         that storage keeps no answer of a changed or deleted profile or a retired model.
+        """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _cache_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.EmbedResponse, _abc.Awaitable[_cache_pb2.EmbedResponse]]:
+        """The cache's own sentence embeddings of texts (the OpenAI-compatible /v1/embeddings), each
+        text embedded in the micro-batches that lookups share. Vectors are unit norm.
         """
 
 def add_CacheServiceServicer_to_server(servicer: CacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

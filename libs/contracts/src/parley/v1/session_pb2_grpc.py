@@ -154,6 +154,11 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaResponse.FromString,
                 _registered_method=True)
+        self.AddTokens = channel.unary_unary(
+                '/parley.v1.SessionService/AddTokens',
+                request_serializer=parley_dot_v1_dot_session__pb2.AddTokensRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.AddTokensResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -315,6 +320,14 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddTokens(self, request, context):
+        """Counts tokens spent outside the results topic (embeddings) toward the user's tokens per
+        minute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -437,6 +450,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ConsumeQuota,
                     request_deserializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.ConsumeQuotaResponse.SerializeToString,
+            ),
+            'AddTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddTokens,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.AddTokensRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.AddTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1087,6 +1105,33 @@ class SessionService:
             '/parley.v1.SessionService/ConsumeQuota',
             parley_dot_v1_dot_session__pb2.ConsumeQuotaRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.ConsumeQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/AddTokens',
+            parley_dot_v1_dot_session__pb2.AddTokensRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.AddTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

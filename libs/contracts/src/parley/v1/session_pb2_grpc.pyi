@@ -73,6 +73,10 @@ class SessionServiceStub:
     """Rate limits shared by every gateway replica: counts a request against the user's
     requests-per-minute and checks the tokens spent in the last minute (sliding window).
     """
+    AddTokens: _grpc.UnaryUnaryMultiCallable[_session_pb2.AddTokensRequest, _session_pb2.AddTokensResponse]
+    """Counts tokens spent outside the results topic (embeddings) toward the user's tokens per
+    minute.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -116,6 +120,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     ConsumeQuota: _aio.UnaryUnaryMultiCallable[_session_pb2.ConsumeQuotaRequest, _session_pb2.ConsumeQuotaResponse]  # type: ignore[assignment]
     """Rate limits shared by every gateway replica: counts a request against the user's
     requests-per-minute and checks the tokens spent in the last minute (sliding window).
+    """
+    AddTokens: _aio.UnaryUnaryMultiCallable[_session_pb2.AddTokensRequest, _session_pb2.AddTokensResponse]  # type: ignore[assignment]
+    """Counts tokens spent outside the results topic (embeddings) toward the user's tokens per
+    minute.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -301,6 +309,16 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_pb2.ConsumeQuotaResponse, _abc.Awaitable[_session_pb2.ConsumeQuotaResponse]]:
         """Rate limits shared by every gateway replica: counts a request against the user's
         requests-per-minute and checks the tokens spent in the last minute (sliding window).
+        """
+
+    @_abc_1.abstractmethod
+    def AddTokens(
+        self,
+        request: _session_pb2.AddTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.AddTokensResponse, _abc.Awaitable[_session_pb2.AddTokensResponse]]:
+        """Counts tokens spent outside the results topic (embeddings) toward the user's tokens per
+        minute.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
