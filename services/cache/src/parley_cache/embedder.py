@@ -226,6 +226,8 @@ class Embedder:
         self._texts = 0
         self._reused = 0
         self._memo = _Memo(memo_size)
+        # Texts being embedded now, by digest: a second caller waits for the first one's vector.
+        self._pending: dict[bytes, asyncio.Future[list[float]]] = {}
         self._onnx: OnnxEncoder | None = None
         self._direct = self._direct_matches_encode()
         self.precision: Precision = precision
@@ -277,7 +279,21 @@ class Embedder:
             self._reused += 1
             return known
         loop = asyncio.get_running_loop()
+        pending = self._pending.get(digest)
+        if pending is not None and pending.get_loop() is loop:
+            # Being embedded for another caller (a Prime ahead of its Lookup): share it.
+            try:
+                vector = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                # The other caller gave up; embed it for this one.
+            else:
+                self._reused += 1
+                return list(vector)
         future: asyncio.Future[list[float]] = loop.create_future()
+        self._pending[digest] = future
+        future.add_done_callback(lambda done: self._forget_pending(digest, done))
         self._queue.append(_Request(text, digest, future, loop.time() + self._max_wait_s))
         worker = self._worker
         if worker is None or worker.done() or worker.get_loop() is not loop:
@@ -287,7 +303,12 @@ class Embedder:
             self._worker = loop.create_task(self._drain(self._queue_full))
         elif len(self._queue) >= self._max_batch_size and self._queue_full is not None:
             self._queue_full.set()
-        return await future
+        # A copy: callers sharing this vector (see above) may each change their own.
+        return list(await future)
+
+    def _forget_pending(self, digest: bytes, future: asyncio.Future[list[float]]) -> None:
+        if self._pending.get(digest) is future:
+            del self._pending[digest]
 
     async def embed_many(self, texts: Sequence[str]) -> list[list[float]]:
         """Vectors of ``texts``, in order, in batches of ``max_batch_size`` (no waiting)."""

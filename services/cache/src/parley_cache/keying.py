@@ -63,6 +63,7 @@ __all__ = [
     "Role",
     "Turn",
     "normalize_text",
+    "question_text_of",
     "scope_fingerprint",
 ]
 
@@ -121,6 +122,12 @@ def normalize_text(text: str) -> str:
 
 def _squash(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
+
+
+def question_text_of(content: str) -> str:
+    """The text a question vector embeds for a last user message of ``content``
+    (``CacheKey.question_text``)."""
+    return _squash(content)
 
 
 def _sha256(parts: object) -> str:
@@ -192,7 +199,7 @@ class CacheKey:
             scope_fingerprint=scope_fingerprint(
                 bot_id=bot_id, model=model, system_prompt=system_prompt
             ),
-            question=_squash(last.content),
+            question=question_text_of(last.content),
             context=context,
             earlier_fingerprint=_sha256(
                 ["earlier", [[t.role.value, normalize_text(t.content)] for t in earlier]]

@@ -12,7 +12,7 @@ from parley.v1 import cache_pb2, cache_pb2_grpc, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
 from parley_cache.embeddings import EmbedInputError, UnknownModelError, embed_texts
-from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Turn
+from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Turn, question_text_of
 from parley_cache.lookup import LookupInput, LookupOutcome, Lookups
 from parley_cache.privacy import user_scope
 from parley_cache.store import STORE_ERRORS, CacheStore
@@ -199,3 +199,11 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             dimension=embeddings.dimension,
             max_tokens=embeddings.max_tokens,
         )
+
+    async def Prime(
+        self, request: cache_pb2.PrimeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cache_pb2.PrimeResponse:
+        question = question_text_of(request.question)
+        if question:
+            await self._embedder.embed(question)
+        return cache_pb2.PrimeResponse()

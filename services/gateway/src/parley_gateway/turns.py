@@ -193,6 +193,8 @@ class TurnService:
         """
         request_id = request_id or new_id()
         bind_log_fields(request_id=request_id)  # from here on, log lines and gRPC calls carry it
+        if (sampling or Sampling()).cacheable:
+            self._prime(message)
         started = await self._session.start_turn(
             session_pb2.StartTurnRequest(
                 user_id=principal.user_id,
@@ -253,6 +255,8 @@ class TurnService:
         no_cache: bool = False,
     ) -> Turn:
         """A turn on the client's messages (OpenAI style): nothing is stored in a chat."""
+        if (sampling or Sampling()).cacheable and messages and messages[-1][0] == Role.USER:
+            self._prime(messages[-1][1])
         prepared = await self._session.prepare_completion(
             session_pb2.PrepareCompletionRequest(
                 user_id=principal.user_id,
@@ -350,6 +354,23 @@ class TurnService:
         turn._events = observe_turn(turn._events, self._metrics, source="worker")
         turn.queued = True
         return turn
+
+    def _prime(self, question: str) -> None:
+        """Has the cache embed the question while the session stores it and builds the context:
+        the lookup that follows finds its vector ready, or being made, instead of starting it."""
+        if not question.strip():
+            return
+        task = asyncio.create_task(self._send_prime(question))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_prime(self, question: str) -> None:
+        try:
+            await self._cache.Prime(
+                cache_pb2.PrimeRequest(question=question), timeout=self._cache_timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            pass  # only a head start: the lookup embeds the question anyway
 
     async def _lookup(
         self, principal: Principal, plan: _Plan, *, bypass: bool

@@ -54,6 +54,11 @@ class CacheServiceStub:
                 request_serializer=parley_dot_v1_dot_cache__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_cache__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Prime = channel.unary_unary(
+                '/parley.v1.CacheService/Prime',
+                request_serializer=parley_dot_v1_dot_cache__pb2.PrimeRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_cache__pb2.PrimeResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -91,6 +96,14 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prime(self, request, context):
+        """Embeds a question ahead of its Lookup, which then finds the vector ready (or being made): the
+        gateway sends it while the session stores the question, so the two overlap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=parley_dot_v1_dot_cache__pb2.EmbedRequest.FromString,
                     response_serializer=parley_dot_v1_dot_cache__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Prime': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prime,
+                    request_deserializer=parley_dot_v1_dot_cache__pb2.PrimeRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_cache__pb2.PrimeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +241,33 @@ class CacheService:
             '/parley.v1.CacheService/Embed',
             parley_dot_v1_dot_cache__pb2.EmbedRequest.SerializeToString,
             parley_dot_v1_dot_cache__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.CacheService/Prime',
+            parley_dot_v1_dot_cache__pb2.PrimeRequest.SerializeToString,
+            parley_dot_v1_dot_cache__pb2.PrimeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class CacheServiceStub:
     """The cache's own sentence embeddings of texts (the OpenAI-compatible /v1/embeddings), each
     text embedded in the micro-batches that lookups share. Vectors are unit norm.
     """
+    Prime: _grpc.UnaryUnaryMultiCallable[_cache_pb2.PrimeRequest, _cache_pb2.PrimeResponse]
+    """Embeds a question ahead of its Lookup, which then finds the vector ready (or being made): the
+    gateway sends it while the session stores the question, so the two overlap.
+    """
 
 @_typing.type_check_only
 class CacheServiceAsyncStub(CacheServiceStub):
@@ -66,6 +70,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     Embed: _aio.UnaryUnaryMultiCallable[_cache_pb2.EmbedRequest, _cache_pb2.EmbedResponse]  # type: ignore[assignment]
     """The cache's own sentence embeddings of texts (the OpenAI-compatible /v1/embeddings), each
     text embedded in the micro-batches that lookups share. Vectors are unit norm.
+    """
+    Prime: _aio.UnaryUnaryMultiCallable[_cache_pb2.PrimeRequest, _cache_pb2.PrimeResponse]  # type: ignore[assignment]
+    """Embeds a question ahead of its Lookup, which then finds the vector ready (or being made): the
+    gateway sends it while the session stores the question, so the two overlap.
     """
 
 class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,6 +114,16 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cache_pb2.EmbedResponse, _abc.Awaitable[_cache_pb2.EmbedResponse]]:
         """The cache's own sentence embeddings of texts (the OpenAI-compatible /v1/embeddings), each
         text embedded in the micro-batches that lookups share. Vectors are unit norm.
+        """
+
+    @_abc_1.abstractmethod
+    def Prime(
+        self,
+        request: _cache_pb2.PrimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.PrimeResponse, _abc.Awaitable[_cache_pb2.PrimeResponse]]:
+        """Embeds a question ahead of its Lookup, which then finds the vector ready (or being made): the
+        gateway sends it while the session stores the question, so the two overlap.
         """
 
 def add_CacheServiceServicer_to_server(servicer: CacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
