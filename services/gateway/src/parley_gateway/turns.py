@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -365,12 +366,11 @@ class TurnService:
         task.add_done_callback(self._background.discard)
 
     async def _send_prime(self, question: str) -> None:
-        try:
+        # Only a head start: when it fails, the lookup embeds the question anyway.
+        with contextlib.suppress(grpc.aio.AioRpcError):
             await self._cache.Prime(
                 cache_pb2.PrimeRequest(question=question), timeout=self._cache_timeout_s
             )
-        except grpc.aio.AioRpcError:
-            pass  # only a head start: the lookup embeds the question anyway
 
     async def _lookup(
         self, principal: Principal, plan: _Plan, *, bypass: bool
