@@ -29,17 +29,38 @@ class TextPart(_Body):
     text: str
 
 
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class FunctionCall(_Body):
+    name: FunctionName
+    arguments: str = Field(max_length=100_000, description="a JSON object's text")
+
+
+class ToolCall(_Body):
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class RequestMessage(BaseModel):
     # `name` and other per-message fields that do not change what the model sees are ignored.
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"] = Field(
-        description="`developer` is taken as `system`; `tool` messages are not supported"
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        description="`developer` is taken as `system`; `tool` answers a tool call"
     )
     content: str | list[TextPart] | None = Field(
-        description="text, or a list of text parts (other part types are not supported)"
+        default=None,
+        description="text, or a list of text parts (other part types are not supported)",
     )
     name: str | None = Field(default=None, max_length=256)
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, max_length=128, description="assistant: the tool calls it made"
+    )
+    tool_call_id: str | None = Field(
+        default=None, max_length=128, description="tool: the id of the call this answers"
+    )
 
     def text(self) -> str:
         if self.content is None:
@@ -56,6 +77,57 @@ class StreamOptions(_Body):
 
 
 Stop = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)]
+
+
+class FunctionDefinition(_Body):
+    name: FunctionName
+    description: str | None = Field(default=None, max_length=10_000)
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="the arguments' JSON Schema (an object schema)"
+    )
+    strict: bool | None = None
+
+
+class ToolDefinition(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Body):
+    name: FunctionName
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class TextFormat(_Body):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Body):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Body):
+    name: FunctionName
+    description: str | None = Field(default=None, max_length=10_000)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Body):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
 
 
 class ChatCompletionRequest(_Body):
@@ -78,6 +150,14 @@ class ChatCompletionRequest(_Body):
         default=None, ge=0, le=0, description="accepted for compatibility; only 0"
     )
     logprobs: bool | None = Field(default=None, description="not supported: false or absent")
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="none, auto (the default with tools), required, or a function"
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="whether one answer may call several tools (default true)"
+    )
+    response_format: ResponseFormat | None = None
     chat_id: str | None = Field(
         default=None,
         description="Parley: answer within this stored chat; only the last (user) message is "
@@ -118,11 +198,12 @@ class CompletionUsage(BaseModel):
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = None
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(BaseModel):
@@ -153,9 +234,24 @@ class ChatCompletion(BaseModel):
     parley: ParleyInfo
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed tool call: its first delta has the id and name, later ones more arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):

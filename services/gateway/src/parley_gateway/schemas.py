@@ -27,7 +27,7 @@ __all__ = [
 
 Role = Literal["system", "user", "assistant"]
 CompletionState = Literal["queued", "running", "done", "failed", "cancelled"]
-FinishReason = Literal["stop", "length", "cancelled", "error", "expired"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "expired", "tool_calls"]
 
 
 class _Body(BaseModel):
@@ -68,10 +68,19 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TurnToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: str = Field(description="a JSON object's text")
+
+
 class TurnAnswer(BaseModel):
     content: str
     finish_reason: FinishReason
     usage: Usage
+    tool_calls: list[TurnToolCall] = Field(
+        default_factory=list, description="the functions the model asks to call (OpenAI API)"
+    )
     cached: bool = False
     cache_score: float | None = None
     cache_reason: str | None = Field(

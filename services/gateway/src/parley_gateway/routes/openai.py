@@ -21,10 +21,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from parley.v1 import types_pb2
 from parley_common.ids import is_id
+from parley_common.vocabulary import Role
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Admitted, PartsDep, User
 from parley_gateway.errors import ApiError
+from parley_gateway.generation import generation_options, tool_calls_pb
 from parley_gateway.openai_schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -33,14 +36,18 @@ from parley_gateway.openai_schemas import (
     ChunkChoice,
     CompletionUsage,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     Model,
     ModelList,
     OpenAIErrorBody,
     ParleyInfo,
     ResponseMessage,
+    ToolCall,
+    ToolCallDelta,
     dump,
 )
-from parley_gateway.schemas import TurnAnswer
+from parley_gateway.schemas import TurnAnswer, TurnToolCall
 from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -112,9 +119,10 @@ def _model_not_found(model_id: str) -> ApiError:
     )
 
 
-def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[tuple[str, str]]:
+def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[types_pb2.ChatMessage]:
     limit = parts.settings.max_message_chars
     converted = []
+    called: set[str] = set()
     for index, message in enumerate(body.messages):
         role = _SYSTEM_ROLES.get(message.role, message.role)
         text = message.text()
@@ -125,15 +133,49 @@ def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[tuple[str, s
                 f"messages[{index}] is {len(text)} characters; the limit is {limit}",
                 param=f"messages[{index}].content",
             )
-        if role != "assistant" and not text.strip():
+        pb = types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
+        if message.tool_calls and role != "assistant":
+            raise _invalid(f"messages[{index}].tool_calls", "only assistant messages have them")
+        if role == "assistant" and message.tool_calls:
+            pb.tool_calls.extend(
+                tool_calls_pb(message.tool_calls, f"messages[{index}].tool_calls", body.tools)
+            )
+            called.update(call.id for call in message.tool_calls)
+        elif role == "tool":
+            if not message.tool_call_id:
+                raise _invalid(
+                    f"messages[{index}].tool_call_id",
+                    "a tool message needs the id of the tool call it answers",
+                )
+            if message.tool_call_id not in called:
+                raise _invalid(
+                    f"messages[{index}].tool_call_id",
+                    f"{message.tool_call_id[:128]!r} answers no tool call of an earlier "
+                    "assistant message",
+                )
+            pb.tool_call_id = message.tool_call_id
+        elif role != "assistant" and not text.strip():
             raise ApiError(
                 422,
                 "invalid_request",
                 f"messages[{index}].content: a {message.role} message needs text",
                 param=f"messages[{index}].content",
             )
-        converted.append((role, text))
+        converted.append(pb)
     return converted
+
+
+def _invalid(param: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_request", f"{param}: {message}", param=param)
+
+
+def _options(body: ChatCompletionRequest) -> types_pb2.GenerationOptions:
+    return generation_options(
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=body.response_format,
+    )
 
 
 def _sampling(body: ChatCompletionRequest) -> Sampling:
@@ -167,6 +209,7 @@ async def _start(
     chat_id: str | None,
     request_id: str | None,
 ) -> Turn:
+    options = _options(body)
     messages = _messages(parts, body)
     sampling = _sampling(body)
     if chat_id is None:
@@ -178,6 +221,7 @@ async def _start(
                 max_tokens=body.reply_budget(),
                 sampling=sampling,
                 no_cache=body.no_cache,
+                options=options,
             )
         except ApiError as exc:
             if exc.status == 404:
@@ -190,8 +234,14 @@ async def _start(
             f"chat {chat_id[:64]!r} not found: chat ids are 32 hexadecimal characters",
             param="chat_id",
         )
-    role, text = messages[-1]
-    if role != "user":
+    if options != types_pb2.GenerationOptions():
+        raise _invalid(
+            "chat_id",
+            "tools and response_format are not supported with a stored chat yet; send the "
+            "conversation's messages without chat_id",
+        )
+    last = messages[-1]
+    if last.role != types_pb2.ROLE_USER:
         raise ApiError(
             422,
             "invalid_request",
@@ -203,7 +253,7 @@ async def _start(
     return await parts.turns.start(
         user,
         chat_id=chat_id,
-        message=text,
+        message=last.content,
         request_id=request_id,
         max_tokens=body.reply_budget(),
         no_cache=body.no_cache,
@@ -221,7 +271,18 @@ def _finish_reason(answer: TurnAnswer) -> str:
         )
     if answer.finish_reason == "error":
         raise ApiError(502, "upstream_error", "the model failed to generate an answer")
+    if answer.finish_reason == "tool_calls":
+        return "tool_calls"
     return "length" if answer.finish_reason == "length" else "stop"
+
+
+def _tool_calls(answer: TurnAnswer) -> list[ToolCall] | None:
+    if not answer.tool_calls:
+        return None
+    return [
+        ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+        for c in answer.tool_calls
+    ]
 
 
 def _restarted(turn: Turn) -> ApiError:
@@ -287,7 +348,10 @@ async def create_chat_completion(
         model=turn.model,
         choices=[
             Choice(
-                message=ResponseMessage(content=answer.content),
+                message=ResponseMessage(
+                    content=answer.content or (None if answer.tool_calls else ""),
+                    tool_calls=_tool_calls(answer),
+                ),
                 finish_reason=_finish_reason(answer),
             )
         ],
@@ -305,6 +369,25 @@ async def create_chat_completion(
         headers["X-Parley-Cache-Score"] = f"{answer.cache_score:.4f}"
         headers["X-Parley-Cache-Reason"] = answer.cache_reason or ""
     return JSONResponse(dump(completion), headers=headers)
+
+
+_ARGUMENT_FRAGMENT_CHARS = 32
+
+
+def _tool_call_deltas(index: int, call: TurnToolCall) -> list[ToolCallDelta]:
+    """As OpenAI streams a call: the id and name first, then the arguments in fragments."""
+    first = ToolCallDelta(
+        index=index,
+        id=call.id,
+        type="function",
+        function=FunctionCallDelta(name=call.name, arguments=""),
+    )
+    arguments = call.arguments
+    return [first] + [
+        ToolCallDelta(index=index, function=FunctionCallDelta(arguments=arguments[i : i + n]))
+        for n in (_ARGUMENT_FRAGMENT_CHARS,)
+        for i in range(0, len(arguments), n)
+    ]
 
 
 def _data(payload: dict[str, Any]) -> bytes:
@@ -340,6 +423,9 @@ async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[bytes]:
             elif restarted:
                 raise _restarted(turn)
             else:
+                for index, call in enumerate(event.tool_calls):
+                    for delta in _tool_call_deltas(index, call):
+                        yield chunk(Delta(tool_calls=[delta]))
                 yield chunk(Delta(), _finish_reason(event))
                 if include_usage:
                     yield _data(

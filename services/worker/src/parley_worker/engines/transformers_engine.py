@@ -30,7 +30,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from parley_worker.engines._chat import encode_chat
+from parley_worker.engines._chat import encode_chat, split_tool_calls
 from parley_worker.engines.base import (
     ChatMessage,
     EngineNotReadyError,
@@ -100,7 +100,7 @@ class TransformersEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         loaded = self._require_loaded()
-        prompt_ids = encode_chat(loaded.tokenizer, request.messages)
+        prompt_ids = encode_chat(loaded.tokenizer, request.messages, request.options)
         if len(prompt_ids) >= loaded.max_model_len:
             raise PromptTooLongError(len(prompt_ids), loaded.max_model_len)
         max_new_tokens = min(request.sampling.max_tokens, loaded.max_model_len - len(prompt_ids))
@@ -125,11 +125,18 @@ class TransformersEngine:
                 if isinstance(item, str):
                     yield TextDelta(item)
                 elif isinstance(item, _Finished):
+                    text, calls = split_tool_calls(
+                        generation.text, request.request_id, request.options
+                    )
+                    cancelled = item.finish_reason == "cancelled"
                     yield GenerationDone(
-                        finish_reason=item.finish_reason,
+                        finish_reason="tool_calls"
+                        if calls and not cancelled
+                        else item.finish_reason,
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=item.completion_tokens,
-                        text=generation.text,
+                        text=text,
+                        tool_calls=calls,
                     )
                     return
                 else:

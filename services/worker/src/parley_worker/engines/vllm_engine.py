@@ -103,7 +103,7 @@ class VllmEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         llm, tokenizer = self._require_started()
         vllm = _import_vllm()
-        prompt_ids = encode_chat(tokenizer, request.messages)
+        prompt_ids = encode_chat(tokenizer, request.messages, request.options)
         if len(prompt_ids) >= self._max_model_len:
             raise PromptTooLongError(len(prompt_ids), self._max_model_len)
         sampling = request.sampling
