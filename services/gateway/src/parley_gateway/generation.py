@@ -17,6 +17,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema import ValidationError as SchemaViolation
+from referencing.exceptions import Unresolvable
 
 from parley.v1 import types_pb2
 from parley_gateway.errors import ApiError
@@ -145,6 +146,10 @@ def tool_calls_pb(
             except SchemaViolation as exc:
                 raise _invalid(
                     where, f"do not match the parameters of {call.function.name!r}: {exc.message}"
+                ) from None
+            except Unresolvable as exc:
+                raise _invalid(
+                    where, f"cannot be checked: the parameters' schema refers to {exc}"
                 ) from None
         converted.append(
             types_pb2.ToolCall(
