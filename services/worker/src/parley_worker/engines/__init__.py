@@ -17,10 +17,13 @@ from parley_worker.engines.base import (
     EngineSettings,
     GenerationDone,
     GenerationEvent,
+    GenerationOptions,
     GenerationRequest,
     PromptTooLongError,
     SamplingParams,
     TextDelta,
+    Tool,
+    ToolCall,
 )
 
 __all__ = [
@@ -31,10 +34,13 @@ __all__ = [
     "EngineSettings",
     "GenerationDone",
     "GenerationEvent",
+    "GenerationOptions",
     "GenerationRequest",
     "PromptTooLongError",
     "SamplingParams",
     "TextDelta",
+    "Tool",
+    "ToolCall",
     "create_engine",
 ]
 

@@ -3,7 +3,8 @@
 Each generation runs ``model.generate`` in a thread of its own. A streamer on that thread turns
 tokens into text and hands it to the event loop with ``call_soon_threadsafe``; a stopping
 criterion polls a cancel flag, so closing the stream ends the generation within one token
-step. Sampling uses a ``torch.Generator`` per request, so seeds hold under concurrency.
+step. Sampling uses a ``torch.Generator`` per request, so seeds hold under concurrency. A response
+format or a forced tool call is enforced by an xgrammar grammar (``engines.grammar``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from parley_worker.engines.base import (
     TextDelta,
 )
 from parley_worker.engines.detokenizer import IncrementalDetokenizer
+from parley_worker.engines.grammar import Grammars
 
 __all__ = ["TransformersEngine"]
 
@@ -56,6 +58,7 @@ class _Loaded:
     eos_ids: frozenset[int]
     pad_id: int | None
     max_model_len: int
+    grammars: Grammars
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,7 @@ class TransformersEngine:
         await self._slots.acquire()
         try:
             future = loaded.executor.submit(
-                _run, loaded, generation, prompt_ids, max_new_tokens, request.sampling, self._device
+                _run, loaded, generation, prompt_ids, max_new_tokens, request, self._device
             )
         except RuntimeError as exc:  # the executor was shut down by stop()
             self._slots.release()
@@ -181,6 +184,9 @@ class TransformersEngine:
             eos_ids=frozenset(eos_ids),
             pad_id=pad_id,
             max_model_len=max_model_len,
+            grammars=Grammars(
+                tokenizer, vocab_size=int(text_config.vocab_size), stop_ids=sorted(eos_ids)
+            ),
         )
 
 
@@ -313,11 +319,15 @@ def _run(
     generation: _Generation,
     prompt_ids: list[int],
     max_new_tokens: int,
-    sampling: SamplingParams,
+    request: GenerationRequest,
     device: str,
 ) -> None:
+    sampling = request.sampling
     try:
         processors = LogitsProcessorList()
+        # The grammar masks what may not come next before a token is chosen.
+        if (grammar := loaded.grammars.processor(request.options)) is not None:
+            processors.append(grammar)
         if sampling.temperature > 0:
             processors.append(_SeededSampler(sampling))
         config = GenerationConfig(  # type: ignore[no-untyped-call]
