@@ -250,7 +250,7 @@ def test_errors_in_openai_shape(platform: Platform, user: httpx.Client) -> None:
     tool = _openai_error(
         user.post(url, json={"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}), 400
     )
-    assert tool["param"] == "messages.0.role"
+    assert tool["param"] == "messages[0].tool_call_id"
     bad_json = _openai_error(
         user.post(url, content=b"{", headers={"Content-Type": "application/json"}), 400
     )

@@ -1,5 +1,6 @@
 """Tool calling and structured output through the whole platform (gateway, Kafka, worker and back),
-driven by the official `openai` SDK, sync and async, streaming and not. The workers run the fake
+driven by the official `openai` SDK, sync and async, streaming and not, and by LangChain's
+`ChatOpenAI` (`bind_tools`, `with_structured_output`). The workers run the fake
 engine, which calls the tools a message names (or the one it is forced to) with arguments made
 up from the tool's schema, and answers a response format with an instance of its schema: the
 platform's plumbing is what is tested here, not a model's choices."""
@@ -9,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jsonschema
 import openai
 import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from pydantic import BaseModel, SecretStr
 
 from parley_devstack.platform import Platform
 from parley_devstack.stack import LocalStack
@@ -415,3 +419,93 @@ def test_the_schema_of_the_api_documents_tools(fake_platform: Platform) -> None:
     schema = httpx.get(f"{fake_platform.gateway_url}/openapi.json", timeout=30).json()
     request = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert {"tools", "tool_choice", "parallel_tool_calls", "response_format"} <= set(request)
+
+
+class GetWeather(BaseModel):
+    """The weather in a city."""
+
+    city: str
+    unit: Literal["celsius", "fahrenheit"]
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+def test_langchain_bind_tools_round_trip(fake_platform: Platform, api_key: str) -> None:
+    """LangChain's ChatOpenAI, a client nobody here wrote, with tools bound."""
+    llm = ChatOpenAI(
+        model=MODEL,
+        base_url=f"{fake_platform.gateway_url}/v1",
+        api_key=SecretStr(api_key),
+        max_retries=0,
+        timeout=60,
+    )
+    bound = llm.bind_tools([GetWeather])
+    question = HumanMessage("Use GetWeather for Paris.")
+    called = bound.invoke([question])
+    assert isinstance(called, AIMessage)
+    assert [c["name"] for c in called.tool_calls] == ["GetWeather"]
+    GetWeather.model_validate(called.tool_calls[0]["args"])
+
+    streamed = [chunk for chunk in bound.stream([question])]
+    merged = streamed[0]
+    for chunk in streamed[1:]:
+        merged = merged + chunk
+    assert isinstance(merged, AIMessageChunk)
+    assert [c["name"] for c in merged.tool_calls] == ["GetWeather"]
+    GetWeather.model_validate(merged.tool_calls[0]["args"])
+
+    call_id = called.tool_calls[0]["id"]
+    assert call_id
+    answer = bound.invoke(
+        [question, called, ToolMessage('{"temperature": 21}', tool_call_id=call_id)]
+    )
+    assert isinstance(answer, AIMessage)
+    assert not answer.tool_calls
+    assert answer.content
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+def test_langchain_structured_output(fake_platform: Platform, api_key: str, method: Any) -> None:
+    llm = ChatOpenAI(
+        model=MODEL,
+        base_url=f"{fake_platform.gateway_url}/v1",
+        api_key=SecretStr(api_key),
+        max_retries=0,
+        timeout=60,
+    )
+    if method == "json_mode":
+        # Any JSON object (the schema is not sent): LangChain parses it into a dict.
+        parsed = llm.with_structured_output(Person.model_json_schema(), method=method).invoke(
+            "Invent a person, as JSON with a name and an age."
+        )
+        assert isinstance(parsed, dict)
+        return
+    structured = llm.with_structured_output(Person, method=method)
+    person = structured.invoke("Invent a person, as JSON with a name and an age.")
+    assert isinstance(person, Person)
+
+
+def test_penalties_and_logit_bias_are_taken_and_bypass_the_cache(sdk: openai.OpenAI) -> None:
+    for _ in range(2):
+        completion = sdk.chat.completions.create(
+            model=MODEL,
+            messages=_ask("Tell me about penalties."),
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+            logit_bias={"42": 5},
+            max_tokens=3,
+        )
+        assert completion.choices[0].finish_reason == "length"
+        assert completion.model_extra is not None
+        assert completion.model_extra["parley"]["cached"] is False
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), logit_bias={"x": 1})
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "logit_bias"
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), presence_penalty=3)
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "presence_penalty"

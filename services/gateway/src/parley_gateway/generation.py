@@ -12,7 +12,7 @@ parameter::
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
@@ -94,8 +94,14 @@ def generation_options(
     tool_choice: ToolChoice | None,
     parallel_tool_calls: bool | None,
     response_format: ResponseFormat | None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    logit_bias: Mapping[str, float] | None = None,
 ) -> types_pb2.GenerationOptions:
-    """The request's options for the workers; a 400 naming the parameter when they conflict."""
+    """The request's options for the workers; a 400 naming the parameter when they conflict.
+
+    What leaves the answer as it would be (penalties of 0, no bias) is left out: the request
+    may then still be answered from the cache."""
     tools = tools or []
     names = [tool.function.name for tool in tools]
     for index, name in enumerate(names):
@@ -105,6 +111,15 @@ def generation_options(
         tools=[_tool_pb(tool, index) for index, tool in enumerate(tools)],
         response_format=_response_format_pb(response_format),
     )
+    if presence_penalty:
+        options.presence_penalty = presence_penalty
+    if frequency_penalty:
+        options.frequency_penalty = frequency_penalty
+    for token, bias in (logit_bias or {}).items():
+        if not token.isdigit() or int(token) >= 2**31:
+            raise _invalid("logit_bias", f"keys are token ids (0, 1, 2, ...), not {token[:32]!r}")
+        if bias:
+            options.logit_bias[int(token)] = bias
     if parallel_tool_calls is not None and tools:
         options.parallel_tool_calls = parallel_tool_calls
     if isinstance(tool_choice, NamedToolChoice):

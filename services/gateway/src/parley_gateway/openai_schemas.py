@@ -144,10 +144,15 @@ class ChatCompletionRequest(_Body):
     user: str | None = Field(default=None, max_length=256, description="your end user's id")
     n: int | None = Field(default=None, description="choices to generate: only 1 is supported")
     presence_penalty: float | None = Field(
-        default=None, ge=0, le=0, description="accepted for compatibility; only 0"
+        default=None, ge=-2, le=2, description="lowers tokens already in the answer"
     )
     frequency_penalty: float | None = Field(
-        default=None, ge=0, le=0, description="accepted for compatibility; only 0"
+        default=None, ge=-2, le=2, description="lowers tokens by how often they are in the answer"
+    )
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None,
+        max_length=300,
+        description="token id (as a string) -> bias added to its logit, -100 to 100",
     )
     logprobs: bool | None = Field(default=None, description="not supported: false or absent")
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)

@@ -95,6 +95,9 @@ def generation_options(pb: types_pb2.GenerationOptions) -> GenerationOptions:
             if fmt.type == types_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
             else None
         ),
+        presence_penalty=pb.presence_penalty,
+        frequency_penalty=pb.frequency_penalty,
+        logit_bias=dict(pb.logit_bias),
     )
 
 

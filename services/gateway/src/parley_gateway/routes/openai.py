@@ -175,6 +175,9 @@ def _options(body: ChatCompletionRequest) -> types_pb2.GenerationOptions:
         tool_choice=body.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls,
         response_format=body.response_format,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=body.logit_bias,
     )
 
 

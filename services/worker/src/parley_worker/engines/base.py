@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,7 +86,9 @@ class Tool:
 class GenerationOptions:
     """What a request asks beyond sampling. ``tool_choice`` is ``"auto"``, ``"none"``,
     ``"required"`` or ``"function"`` (then ``tool_choice_function`` must be called);
-    ``json_schema`` is set for ``response_format == "json_schema"``."""
+    ``json_schema`` is set for ``response_format == "json_schema"``. The penalties are OpenAI's:
+    a token's logit is lowered by ``presence_penalty`` once it is in the answer and by
+    ``frequency_penalty`` each time it is."""
 
     tools: tuple[Tool, ...] = ()
     tool_choice: str = "auto"
@@ -94,6 +96,9 @@ class GenerationOptions:
     parallel_tool_calls: bool = True
     response_format: str = "text"
     json_schema: dict[str, Any] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added to logit
 
     @property
     def tools_enabled(self) -> bool:

@@ -38,6 +38,7 @@ from parley_worker.engines.base import (
     EngineSettings,
     GenerationDone,
     GenerationEvent,
+    GenerationOptions,
     GenerationRequest,
     PromptTooLongError,
     SamplingParams,
@@ -314,6 +315,32 @@ class _SeededSampler(LogitsProcessor):
         return forced
 
 
+class _Penalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties over the answer's tokens, and its logit bias."""
+
+    def __init__(self, options: GenerationOptions, *, prompt_tokens: int) -> None:
+        self._presence = options.presence_penalty
+        self._frequency = options.frequency_penalty
+        self._bias = dict(options.logit_bias)
+        self._prompt_tokens = prompt_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        vocab = scores.shape[-1]
+        if self._bias:
+            if (token := max(self._bias)) >= vocab:
+                raise ValueError(f"logit_bias: token {token} is beyond the vocabulary ({vocab})")
+            ids = torch.tensor(list(self._bias), device=scores.device)
+            scores[:, ids] += torch.tensor(list(self._bias.values()), device=scores.device)
+        answer = input_ids[:, self._prompt_tokens :]
+        if answer.shape[-1] and (self._presence or self._frequency):
+            counts = torch.zeros_like(scores).scatter_add_(
+                1, answer, torch.ones_like(answer, dtype=scores.dtype)
+            )
+            scores -= self._frequency * counts + self._presence * (counts > 0).to(scores.dtype)
+        return scores
+
+
 def _run(
     loaded: _Loaded,
     generation: _Generation,
@@ -325,6 +352,9 @@ def _run(
     sampling = request.sampling
     try:
         processors = LogitsProcessorList()
+        options = request.options
+        if options.presence_penalty or options.frequency_penalty or options.logit_bias:
+            processors.append(_Penalties(options, prompt_tokens=len(prompt_ids)))
         # The grammar masks what may not come next before a token is chosen.
         if (grammar := loaded.grammars.processor(request.options)) is not None:
             processors.append(grammar)

@@ -123,6 +123,9 @@ class VllmEngine:
             seed=sampling.seed,
             output_kind=vllm.RequestOutputKind.DELTA,
             structured_outputs=_structured_outputs(vllm, request.options),
+            presence_penalty=request.options.presence_penalty,
+            frequency_penalty=request.options.frequency_penalty,
+            logit_bias=dict(request.options.logit_bias) or None,
         )
         # A redelivered request may still be running under its id; vLLM needs unique ids.
         request_id = f"{request.request_id}-{secrets.token_hex(4)}"
