@@ -10,6 +10,10 @@ A streamed answer whose worker stopped mid-way is generated again by another wor
 text differs from what was streamed, OpenAI's stream has no way to take text back, so the stream
 ends with an error (`answer_restarted`) instead of a finish: a client never keeps a text that is
 not the answer.
+
+Tools, the response format and the penalties go to the workers as the request's
+`GenerationOptions` (`parley_gateway.generation`); an answer that may be tool calls is streamed
+once it is complete (it must be parsed to be known a call), its calls as OpenAI streams them.
 """
 
 from __future__ import annotations
