@@ -206,7 +206,8 @@ async def test_async_client(user: httpx.Client, platform: Platform) -> None:
         assert len(parts) > 1
         assert "".join(parts) == whole.choices[0].message.content
         with pytest.raises(openai.BadRequestError) as refused:
-            await client.chat.completions.create(model=MODEL, messages=messages, n=3)
+            # Above MAX_CHOICES (4 by default).
+            await client.chat.completions.create(model=MODEL, messages=messages, n=5)
         assert refused.value.param == "n"
 
 

@@ -509,3 +509,47 @@ def test_penalties_and_logit_bias_are_taken_and_bypass_the_cache(sdk: openai.Ope
         sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), presence_penalty=3)
     assert isinstance(refused.value.body, dict)
     assert refused.value.body["param"] == "presence_penalty"
+
+
+def test_several_choices_streamed_and_not(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("get_time in Rome"), tools=TOOLS, n=3
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    for choice in completion.choices:
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.tool_calls is not None
+    assert completion.usage is not None
+    one = sdk.chat.completions.create(model=MODEL, messages=_ask("get_time in Rome"), tools=TOOLS)
+    assert one.usage is not None
+    # The prompt counts once; every choice's answer counts.
+    assert completion.usage.prompt_tokens == one.usage.prompt_tokens
+    assert completion.usage.completion_tokens == 3 * one.usage.completion_tokens
+
+    stream = sdk.chat.completions.create(
+        model=MODEL,
+        messages=_ask("Hello"),
+        n=2,
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts = {0: "", 1: ""}
+    finishes = {}
+    usage = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert finishes == {0: "length", 1: "length"}
+    assert all(texts.values())
+    assert usage is not None
+    assert usage.completion_tokens == 6
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), n=5)
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "n"
+    assert "at most 4" in refused.value.body["message"]

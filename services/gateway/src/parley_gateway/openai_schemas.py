@@ -142,7 +142,9 @@ class ChatCompletionRequest(_Body):
     stop: str | Stop | None = Field(default=None, description="up to 4 stop strings")
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     user: str | None = Field(default=None, max_length=256, description="your end user's id")
-    n: int | None = Field(default=None, description="choices to generate: only 1 is supported")
+    n: int | None = Field(
+        default=None, ge=1, description="choices to generate, each a fresh sample (a cap applies)"
+    )
     presence_penalty: float | None = Field(
         default=None, ge=-2, le=2, description="lowers tokens already in the answer"
     )
@@ -169,13 +171,6 @@ class ChatCompletionRequest(_Body):
         "taken and the chat's own history is the context (also header `X-Parley-Chat-Id`)",
     )
     no_cache: bool = Field(default=False, description="Parley: do not answer from the cache")
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return value
 
     @field_validator("logprobs")
     @classmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Response
@@ -174,7 +175,7 @@ def _invalid(param: str, message: str) -> ApiError:
 
 
 def _options(body: ChatCompletionRequest) -> types_pb2.GenerationOptions:
-    return generation_options(
+    options = generation_options(
         tools=body.tools,
         tool_choice=body.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls,
@@ -183,6 +184,10 @@ def _options(body: ChatCompletionRequest) -> types_pb2.GenerationOptions:
         frequency_penalty=body.frequency_penalty,
         logit_bias=body.logit_bias,
     )
+    if (body.n or 1) > 1:
+        # Each choice a fresh sample: marks the request as one the cache may not answer.
+        options.n = body.n or 1
+    return options
 
 
 def _sampling(body: ChatCompletionRequest) -> Sampling:
@@ -202,6 +207,9 @@ def _check(parts: PartsDep, body: ChatCompletionRequest) -> None:
             "stream_options: only allowed when stream is true",
             param="stream_options",
         )
+    choices, most = body.n or 1, parts.settings.max_choices
+    if choices > most:
+        raise ApiError(400, "invalid_request", f"n: at most {most} choices a request", param="n")
     budget = body.reply_budget()
     limit = parts.settings.max_tokens_limit
     if budget is not None and budget > limit:
@@ -215,10 +223,15 @@ async def _start(
     body: ChatCompletionRequest,
     chat_id: str | None,
     request_id: str | None,
+    *,
+    choice: int = 0,
 ) -> Turn:
     options = _options(body)
     messages = _messages(parts, body)
     sampling = _sampling(body)
+    if choice and sampling.seed is not None:
+        # Reproducible, yet each choice its own sample.
+        sampling = replace(sampling, seed=(sampling.seed + choice + 2**63) % 2**64 - 2**63)
     if chat_id is None:
         try:
             return await parts.turns.start_stateless(
@@ -306,8 +319,13 @@ def _restarted(turn: Turn) -> ApiError:
     )
 
 
-def _usage(answer: TurnAnswer) -> CompletionUsage:
-    return CompletionUsage(**answer.usage.model_dump())
+def _usage(*answers: TurnAnswer) -> CompletionUsage:
+    """The choices share the prompt: it counts once."""
+    prompt = answers[0].usage.prompt_tokens
+    completion = sum(a.usage.completion_tokens for a in answers)
+    return CompletionUsage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 @router.post(
@@ -337,32 +355,50 @@ async def create_chat_completion(
     """OpenAI's chat completion: JSON, or Server-Sent Events with `stream: true`."""
     _check(parts, body)
     chat_id = body.chat_id if body.chat_id is not None else x_parley_chat_id
+    if (body.n or 1) > 1 and chat_id is not None:
+        raise ApiError(400, "invalid_request", "n: only 1 choice with a stored chat", param="n")
     turn = await _start(parts, user, body, chat_id, idempotency_key)
+    turns = [turn]
+    try:
+        # The other choices are queued at once: the workers generate them side by side.
+        for choice in range(1, body.n or 1):
+            turns.append(await _start(parts, user, body, chat_id, None, choice=choice))
+    except BaseException:
+        for started in turns:
+            await started.close()
+        raise
     headers = {"X-Parley-Request-Id": turn.request_id}
     if turn.chat_id:
         headers["X-Parley-Chat-Id"] = turn.chat_id
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(
-            _stream(turn, include_usage),
+            _stream(turns, include_usage),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    answer = await turn.answer()
+    try:
+        answers = [await t.answer() for t in turns]
+    finally:
+        for started in turns[1:]:
+            await started.close()
+    answer = answers[0]
     completion = ChatCompletion(
         id=f"chatcmpl-{turn.request_id}",
         created=turn.created_unix_s,
         model=turn.model,
         choices=[
             Choice(
+                index=index,
                 message=ResponseMessage(
-                    content=answer.content or (None if answer.tool_calls else ""),
-                    tool_calls=_tool_calls(answer),
+                    content=a.content or (None if a.tool_calls else ""),
+                    tool_calls=_tool_calls(a),
                 ),
-                finish_reason=_finish_reason(answer),
+                finish_reason=_finish_reason(a),
             )
+            for index, a in enumerate(answers)
         ],
-        usage=_usage(answer),
+        usage=_usage(*answers),
         parley=ParleyInfo(
             request_id=turn.request_id,
             chat_id=turn.chat_id or None,
@@ -401,13 +437,16 @@ def _data(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[bytes]:
-    def chunk(delta: Delta, finish: str | None = None) -> bytes:
+async def _stream(turns: list[Turn], include_usage: bool) -> AsyncIterator[bytes]:
+    """The choices one after the other (each chunk names its `index`), then the usage."""
+    first = turns[0]
+
+    def chunk(delta: Delta, index: int, finish: str | None = None) -> bytes:
         payload = ChatCompletionChunk(
-            id=f"chatcmpl-{turn.request_id}",
-            created=turn.created_unix_s,
-            model=turn.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+            id=f"chatcmpl-{first.request_id}",
+            created=first.created_unix_s,
+            model=first.model,
+            choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)],
         )
         data = dump(payload)
         # As OpenAI: a delta has only what it sets; `usage` is there (null) only when asked for.
@@ -416,40 +455,44 @@ async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[bytes]:
             del data["usage"]
         return _data(data)
 
-    yield chunk(Delta(role="assistant", content=""))
-    restarted = False
+    answers: list[TurnAnswer] = []
     try:
-        async for event in turn.events():
-            if isinstance(event, Reset):
-                # OpenAI's stream cannot take text back: the client is told once the answer
-                # (stored, when there is a chat) is complete.
-                restarted = True
-            elif isinstance(event, TextChunk):
-                if event.text and not restarted:
-                    yield chunk(Delta(content=event.text))
-            elif restarted:
-                raise _restarted(turn)
-            else:
-                for index, call in enumerate(event.tool_calls):
-                    for delta in _tool_call_deltas(index, call):
-                        yield chunk(Delta(tool_calls=[delta]))
-                yield chunk(Delta(), _finish_reason(event))
-                if include_usage:
-                    yield _data(
-                        dump(
-                            ChatCompletionChunk(
-                                id=f"chatcmpl-{turn.request_id}",
-                                created=turn.created_unix_s,
-                                model=turn.model,
-                                choices=[],
-                                usage=_usage(event),
-                            )
-                        )
+        for index, turn in enumerate(turns):
+            yield chunk(Delta(role="assistant", content=""), index)
+            restarted = False
+            async for event in turn.events():
+                if isinstance(event, Reset):
+                    # OpenAI's stream cannot take text back: the client is told once the answer
+                    # (stored, when there is a chat) is complete.
+                    restarted = True
+                elif isinstance(event, TextChunk):
+                    if event.text and not restarted:
+                        yield chunk(Delta(content=event.text), index)
+                elif restarted:
+                    raise _restarted(turn)
+                else:
+                    for number, call in enumerate(event.tool_calls):
+                        for delta in _tool_call_deltas(number, call):
+                            yield chunk(Delta(tool_calls=[delta]), index)
+                    yield chunk(Delta(), index, _finish_reason(event))
+                    answers.append(event)
+        if include_usage:
+            yield _data(
+                dump(
+                    ChatCompletionChunk(
+                        id=f"chatcmpl-{first.request_id}",
+                        created=first.created_unix_s,
+                        model=first.model,
+                        choices=[],
+                        usage=_usage(*answers),
                     )
+                )
+            )
     except ApiError as exc:
         # OpenAI's way to fail a stream that has begun; its SDKs raise an APIError from it.
         yield _data(exc.openai_body())
         return
     finally:
-        await turn.close()
+        for turn in turns:
+            await turn.close()
     yield b"data: [DONE]\n\n"
