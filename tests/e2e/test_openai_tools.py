@@ -23,6 +23,7 @@ from pydantic import BaseModel, SecretStr
 
 from parley_devstack.platform import Platform
 from parley_devstack.stack import LocalStack
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -291,14 +292,28 @@ def test_structured_output(sdk: openai.OpenAI, async_sdk: openai.AsyncOpenAI) ->
     assert isinstance(json.loads(asyncio.run(streamed())), dict)
 
 
-def test_tools_are_never_answered_from_the_cache(sdk: openai.OpenAI) -> None:
-    for _ in range(2):
+def test_options_are_never_answered_from_the_cache(sdk: openai.OpenAI) -> None:
+    question = _ask("Which planet is called the red planet?")
+
+    def cached(**options: Any) -> bool:
         completion = sdk.chat.completions.create(
-            model=MODEL, messages=_ask("Use get_weather for Lima."), tools=TOOLS
+            model=MODEL, messages=question, max_tokens=4, temperature=0, **options
         )
         assert completion.model_extra is not None
-        assert completion.model_extra["parley"]["cached"] is False
-        assert completion.choices[0].finish_reason == "tool_calls"
+        return bool(completion.model_extra["parley"]["cached"])
+
+    # The plain question is answered from the cache once its first answer is stored ...
+    cached()
+    eventually(lambda: cached() or None, what="the plain answer served from the cache")
+    # ... the same question with options that change the answer never is.
+    for options in (
+        {"tools": TOOLS},
+        {"response_format": {"type": "json_object"}},
+        {"presence_penalty": 0.5},
+        {"logit_bias": {"7": 3}},
+        {"n": 2},
+    ):
+        assert not cached(**options), options
 
 
 @pytest.mark.parametrize(
@@ -553,3 +568,36 @@ def test_several_choices_streamed_and_not(sdk: openai.OpenAI) -> None:
     assert isinstance(refused.value.body, dict)
     assert refused.value.body["param"] == "n"
     assert "at most 4" in refused.value.body["message"]
+
+
+def test_logprobs_in_openai_shapes(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("Hello"), max_tokens=3, logprobs=True, top_logprobs=1
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content is not None
+    assert len(logprobs.content) == 3
+    assert "".join(t.token for t in logprobs.content) == completion.choices[0].message.content
+    first = logprobs.content[0]
+    assert first.logprob == 0.0
+    assert first.bytes == list(first.token.encode())
+    assert [t.token for t in first.top_logprobs] == [first.token]
+
+    stream = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("Hello"), max_tokens=3, logprobs=True, stream=True
+    )
+    streamed = [
+        t
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert len(streamed) == 3
+
+    plain = sdk.chat.completions.create(model=MODEL, messages=_ask("Hello"), max_tokens=3)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), top_logprobs=2)
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "top_logprobs"

@@ -142,3 +142,28 @@ def test_json_object_output_parses(sdk: openai.OpenAI) -> None:
     else:  # cut at max_tokens: still JSON so far, never prose
         assert choice.finish_reason == "length"
         assert (choice.message.content or "").lstrip().startswith("{")
+
+
+def test_logprobs_are_the_models(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None
+    tokens = choice.logprobs.content
+    assert tokens
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for token in tokens:
+        assert token.logprob <= 0
+        assert len(token.top_logprobs) == 3
+        # Greedy: the token chosen is the most likely one.
+        assert token.top_logprobs[0].token == token.token
+        assert token.top_logprobs[0].logprob == pytest.approx(token.logprob)
+        assert [t.logprob for t in token.top_logprobs] == sorted(
+            (t.logprob for t in token.top_logprobs), reverse=True
+        )

@@ -282,3 +282,20 @@ async def test_real_model_json_schema_output_validates(real_engine: Engine) -> N
     )
     assert done.finish_reason == "stop", done
     jsonschema.validate(json.loads(done.text), PERSON)
+
+
+async def test_real_model_logprobs_are_vllms(real_engine: Engine) -> None:
+    options = GenerationOptions(logprobs=True, top_logprobs=2)
+    _, done = await collect(
+        real_engine.generate(
+            GenerationRequest(
+                "lp-1", WEATHER_QUESTION, SamplingParams(max_tokens=8, temperature=0), options
+            )
+        )
+    )
+    assert len(done.logprobs) == done.completion_tokens
+    for token in done.logprobs:
+        assert token.logprob <= 0
+        assert len(token.top) == 2
+        # Greedy: the token chosen is the most likely one.
+        assert token.top[0] == (token.token, pytest.approx(token.logprob))

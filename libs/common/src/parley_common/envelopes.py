@@ -148,6 +148,7 @@ def done_chunk(
     error: str,
     full_text: str,
     tool_calls: Iterable[types_pb2.ToolCall] = (),
+    logprobs: Iterable[types_pb2.TokenLogprob] = (),
 ) -> envelopes_pb2.CompletionChunk:
     """The final chunk of a reply stream: how it ended, and the whole text."""
     return envelopes_pb2.CompletionChunk(
@@ -160,6 +161,7 @@ def done_chunk(
         error=error,
         full_text=full_text,
         tool_calls=tool_calls,
+        logprobs=logprobs,
     )
 
 

@@ -108,9 +108,12 @@ def generation_options(
         if name in names[:index]:
             raise _invalid(f"tools[{index}].function.name", f"{name!r} is declared twice")
     options = types_pb2.GenerationOptions(
-        tools=[_tool_pb(tool, index) for index, tool in enumerate(tools)],
-        response_format=_response_format_pb(response_format),
+        tools=[_tool_pb(tool, index) for index, tool in enumerate(tools)]
     )
+    fmt = _response_format_pb(response_format)
+    if fmt.type != types_pb2.RESPONSE_FORMAT_TYPE_UNSPECIFIED:
+        # A text answer leaves the field unset: the options then equal the defaults.
+        options.response_format.CopyFrom(fmt)
     if presence_penalty:
         options.presence_penalty = presence_penalty
     if frequency_penalty:

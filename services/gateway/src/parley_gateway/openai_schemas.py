@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ChatCompletion",
@@ -156,7 +156,12 @@ class ChatCompletionRequest(_Body):
         max_length=300,
         description="token id (as a string) -> bias added to its logit, -100 to 100",
     )
-    logprobs: bool | None = Field(default=None, description="not supported: false or absent")
+    logprobs: bool | None = Field(
+        default=None, description="return each answer token's log probability"
+    )
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="with logprobs: the most likely alternatives"
+    )
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = Field(
         default=None, description="none, auto (the default with tools), required, or a function"
@@ -171,13 +176,6 @@ class ChatCompletionRequest(_Body):
         "taken and the chat's own history is the context (also header `X-Parley-Chat-Id`)",
     )
     no_cache: bool = Field(default=False, description="Parley: do not answer from the cache")
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -206,10 +204,25 @@ class ResponseMessage(BaseModel):
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -257,7 +270,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 

@@ -74,12 +74,21 @@ class TurnToolCall(BaseModel):
     arguments: str = Field(description="a JSON object's text")
 
 
+class TurnLogprob(BaseModel):
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = Field(default_factory=list)
+
+
 class TurnAnswer(BaseModel):
     content: str
     finish_reason: FinishReason
     usage: Usage
     tool_calls: list[TurnToolCall] = Field(
         default_factory=list, description="the functions the model asks to call (OpenAI API)"
+    )
+    logprobs: list[TurnLogprob] | None = Field(
+        default=None, description="each token's log probability, when asked (OpenAI API)"
     )
     cached: bool = False
     cache_score: float | None = None

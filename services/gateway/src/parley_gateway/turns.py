@@ -32,7 +32,7 @@ from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.relay import AnswerRelay, Reset, TextChunk, TextEvent
 from parley_gateway.replies import ReplyRouter
-from parley_gateway.schemas import TurnAnswer, TurnToolCall, Usage
+from parley_gateway.schemas import TurnAnswer, TurnLogprob, TurnToolCall, Usage
 from parley_gateway.session_client import SessionClient
 from parley_gateway.telemetry import annotate_cache, annotate_turn, observe_turn
 
@@ -487,6 +487,15 @@ def _final_answer(content: str, chunk: envelopes_pb2.CompletionChunk) -> TurnAns
         tool_calls=[
             TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in chunk.tool_calls
         ],
+        logprobs=[
+            TurnLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                top=[(a.token, a.logprob) for a in t.top_logprobs],
+            )
+            for t in chunk.logprobs
+        ]
+        or None,
     )
 
 

@@ -14,6 +14,7 @@ from parley_worker.engines.base import (
     GenerationOptions,
     GenerationRequest,
     SamplingParams,
+    TokenLogprob,
     Tool,
     ToolCall,
 )
@@ -57,6 +58,7 @@ class Outcome:
     error: str = ""
     timings: envelopes_pb2.Timings | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRequest:
@@ -95,6 +97,8 @@ def generation_options(pb: types_pb2.GenerationOptions) -> GenerationOptions:
             if fmt.type == types_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
             else None
         ),
+        logprobs=pb.logprobs,
+        top_logprobs=pb.top_logprobs,
         presence_penalty=pb.presence_penalty,
         frequency_penalty=pb.frequency_penalty,
         logit_bias=dict(pb.logit_bias),
@@ -166,6 +170,14 @@ def done_chunk(request_id: str, seq: int, outcome: Outcome) -> envelopes_pb2.Com
         error=outcome.error,
         full_text=outcome.text,
         tool_calls=_tool_calls_pb(outcome),
+        logprobs=[
+            types_pb2.TokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                top_logprobs=[types_pb2.TokenLogprob(token=a, logprob=p) for a, p in t.top],
+            )
+            for t in outcome.logprobs
+        ],
     )
 
 

@@ -18,6 +18,7 @@ from parley_worker.engines.base import (
     GenerationEvent,
     GenerationRequest,
     TextDelta,
+    TokenLogprob,
     ToolCall,
 )
 from parley_worker.envelopes import Outcome, finish_name, finish_reason
@@ -76,6 +77,7 @@ class Generator:
         ended = time.perf_counter()
         job.generation_s = ended - started
         tool_calls: tuple[ToolCall, ...] = ()
+        logprobs: tuple[TokenLogprob, ...] = ()
         if done is None:  # cancelled: what was generated is kept
             text = "".join(parts)
             finish = types_pb2.FINISH_REASON_CANCELLED
@@ -83,7 +85,7 @@ class Generator:
             completion_tokens = len(parts)
         else:
             text, finish = done.text, finish_reason(done.finish_reason)
-            tool_calls = done.tool_calls
+            tool_calls, logprobs = done.tool_calls, done.logprobs
             prompt_tokens, completion_tokens = done.prompt_tokens, done.completion_tokens
         ttft_s = (first_token_at or ended) - started
         tpot_s = (ended - first_token_at) / max(completion_tokens - 1, 1) if first_token_at else 0.0
@@ -104,7 +106,13 @@ class Generator:
             generation_ms=round(job.generation_s * 1000),
         )
         return Outcome(
-            finish, text, prompt_tokens, completion_tokens, timings=timings, tool_calls=tool_calls
+            finish,
+            text,
+            prompt_tokens,
+            completion_tokens,
+            timings=timings,
+            tool_calls=tool_calls,
+            logprobs=logprobs,
         )
 
     async def _race(self, job: Job, stream: Coroutine[Any, Any, None]) -> None:

@@ -134,6 +134,7 @@ class CompletionChunk(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     FULL_TEXT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     seq: _builtins.int
@@ -155,6 +156,10 @@ class CompletionChunk(_message.Message):
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]:
         """set on the final chunk: the answer's tool calls"""
 
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.TokenLogprob]:
+        """Set on the final chunk when GenerationOptions.logprobs asked: every token of the answer's."""
+
     def __init__(
         self,
         *,
@@ -168,10 +173,11 @@ class CompletionChunk(_message.Message):
         error: _builtins.str = ...,
         full_text: _builtins.str | None = ...,
         tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
+        logprobs: _abc.Iterable[_types_pb2.TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "full_text", b"full_text", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "done", b"done", "error", b"error", "finish_reason", b"finish_reason", "full_text", b"full_text", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "done", b"done", "error", b"error", "finish_reason", b"finish_reason", "full_text", b"full_text", "logprobs", b"logprobs", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__full_text: _TypeAlias = _typing.Literal["full_text"]  # noqa: Y015
     _WhichOneofArgType__full_text: _TypeAlias = _typing.Literal["_full_text", b"_full_text"]  # noqa: Y015

@@ -38,6 +38,7 @@ from parley_gateway.openai_schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     CompletionUsage,
     Delta,
@@ -48,8 +49,10 @@ from parley_gateway.openai_schemas import (
     OpenAIErrorBody,
     ParleyInfo,
     ResponseMessage,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
+    TopLogprob,
     dump,
 )
 from parley_gateway.schemas import TurnAnswer, TurnToolCall
@@ -187,6 +190,11 @@ def _options(body: ChatCompletionRequest) -> types_pb2.GenerationOptions:
     if (body.n or 1) > 1:
         # Each choice a fresh sample: marks the request as one the cache may not answer.
         options.n = body.n or 1
+    if body.top_logprobs is not None and not body.logprobs:
+        raise _invalid("top_logprobs", "only with logprobs: true")
+    if body.logprobs:
+        options.logprobs = True
+        options.top_logprobs = body.top_logprobs or 0
     return options
 
 
@@ -296,6 +304,29 @@ def _finish_reason(answer: TurnAnswer) -> str:
     return "length" if answer.finish_reason == "length" else "stop"
 
 
+def _logprobs(answer: TurnAnswer) -> ChoiceLogprobs | None:
+    if answer.logprobs is None:
+        return None
+
+    def utf8(token: str) -> list[int]:
+        return list(token.encode())
+
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=utf8(t.token),
+                top_logprobs=[
+                    TopLogprob(token=token, logprob=logprob, bytes=utf8(token))
+                    for token, logprob in t.top
+                ],
+            )
+            for t in answer.logprobs
+        ]
+    )
+
+
 def _tool_calls(answer: TurnAnswer) -> list[ToolCall] | None:
     if not answer.tool_calls:
         return None
@@ -395,6 +426,7 @@ async def create_chat_completion(
                     tool_calls=_tool_calls(a),
                 ),
                 finish_reason=_finish_reason(a),
+                logprobs=_logprobs(a),
             )
             for index, a in enumerate(answers)
         ],
@@ -441,12 +473,19 @@ async def _stream(turns: list[Turn], include_usage: bool) -> AsyncIterator[bytes
     """The choices one after the other (each chunk names its `index`), then the usage."""
     first = turns[0]
 
-    def chunk(delta: Delta, index: int, finish: str | None = None) -> bytes:
+    def chunk(
+        delta: Delta,
+        index: int,
+        finish: str | None = None,
+        logprobs: ChoiceLogprobs | None = None,
+    ) -> bytes:
         payload = ChatCompletionChunk(
             id=f"chatcmpl-{first.request_id}",
             created=first.created_unix_s,
             model=first.model,
-            choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)],
+            choices=[
+                ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+            ],
         )
         data = dump(payload)
         # As OpenAI: a delta has only what it sets; `usage` is there (null) only when asked for.
@@ -474,7 +513,8 @@ async def _stream(turns: list[Turn], include_usage: bool) -> AsyncIterator[bytes
                     for number, call in enumerate(event.tool_calls):
                         for delta in _tool_call_deltas(number, call):
                             yield chunk(Delta(tool_calls=[delta]), index)
-                    yield chunk(Delta(), index, _finish_reason(event))
+                    # A choice's log probabilities come whole, with its finish.
+                    yield chunk(Delta(), index, _finish_reason(event), _logprobs(event))
                     answers.append(event)
         if include_usage:
             yield _data(

@@ -22,6 +22,7 @@ from parley_worker.engines.base import (
     PromptTooLongError,
     SamplingParams,
     TextDelta,
+    TokenLogprob,
     Tool,
     ToolCall,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "PromptTooLongError",
     "SamplingParams",
     "TextDelta",
+    "TokenLogprob",
     "Tool",
     "ToolCall",
     "create_engine",

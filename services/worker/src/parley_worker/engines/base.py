@@ -19,6 +19,7 @@ __all__ = [
     "SamplingParams",
     "StopStringFilter",
     "TextDelta",
+    "TokenLogprob",
     "Tool",
     "ToolCall",
 ]
@@ -96,6 +97,8 @@ class GenerationOptions:
     parallel_tool_calls: bool = True
     response_format: str = "text"
     json_schema: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added to logit
@@ -129,6 +132,15 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log probability, and (when asked) the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationDone:
     """The last event of a generation.
 
@@ -143,6 +155,7 @@ class GenerationDone:
     completion_tokens: int
     text: str
     tool_calls: tuple[ToolCall, ...] = ()  # with finish_reason "tool_calls"; text is the rest
+    logprobs: tuple[TokenLogprob, ...] = ()  # with options.logprobs: one a generated token
 
 
 GenerationEvent = TextDelta | GenerationDone

@@ -30,6 +30,7 @@ from parley_worker.engines.base import (
     GenerationRequest,
     StopStringFilter,
     TextDelta,
+    TokenLogprob,
     Tool,
     ToolCall,
 )
@@ -122,11 +123,15 @@ class FakeEngine:
                 if tail := stops.flush():
                     parts.append(tail)
                     yield TextDelta(tail)
+            options = request.options
+            # Its only token is certain: log probability 0, no other candidate.
+            certain = TokenLogprob(self._token, 0.0, ((self._token, 0.0),)[: options.top_logprobs])
             yield GenerationDone(
                 finish_reason=finish_reason,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 text="".join(parts),
+                logprobs=(certain,) * completion_tokens if options.logprobs else (),
             )
 
 

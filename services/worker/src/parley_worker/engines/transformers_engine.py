@@ -44,6 +44,7 @@ from parley_worker.engines.base import (
     SamplingParams,
     StopStringFilter,
     TextDelta,
+    TokenLogprob,
 )
 from parley_worker.engines.detokenizer import IncrementalDetokenizer
 from parley_worker.engines.grammar import Grammars
@@ -109,7 +110,7 @@ class TransformersEngine:
             raise PromptTooLongError(len(prompt_ids), loaded.max_model_len)
         max_new_tokens = min(request.sampling.max_tokens, loaded.max_model_len - len(prompt_ids))
         loop = asyncio.get_running_loop()
-        generation = _Generation(loaded, request.sampling.stop, loop)
+        generation = _Generation(loaded, request.sampling.stop, loop, request.options)
 
         await self._slots.acquire()
         try:
@@ -141,6 +142,7 @@ class TransformersEngine:
                         completion_tokens=item.completion_tokens,
                         text=text,
                         tool_calls=calls,
+                        logprobs=tuple(generation.logprobs),
                     )
                     return
                 else:
@@ -204,9 +206,16 @@ class _Generation(BaseStreamer):
     """
 
     def __init__(
-        self, loaded: _Loaded, stops: Sequence[str], loop: asyncio.AbstractEventLoop
+        self,
+        loaded: _Loaded,
+        stops: Sequence[str],
+        loop: asyncio.AbstractEventLoop,
+        options: GenerationOptions,
     ) -> None:
         self.events: asyncio.Queue[_Event] = asyncio.Queue()
+        self.recorder = _LogprobRecorder(options.top_logprobs) if options.logprobs else None
+        self.logprobs: list[TokenLogprob] = []
+        self._tokenizer = loaded.tokenizer
         self.completion_tokens = 0
         self.ended_turn = False
         self._loop = loop
@@ -240,6 +249,8 @@ class _Generation(BaseStreamer):
             self.completion_tokens += 1
             if token_id in self._eos_ids:
                 self.ended_turn = True
+            elif self.recorder is not None:
+                self.logprobs.append(self.recorder.logprob(token_id, self._tokenizer))
             self._emit(self._detokenizer.add(token_id))
 
     def end(self) -> None:
@@ -315,6 +326,34 @@ class _SeededSampler(LogitsProcessor):
         return forced
 
 
+class _LogprobRecorder(LogitsProcessor):
+    """Keeps the model's log probabilities of the step (before any penalty, grammar or
+    temperature, as vLLM reports them) for the token that step chooses."""
+
+    def __init__(self, top: int) -> None:
+        self._top = top
+        self._last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._last = torch.log_softmax(scores[0].float().cpu(), dim=-1)
+        return scores
+
+    def logprob(self, token_id: int, tokenizer: PreTrainedTokenizerBase) -> TokenLogprob:
+        assert self._last is not None, "a token was chosen before its step's scores"
+        top: tuple[tuple[str, float], ...] = ()
+        if self._top:
+            values, ids = torch.topk(self._last, self._top)
+            top = tuple(
+                (_token_text(tokenizer, i), float(v))
+                for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+            )
+        return TokenLogprob(_token_text(tokenizer, token_id), float(self._last[token_id]), top)
+
+
+def _token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
+    return str(tokenizer.decode([token_id]))
+
+
 class _Penalties(LogitsProcessor):
     """OpenAI's presence and frequency penalties over the answer's tokens, and its logit bias."""
 
@@ -352,6 +391,8 @@ def _run(
     sampling = request.sampling
     try:
         processors = LogitsProcessorList()
+        if generation.recorder is not None:
+            processors.append(generation.recorder)
         options = request.options
         if options.presence_penalty or options.frequency_penalty or options.logit_bias:
             processors.append(_Penalties(options, prompt_tokens=len(prompt_ids)))

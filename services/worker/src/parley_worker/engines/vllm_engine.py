@@ -30,6 +30,7 @@ from parley_worker.engines.base import (
     GenerationRequest,
     PromptTooLongError,
     TextDelta,
+    TokenLogprob,
     ToolCall,
 )
 from parley_worker.engines.grammar import forced_call_grammar
@@ -126,11 +127,14 @@ class VllmEngine:
             presence_penalty=request.options.presence_penalty,
             frequency_penalty=request.options.frequency_penalty,
             logit_bias=dict(request.options.logit_bias) or None,
+            # The sampled token's log probability comes with the top ones (even with 0 of them).
+            logprobs=request.options.top_logprobs if request.options.logprobs else None,
         )
         # A redelivered request may still be running under its id; vLLM needs unique ids.
         request_id = f"{request.request_id}-{secrets.token_hex(4)}"
 
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         completion_tokens = 0
         finish_reason = "cancelled"
         self._running.add(request_id)
@@ -142,6 +146,13 @@ class VllmEngine:
                 async for output in outputs:
                     completion = output.outputs[0]
                     completion_tokens += len(completion.token_ids)
+                    if completion.logprobs:
+                        logprobs.extend(
+                            _logprob(token_id, step, request.options.top_logprobs)
+                            for token_id, step in zip(
+                                completion.token_ids, completion.logprobs, strict=False
+                            )
+                        )
                     if completion.text:
                         parts.append(completion.text)
                         yield TextDelta(completion.text)
@@ -163,6 +174,7 @@ class VllmEngine:
             completion_tokens=completion_tokens,
             text=text,
             tool_calls=calls,
+            logprobs=tuple(logprobs),
         )
 
     def _tool_calls(
@@ -196,6 +208,17 @@ class VllmEngine:
         if self._llm is None or self._tokenizer is None:
             raise EngineNotReadyError(f"the {self.name} engine is not started")
         return self._llm, self._tokenizer
+
+
+def _logprob(token_id: int, step: dict[int, Any], top: int) -> TokenLogprob:
+    """A token's entry of vLLM's logprobs (token id -> Logprob with its rank and text)."""
+    chosen = step[token_id]
+    ranked = sorted((p for p in step.values() if p.rank is not None), key=lambda p: p.rank)
+    return TokenLogprob(
+        chosen.decoded_token or "",
+        float(chosen.logprob),
+        tuple((p.decoded_token or "", float(p.logprob)) for p in ranked[:top]),
+    )
 
 
 def _structured_outputs(vllm: SimpleNamespace, options: GenerationOptions) -> Any:
