@@ -516,10 +516,11 @@ def test_penalties_and_logit_bias_are_taken_and_bypass_the_cache(sdk: openai.Ope
         assert completion.choices[0].finish_reason == "length"
         assert completion.model_extra is not None
         assert completion.model_extra["parley"]["cached"] is False
-    with pytest.raises(openai.BadRequestError) as refused:
-        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), logit_bias={"x": 1})
-    assert isinstance(refused.value.body, dict)
-    assert refused.value.body["param"] == "logit_bias"
+    for key in ("x", "\u00b2", "-1"):  # "²" is a digit to str.isdigit, not a token id
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), logit_bias={key: 1})
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["param"] == "logit_bias"
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), presence_penalty=3)
     assert isinstance(refused.value.body, dict)

@@ -119,7 +119,7 @@ def generation_options(
     if frequency_penalty:
         options.frequency_penalty = frequency_penalty
     for token, bias in (logit_bias or {}).items():
-        if not token.isdigit() or int(token) >= 2**31:
+        if not (token.isascii() and token.isdigit()) or int(token) >= 2**31:
             raise _invalid("logit_bias", f"keys are token ids (0, 1, 2, ...), not {token[:32]!r}")
         if bias:
             options.logit_bias[int(token)] = bias

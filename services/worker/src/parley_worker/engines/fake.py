@@ -158,33 +158,40 @@ def _structured_answer(request: GenerationRequest) -> str:
     return json.dumps(example(schema) if schema is not None else {})
 
 
-def example(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+_MAX_DEPTH = 16
+_MAX_REPEAT = 16
+
+
+def example(schema: dict[str, Any], root: dict[str, Any] | None = None, depth: int = 0) -> Any:
     """A made-up value valid for a JSON Schema (the kinds that tools and structured output use:
-    objects, arrays, scalars, enums, constants, references to ``$defs``)."""
+    objects, arrays, scalars, enums, constants, references to ``$defs``), within bounds: a
+    hostile schema (a huge ``minItems``, a reference to itself) gets a small, maybe invalid one."""
     root = root if root is not None else schema
+    if depth > _MAX_DEPTH or not isinstance(schema, dict):
+        return None
     if ref := schema.get("$ref"):
         target: Any = root
         for part in str(ref).removeprefix("#/").split("/"):
-            target = target[part]
-        return example(target, root)
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return example(target, root, depth + 1)
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
         return schema["enum"][0]
     for key in ("anyOf", "oneOf", "allOf"):
         if schema.get(key):
-            return example(schema[key][0], root)
+            return example(schema[key][0], root, depth + 1)
     kind = schema.get("type", "object")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         properties = schema.get("properties", {})
-        return {name: example(sub, root) for name, sub in properties.items()}
+        return {name: example(sub, root, depth + 1) for name, sub in properties.items()}
     if kind == "array":
-        item = example(schema.get("items", {}), root)
-        return [item] * int(schema.get("minItems", 1))
+        item = example(schema.get("items", {}), root, depth + 1)
+        return [item] * min(int(schema.get("minItems", 1)), _MAX_REPEAT)
     if kind == "string":
-        return "x" * max(int(schema.get("minLength", 4)), 1)
+        return "x" * min(max(int(schema.get("minLength", 4)), 1), _MAX_REPEAT * 4)
     if kind in ("integer", "number"):
         return schema.get("minimum", 1)
     if kind == "boolean":
