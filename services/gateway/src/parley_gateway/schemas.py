@@ -84,12 +84,9 @@ class TurnAnswer(BaseModel):
     content: str
     finish_reason: FinishReason
     usage: Usage
-    tool_calls: list[TurnToolCall] = Field(
-        default_factory=list, description="the functions the model asks to call (OpenAI API)"
-    )
-    logprobs: list[TurnLogprob] | None = Field(
-        default=None, description="each token's log probability, when asked (OpenAI API)"
-    )
+    # Only the OpenAI API asks for these (tools, logprobs): not part of the chat API's answer.
+    tool_calls: list[TurnToolCall] = Field(default_factory=list, exclude=True)
+    logprobs: list[TurnLogprob] | None = Field(default=None, exclude=True)
     cached: bool = False
     cache_score: float | None = None
     cache_reason: str | None = Field(
