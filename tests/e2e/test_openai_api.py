@@ -206,7 +206,8 @@ async def test_async_client(user: httpx.Client, platform: Platform) -> None:
         assert len(parts) > 1
         assert "".join(parts) == whole.choices[0].message.content
         with pytest.raises(openai.BadRequestError) as refused:
-            await client.chat.completions.create(model=MODEL, messages=messages, n=3)
+            # Above MAX_CHOICES (4 by default).
+            await client.chat.completions.create(model=MODEL, messages=messages, n=5)
         assert refused.value.param == "n"
 
 
@@ -250,7 +251,7 @@ def test_errors_in_openai_shape(platform: Platform, user: httpx.Client) -> None:
     tool = _openai_error(
         user.post(url, json={"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}), 400
     )
-    assert tool["param"] == "messages.0.role"
+    assert tool["param"] == "messages[0].tool_call_id"
     bad_json = _openai_error(
         user.post(url, content=b"{", headers={"Content-Type": "application/json"}), 400
     )

@@ -10,6 +10,7 @@ CACHE_ADDR: {{ include "parley.cache.addr" . | quote }}
 RATE_LIMIT_REQUESTS_PER_MINUTE: {{ $v.gateway.rateLimit.requestsPerMinute | int64 | toString | quote }}
 RATE_LIMIT_TOKENS_PER_MINUTE: {{ $v.gateway.rateLimit.tokensPerMinute | int64 | toString | quote }}
 MAX_QUEUE_DEPTH: {{ $v.gateway.maxQueueDepth | int64 | toString | quote }}
+MAX_CHOICES: {{ $v.gateway.maxChoices | int64 | toString | quote }}
 {{- with $v.gateway.corsAllowedOrigins }}
 CORS_ALLOWED_ORIGINS: {{ . | quote }}
 {{- end }}

@@ -7,22 +7,28 @@ environment with torch 2.13.0+cpu. One engine serves the module (it takes ~30 s 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 from transformers import AutoTokenizer
 
+from parley_devstack.models import install_model
 from parley_worker.engines import (
     ChatMessage,
     Engine,
     EngineSettings,
     GenerationDone,
     GenerationEvent,
+    GenerationOptions,
     GenerationRequest,
     SamplingParams,
     TextDelta,
+    Tool,
+    ToolCall,
     create_engine,
 )
 
@@ -162,3 +168,134 @@ async def test_stopping_the_engine_cancels_running_generations(engine: Engine) -
 
     assert done.finish_reason == "cancelled"
     assert not engine.ready
+
+
+# Tools and structured output on real language: SmolLM2-135M-Instruct, the model `make run`
+# serves. Its chat template has no tools, so they are offered in the system prompt in Hermes'
+# format and vLLM's "hermes" parser reads the answer; a forced call and a response format are
+# enforced by vLLM's structured outputs. A 135M model picks tools poorly: the choice is forced
+# and what is asserted is the mechanics (parsed, valid JSON arguments, finish reason).
+
+WEATHER = Tool(
+    "get_weather",
+    "The current weather in a city",
+    {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+)
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+WEATHER_QUESTION = (ChatMessage("user", "What is the weather in Paris?"),)
+
+
+@pytest.fixture(scope="module")
+def real_model() -> Path:
+    """SmolLM2, as `make install` installs it."""
+    return install_model(Path(__file__).resolve().parents[3] / ".stack" / "models")
+
+
+@pytest.fixture(scope="module")
+async def real_engine(real_model: Path) -> AsyncIterator[Engine]:
+    engine = create_engine(
+        EngineSettings(
+            "vllm",
+            str(real_model),
+            max_concurrency=SLOTS,
+            vllm_max_model_len=2048,
+            vllm_kv_cache_memory_bytes=64 << 20,
+            vllm_enforce_eager=True,
+        )
+    )
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+@pytest.mark.parametrize("choice", ["function", "required"])
+async def test_real_model_forced_tool_call_is_parsed(real_engine: Engine, choice: str) -> None:
+    options = GenerationOptions(
+        tools=(WEATHER, Tool("get_time", "The time", {"type": "object"})),
+        tool_choice=choice,
+        tool_choice_function="get_weather" if choice == "function" else "",
+    )
+    _, done = await collect(
+        real_engine.generate(
+            GenerationRequest(
+                "tools-1", WEATHER_QUESTION, SamplingParams(max_tokens=60, temperature=0), options
+            )
+        )
+    )
+    assert done.finish_reason == "tool_calls", done
+    assert len(done.tool_calls) == 1
+    call = done.tool_calls[0]
+    assert call.id.startswith("call_")
+    assert call.name in {"get_weather", "get_time"}
+    if call.name == "get_weather":
+        jsonschema.validate(json.loads(call.arguments), WEATHER.parameters)
+
+
+async def test_real_model_tool_round_trip(real_engine: Engine) -> None:
+    """The tool's result goes back to the model, which answers in text."""
+    call = ToolCall("call_1", "get_weather", '{"city": "Paris", "unit": "celsius"}')
+    messages = (
+        *WEATHER_QUESTION,
+        ChatMessage("assistant", "", (call,)),
+        ChatMessage("tool", '{"temperature": 21, "sky": "sunny"}', tool_call_id="call_1"),
+    )
+    _, done = await collect(
+        real_engine.generate(
+            GenerationRequest(
+                "tools-2",
+                messages,
+                SamplingParams(max_tokens=30, temperature=0),
+                GenerationOptions(tools=(WEATHER,), tool_choice="none"),
+            )
+        )
+    )
+    assert done.finish_reason in {"stop", "length"}
+    assert done.text
+    assert not done.tool_calls
+
+
+async def test_real_model_json_schema_output_validates(real_engine: Engine) -> None:
+    options = GenerationOptions(response_format="json_schema", json_schema=PERSON)
+    question = (ChatMessage("user", "Invent a person with a name and an age."),)
+    _, done = await collect(
+        real_engine.generate(
+            GenerationRequest(
+                "json-1", question, SamplingParams(max_tokens=60, temperature=0), options
+            )
+        )
+    )
+    assert done.finish_reason == "stop", done
+    jsonschema.validate(json.loads(done.text), PERSON)
+
+
+async def test_real_model_logprobs_are_vllms(real_engine: Engine) -> None:
+    options = GenerationOptions(logprobs=True, top_logprobs=2)
+    _, done = await collect(
+        real_engine.generate(
+            GenerationRequest(
+                "lp-1", WEATHER_QUESTION, SamplingParams(max_tokens=8, temperature=0), options
+            )
+        )
+    )
+    assert len(done.logprobs) == done.completion_tokens
+    for token in done.logprobs:
+        assert token.logprob <= 0
+        assert len(token.top) == 2
+        # Greedy: the token chosen is the most likely one.
+        assert token.top[0] == (token.token, pytest.approx(token.logprob))

@@ -70,6 +70,7 @@ def completion_request(
     bot_id: str = "",
     user_message_ordinal: int = 0,
     summary_through_ordinal: int = 0,
+    options: types_pb2.GenerationOptions | None = None,
 ) -> envelopes_pb2.CompletionRequest:
     """A request for the workers (`parley.completions.requests`, key = chat id)."""
     return envelopes_pb2.CompletionRequest(
@@ -87,6 +88,7 @@ def completion_request(
         bot_id=bot_id,
         user_message_ordinal=user_message_ordinal,
         summary_through_ordinal=summary_through_ordinal,
+        options=options,
     )
 
 
@@ -107,6 +109,7 @@ def completion_result(
     user_message_ordinal: int = 0,
     summary_through_ordinal: int = 0,
     cache_entry_id: str = "",
+    tool_calls: Iterable[types_pb2.ToolCall] = (),
 ) -> envelopes_pb2.CompletionResult:
     """The durable record of an answer (`parley.completions.results`, key = chat id)."""
     return envelopes_pb2.CompletionResult(
@@ -126,6 +129,7 @@ def completion_result(
         summary_through_ordinal=summary_through_ordinal,
         completed_unix_ms=completed_unix_ms,
         cache_entry_id=cache_entry_id,
+        tool_calls=tool_calls,
     )
 
 
@@ -143,6 +147,8 @@ def done_chunk(
     usage: types_pb2.Usage,
     error: str,
     full_text: str,
+    tool_calls: Iterable[types_pb2.ToolCall] = (),
+    logprobs: Iterable[types_pb2.TokenLogprob] = (),
 ) -> envelopes_pb2.CompletionChunk:
     """The final chunk of a reply stream: how it ended, and the whole text."""
     return envelopes_pb2.CompletionChunk(
@@ -154,6 +160,8 @@ def done_chunk(
         usage=usage,
         error=error,
         full_text=full_text,
+        tool_calls=tool_calls,
+        logprobs=logprobs,
     )
 
 

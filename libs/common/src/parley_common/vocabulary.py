@@ -41,6 +41,7 @@ class Role(_Words):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"  # a tool's result (OpenAI's `tool` message)
 
     def to_pb(self) -> RolePb:
         return _ROLE_TO_PB[self]
@@ -56,6 +57,7 @@ class FinishReason(_Words):
     CANCELLED = "cancelled"
     ERROR = "error"
     EXPIRED = "expired"  # the deadline passed before a worker started it: nothing generated
+    TOOL_CALLS = "tool_calls"  # the answer is tool calls for the client to run
 
     def to_pb(self) -> FinishReasonPb:
         return _FINISH_TO_PB[self]
@@ -94,6 +96,7 @@ _ROLE_TO_PB: dict[Role, RolePb] = {
     Role.SYSTEM: types_pb2.ROLE_SYSTEM,
     Role.USER: types_pb2.ROLE_USER,
     Role.ASSISTANT: types_pb2.ROLE_ASSISTANT,
+    Role.TOOL: types_pb2.ROLE_TOOL,
 }
 _ROLE_FROM_PB: dict[int, Role] = {v: k for k, v in _ROLE_TO_PB.items()}
 _FINISH_TO_PB: dict[FinishReason, FinishReasonPb] = {
@@ -102,6 +105,7 @@ _FINISH_TO_PB: dict[FinishReason, FinishReasonPb] = {
     FinishReason.CANCELLED: types_pb2.FINISH_REASON_CANCELLED,
     FinishReason.ERROR: types_pb2.FINISH_REASON_ERROR,
     FinishReason.EXPIRED: types_pb2.FINISH_REASON_EXPIRED,
+    FinishReason.TOOL_CALLS: types_pb2.FINISH_REASON_TOOL_CALLS,
 }
 _FINISH_FROM_PB: dict[int, FinishReason] = {v: k for k, v in _FINISH_TO_PB.items()}
 _STATE_TO_PB: dict[CompletionState, CompletionStatePb] = {
@@ -115,6 +119,7 @@ _STATE_FROM_PB: dict[int, CompletionState] = {v: k for k, v in _STATE_TO_PB.item
 _FINAL_STATE: dict[FinishReason, CompletionState] = {
     FinishReason.STOP: CompletionState.DONE,
     FinishReason.LENGTH: CompletionState.DONE,
+    FinishReason.TOOL_CALLS: CompletionState.DONE,
     FinishReason.CANCELLED: CompletionState.CANCELLED,
     FinishReason.ERROR: CompletionState.FAILED,
     FinishReason.EXPIRED: CompletionState.FAILED,

@@ -30,6 +30,9 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_message_chars: int = Field(default=32_000, gt=0)
     max_tokens_limit: int = Field(default=4096, gt=0)
+    max_choices: int = Field(
+        default=4, ge=1, description="the most choices (`n`) one /v1 chat completion may ask"
+    )
     rate_limit_requests_per_minute: int = Field(
         default=0,
         ge=0,

@@ -27,7 +27,7 @@ __all__ = [
 
 Role = Literal["system", "user", "assistant"]
 CompletionState = Literal["queued", "running", "done", "failed", "cancelled"]
-FinishReason = Literal["stop", "length", "cancelled", "error", "expired"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "expired", "tool_calls"]
 
 
 class _Body(BaseModel):
@@ -68,10 +68,25 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TurnToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: str = Field(description="a JSON object's text")
+
+
+class TurnLogprob(BaseModel):
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = Field(default_factory=list)
+
+
 class TurnAnswer(BaseModel):
     content: str
     finish_reason: FinishReason
     usage: Usage
+    # Only the OpenAI API asks for these (tools, logprobs): not part of the chat API's answer.
+    tool_calls: list[TurnToolCall] = Field(default_factory=list, exclude=True)
+    logprobs: list[TurnLogprob] | None = Field(default=None, exclude=True)
     cached: bool = False
     cache_score: float | None = None
     cache_reason: str | None = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,7 +33,7 @@ from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.relay import AnswerRelay, Reset, TextChunk, TextEvent
 from parley_gateway.replies import ReplyRouter
-from parley_gateway.schemas import TurnAnswer, Usage
+from parley_gateway.schemas import TurnAnswer, TurnLogprob, TurnToolCall, Usage
 from parley_gateway.session_client import SessionClient
 from parley_gateway.telemetry import annotate_cache, annotate_turn, observe_turn
 
@@ -138,6 +139,7 @@ class _Plan:
     tenant_id: str
     bot_id: str = ""
     user_message_ordinal: int = 0
+    options: types_pb2.GenerationOptions = field(default_factory=types_pb2.GenerationOptions)
 
 
 class TurnService:
@@ -249,38 +251,49 @@ class TurnService:
         self,
         principal: Principal,
         *,
-        messages: Sequence[tuple[str, str]],
+        messages: Sequence[tuple[str, str] | types_pb2.ChatMessage],
         model: str,
         max_tokens: int | None,
         sampling: Sampling | None = None,
         no_cache: bool = False,
+        options: types_pb2.GenerationOptions | None = None,
     ) -> Turn:
-        """A turn on the client's messages (OpenAI style): nothing is stored in a chat."""
-        if (sampling or Sampling()).cacheable and messages and messages[-1][0] == Role.USER:
-            self._prime(messages[-1][1])
+        """A turn on the client's messages (OpenAI style): nothing is stored in a chat.
+
+        `messages` are (role, text) pairs or whole messages (with tool calls and results);
+        `options` (tools, response format) go to the workers with them, and a request with any
+        is neither looked up in nor stored into the semantic cache."""
+        chat = [m if isinstance(m, types_pb2.ChatMessage) else _text_message(*m) for m in messages]
+        options = options or types_pb2.GenerationOptions()
+        cacheable = (sampling or Sampling()).cacheable and options == types_pb2.GenerationOptions()
+        if cacheable and chat and chat[-1].role == types_pb2.ROLE_USER:
+            self._prime(chat[-1].content)
         prepared = await self._session.prepare_completion(
             session_pb2.PrepareCompletionRequest(
                 user_id=principal.user_id,
                 model=model,
-                messages=[
-                    types_pb2.ChatMessage(role=Role(role).to_pb(), content=content)
-                    for role, content in messages
-                ],
+                messages=_as_text(chat, options),
                 max_tokens=max_tokens or 0,
             )
         )
+        # The context is the client's messages (the session counted them as text): sent whole.
+        context = session_pb2.Context()
+        context.CopyFrom(prepared.context)
+        del context.messages[:]
+        context.messages.extend(chat)
         sampling = sampling or Sampling()
         plan = _Plan(
             request_id=new_id(),
             chat_id="",
             message_id="",
             model=prepared.model,
-            context=prepared.context,
+            context=context,
             sampling=sampling.over(prepared.sampling),
             cache_scope=prepared.cache_scope,
             tenant_id=prepared.tenant_id or principal.tenant_id,
+            options=options,
         )
-        return await self._run(principal, plan, no_cache=no_cache, cacheable=sampling.cacheable)
+        return await self._run(principal, plan, no_cache=no_cache, cacheable=cacheable)
 
     async def _run(
         self,
@@ -328,6 +341,7 @@ class TurnService:
             reply_topic=self._replies.topic,
             bot_id=plan.bot_id,
             user_message_ordinal=plan.user_message_ordinal,
+            options=plan.options,
         )
         if lookup is not None and lookup.HasField("key"):
             request.cache_key.CopyFrom(lookup.key)
@@ -498,7 +512,42 @@ def _final_answer(content: str, chunk: envelopes_pb2.CompletionChunk) -> TurnAns
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.prompt_tokens + usage.completion_tokens,
         ),
+        tool_calls=[
+            TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in chunk.tool_calls
+        ],
+        logprobs=[
+            TurnLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                top=[(a.token, a.logprob) for a in t.top_logprobs],
+            )
+            for t in chunk.logprobs
+        ]
+        or None,
     )
+
+
+def _text_message(role: str, content: str) -> types_pb2.ChatMessage:
+    return types_pb2.ChatMessage(role=Role(role).to_pb(), content=content)
+
+
+def _as_text(
+    messages: Sequence[types_pb2.ChatMessage], options: types_pb2.GenerationOptions
+) -> list[types_pb2.ChatMessage]:
+    """The messages as the session counts them: tool calls and tool definitions as JSON text,
+    about what a chat template makes of them."""
+    counted = []
+    if options.tools:
+        tools = [
+            {"name": t.name, "description": t.description, "parameters": t.parameters_json}
+            for t in options.tools
+        ]
+        counted.append(_text_message("system", json.dumps(tools)))
+    for message in messages:
+        calls = [{"name": c.name, "arguments": c.arguments} for c in message.tool_calls]
+        text = message.content + (json.dumps(calls) if calls else "")
+        counted.append(types_pb2.ChatMessage(role=message.role, content=text))
+    return counted
 
 
 def _lookup_request(principal: Principal, plan: _Plan, *, bypass: bool) -> cache_pb2.LookupRequest:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from parley.v1 import envelopes_pb2, types_pb2
 from parley_common import envelopes
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role
-from parley_worker.engines.base import ChatMessage, GenerationRequest, SamplingParams
+from parley_worker.engines.base import (
+    ChatMessage,
+    GenerationOptions,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+)
 
 __all__ = [
     "Outcome",
@@ -19,7 +29,22 @@ __all__ = [
 ]
 
 # What an engine may end a generation with; the other reasons are the worker's to give.
-_ENGINE_ENDINGS = frozenset({FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED})
+_ENGINE_ENDINGS = frozenset(
+    {FinishReason.STOP, FinishReason.LENGTH, FinishReason.TOOL_CALLS, FinishReason.CANCELLED}
+)
+_TOOL_CHOICES = {
+    types_pb2.TOOL_CHOICE_UNSPECIFIED: "auto",
+    types_pb2.TOOL_CHOICE_AUTO: "auto",
+    types_pb2.TOOL_CHOICE_NONE: "none",
+    types_pb2.TOOL_CHOICE_REQUIRED: "required",
+    types_pb2.TOOL_CHOICE_FUNCTION: "function",
+}
+_FORMATS = {
+    types_pb2.RESPONSE_FORMAT_TYPE_UNSPECIFIED: "text",
+    types_pb2.RESPONSE_FORMAT_TYPE_TEXT: "text",
+    types_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT: "json_object",
+    types_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: "json_schema",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +57,8 @@ class Outcome:
     completion_tokens: int = 0
     error: str = ""
     timings: envelopes_pb2.Timings | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRequest:
@@ -42,13 +69,52 @@ def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRe
     for message in request.messages:
         role = Role.from_pb(message.role)
         if role is None:
-            raise ValueError(f"message role {message.role} is not system, user or assistant")
-        messages.append(ChatMessage(role.value, message.content))
+            raise ValueError(f"message role {message.role} is not system, user, assistant or tool")
+        calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in message.tool_calls)
+        messages.append(ChatMessage(role.value, message.content, calls, message.tool_call_id))
     return GenerationRequest(
         request_id=request.request_id,
         messages=tuple(messages),
         sampling=_sampling(request.sampling),
+        options=generation_options(request.options),
     )
+
+
+def generation_options(pb: types_pb2.GenerationOptions) -> GenerationOptions:
+    """The engine's options; ValueError when a schema on the wire is not JSON."""
+    fmt = pb.response_format
+    return GenerationOptions(
+        tools=tuple(
+            Tool(t.name, t.description, _json_object(t.parameters_json, f"tool {t.name!r}"))
+            for t in pb.tools
+        ),
+        tool_choice=_TOOL_CHOICES.get(pb.tool_choice, "auto"),
+        tool_choice_function=pb.tool_choice_function,
+        parallel_tool_calls=pb.parallel_tool_calls if pb.HasField("parallel_tool_calls") else True,
+        response_format=_FORMATS.get(fmt.type, "text"),
+        json_schema=(
+            _json_object(fmt.schema_json, "response_format")
+            if fmt.type == types_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+            else None
+        ),
+        logprobs=pb.logprobs,
+        top_logprobs=pb.top_logprobs,
+        presence_penalty=pb.presence_penalty,
+        frequency_penalty=pb.frequency_penalty,
+        logit_bias=dict(pb.logit_bias),
+    )
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the schema of {what} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"the schema of {what} is not a JSON object")
+    return value
 
 
 def finish_reason(engine_reason: str) -> FinishReasonPb:
@@ -82,10 +148,11 @@ def result_envelope(
         user_message_ordinal=request.user_message_ordinal,
         summary_through_ordinal=request.summary_through_ordinal,
         completed_unix_ms=now_ms,
+        tool_calls=_tool_calls_pb(outcome),
     )
     if outcome.timings is not None:
         result.timings.CopyFrom(outcome.timings)
-    # Only complete answers may be served again from the cache.
+    # Only complete text answers may be served again from the cache.
     if request.HasField("cache_key") and outcome.finish in (
         types_pb2.FINISH_REASON_STOP,
         types_pb2.FINISH_REASON_LENGTH,
@@ -102,7 +169,22 @@ def done_chunk(request_id: str, seq: int, outcome: Outcome) -> envelopes_pb2.Com
         usage=_usage(outcome),
         error=outcome.error,
         full_text=outcome.text,
+        tool_calls=_tool_calls_pb(outcome),
+        logprobs=[
+            types_pb2.TokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                top_logprobs=[types_pb2.TokenLogprob(token=a, logprob=p) for a, p in t.top],
+            )
+            for t in outcome.logprobs
+        ],
     )
+
+
+def _tool_calls_pb(outcome: Outcome) -> list[types_pb2.ToolCall]:
+    return [
+        types_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in outcome.tool_calls
+    ]
 
 
 def _usage(outcome: Outcome) -> types_pb2.Usage:

@@ -18,6 +18,8 @@ from parley_worker.engines.base import (
     GenerationEvent,
     GenerationRequest,
     TextDelta,
+    TokenLogprob,
+    ToolCall,
 )
 from parley_worker.envelopes import Outcome, finish_name, finish_reason
 from parley_worker.jobs import Job
@@ -48,6 +50,8 @@ class Generator:
             max_chars=self._settings.chunk_max_chars,
         )
         parts: list[str] = []
+        # An answer that may be tool calls is sent whole at the end, once it is parsed.
+        streaming = not gen_request.options.tools_enabled
         first_token_at: float | None = None
         done: GenerationDone | None = None
 
@@ -61,7 +65,7 @@ class Generator:
                             first_token_at = time.perf_counter()
                             add_event("first token")
                         parts.append(event.text)
-                        if chunk := batcher.add(event.text):
+                        if streaming and (chunk := batcher.add(event.text)):
                             await self._send_chunk(job, *chunk)
                     else:
                         done = event
@@ -72,6 +76,8 @@ class Generator:
             await self._send_chunk(job, *tail)
         ended = time.perf_counter()
         job.generation_s = ended - started
+        tool_calls: tuple[ToolCall, ...] = ()
+        logprobs: tuple[TokenLogprob, ...] = ()
         if done is None:  # cancelled: what was generated is kept
             text = "".join(parts)
             finish = types_pb2.FINISH_REASON_CANCELLED
@@ -79,6 +85,7 @@ class Generator:
             completion_tokens = len(parts)
         else:
             text, finish = done.text, finish_reason(done.finish_reason)
+            tool_calls, logprobs = done.tool_calls, done.logprobs
             prompt_tokens, completion_tokens = done.prompt_tokens, done.completion_tokens
         ttft_s = (first_token_at or ended) - started
         tpot_s = (ended - first_token_at) / max(completion_tokens - 1, 1) if first_token_at else 0.0
@@ -98,7 +105,15 @@ class Generator:
             time_per_output_token_ms=tpot_s * 1000,
             generation_ms=round(job.generation_s * 1000),
         )
-        return Outcome(finish, text, prompt_tokens, completion_tokens, timings=timings)
+        return Outcome(
+            finish,
+            text,
+            prompt_tokens,
+            completion_tokens,
+            timings=timings,
+            tool_calls=tool_calls,
+            logprobs=logprobs,
+        )
 
     async def _race(self, job: Job, stream: Coroutine[Any, Any, None]) -> None:
         """Run the stream until it ends or the job is cancelled."""

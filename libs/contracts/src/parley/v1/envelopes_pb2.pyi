@@ -63,6 +63,7 @@ class CompletionRequest(_message.Message):
     BOT_ID_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_ORDINAL_FIELD_NUMBER: _builtins.int
     SUMMARY_THROUGH_ORDINAL_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     """idempotency key of the turn"""
@@ -87,6 +88,8 @@ class CompletionRequest(_message.Message):
     def cache_key(self) -> _types_pb2.CacheKey:
         """set when the answer may be cached"""
 
+    @_builtins.property
+    def options(self) -> _types_pb2.GenerationOptions: ...
     def __init__(
         self,
         *,
@@ -105,10 +108,11 @@ class CompletionRequest(_message.Message):
         bot_id: _builtins.str = ...,
         user_message_ordinal: _builtins.int = ...,
         summary_through_ordinal: _builtins.int = ...,
+        options: _types_pb2.GenerationOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "options", b"options", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "deadline_unix_ms", b"deadline_unix_ms", "enqueued_unix_ms", b"enqueued_unix_ms", "kind", b"kind", "messages", b"messages", "model", b"model", "reply_topic", b"reply_topic", "request_id", b"request_id", "sampling", b"sampling", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "deadline_unix_ms", b"deadline_unix_ms", "enqueued_unix_ms", b"enqueued_unix_ms", "kind", b"kind", "messages", b"messages", "model", b"model", "options", b"options", "reply_topic", b"reply_topic", "request_id", b"request_id", "sampling", b"sampling", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,6 +133,8 @@ class CompletionChunk(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     FULL_TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     seq: _builtins.int
@@ -146,6 +152,14 @@ class CompletionChunk(_message.Message):
     def usage(self) -> _types_pb2.Usage:
         """set on the final chunk"""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]:
+        """set on the final chunk: the answer's tool calls"""
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.TokenLogprob]:
+        """Set on the final chunk when GenerationOptions.logprobs asked: every token of the answer's."""
+
     def __init__(
         self,
         *,
@@ -158,10 +172,12 @@ class CompletionChunk(_message.Message):
         usage: _types_pb2.Usage | None = ...,
         error: _builtins.str = ...,
         full_text: _builtins.str | None = ...,
+        tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
+        logprobs: _abc.Iterable[_types_pb2.TokenLogprob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "full_text", b"full_text", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "done", b"done", "error", b"error", "finish_reason", b"finish_reason", "full_text", b"full_text", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "done", b"done", "error", b"error", "finish_reason", b"finish_reason", "full_text", b"full_text", "logprobs", b"logprobs", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__full_text: _TypeAlias = _typing.Literal["full_text"]  # noqa: Y015
     _WhichOneofArgType__full_text: _TypeAlias = _typing.Literal["_full_text", b"_full_text"]  # noqa: Y015
@@ -221,6 +237,7 @@ class CompletionResult(_message.Message):
     SUMMARY_THROUGH_ORDINAL_FIELD_NUMBER: _builtins.int
     COMPLETED_UNIX_MS_FIELD_NUMBER: _builtins.int
     CACHE_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     chat_id: _builtins.str
@@ -243,6 +260,8 @@ class CompletionResult(_message.Message):
     def timings(self) -> Global___Timings: ...
     @_builtins.property
     def cache_key(self) -> _types_pb2.CacheKey: ...
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]: ...
     def __init__(
         self,
         *,
@@ -264,10 +283,11 @@ class CompletionResult(_message.Message):
         summary_through_ordinal: _builtins.int = ...,
         completed_unix_ms: _builtins.int = ...,
         cache_entry_id: _builtins.str = ...,
+        tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_entry_id", b"cache_entry_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "usage", b"usage", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_entry_id", b"cache_entry_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "tool_calls", b"tool_calls", "usage", b"usage", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

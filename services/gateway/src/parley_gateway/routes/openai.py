@@ -10,37 +10,52 @@ A streamed answer whose worker stopped mid-way is generated again by another wor
 text differs from what was streamed, OpenAI's stream has no way to take text back, so the stream
 ends with an error (`answer_restarted`) instead of a finish: a client never keeps a text that is
 not the answer.
+
+Tools, the response format and the penalties go to the workers as the request's
+`GenerationOptions` (`parley_gateway.generation`); an answer that may be tool calls is streamed
+once it is complete (it must be parsed to be known a call), its calls as OpenAI streams them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from parley.v1 import types_pb2
 from parley_common.ids import is_id
+from parley_common.vocabulary import Role
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Admitted, PartsDep, User
 from parley_gateway.errors import ApiError
+from parley_gateway.generation import generation_options, tool_calls_pb
 from parley_gateway.openai_schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     CompletionUsage,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     Model,
     ModelList,
     OpenAIErrorBody,
     ParleyInfo,
     ResponseMessage,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+    TopLogprob,
     dump,
 )
-from parley_gateway.schemas import TurnAnswer
+from parley_gateway.schemas import TurnAnswer, TurnToolCall
 from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -112,9 +127,10 @@ def _model_not_found(model_id: str) -> ApiError:
     )
 
 
-def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[tuple[str, str]]:
+def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[types_pb2.ChatMessage]:
     limit = parts.settings.max_message_chars
     converted = []
+    called: set[str] = set()
     for index, message in enumerate(body.messages):
         role = _SYSTEM_ROLES.get(message.role, message.role)
         text = message.text()
@@ -125,15 +141,61 @@ def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[tuple[str, s
                 f"messages[{index}] is {len(text)} characters; the limit is {limit}",
                 param=f"messages[{index}].content",
             )
-        if role != "assistant" and not text.strip():
+        pb = types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
+        if message.tool_calls and role != "assistant":
+            raise _invalid(f"messages[{index}].tool_calls", "only assistant messages have them")
+        if role == "assistant" and message.tool_calls:
+            pb.tool_calls.extend(
+                tool_calls_pb(message.tool_calls, f"messages[{index}].tool_calls", body.tools)
+            )
+            called.update(call.id for call in message.tool_calls)
+        elif role == "tool":
+            if not message.tool_call_id:
+                raise _invalid(
+                    f"messages[{index}].tool_call_id",
+                    "a tool message needs the id of the tool call it answers",
+                )
+            if message.tool_call_id not in called:
+                raise _invalid(
+                    f"messages[{index}].tool_call_id",
+                    f"{message.tool_call_id[:128]!r} answers no tool call of an earlier "
+                    "assistant message",
+                )
+            pb.tool_call_id = message.tool_call_id
+        elif role != "assistant" and not text.strip():
             raise ApiError(
                 422,
                 "invalid_request",
                 f"messages[{index}].content: a {message.role} message needs text",
                 param=f"messages[{index}].content",
             )
-        converted.append((role, text))
+        converted.append(pb)
     return converted
+
+
+def _invalid(param: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_request", f"{param}: {message}", param=param)
+
+
+def _options(body: ChatCompletionRequest) -> types_pb2.GenerationOptions:
+    options = generation_options(
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=body.response_format,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=body.logit_bias,
+    )
+    if (body.n or 1) > 1:
+        # Each choice a fresh sample: marks the request as one the cache may not answer.
+        options.n = body.n or 1
+    if body.top_logprobs is not None and not body.logprobs:
+        raise _invalid("top_logprobs", "only with logprobs: true")
+    if body.logprobs:
+        options.logprobs = True
+        options.top_logprobs = body.top_logprobs or 0
+    return options
 
 
 def _sampling(body: ChatCompletionRequest) -> Sampling:
@@ -153,6 +215,9 @@ def _check(parts: PartsDep, body: ChatCompletionRequest) -> None:
             "stream_options: only allowed when stream is true",
             param="stream_options",
         )
+    choices, most = body.n or 1, parts.settings.max_choices
+    if choices > most:
+        raise ApiError(400, "invalid_request", f"n: at most {most} choices a request", param="n")
     budget = body.reply_budget()
     limit = parts.settings.max_tokens_limit
     if budget is not None and budget > limit:
@@ -166,9 +231,15 @@ async def _start(
     body: ChatCompletionRequest,
     chat_id: str | None,
     request_id: str | None,
+    *,
+    choice: int = 0,
 ) -> Turn:
+    options = _options(body)
     messages = _messages(parts, body)
     sampling = _sampling(body)
+    if choice and sampling.seed is not None:
+        # Reproducible, yet each choice its own sample.
+        sampling = replace(sampling, seed=(sampling.seed + choice + 2**63) % 2**64 - 2**63)
     if chat_id is None:
         try:
             return await parts.turns.start_stateless(
@@ -178,6 +249,7 @@ async def _start(
                 max_tokens=body.reply_budget(),
                 sampling=sampling,
                 no_cache=body.no_cache,
+                options=options,
             )
         except ApiError as exc:
             if exc.status == 404:
@@ -190,8 +262,14 @@ async def _start(
             f"chat {chat_id[:64]!r} not found: chat ids are 32 hexadecimal characters",
             param="chat_id",
         )
-    role, text = messages[-1]
-    if role != "user":
+    if options != types_pb2.GenerationOptions():
+        raise _invalid(
+            "chat_id",
+            "tools and response_format are not supported with a stored chat yet; send the "
+            "conversation's messages without chat_id",
+        )
+    last = messages[-1]
+    if last.role != types_pb2.ROLE_USER:
         raise ApiError(
             422,
             "invalid_request",
@@ -203,7 +281,7 @@ async def _start(
     return await parts.turns.start(
         user,
         chat_id=chat_id,
-        message=text,
+        message=last.content,
         request_id=request_id,
         max_tokens=body.reply_budget(),
         no_cache=body.no_cache,
@@ -221,7 +299,41 @@ def _finish_reason(answer: TurnAnswer) -> str:
         )
     if answer.finish_reason == "error":
         raise ApiError(502, "upstream_error", "the model failed to generate an answer")
+    if answer.finish_reason == "tool_calls":
+        return "tool_calls"
     return "length" if answer.finish_reason == "length" else "stop"
+
+
+def _logprobs(answer: TurnAnswer) -> ChoiceLogprobs | None:
+    if answer.logprobs is None:
+        return None
+
+    def utf8(token: str) -> list[int]:
+        return list(token.encode())
+
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=utf8(t.token),
+                top_logprobs=[
+                    TopLogprob(token=token, logprob=logprob, bytes=utf8(token))
+                    for token, logprob in t.top
+                ],
+            )
+            for t in answer.logprobs
+        ]
+    )
+
+
+def _tool_calls(answer: TurnAnswer) -> list[ToolCall] | None:
+    if not answer.tool_calls:
+        return None
+    return [
+        ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+        for c in answer.tool_calls
+    ]
 
 
 def _restarted(turn: Turn) -> ApiError:
@@ -238,8 +350,13 @@ def _restarted(turn: Turn) -> ApiError:
     )
 
 
-def _usage(answer: TurnAnswer) -> CompletionUsage:
-    return CompletionUsage(**answer.usage.model_dump())
+def _usage(*answers: TurnAnswer) -> CompletionUsage:
+    """The choices share the prompt: it counts once."""
+    prompt = answers[0].usage.prompt_tokens
+    completion = sum(a.usage.completion_tokens for a in answers)
+    return CompletionUsage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 @router.post(
@@ -269,29 +386,51 @@ async def create_chat_completion(
     """OpenAI's chat completion: JSON, or Server-Sent Events with `stream: true`."""
     _check(parts, body)
     chat_id = body.chat_id if body.chat_id is not None else x_parley_chat_id
+    if (body.n or 1) > 1 and chat_id is not None:
+        raise ApiError(400, "invalid_request", "n: only 1 choice with a stored chat", param="n")
     turn = await _start(parts, user, body, chat_id, idempotency_key)
+    turns = [turn]
+    try:
+        # The other choices are queued at once: the workers generate them side by side.
+        for choice in range(1, body.n or 1):
+            turns.append(await _start(parts, user, body, chat_id, None, choice=choice))
+    except BaseException:
+        for started in turns:
+            await started.close()
+        raise
     headers = {"X-Parley-Request-Id": turn.request_id}
     if turn.chat_id:
         headers["X-Parley-Chat-Id"] = turn.chat_id
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(
-            _stream(turn, include_usage),
+            _stream(turns, include_usage),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    answer = await turn.answer()
+    try:
+        answers = [await t.answer() for t in turns]
+    finally:
+        for started in turns[1:]:
+            await started.close()
+    answer = answers[0]
     completion = ChatCompletion(
         id=f"chatcmpl-{turn.request_id}",
         created=turn.created_unix_s,
         model=turn.model,
         choices=[
             Choice(
-                message=ResponseMessage(content=answer.content),
-                finish_reason=_finish_reason(answer),
+                index=index,
+                message=ResponseMessage(
+                    content=a.content or (None if a.tool_calls else ""),
+                    tool_calls=_tool_calls(a),
+                ),
+                finish_reason=_finish_reason(a),
+                logprobs=_logprobs(a),
             )
+            for index, a in enumerate(answers)
         ],
-        usage=_usage(answer),
+        usage=_usage(*answers),
         parley=ParleyInfo(
             request_id=turn.request_id,
             chat_id=turn.chat_id or None,
@@ -307,17 +446,46 @@ async def create_chat_completion(
     return JSONResponse(dump(completion), headers=headers)
 
 
+_ARGUMENT_FRAGMENT_CHARS = 32
+
+
+def _tool_call_deltas(index: int, call: TurnToolCall) -> list[ToolCallDelta]:
+    """As OpenAI streams a call: the id and name first, then the arguments in fragments."""
+    first = ToolCallDelta(
+        index=index,
+        id=call.id,
+        type="function",
+        function=FunctionCallDelta(name=call.name, arguments=""),
+    )
+    arguments = call.arguments
+    return [first] + [
+        ToolCallDelta(index=index, function=FunctionCallDelta(arguments=arguments[i : i + n]))
+        for n in (_ARGUMENT_FRAGMENT_CHARS,)
+        for i in range(0, len(arguments), n)
+    ]
+
+
 def _data(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[bytes]:
-    def chunk(delta: Delta, finish: str | None = None) -> bytes:
+async def _stream(turns: list[Turn], include_usage: bool) -> AsyncIterator[bytes]:
+    """The choices one after the other (each chunk names its `index`), then the usage."""
+    first = turns[0]
+
+    def chunk(
+        delta: Delta,
+        index: int,
+        finish: str | None = None,
+        logprobs: ChoiceLogprobs | None = None,
+    ) -> bytes:
         payload = ChatCompletionChunk(
-            id=f"chatcmpl-{turn.request_id}",
-            created=turn.created_unix_s,
-            model=turn.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+            id=f"chatcmpl-{first.request_id}",
+            created=first.created_unix_s,
+            model=first.model,
+            choices=[
+                ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+            ],
         )
         data = dump(payload)
         # As OpenAI: a delta has only what it sets; `usage` is there (null) only when asked for.
@@ -326,37 +494,45 @@ async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[bytes]:
             del data["usage"]
         return _data(data)
 
-    yield chunk(Delta(role="assistant", content=""))
-    restarted = False
+    answers: list[TurnAnswer] = []
     try:
-        async for event in turn.events():
-            if isinstance(event, Reset):
-                # OpenAI's stream cannot take text back: the client is told once the answer
-                # (stored, when there is a chat) is complete.
-                restarted = True
-            elif isinstance(event, TextChunk):
-                if event.text and not restarted:
-                    yield chunk(Delta(content=event.text))
-            elif restarted:
-                raise _restarted(turn)
-            else:
-                yield chunk(Delta(), _finish_reason(event))
-                if include_usage:
-                    yield _data(
-                        dump(
-                            ChatCompletionChunk(
-                                id=f"chatcmpl-{turn.request_id}",
-                                created=turn.created_unix_s,
-                                model=turn.model,
-                                choices=[],
-                                usage=_usage(event),
-                            )
-                        )
+        for index, turn in enumerate(turns):
+            yield chunk(Delta(role="assistant", content=""), index)
+            restarted = False
+            async for event in turn.events():
+                if isinstance(event, Reset):
+                    # OpenAI's stream cannot take text back: the client is told once the answer
+                    # (stored, when there is a chat) is complete.
+                    restarted = True
+                elif isinstance(event, TextChunk):
+                    if event.text and not restarted:
+                        yield chunk(Delta(content=event.text), index)
+                elif restarted:
+                    raise _restarted(turn)
+                else:
+                    for number, call in enumerate(event.tool_calls):
+                        for delta in _tool_call_deltas(number, call):
+                            yield chunk(Delta(tool_calls=[delta]), index)
+                    # A choice's log probabilities come whole, with its finish.
+                    yield chunk(Delta(), index, _finish_reason(event), _logprobs(event))
+                    answers.append(event)
+        if include_usage:
+            yield _data(
+                dump(
+                    ChatCompletionChunk(
+                        id=f"chatcmpl-{first.request_id}",
+                        created=first.created_unix_s,
+                        model=first.model,
+                        choices=[],
+                        usage=_usage(*answers),
                     )
+                )
+            )
     except ApiError as exc:
         # OpenAI's way to fail a stream that has begun; its SDKs raise an APIError from it.
         yield _data(exc.openai_body())
         return
     finally:
-        await turn.close()
+        for turn in turns:
+            await turn.close()
     yield b"data: [DONE]\n\n"

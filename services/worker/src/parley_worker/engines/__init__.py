@@ -17,10 +17,14 @@ from parley_worker.engines.base import (
     EngineSettings,
     GenerationDone,
     GenerationEvent,
+    GenerationOptions,
     GenerationRequest,
     PromptTooLongError,
     SamplingParams,
     TextDelta,
+    TokenLogprob,
+    Tool,
+    ToolCall,
 )
 
 __all__ = [
@@ -31,10 +35,14 @@ __all__ = [
     "EngineSettings",
     "GenerationDone",
     "GenerationEvent",
+    "GenerationOptions",
     "GenerationRequest",
     "PromptTooLongError",
     "SamplingParams",
     "TextDelta",
+    "TokenLogprob",
+    "Tool",
+    "ToolCall",
     "create_engine",
 ]
 

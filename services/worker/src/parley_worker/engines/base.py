@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 __all__ = [
     "ChatMessage",
@@ -13,20 +13,35 @@ __all__ = [
     "EngineSettings",
     "GenerationDone",
     "GenerationEvent",
+    "GenerationOptions",
     "GenerationRequest",
     "PromptTooLongError",
     "SamplingParams",
     "StopStringFilter",
     "TextDelta",
+    "TokenLogprob",
+    "Tool",
+    "ToolCall",
 ]
 
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call in an answer; ``arguments`` is a JSON object's text."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant: the calls it made
+    tool_call_id: str = ""  # tool: the call this is the result of
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -53,10 +68,60 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is its JSON Schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def as_openai(self) -> dict[str, Any]:
+        """The tool as chat templates and tool parsers expect it (OpenAI's shape)."""
+        function: dict[str, Any] = {"name": self.name, "description": self.description}
+        if self.parameters:
+            function["parameters"] = self.parameters
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    """What a request asks beyond sampling. ``tool_choice`` is ``"auto"``, ``"none"``,
+    ``"required"`` or ``"function"`` (then ``tool_choice_function`` must be called);
+    ``json_schema`` is set for ``response_format == "json_schema"``. The penalties are OpenAI's:
+    a token's logit is lowered by ``presence_penalty`` once it is in the answer and by
+    ``frequency_penalty`` each time it is."""
+
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = "auto"
+    tool_choice_function: str = ""
+    parallel_tool_calls: bool = True
+    response_format: str = "text"
+    json_schema: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id -> added to logit
+
+    @property
+    def tools_enabled(self) -> bool:
+        """Whether the answer may be tool calls."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def forced_tools(self) -> tuple[Tool, ...]:
+        """The tools of which one must be called (empty: the model may answer in text)."""
+        if self.tool_choice == "function":
+            return tuple(t for t in self.tools if t.name == self.tool_choice_function)
+        return self.tools if self.tool_choice == "required" else ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     request_id: str
     messages: tuple[ChatMessage, ...]
     sampling: SamplingParams
+    options: GenerationOptions = GenerationOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +132,21 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log probability, and (when asked) the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationDone:
     """The last event of a generation.
 
     ``finish_reason`` is ``"stop"`` (end of turn or a stop string), ``"length"`` (``max_tokens``
-    or the context window reached) or ``"cancelled"`` (the engine was stopped). ``text`` is the
+    or the context window reached), ``"tool_calls"`` (the answer calls tools) or ``"cancelled"``
+    (the engine was stopped). ``text`` is the
     whole generated text, that is the concatenation of the deltas, trimmed at a stop string.
     """
 
@@ -79,6 +154,8 @@ class GenerationDone:
     prompt_tokens: int
     completion_tokens: int
     text: str
+    tool_calls: tuple[ToolCall, ...] = ()  # with finish_reason "tool_calls"; text is the rest
+    logprobs: tuple[TokenLogprob, ...] = ()  # with options.logprobs: one a generated token
 
 
 GenerationEvent = TextDelta | GenerationDone

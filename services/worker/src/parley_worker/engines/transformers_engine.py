@@ -3,7 +3,8 @@
 Each generation runs ``model.generate`` in a thread of its own. A streamer on that thread turns
 tokens into text and hands it to the event loop with ``call_soon_threadsafe``; a stopping
 criterion polls a cancel flag, so closing the stream ends the generation within one token
-step. Sampling uses a ``torch.Generator`` per request, so seeds hold under concurrency.
+step. Sampling uses a ``torch.Generator`` per request, so seeds hold under concurrency. A response
+format or a forced tool call is enforced by an xgrammar grammar (``engines.grammar``).
 """
 
 from __future__ import annotations
@@ -30,20 +31,23 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from parley_worker.engines._chat import encode_chat
+from parley_worker.engines._chat import encode_chat, split_tool_calls
 from parley_worker.engines.base import (
     ChatMessage,
     EngineNotReadyError,
     EngineSettings,
     GenerationDone,
     GenerationEvent,
+    GenerationOptions,
     GenerationRequest,
     PromptTooLongError,
     SamplingParams,
     StopStringFilter,
     TextDelta,
+    TokenLogprob,
 )
 from parley_worker.engines.detokenizer import IncrementalDetokenizer
+from parley_worker.engines.grammar import Grammars
 
 __all__ = ["TransformersEngine"]
 
@@ -56,6 +60,7 @@ class _Loaded:
     eos_ids: frozenset[int]
     pad_id: int | None
     max_model_len: int
+    grammars: Grammars
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +105,17 @@ class TransformersEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         loaded = self._require_loaded()
-        prompt_ids = encode_chat(loaded.tokenizer, request.messages)
+        prompt_ids = encode_chat(loaded.tokenizer, request.messages, request.options)
         if len(prompt_ids) >= loaded.max_model_len:
             raise PromptTooLongError(len(prompt_ids), loaded.max_model_len)
         max_new_tokens = min(request.sampling.max_tokens, loaded.max_model_len - len(prompt_ids))
         loop = asyncio.get_running_loop()
-        generation = _Generation(loaded, request.sampling.stop, loop)
+        generation = _Generation(loaded, request.sampling.stop, loop, request.options)
 
         await self._slots.acquire()
         try:
             future = loaded.executor.submit(
-                _run, loaded, generation, prompt_ids, max_new_tokens, request.sampling, self._device
+                _run, loaded, generation, prompt_ids, max_new_tokens, request, self._device
             )
         except RuntimeError as exc:  # the executor was shut down by stop()
             self._slots.release()
@@ -125,11 +130,19 @@ class TransformersEngine:
                 if isinstance(item, str):
                     yield TextDelta(item)
                 elif isinstance(item, _Finished):
+                    text, calls = split_tool_calls(
+                        generation.text, request.request_id, request.options
+                    )
+                    cancelled = item.finish_reason == "cancelled"
                     yield GenerationDone(
-                        finish_reason=item.finish_reason,
+                        finish_reason="tool_calls"
+                        if calls and not cancelled
+                        else item.finish_reason,
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=item.completion_tokens,
-                        text=generation.text,
+                        text=text,
+                        tool_calls=calls,
+                        logprobs=tuple(generation.logprobs),
                     )
                     return
                 else:
@@ -174,6 +187,9 @@ class TransformersEngine:
             eos_ids=frozenset(eos_ids),
             pad_id=pad_id,
             max_model_len=max_model_len,
+            grammars=Grammars(
+                tokenizer, vocab_size=int(text_config.vocab_size), stop_ids=sorted(eos_ids)
+            ),
         )
 
 
@@ -190,9 +206,16 @@ class _Generation(BaseStreamer):
     """
 
     def __init__(
-        self, loaded: _Loaded, stops: Sequence[str], loop: asyncio.AbstractEventLoop
+        self,
+        loaded: _Loaded,
+        stops: Sequence[str],
+        loop: asyncio.AbstractEventLoop,
+        options: GenerationOptions,
     ) -> None:
         self.events: asyncio.Queue[_Event] = asyncio.Queue()
+        self.recorder = _LogprobRecorder(options.top_logprobs) if options.logprobs else None
+        self.logprobs: list[TokenLogprob] = []
+        self._tokenizer = loaded.tokenizer
         self.completion_tokens = 0
         self.ended_turn = False
         self._loop = loop
@@ -226,6 +249,8 @@ class _Generation(BaseStreamer):
             self.completion_tokens += 1
             if token_id in self._eos_ids:
                 self.ended_turn = True
+            elif self.recorder is not None:
+                self.logprobs.append(self.recorder.logprob(token_id, self._tokenizer))
             self._emit(self._detokenizer.add(token_id))
 
     def end(self) -> None:
@@ -301,16 +326,79 @@ class _SeededSampler(LogitsProcessor):
         return forced
 
 
+class _LogprobRecorder(LogitsProcessor):
+    """Keeps the model's log probabilities of the step (before any penalty, grammar or
+    temperature, as vLLM reports them) for the token that step chooses."""
+
+    def __init__(self, top: int) -> None:
+        self._top = top
+        self._last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._last = torch.log_softmax(scores[0].float().cpu(), dim=-1)
+        return scores
+
+    def logprob(self, token_id: int, tokenizer: PreTrainedTokenizerBase) -> TokenLogprob:
+        assert self._last is not None, "a token was chosen before its step's scores"
+        top: tuple[tuple[str, float], ...] = ()
+        if self._top:
+            values, ids = torch.topk(self._last, self._top)
+            top = tuple(
+                (_token_text(tokenizer, i), float(v))
+                for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+            )
+        return TokenLogprob(_token_text(tokenizer, token_id), float(self._last[token_id]), top)
+
+
+def _token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
+    return str(tokenizer.decode([token_id]))
+
+
+class _Penalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties over the answer's tokens, and its logit bias."""
+
+    def __init__(self, options: GenerationOptions, *, prompt_tokens: int) -> None:
+        self._presence = options.presence_penalty
+        self._frequency = options.frequency_penalty
+        self._bias = dict(options.logit_bias)
+        self._prompt_tokens = prompt_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        vocab = scores.shape[-1]
+        if self._bias:
+            if (token := max(self._bias)) >= vocab:
+                raise ValueError(f"logit_bias: token {token} is beyond the vocabulary ({vocab})")
+            ids = torch.tensor(list(self._bias), device=scores.device)
+            scores[:, ids] += torch.tensor(list(self._bias.values()), device=scores.device)
+        answer = input_ids[:, self._prompt_tokens :]
+        if answer.shape[-1] and (self._presence or self._frequency):
+            counts = torch.zeros_like(scores).scatter_add_(
+                1, answer, torch.ones_like(answer, dtype=scores.dtype)
+            )
+            scores -= self._frequency * counts + self._presence * (counts > 0).to(scores.dtype)
+        return scores
+
+
 def _run(
     loaded: _Loaded,
     generation: _Generation,
     prompt_ids: list[int],
     max_new_tokens: int,
-    sampling: SamplingParams,
+    request: GenerationRequest,
     device: str,
 ) -> None:
+    sampling = request.sampling
     try:
         processors = LogitsProcessorList()
+        if generation.recorder is not None:
+            processors.append(generation.recorder)
+        options = request.options
+        if options.presence_penalty or options.frequency_penalty or options.logit_bias:
+            processors.append(_Penalties(options, prompt_tokens=len(prompt_ids)))
+        # The grammar masks what may not come next before a token is chosen.
+        if (grammar := loaded.grammars.processor(request.options)) is not None:
+            processors.append(grammar)
         if sampling.temperature > 0:
             processors.append(_SeededSampler(sampling))
         config = GenerationConfig(  # type: ignore[no-untyped-call]

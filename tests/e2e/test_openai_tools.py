@@ -1,0 +1,604 @@
+"""Tool calling and structured output through the whole platform (gateway, Kafka, worker and back),
+driven by the official `openai` SDK, sync and async, streaming and not, and by LangChain's
+`ChatOpenAI` (`bind_tools`, `with_structured_output`). The workers run the fake
+engine, which calls the tools a message names (or the one it is forced to) with arguments made
+up from the tool's schema, and answers a response format with an instance of its schema: the
+platform's plumbing is what is tested here, not a model's choices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_openai import ChatOpenAI
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from pydantic import BaseModel, SecretStr
+
+from parley_devstack.platform import Platform
+from parley_devstack.stack import LocalStack
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "fake"
+WEATHER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS: list[ChatCompletionToolParam] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": WEATHER_SCHEMA,
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The local time in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+]
+PERSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "age": {"type": "integer", "minimum": 0},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def fake_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform on the fake engine, on a stack of its own (its workers must not take the
+    tiny-model platform's requests)."""
+    scratch = tmp_path_factory.mktemp("tools-platform")
+    with (
+        LocalStack(scratch / "stack") as stack,
+        Platform(stack.addresses, run_dir=scratch / "run", model_dir=None, engine="fake") as up,
+    ):
+        yield up
+
+
+@pytest.fixture(scope="module")
+def api_key(fake_platform: Platform) -> str:
+    admin = {"Authorization": f"Bearer {fake_platform.admin_api_key}"}
+    with httpx.Client(base_url=fake_platform.gateway_url, timeout=60, headers=admin) as http:
+        user = http.post("/admin/users", json={"name": "tools"})
+        assert user.status_code == 201, user.text
+        key = http.post(f"/admin/users/{user.json()['user_id']}/keys", json={"name": "t"})
+        assert key.status_code == 201, key.text
+        return str(key.json()["api_key"])
+
+
+@pytest.fixture
+def sdk(fake_platform: Platform, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{fake_platform.gateway_url}/v1", api_key=api_key, max_retries=0, timeout=60
+    )
+
+
+@pytest.fixture
+def async_sdk(fake_platform: Platform, api_key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"{fake_platform.gateway_url}/v1", api_key=api_key, max_retries=0, timeout=60
+    )
+
+
+def _ask(text: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+def test_a_tool_call_with_valid_arguments(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("Use get_weather for Paris."), tools=TOOLS
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls
+    assert calls is not None
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.type == "function"
+    assert call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_SCHEMA)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+
+
+def test_tool_choice_forces_none_or_a_function(sdk: openai.OpenAI) -> None:
+    forced = sdk.chat.completions.create(
+        model=MODEL,
+        messages=_ask("Hello there."),
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    assert forced.choices[0].finish_reason == "tool_calls"
+    calls = forced.choices[0].message.tool_calls
+    assert calls is not None
+    assert [c.function.name for c in calls] == ["get_time"]
+
+    required = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("Hello there."), tools=TOOLS, tool_choice="required"
+    )
+    assert required.choices[0].finish_reason == "tool_calls"
+
+    text = sdk.chat.completions.create(
+        model=MODEL,
+        messages=_ask("Use get_weather for Paris."),
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=3,
+    )
+    assert text.choices[0].finish_reason == "length"
+    assert text.choices[0].message.tool_calls is None
+    assert text.choices[0].message.content
+
+
+def test_parallel_tool_calls(sdk: openai.OpenAI) -> None:
+    both = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("get_weather and get_time for Oslo"), tools=TOOLS
+    )
+    calls = both.choices[0].message.tool_calls
+    assert calls is not None
+    assert [c.function.name for c in calls] == ["get_weather", "get_time"]
+    assert len({c.id for c in calls}) == 2
+
+    one = sdk.chat.completions.create(
+        model=MODEL,
+        messages=_ask("get_weather and get_time for Oslo"),
+        tools=TOOLS,
+        parallel_tool_calls=False,
+    )
+    calls = one.choices[0].message.tool_calls
+    assert calls is not None
+    assert len(calls) == 1
+
+
+def test_a_round_trip_with_the_tool_result(sdk: openai.OpenAI) -> None:
+    first = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("Use get_weather for Paris."), tools=TOOLS
+    )
+    calls = first.choices[0].message.tool_calls
+    assert calls is not None
+    messages: list[ChatCompletionMessageParam] = [
+        *_ask("Use get_weather for Paris."),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in calls
+            ],
+        },
+        {"role": "tool", "tool_call_id": calls[0].id, "content": '{"temperature": 21}'},
+    ]
+    answer = sdk.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=4)
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.choices[0].message.tool_calls is None
+    assert answer.choices[0].message.content
+
+
+def _assemble(deltas: list[Any]) -> dict[int, dict[str, str]]:
+    calls: dict[int, dict[str, str]] = {}
+    for delta in deltas:
+        call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+        if delta.id:
+            assert not call["id"], "the id comes once, in the call's first delta"
+            call["id"] = delta.id
+        if delta.function and delta.function.name:
+            call["name"] = delta.function.name
+        if delta.function and delta.function.arguments:
+            call["arguments"] += delta.function.arguments
+    return calls
+
+
+def test_streamed_tool_calls(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model=MODEL,
+        messages=_ask("get_weather and get_time for Oslo"),
+        tools=TOOLS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    # As OpenAI: the first delta of a call has its id and name, the others argument fragments.
+    assert deltas[0].id
+    assert deltas[0].function
+    assert deltas[0].function.name == "get_weather"
+    assert len(deltas) > 2
+    calls = _assemble(deltas)
+    assert [calls[i]["name"] for i in sorted(calls)] == ["get_weather", "get_time"]
+    jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER_SCHEMA)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "tool_calls"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_async_sdk_streaming_and_not(async_sdk: openai.AsyncOpenAI) -> None:
+    async def run() -> tuple[Any, list[Any]]:
+        whole = await async_sdk.chat.completions.create(
+            model=MODEL, messages=_ask("get_time in Rome"), tools=TOOLS
+        )
+        stream = await async_sdk.chat.completions.create(
+            model=MODEL, messages=_ask("get_time in Rome"), tools=TOOLS, stream=True
+        )
+        return whole, [chunk async for chunk in stream]
+
+    whole, chunks = asyncio.run(run())
+    calls = whole.choices[0].message.tool_calls
+    assert calls is not None
+    assert calls[0].function.name == "get_time"
+    streamed = _assemble(
+        [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    )
+    assert streamed[0]["name"] == "get_time"
+    assert json.loads(streamed[0]["arguments"]) == json.loads(calls[0].function.arguments)
+
+
+def test_structured_output(sdk: openai.OpenAI, async_sdk: openai.AsyncOpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL,
+        messages=_ask("Describe a person."),
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True},
+        },
+    )
+    assert completion.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(completion.choices[0].message.content or ""), PERSON_SCHEMA)
+
+    async def streamed() -> str:
+        stream = await async_sdk.chat.completions.create(
+            model=MODEL,
+            messages=_ask("Anything, as JSON."),
+            response_format={"type": "json_object"},
+            stream=True,
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert isinstance(json.loads(asyncio.run(streamed())), dict)
+
+
+def test_options_are_never_answered_from_the_cache(sdk: openai.OpenAI) -> None:
+    question = _ask("Which planet is called the red planet?")
+
+    def cached(**options: Any) -> bool:
+        completion = sdk.chat.completions.create(
+            model=MODEL, messages=question, max_tokens=4, temperature=0, **options
+        )
+        assert completion.model_extra is not None
+        return bool(completion.model_extra["parley"]["cached"])
+
+    # The plain question is answered from the cache once its first answer is stored ...
+    cached()
+    eventually(lambda: cached() or None, what="the plain answer served from the cache")
+    # ... the same question with options that change the answer never is.
+    for options in (
+        {"tools": TOOLS},
+        {"response_format": {"type": "json_object"}},
+        {"presence_penalty": 0.5},
+        {"logit_bias": {"7": 3}},
+        {"n": 2},
+    ):
+        assert not cached(**options), options
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "'nope' is not in tools",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "at least one function"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
+            "tools[0].function.parameters",
+            "not a valid JSON Schema",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+            "tools.0.function.name",
+            "",
+        ),
+        (
+            {"tools": [TOOLS[0], TOOLS[0]]},
+            "tools[1].function.name",
+            "declared twice",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object", "required": 3}},
+                }
+            },
+            "response_format.json_schema.schema",
+            "not a valid JSON Schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "string"}},
+                }
+            },
+            "response_format.json_schema.schema",
+            "JSON object",
+        ),
+    ],
+)
+def test_bad_tools_and_formats_are_400s_naming_the_param(
+    sdk: openai.OpenAI, body: dict[str, Any], param: str, words: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), extra_body=body)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == param, error
+    assert words in error["message"]
+
+
+def test_bad_tool_messages_are_400s_naming_the_message(sdk: openai.OpenAI) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+    }
+    cases: list[tuple[list[Any], str, str]] = [
+        (
+            [
+                *_ask("Hi"),
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "content": "1"},
+            ],
+            "messages[2].tool_call_id",
+            "needs the id",
+        ),
+        (
+            [*_ask("Hi"), {"role": "tool", "tool_call_id": "call_9", "content": "1"}],
+            "messages[1].tool_call_id",
+            "answers no tool call",
+        ),
+        (
+            [
+                *_ask("Hi"),
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {**call, "function": {"name": "get_weather", "arguments": "{not json"}}
+                    ],
+                },
+            ],
+            "messages[1].tool_calls[0].function.arguments",
+            "not valid JSON",
+        ),
+        (
+            [
+                *_ask("Hi"),
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {**call, "function": {"name": "get_weather", "arguments": '{"city": 3}'}}
+                    ],
+                },
+            ],
+            "messages[1].tool_calls[0].function.arguments",
+            "do not match the parameters of 'get_weather'",
+        ),
+    ]
+    for messages, param, words in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert error["param"] == param, error
+        assert words in error["message"], error
+
+
+def test_the_schema_of_the_api_documents_tools(fake_platform: Platform) -> None:
+    schema = httpx.get(f"{fake_platform.gateway_url}/openapi.json", timeout=30).json()
+    request = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert {"tools", "tool_choice", "parallel_tool_calls", "response_format"} <= set(request)
+
+
+class GetWeather(BaseModel):
+    """The weather in a city."""
+
+    city: str
+    unit: Literal["celsius", "fahrenheit"]
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+def test_langchain_bind_tools_round_trip(fake_platform: Platform, api_key: str) -> None:
+    """LangChain's ChatOpenAI, a client nobody here wrote, with tools bound."""
+    llm = ChatOpenAI(
+        model=MODEL,
+        base_url=f"{fake_platform.gateway_url}/v1",
+        api_key=SecretStr(api_key),
+        max_retries=0,
+        timeout=60,
+    )
+    bound = llm.bind_tools([GetWeather])
+    question = HumanMessage("Use GetWeather for Paris.")
+    called = bound.invoke([question])
+    assert isinstance(called, AIMessage)
+    assert [c["name"] for c in called.tool_calls] == ["GetWeather"]
+    GetWeather.model_validate(called.tool_calls[0]["args"])
+
+    streamed = [chunk for chunk in bound.stream([question])]
+    merged = streamed[0]
+    for chunk in streamed[1:]:
+        merged = merged + chunk
+    assert isinstance(merged, AIMessageChunk)
+    assert [c["name"] for c in merged.tool_calls] == ["GetWeather"]
+    GetWeather.model_validate(merged.tool_calls[0]["args"])
+
+    call_id = called.tool_calls[0]["id"]
+    assert call_id
+    answer = bound.invoke(
+        [question, called, ToolMessage('{"temperature": 21}', tool_call_id=call_id)]
+    )
+    assert isinstance(answer, AIMessage)
+    assert not answer.tool_calls
+    assert answer.content
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+def test_langchain_structured_output(fake_platform: Platform, api_key: str, method: Any) -> None:
+    llm = ChatOpenAI(
+        model=MODEL,
+        base_url=f"{fake_platform.gateway_url}/v1",
+        api_key=SecretStr(api_key),
+        max_retries=0,
+        timeout=60,
+    )
+    if method == "json_mode":
+        # Any JSON object (the schema is not sent): LangChain parses it into a dict.
+        parsed = llm.with_structured_output(Person.model_json_schema(), method=method).invoke(
+            "Invent a person, as JSON with a name and an age."
+        )
+        assert isinstance(parsed, dict)
+        return
+    structured = llm.with_structured_output(Person, method=method)
+    person = structured.invoke("Invent a person, as JSON with a name and an age.")
+    assert isinstance(person, Person)
+
+
+def test_penalties_and_logit_bias_are_taken_and_bypass_the_cache(sdk: openai.OpenAI) -> None:
+    for _ in range(2):
+        completion = sdk.chat.completions.create(
+            model=MODEL,
+            messages=_ask("Tell me about penalties."),
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+            logit_bias={"42": 5},
+            max_tokens=3,
+        )
+        assert completion.choices[0].finish_reason == "length"
+        assert completion.model_extra is not None
+        assert completion.model_extra["parley"]["cached"] is False
+    for key in ("x", "\u00b2", "-1"):  # "²" is a digit to str.isdigit, not a token id
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), logit_bias={key: 1})
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["param"] == "logit_bias"
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), presence_penalty=3)
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "presence_penalty"
+
+
+def test_several_choices_streamed_and_not(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("get_time in Rome"), tools=TOOLS, n=3
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    for choice in completion.choices:
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.tool_calls is not None
+    assert completion.usage is not None
+    one = sdk.chat.completions.create(model=MODEL, messages=_ask("get_time in Rome"), tools=TOOLS)
+    assert one.usage is not None
+    # The prompt counts once; every choice's answer counts.
+    assert completion.usage.prompt_tokens == one.usage.prompt_tokens
+    assert completion.usage.completion_tokens == 3 * one.usage.completion_tokens
+
+    stream = sdk.chat.completions.create(
+        model=MODEL,
+        messages=_ask("Hello"),
+        n=2,
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts = {0: "", 1: ""}
+    finishes = {}
+    usage = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert finishes == {0: "length", 1: "length"}
+    assert all(texts.values())
+    assert usage is not None
+    assert usage.completion_tokens == 6
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), n=5)
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "n"
+    assert "at most 4" in refused.value.body["message"]
+
+
+def test_logprobs_in_openai_shapes(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("Hello"), max_tokens=3, logprobs=True, top_logprobs=1
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content is not None
+    assert len(logprobs.content) == 3
+    assert "".join(t.token for t in logprobs.content) == completion.choices[0].message.content
+    first = logprobs.content[0]
+    assert first.logprob == 0.0
+    assert first.bytes == list(first.token.encode())
+    assert [t.token for t in first.top_logprobs] == [first.token]
+
+    stream = sdk.chat.completions.create(
+        model=MODEL, messages=_ask("Hello"), max_tokens=3, logprobs=True, stream=True
+    )
+    streamed = [
+        t
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert len(streamed) == 3
+
+    plain = sdk.chat.completions.create(model=MODEL, messages=_ask("Hello"), max_tokens=3)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), top_logprobs=2)
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "top_logprobs"
