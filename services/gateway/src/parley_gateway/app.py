@@ -10,7 +10,7 @@ import grpc
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from parley.v1 import cache_pb2_grpc, session_pb2_grpc
+from parley.v1 import cache_pb2_grpc, session_pb2, session_pb2_grpc
 from parley_common.grpc_telemetry import client_interceptors
 from parley_common.kafka import ensure_topics, make_producer
 from parley_gateway.admission import QueueMonitor, RateLimiter
@@ -25,6 +25,7 @@ from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.openapi import install_openapi
 from parley_gateway.replies import ReplyRouter
 from parley_gateway.routes import (
+    accounts,
     admin,
     bots,
     chat_settings,
@@ -112,6 +113,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 session,
                 admin_key=settings.admin_api_key.get_secret_value(),
                 ttl_s=settings.auth_cache_ttl_s,
+                session_policy=session_pb2.SessionPolicy(
+                    idle_timeout_s=settings.session_idle_timeout_s,
+                    absolute_timeout_s=settings.session_absolute_timeout_s,
+                ),
             ),
             turns=turns,
             limiter=RateLimiter(
@@ -156,6 +161,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(feedback.router)
     app.include_router(chat_settings.router)
     app.include_router(admin.router)
+    app.include_router(accounts.router)
     app.include_router(health.router)
     # Inside the size limit, which bounds what this one reads.
     app.add_middleware(JsonBodyCheck)

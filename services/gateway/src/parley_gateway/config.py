@@ -2,13 +2,21 @@ from __future__ import annotations
 
 import os
 import socket
+from enum import StrEnum
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from parley_common.settings import ServiceSettings
 from parley_gateway.cors import parse_origins
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SignUpMode"]
+
+
+class SignUpMode(StrEnum):
+    OPEN = "open"  # anyone may create an account
+    INVITE = "invite"  # with an invite code from an administrator
+    CLOSED = "closed"  # administrators create accounts
+
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "admin", "secret"}
 
@@ -53,6 +61,32 @@ class Settings(ServiceSettings):
         default="",
         description="comma-separated origins whose browser apps may call the API, or *; "
         "empty: none",
+    )
+    sign_up_mode: SignUpMode = Field(
+        default=SignUpMode.INVITE,
+        description="who may create an account: open, invite (an admin's invite code) or closed",
+    )
+    session_cookie_secure: bool = Field(
+        default=False,
+        description="mark the session cookie Secure even when a request is not seen as HTTPS "
+        "(it is always Secure on HTTPS); set it behind a TLS-terminating proxy",
+    )
+    session_idle_timeout_s: int = Field(
+        default=24 * 3600, gt=0, description="a browser session unused this long ends"
+    )
+    session_absolute_timeout_s: int = Field(
+        default=14 * 24 * 3600, gt=0, description="a browser session ends this long after sign-in"
+    )
+    sign_in_max_failures_per_account: int = Field(
+        default=5, ge=0, description="failed sign-ins of one account per window; 0: no limit"
+    )
+    sign_in_max_failures_per_address: int = Field(
+        default=50,
+        ge=0,
+        description="failed sign-ins from one client address per window; 0: no limit",
+    )
+    sign_in_failure_window_s: int = Field(
+        default=900, gt=0, description="the window the sign-in failures are counted over"
     )
 
     @field_validator("cors_allowed_origins")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
     "ApiKeyCreated",
@@ -118,12 +118,61 @@ class ChatList(BaseModel):
 class CreateUserBody(_Body):
     name: str = Field(min_length=1, max_length=200)
     tenant_id: str = Field(default="", max_length=64)
+    email: str = Field(
+        default="", max_length=254, description="with password: an account that can sign in"
+    )
+    password: SecretStr = Field(default=SecretStr(""), max_length=1024)
 
 
 class UserOut(BaseModel):
     user_id: str
     name: str
     tenant_id: str
+    email: str = ""
+
+
+class SignUpBody(_Body):
+    email: str = Field(min_length=3, max_length=254)
+    password: SecretStr = Field(min_length=8, max_length=1024)
+    name: str = Field(default="", max_length=200)
+    invite_code: str = Field(default="", max_length=128)
+
+
+class SignInBody(_Body):
+    email: str = Field(min_length=3, max_length=254)
+    password: SecretStr = Field(min_length=1, max_length=1024)
+    next: str = Field(
+        default="/", max_length=2048, description="where the page goes next: a path on this site"
+    )
+
+
+class SignedIn(BaseModel):
+    user: UserOut
+    next: str = Field(description="the checked `next` path")
+    expires_at: int = Field(description="the session's absolute end, Unix ms")
+
+
+class SignOutBody(_Body):
+    everywhere: bool = Field(default=False, description="end every session of this account")
+
+
+class ChangePasswordBody(_Body):
+    current_password: SecretStr = Field(min_length=1, max_length=1024)
+    new_password: SecretStr = Field(min_length=8, max_length=1024)
+
+
+class SetPasswordBody(_Body):
+    new_password: SecretStr = Field(min_length=8, max_length=1024)
+
+
+class CreateInviteBody(_Body):
+    tenant_id: str = Field(default="", max_length=64)
+    valid_for_s: int = Field(default=7 * 24 * 3600, ge=60, le=90 * 24 * 3600)
+
+
+class InviteCreated(BaseModel):
+    invite_code: str = Field(description="shown once; only its hash is stored")
+    expires_at: int = Field(description="Unix ms")
 
 
 class CreateKeyBody(_Body):

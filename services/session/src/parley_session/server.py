@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +22,7 @@ from parley.v1 import session_pb2, session_pb2_grpc
 from parley_common.grpc_errors import abort_bad_field
 from parley_common.ids import is_id
 from parley_session import wire
+from parley_session.accounts import Accounts
 from parley_session.bot_access import BotAccess
 from parley_session.completions import (
     CompletionService,
@@ -29,6 +31,7 @@ from parley_session.completions import (
 from parley_session.config import Settings
 from parley_session.context import ContextBuilder
 from parley_session.domain import (
+    AlreadyExistsError,
     BotNotFoundError,
     ChatNotFoundError,
     CompletionNotFoundError,
@@ -36,6 +39,7 @@ from parley_session.domain import (
     MessageNotFoundError,
     ModelNotFoundError,
     PermissionDeniedError,
+    UnauthenticatedError,
 )
 from parley_session.failures import EXPECTED_FAILURES
 from parley_session.feedback import submit_feedback
@@ -47,6 +51,7 @@ from parley_session.retry import (
     is_transient,
 )
 from parley_session.stores import Stores
+from parley_session.stores._mongo import ms
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 from parley_session.turns import Turns, check_chat_id
@@ -88,6 +93,10 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
     if isinstance(exc, PermissionDeniedError):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, AlreadyExistsError):
+        await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, UnauthenticatedError):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
     if isinstance(exc, InvalidArgumentError):
         await _abort_invalid(context, exc)
     if isinstance(exc, DeadlineExceededError):
@@ -159,6 +168,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             store, tokens, window=settings.context_window, summarizer=summarizer
         )
         self._turns = Turns(store, self._bots, contexts, tokens, settings)
+        self._accounts = Accounts(store)
 
     # users and keys
 
@@ -172,7 +182,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if user is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         assert user is not None
-        return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
+        return wire.user_pb(user)
 
     @_rpc
     async def CreateUser(
@@ -181,8 +191,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         name = request.name.strip()
         if not name or len(name) > 200:
             raise InvalidArgumentError("name", "must be 1 to 200 characters")
-        user = await self._store.users.create_user(name, request.tenant_id)
-        return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
+        if request.email or request.password:
+            user = await self._accounts.create(
+                email=request.email,
+                password=request.password,
+                name=name,
+                tenant_id=request.tenant_id,
+            )
+        else:
+            user = await self._store.users.create_user(name, request.tenant_id)
+        return wire.user_pb(user)
 
     @_rpc
     async def CreateApiKey(
@@ -200,6 +218,89 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if not (is_id(request.key_id) and await self._store.users.revoke_api_key(request.key_id)):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
         return session_pb2.RevokeApiKeyResponse()
+
+    # accounts and browser sessions: parley_session.accounts
+
+    @_rpc
+    async def SignUp(
+        self, request: session_pb2.SignUpRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.User:
+        if len(request.name) > 200:
+            raise InvalidArgumentError("name", "must be at most 200 characters")
+        user = await self._accounts.sign_up(
+            email=request.email,
+            password=request.password,
+            name=request.name.strip(),
+            invite_code=request.invite_code,
+            require_invite=request.require_invite,
+        )
+        return wire.user_pb(user)
+
+    @_rpc
+    async def SignIn(
+        self, request: session_pb2.SignInRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.SignInResponse:
+        result = await self._accounts.sign_in(
+            email=request.email,
+            password=request.password,
+            client_address=request.client_address,
+            policy=wire.sign_in_policy(request),
+            replaces_token=request.replaces_session_token,
+        )
+        return wire.sign_in_pb(result)
+
+    @_rpc
+    async def AuthenticateSession(
+        self,
+        request: session_pb2.AuthenticateSessionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.User:
+        user = await self._accounts.authenticate(
+            request.session_token, wire.session_policy(request.session)
+        )
+        return wire.user_pb(user)
+
+    @_rpc
+    async def SignOut(
+        self, request: session_pb2.SignOutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.SignOutResponse:
+        await self._accounts.sign_out(request.session_token, everywhere=request.everywhere)
+        return session_pb2.SignOutResponse()
+
+    @_rpc
+    async def ChangePassword(
+        self,
+        request: session_pb2.ChangePasswordRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ChangePasswordResponse:
+        await self._accounts.change_password(
+            request.user_id,
+            current=request.current_password,
+            new=request.new_password,
+            keep_token=request.keep_session_token,
+        )
+        return session_pb2.ChangePasswordResponse()
+
+    @_rpc
+    async def SetPassword(
+        self, request: session_pb2.SetPasswordRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ChangePasswordResponse:
+        if not (
+            is_id(request.user_id)
+            and await self._accounts.set_password(request.user_id, request.new_password)
+        ):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {request.user_id}")
+        return session_pb2.ChangePasswordResponse()
+
+    @_rpc
+    async def CreateInvite(
+        self, request: session_pb2.CreateInviteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.CreateInviteResponse:
+        valid_for = timedelta(seconds=request.valid_for_s or 7 * 24 * 3600)
+        invite = await self._store.sign_in.create_invite(request.tenant_id, valid_for)
+        return session_pb2.CreateInviteResponse(
+            invite_code=invite.code, expires_at_ms=ms(invite.expires_at)
+        )
 
     # turns: parley_session.turns
 

@@ -7,17 +7,26 @@ import base64
 import binascii
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from parley.v1 import session_pb2, types_pb2
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
+from parley_session.accounts import SessionPolicy, SignInOutcome, SignInPolicy, SignInResult
 from parley_session.completions import ModelInfo, PreparedCompletion
 from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError
 from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
 from parley_session.quotas import QuotaDecision
-from parley_session.stores import ChatDoc, FeedbackDoc, FeedbackQuery, MessageDoc, from_ms
+from parley_session.stores import (
+    ChatDoc,
+    FeedbackDoc,
+    FeedbackQuery,
+    MessageDoc,
+    UserDoc,
+    from_ms,
+)
+from parley_session.stores._mongo import ms
 from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
@@ -36,8 +45,12 @@ __all__ = [
     "models_pb",
     "prepared_pb",
     "quota_pb",
+    "session_policy",
+    "sign_in_pb",
+    "sign_in_policy",
     "turn_pb",
     "turn_request",
+    "user_pb",
 ]
 
 _RATING_FROM_PB = {session_pb2.RATING_UP: "up", session_pb2.RATING_DOWN: "down"}
@@ -262,3 +275,51 @@ def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
         requests_remaining=decision.requests_remaining,
         tokens_remaining=decision.tokens_remaining,
     )
+
+
+def user_pb(user: UserDoc) -> session_pb2.User:
+    return session_pb2.User(
+        user_id=user.user_id, name=user.name, tenant_id=user.tenant_id, email=user.email
+    )
+
+
+# A day and a month when the caller sends no lifetimes.
+_DEFAULT_IDLE_S = 24 * 3600
+_DEFAULT_ABSOLUTE_S = 30 * 24 * 3600
+
+
+def session_policy(policy: session_pb2.SessionPolicy) -> SessionPolicy:
+    return SessionPolicy(
+        idle=timedelta(seconds=policy.idle_timeout_s or _DEFAULT_IDLE_S),
+        absolute=timedelta(seconds=policy.absolute_timeout_s or _DEFAULT_ABSOLUTE_S),
+    )
+
+
+def sign_in_policy(request: session_pb2.SignInRequest) -> SignInPolicy:
+    return SignInPolicy(
+        max_failures_per_account=request.max_failures_per_account,
+        max_failures_per_address=request.max_failures_per_address,
+        window_s=request.failure_window_s or 900,
+        session=session_policy(request.session),
+    )
+
+
+_OUTCOME_PB = {
+    SignInOutcome.SIGNED_IN: session_pb2.SignInResponse.OUTCOME_SIGNED_IN,
+    SignInOutcome.INVALID_CREDENTIALS: session_pb2.SignInResponse.OUTCOME_INVALID_CREDENTIALS,
+    SignInOutcome.ACCOUNT_LOCKED: session_pb2.SignInResponse.OUTCOME_ACCOUNT_LOCKED,
+    SignInOutcome.ADDRESS_LOCKED: session_pb2.SignInResponse.OUTCOME_ADDRESS_LOCKED,
+}
+
+
+def sign_in_pb(result: SignInResult) -> session_pb2.SignInResponse:
+    response = session_pb2.SignInResponse(
+        outcome=_OUTCOME_PB[result.outcome],
+        retry_after_ms=math.ceil(result.retry_after_s * 1000),
+    )
+    if result.user is not None:
+        response.user.CopyFrom(user_pb(result.user))
+    if result.session is not None:
+        response.session_token = result.session.token
+        response.expires_at_ms = ms(result.session.expires_at)
+    return response

@@ -94,10 +94,13 @@ class User(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     IS_ADMIN_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     name: _builtins.str
     is_admin: _builtins.bool
     tenant_id: _builtins.str
+    email: _builtins.str
+    """empty for a user without an account (API keys only)"""
     def __init__(
         self,
         *,
@@ -105,14 +108,342 @@ class User(_message.Message):
         name: _builtins.str = ...,
         is_admin: _builtins.bool = ...,
         tenant_id: _builtins.str = ...,
+        email: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_admin", b"is_admin", "name", b"name", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "is_admin", b"is_admin", "name", b"name", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class SessionPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDLE_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    idle_timeout_s: _builtins.int
+    """a session unused this long ends"""
+    absolute_timeout_s: _builtins.int
+    """a session ends this long after sign-in, used or not"""
+    def __init__(
+        self,
+        *,
+        idle_timeout_s: _builtins.int = ...,
+        absolute_timeout_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absolute_timeout_s", b"absolute_timeout_s", "idle_timeout_s", b"idle_timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionPolicy: _TypeAlias = SessionPolicy  # noqa: Y015
+
+@_typing.final
+class SignUpRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    INVITE_CODE_FIELD_NUMBER: _builtins.int
+    REQUIRE_INVITE_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    password: _builtins.str
+    name: _builtins.str
+    invite_code: _builtins.str
+    require_invite: _builtins.bool
+    """invite-only sign-up: a valid unused invite_code is needed"""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        password: _builtins.str = ...,
+        name: _builtins.str = ...,
+        invite_code: _builtins.str = ...,
+        require_invite: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "invite_code", b"invite_code", "name", b"name", "password", b"password", "require_invite", b"require_invite"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignUpRequest: _TypeAlias = SignUpRequest  # noqa: Y015
+
+@_typing.final
+class SignInRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    MAX_FAILURES_PER_ACCOUNT_FIELD_NUMBER: _builtins.int
+    MAX_FAILURES_PER_ADDRESS_FIELD_NUMBER: _builtins.int
+    FAILURE_WINDOW_S_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    REPLACES_SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    password: _builtins.str
+    client_address: _builtins.str
+    max_failures_per_account: _builtins.int
+    """sign-in attempts failed within the window; 0: no limit"""
+    max_failures_per_address: _builtins.int
+    failure_window_s: _builtins.int
+    replaces_session_token: _builtins.str
+    """the caller's previous session, revoked (no fixation)"""
+    @_builtins.property
+    def session(self) -> Global___SessionPolicy: ...
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        password: _builtins.str = ...,
+        client_address: _builtins.str = ...,
+        max_failures_per_account: _builtins.int = ...,
+        max_failures_per_address: _builtins.int = ...,
+        failure_window_s: _builtins.int = ...,
+        session: Global___SessionPolicy | None = ...,
+        replaces_session_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_address", b"client_address", "email", b"email", "failure_window_s", b"failure_window_s", "max_failures_per_account", b"max_failures_per_account", "max_failures_per_address", b"max_failures_per_address", "password", b"password", "replaces_session_token", b"replaces_session_token", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignInRequest: _TypeAlias = SignInRequest  # noqa: Y015
+
+@_typing.final
+class SignInResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Outcome:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SignInResponse._Outcome.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        OUTCOME_UNSPECIFIED: SignInResponse._Outcome.ValueType  # 0
+        OUTCOME_SIGNED_IN: SignInResponse._Outcome.ValueType  # 1
+        OUTCOME_INVALID_CREDENTIALS: SignInResponse._Outcome.ValueType  # 2
+        OUTCOME_ACCOUNT_LOCKED: SignInResponse._Outcome.ValueType  # 3
+        """too many failures for this e-mail address"""
+        OUTCOME_ADDRESS_LOCKED: SignInResponse._Outcome.ValueType  # 4
+        """too many failures from this client address"""
+
+    class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
+    OUTCOME_UNSPECIFIED: SignInResponse.Outcome.ValueType  # 0
+    OUTCOME_SIGNED_IN: SignInResponse.Outcome.ValueType  # 1
+    OUTCOME_INVALID_CREDENTIALS: SignInResponse.Outcome.ValueType  # 2
+    OUTCOME_ACCOUNT_LOCKED: SignInResponse.Outcome.ValueType  # 3
+    """too many failures for this e-mail address"""
+    OUTCOME_ADDRESS_LOCKED: SignInResponse.Outcome.ValueType  # 4
+    """too many failures from this client address"""
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
+    outcome: Global___SignInResponse.Outcome.ValueType
+    session_token: _builtins.str
+    expires_at_ms: _builtins.int
+    retry_after_ms: _builtins.int
+    """when locked"""
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        outcome: Global___SignInResponse.Outcome.ValueType = ...,
+        user: Global___User | None = ...,
+        session_token: _builtins.str = ...,
+        expires_at_ms: _builtins.int = ...,
+        retry_after_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "outcome", b"outcome", "retry_after_ms", b"retry_after_ms", "session_token", b"session_token", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignInResponse: _TypeAlias = SignInResponse  # noqa: Y015
+
+@_typing.final
+class AuthenticateSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    @_builtins.property
+    def session(self) -> Global___SessionPolicy: ...
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        session: Global___SessionPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthenticateSessionRequest: _TypeAlias = AuthenticateSessionRequest  # noqa: Y015
+
+@_typing.final
+class SignOutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    EVERYWHERE_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    everywhere: _builtins.bool
+    """every session of the token's user"""
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        everywhere: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["everywhere", b"everywhere", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignOutRequest: _TypeAlias = SignOutRequest  # noqa: Y015
+
+@_typing.final
+class SignOutResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignOutResponse: _TypeAlias = SignOutResponse  # noqa: Y015
+
+@_typing.final
+class ChangePasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    KEEP_SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    current_password: _builtins.str
+    new_password: _builtins.str
+    keep_session_token: _builtins.str
+    """every other session of the user is revoked"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        current_password: _builtins.str = ...,
+        new_password: _builtins.str = ...,
+        keep_session_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "keep_session_token", b"keep_session_token", "new_password", b"new_password", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordRequest: _TypeAlias = ChangePasswordRequest  # noqa: Y015
+
+@_typing.final
+class ChangePasswordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordResponse: _TypeAlias = ChangePasswordResponse  # noqa: Y015
+
+@_typing.final
+class SetPasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    new_password: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        new_password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_password", b"new_password", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPasswordRequest: _TypeAlias = SetPasswordRequest  # noqa: Y015
+
+@_typing.final
+class CreateInviteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    VALID_FOR_S_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    valid_for_s: _builtins.int
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        valid_for_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id", "valid_for_s", b"valid_for_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInviteRequest: _TypeAlias = CreateInviteRequest  # noqa: Y015
+
+@_typing.final
+class CreateInviteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITE_CODE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    invite_code: _builtins.str
+    """shown once; only its hash is stored"""
+    expires_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        invite_code: _builtins.str = ...,
+        expires_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "invite_code", b"invite_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateInviteResponse: _TypeAlias = CreateInviteResponse  # noqa: Y015
 
 @_typing.final
 class AuthenticateKeyRequest(_message.Message):
@@ -139,17 +470,24 @@ class CreateUserRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     tenant_id: _builtins.str
+    email: _builtins.str
+    """with password: an account that can sign in"""
+    password: _builtins.str
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "name", b"name", "password", b"password", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

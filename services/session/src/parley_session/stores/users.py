@@ -1,4 +1,5 @@
-"""Users and their API keys (`users`, `api_keys`; `key_hash` unique: authentication)."""
+"""Users and their API keys (`users`, `api_keys`; `key_hash` unique: authentication). A user with
+an account also has an `email` (unique, stored lower-case) and an Argon2id `password_hash`."""
 
 from __future__ import annotations
 
@@ -8,20 +9,37 @@ from dataclasses import dataclass
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from parley_common.ids import new_id
 from parley_session.domain import InvalidArgumentError
 from parley_session.retry import RetryPolicy
-from parley_session.stores._mongo import Doc, insert_new, now, retried
+from parley_session.stores._mongo import Doc, insert_new, key_pattern, now, retried
 
-__all__ = ["API_KEY_PREFIX", "ApiKey", "UserDoc", "UserStore", "hash_api_key"]
+__all__ = [
+    "API_KEY_PREFIX",
+    "ApiKey",
+    "EmailTakenError",
+    "UserDoc",
+    "UserStore",
+    "hash_api_key",
+    "hash_token",
+]
 
 API_KEY_PREFIX = "pk-"
 
 
-def hash_api_key(api_key: str) -> str:
-    # Keys are 256-bit random strings, so a fast hash is enough (no dictionary to guess from).
-    return hashlib.sha256(api_key.encode()).hexdigest()
+def hash_token(token: str) -> str:
+    # Keys, session tokens and invite codes are 256-bit random strings, so a fast hash is
+    # enough (no dictionary to guess from).
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+hash_api_key = hash_token
+
+
+class EmailTakenError(Exception):
+    """Another account has this e-mail address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +47,7 @@ class UserDoc:
     user_id: str
     name: str
     tenant_id: str
+    email: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +57,7 @@ class ApiKey:
 
 
 def _user(doc: Doc) -> UserDoc:
-    return UserDoc(doc["_id"], doc.get("name", ""), doc.get("tenant_id", ""))
+    return UserDoc(doc["_id"], doc.get("name", ""), doc.get("tenant_id", ""), doc.get("email", ""))
 
 
 class UserStore:
@@ -52,12 +71,50 @@ class UserStore:
     async def ensure_indexes(self) -> None:
         await self._keys.create_index("key_hash", unique=True)
         await self._keys.create_index("user_id")
+        await self._users.create_index(
+            "email", unique=True, partialFilterExpression={"email": {"$type": "string"}}
+        )
 
-    async def create_user(self, name: str, tenant_id: str = "") -> UserDoc:
-        user = UserDoc(user_id=new_id(), name=name, tenant_id=tenant_id)
+    async def create_user(
+        self,
+        name: str,
+        tenant_id: str = "",
+        *,
+        email: str = "",
+        password_hash: str = "",
+        user_id: str = "",
+    ) -> UserDoc:
+        """A new user; with `email` and `password_hash`, one who can sign in. Raises
+        EmailTakenError when another account has the address."""
+        user = UserDoc(user_id=user_id or new_id(), name=name, tenant_id=tenant_id, email=email)
         doc = {"_id": user.user_id, "name": name, "tenant_id": tenant_id, "created_at": now()}
-        await self._insert(self._users, doc)
+        if email:
+            doc |= {"email": email, "password_hash": password_hash}
+        try:
+            await self._insert(self._users, doc)
+        except DuplicateKeyError as exc:
+            if key_pattern(exc) == {"email": 1}:
+                raise EmailTakenError(email) from exc
+            raise
         return user
+
+    @retried
+    async def find_account(self, email: str) -> tuple[UserDoc, str] | None:
+        """The user with this e-mail address and their password hash."""
+        doc = await self._users.find_one({"email": email})
+        return None if doc is None else (_user(doc), doc.get("password_hash", ""))
+
+    @retried
+    async def password_hash(self, user_id: str) -> str | None:
+        doc = await self._users.find_one({"_id": user_id}, {"password_hash": 1})
+        return None if doc is None else str(doc.get("password_hash", ""))
+
+    @retried
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        result = await self._users.update_one(
+            {"_id": user_id}, {"$set": {"password_hash": password_hash, "password_set_at": now()}}
+        )
+        return result.matched_count == 1
 
     @retried
     async def get_user(self, user_id: str) -> UserDoc | None:

@@ -1,0 +1,193 @@
+"""Accounts and browser sessions, the use-cases behind sign-up, sign-in and sign-out: plain
+values in and out; the stores hold MongoDB.
+
+Sign-in counts an attempt against the account and the client address *before* it checks the
+password, so that concurrent guesses cannot all slip under the limit; a success takes its
+attempt back (the account's window is cleared), a failure leaves it counted. The limits and the
+sessions' lifetimes come from the caller (the gateway's settings), as the rate limits do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from parley_common.ids import new_id
+from parley_session.domain import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from parley_session.passwords import Passwords, check_password
+from parley_session.stores import BrowserSession, EmailTakenError, Stores, UserDoc
+
+__all__ = [
+    "Accounts",
+    "SessionPolicy",
+    "SignInOutcome",
+    "SignInPolicy",
+    "SignInResult",
+    "normalize_email",
+]
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+MAX_EMAIL_CHARS = 254
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > MAX_EMAIL_CHARS or not _EMAIL.fullmatch(email):
+        raise InvalidArgumentError("email", "must be an e-mail address (name@example.com)")
+    return email
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    idle: timedelta
+    absolute: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class SignInPolicy:
+    max_failures_per_account: int  # 0: no limit
+    max_failures_per_address: int
+    window_s: int
+    session: SessionPolicy
+
+
+class SignInOutcome(StrEnum):
+    SIGNED_IN = "signed_in"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    ACCOUNT_LOCKED = "account_locked"
+    ADDRESS_LOCKED = "address_locked"
+
+
+@dataclass(frozen=True, slots=True)
+class SignInResult:
+    outcome: SignInOutcome
+    user: UserDoc | None = None
+    session: BrowserSession | None = None
+    retry_after_s: float = 0.0
+
+
+class Accounts:
+    def __init__(self, store: Stores, passwords: Passwords | None = None) -> None:
+        self._store = store
+        self._passwords = passwords or Passwords()
+
+    async def create(
+        self, *, email: str, password: str, name: str, tenant_id: str = "", user_id: str = ""
+    ) -> UserDoc:
+        email = normalize_email(email)
+        check_password(password)
+        try:
+            return await self._store.users.create_user(
+                name or email.split("@", 1)[0],
+                tenant_id,
+                email=email,
+                password_hash=await self._passwords.hash(password),
+                user_id=user_id,
+            )
+        except EmailTakenError:
+            raise AlreadyExistsError(
+                f"an account with the e-mail address {email} exists; sign in instead"
+            ) from None
+
+    async def sign_up(
+        self, *, email: str, password: str, name: str, invite_code: str, require_invite: bool
+    ) -> UserDoc:
+        email = normalize_email(email)
+        check_password(password)
+        if not require_invite:
+            return await self.create(email=email, password=password, name=name)
+        if not invite_code:
+            raise PermissionDeniedError("sign-up needs an invite code from an administrator")
+        user_id = new_id()
+        invite = await self._store.sign_in.redeem_invite(invite_code, user_id)
+        if invite is None:
+            raise PermissionDeniedError("the invite code is unknown, used or expired")
+        try:
+            return await self.create(
+                email=email,
+                password=password,
+                name=name,
+                tenant_id=str(invite.get("tenant_id", "")),
+                user_id=user_id,
+            )
+        except BaseException:
+            await self._store.sign_in.release_invite(invite_code, user_id)
+            raise
+
+    async def sign_in(
+        self,
+        *,
+        email: str,
+        password: str,
+        client_address: str,
+        policy: SignInPolicy,
+        replaces_token: str = "",
+    ) -> SignInResult:
+        email = normalize_email(email)
+        if len(password) > 1024:
+            return SignInResult(SignInOutcome.INVALID_CREDENTIALS)
+        attempts = self._store.sign_in
+        account, address = f"account:{email}", f"address:{client_address}"
+        if policy.max_failures_per_address and client_address:
+            counted = await attempts.count_attempt(address, policy.window_s)
+            if counted.count > policy.max_failures_per_address:
+                return SignInResult(
+                    SignInOutcome.ADDRESS_LOCKED, retry_after_s=counted.retry_after_s
+                )
+        if policy.max_failures_per_account:
+            counted = await attempts.count_attempt(account, policy.window_s)
+            if counted.count > policy.max_failures_per_account:
+                return SignInResult(
+                    SignInOutcome.ACCOUNT_LOCKED, retry_after_s=counted.retry_after_s
+                )
+        found = await self._store.users.find_account(email)
+        ok = await self._passwords.verify(found[1] if found else None, password)
+        if found is None or not ok:
+            return SignInResult(SignInOutcome.INVALID_CREDENTIALS)
+        if policy.max_failures_per_account:
+            await attempts.clear(account, policy.window_s)
+        if policy.max_failures_per_address and client_address:
+            await attempts.forgive_attempt(address, policy.window_s)
+        if replaces_token:
+            await self._store.browser_sessions.revoke(replaces_token)
+        session = await self._store.browser_sessions.create(
+            found[0].user_id, idle=policy.session.idle, absolute=policy.session.absolute
+        )
+        return SignInResult(SignInOutcome.SIGNED_IN, user=found[0], session=session)
+
+    async def authenticate(self, token: str, policy: SessionPolicy) -> UserDoc:
+        user_id = await self._store.browser_sessions.user_of(token, idle=policy.idle)
+        user = None if user_id is None else await self._store.users.get_user(user_id)
+        if user is None:
+            raise UnauthenticatedError("the session has ended (signed out or expired); sign in")
+        return user
+
+    async def sign_out(self, token: str, *, everywhere: bool) -> None:
+        user_id = await self._store.browser_sessions.revoke(token)
+        if everywhere and user_id is not None:
+            await self._store.browser_sessions.revoke_all(user_id)
+
+    async def change_password(
+        self, user_id: str, *, current: str, new: str, keep_token: str
+    ) -> None:
+        check_password(new, "new_password")
+        stored = await self._store.users.password_hash(user_id)
+        if not stored or not await self._passwords.verify(stored, current):
+            raise PermissionDeniedError("current_password is not this account's password")
+        await self._store.users.set_password_hash(user_id, await self._passwords.hash(new))
+        await self._store.browser_sessions.revoke_all(user_id, keep_token=keep_token)
+
+    async def set_password(self, user_id: str, new: str) -> bool:
+        """An administrator's reset: every session of the user ends."""
+        check_password(new, "new_password")
+        if not await self._store.users.set_password_hash(user_id, await self._passwords.hash(new)):
+            return False
+        await self._store.browser_sessions.revoke_all(user_id)
+        return True
