@@ -205,6 +205,35 @@ def test_web_chat(page: Page, platform: Platform, new_user: NewUser) -> None:
     assert (ARTIFACTS / "web-chat.png").stat().st_size > 10_000
 
 
+def test_password_sign_in(
+    page: Page, platform: Platform, new_user: NewUser, tmp_path: Path
+) -> None:
+    """The sign-in form: the session is an HttpOnly cookie the page cannot read; signing out
+    ends it on the server too."""
+    email = f"form-{secrets.token_hex(4)}@example.com"
+    new_user("form-user", email=email, password=PASSWORD)
+    page.goto(platform.gateway_url + "/")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    with page.expect_response(lambda r: r.url.endswith("/auth/sign-in")) as signed_in:
+        page.click("#signin-button")
+    assert signed_in.value.status == 200
+    expect(page.locator("#app")).to_be_visible()
+    assert page.evaluate("document.cookie") == ""
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["parley_session"]["httpOnly"] is True
+    assert cookies["parley_session"]["sameSite"] == "Lax"
+    token = cookies["parley_session"]["value"]
+    assert token not in page.content()
+    assert token not in page.evaluate("JSON.stringify(localStorage)")
+    page.screenshot(path=str(tmp_path / "signed-in.png"), full_page=True)
+    assert (tmp_path / "signed-in.png").stat().st_size > 5_000
+    page.click("#sign-out")
+    expect(page.locator("#signin")).to_be_visible()
+    revoked = httpx.get(f"{platform.gateway_url}/auth/me", cookies={"parley_session": token})
+    assert revoked.status_code == 401
+
+
 def test_page_is_public_and_locked_down(platform: Platform) -> None:
     index = httpx.get(platform.gateway_url + "/")
     assert index.status_code == 200

@@ -123,6 +123,13 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 session,
                 requests_per_minute=settings.rate_limit_requests_per_minute,
                 tokens_per_minute=settings.rate_limit_tokens_per_minute,
+                budgets=session_pb2.Budgets(
+                    period_s=settings.budget_period_s,
+                    user_requests=settings.budget_user_requests,
+                    user_tokens=settings.budget_user_tokens,
+                    tenant_requests=settings.budget_tenant_requests,
+                    tenant_tokens=settings.budget_tenant_tokens,
+                ),
             ),
             queue=queue,
             async_completions=async_completions,

@@ -48,6 +48,23 @@ class Settings(ServiceSettings):
         ge=0,
         description="prompt + completion tokens a user may spend per minute; 0: no limit",
     )
+    budget_period_s: int = Field(
+        default=86_400,
+        gt=0,
+        description="the budgets' period: fixed windows from the Unix epoch (86400: UTC days)",
+    )
+    budget_user_requests: int = Field(
+        default=0, ge=0, description="turns a user may start per period; 0: no budget"
+    )
+    budget_user_tokens: int = Field(
+        default=0, ge=0, description="prompt + completion tokens a user may use per period; 0: none"
+    )
+    budget_tenant_requests: int = Field(
+        default=0, ge=0, description="turns a tenant's users may start per period; 0: no budget"
+    )
+    budget_tenant_tokens: int = Field(
+        default=0, ge=0, description="tokens a tenant's users may use per period; 0: no budget"
+    )
     max_queue_depth: int = Field(
         default=1000,
         ge=0,

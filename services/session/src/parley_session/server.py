@@ -534,5 +534,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             request.user_id,
             requests_per_minute=request.requests_per_minute,
             tokens_per_minute=request.tokens_per_minute,
+            tenant_id=request.tenant_id,
+            budgets=wire.budgets(request.budgets),
         )
         return wire.quota_pb(decision)

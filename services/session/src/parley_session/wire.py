@@ -17,7 +17,7 @@ from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError
 from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
-from parley_session.quotas import QuotaDecision
+from parley_session.quotas import Budgets, QuotaDecision
 from parley_session.stores import (
     ChatDoc,
     FeedbackDoc,
@@ -31,6 +31,7 @@ from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
 __all__ = [
+    "budgets",
     "chat_pb",
     "client_messages",
     "completion_pb",
@@ -274,6 +275,17 @@ def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
         retry_after_ms=math.ceil(decision.retry_after_s * 1000),
         requests_remaining=decision.requests_remaining,
         tokens_remaining=decision.tokens_remaining,
+        resets_at_ms=math.ceil(decision.resets_at_s * 1000),
+    )
+
+
+def budgets(pb: session_pb2.Budgets) -> Budgets:
+    return Budgets(
+        period_s=pb.period_s or 86_400,
+        user_requests=pb.user_requests,
+        user_tokens=pb.user_tokens,
+        tenant_requests=pb.tenant_requests,
+        tenant_tokens=pb.tenant_tokens,
     )
 
 

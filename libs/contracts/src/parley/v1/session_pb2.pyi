@@ -1736,25 +1736,68 @@ class ConsumeQuotaRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     requests_per_minute: _builtins.int
     """0: no limit"""
     tokens_per_minute: _builtins.int
     """0: no limit"""
+    tenant_id: _builtins.str
+    @_builtins.property
+    def budgets(self) -> Global___Budgets: ...
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         requests_per_minute: _builtins.int = ...,
         tokens_per_minute: _builtins.int = ...,
+        tenant_id: _builtins.str = ...,
+        budgets: Global___Budgets | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "requests_per_minute", b"requests_per_minute", "tenant_id", b"tenant_id", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsumeQuotaRequest: _TypeAlias = ConsumeQuotaRequest  # noqa: Y015
+
+@_typing.final
+class Budgets(_message.Message):
+    """Requests and tokens per period (fixed windows of period_s from the Unix epoch), per user and
+    per tenant. A request is reserved atomically before it is queued; its tokens are added from
+    its result (what it used: a cached or cancelled answer costs what it took). 0: no budget.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_S_FIELD_NUMBER: _builtins.int
+    USER_REQUESTS_FIELD_NUMBER: _builtins.int
+    USER_TOKENS_FIELD_NUMBER: _builtins.int
+    TENANT_REQUESTS_FIELD_NUMBER: _builtins.int
+    TENANT_TOKENS_FIELD_NUMBER: _builtins.int
+    period_s: _builtins.int
+    user_requests: _builtins.int
+    user_tokens: _builtins.int
+    tenant_requests: _builtins.int
+    tenant_tokens: _builtins.int
+    def __init__(
+        self,
+        *,
+        period_s: _builtins.int = ...,
+        user_requests: _builtins.int = ...,
+        user_tokens: _builtins.int = ...,
+        tenant_requests: _builtins.int = ...,
+        tenant_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_s", b"period_s", "tenant_requests", b"tenant_requests", "tenant_tokens", b"tenant_tokens", "user_requests", b"user_requests", "user_tokens", b"user_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Budgets: _TypeAlias = Budgets  # noqa: Y015
 
 @_typing.final
 class ConsumeQuotaResponse(_message.Message):
@@ -1765,12 +1808,17 @@ class ConsumeQuotaResponse(_message.Message):
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     REQUESTS_REMAINING_FIELD_NUMBER: _builtins.int
     TOKENS_REMAINING_FIELD_NUMBER: _builtins.int
+    RESETS_AT_MS_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     exceeded: _builtins.str
-    """"requests" or "tokens" when refused"""
+    """when refused: "requests" or "tokens" (per minute), or a budget: "user_requests",
+    "user_tokens", "tenant_requests", "tenant_tokens"
+    """
     retry_after_ms: _builtins.int
     requests_remaining: _builtins.int
     tokens_remaining: _builtins.int
+    resets_at_ms: _builtins.int
+    """when the exceeded budget's period ends"""
     def __init__(
         self,
         *,
@@ -1779,10 +1827,11 @@ class ConsumeQuotaResponse(_message.Message):
         retry_after_ms: _builtins.int = ...,
         requests_remaining: _builtins.int = ...,
         tokens_remaining: _builtins.int = ...,
+        resets_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "exceeded", b"exceeded", "requests_remaining", b"requests_remaining", "retry_after_ms", b"retry_after_ms", "tokens_remaining", b"tokens_remaining"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "exceeded", b"exceeded", "requests_remaining", b"requests_remaining", "resets_at_ms", b"resets_at_ms", "retry_after_ms", b"retry_after_ms", "tokens_remaining", b"tokens_remaining"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
