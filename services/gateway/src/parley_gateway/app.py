@@ -33,6 +33,7 @@ from parley_gateway.routes import (
     completions,
     feedback,
     health,
+    keys,
     openai,
     web,
     ws,
@@ -169,6 +170,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(chat_settings.router)
     app.include_router(admin.router)
     app.include_router(accounts.router)
+    app.include_router(keys.router)
     app.include_router(health.router)
     # Inside the size limit, which bounds what this one reads.
     app.add_middleware(JsonBodyCheck)

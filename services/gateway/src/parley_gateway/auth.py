@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from parley.v1 import session_pb2
+from parley_common.vocabulary import AccountRole
 from parley_gateway.errors import ApiError
 from parley_gateway.session_client import SessionClient
 
@@ -30,6 +31,15 @@ class Principal:
     is_admin: bool = False
     email: str = ""
     via: Credential = Credential.API_KEY
+    role: AccountRole = AccountRole.MEMBER
+
+    @property
+    def read_only(self) -> bool:
+        return self.role is AccountRole.VIEWER
+
+
+def _role(user: session_pb2.User) -> AccountRole:
+    return AccountRole.parse(user.role) or AccountRole.MEMBER
 
 
 class Authenticator:
@@ -60,7 +70,11 @@ class Authenticator:
             )
         )
         return Principal(
-            user_id=user.user_id, tenant_id=user.tenant_id, email=user.email, via=Credential.SESSION
+            user_id=user.user_id,
+            tenant_id=user.tenant_id,
+            email=user.email,
+            via=Credential.SESSION,
+            role=_role(user),
         )
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -83,7 +97,9 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             return cached[1]
         user = await self._session.authenticate_key(key)
-        principal = Principal(user_id=user.user_id, tenant_id=user.tenant_id, email=user.email)
+        principal = Principal(
+            user_id=user.user_id, tenant_id=user.tenant_id, email=user.email, role=_role(user)
+        )
         if self._ttl_s:
             if len(self._cache) > 10_000:
                 self._cache.clear()

@@ -14,7 +14,7 @@ from parley_gateway.admission import QueueMonitor, RateLimiter
 from parley_gateway.async_completions import AsyncCompletions
 from parley_gateway.auth import SESSION_COOKIE, Authenticator, Principal
 from parley_gateway.config import Settings
-from parley_gateway.csrf import check_same_origin
+from parley_gateway.csrf import SAFE_METHODS, check_same_origin
 from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
 from parley_gateway.session_client import SessionClient
@@ -91,11 +91,26 @@ async def _user(
     _c: Annotated[str | None, Security(_session_cookie)],
 ) -> Principal:
     principal = await authenticate(parts, request, request.method)
+    _check_writable(principal, request)
     if principal.is_admin:
         raise ApiError(
             403, "permission_error", "the admin key manages users and keys; chat with a user's key"
         )
     return principal
+
+
+def _check_writable(principal: Principal, request: Request) -> None:
+    """A viewer reads; only their own account (sign-out, password, keys) is theirs to change."""
+    if (
+        principal.read_only
+        and request.method not in SAFE_METHODS
+        and not request.url.path.startswith(("/auth/", "/keys"))
+    ):
+        raise ApiError(
+            403,
+            "permission_error",
+            "a viewer has read-only access; ask an admin for the member role",
+        )
 
 
 async def _admin(
@@ -116,7 +131,9 @@ async def _caller(
     _a: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_key)],
     _c: Annotated[str | None, Security(_session_cookie)],
 ) -> Principal:
-    return await authenticate(parts, request, request.method)
+    principal = await authenticate(parts, request, request.method)
+    _check_writable(principal, request)
+    return principal
 
 
 async def _signed_in(
@@ -140,6 +157,8 @@ SignedIn = Annotated[Principal, Depends(_signed_in)]
 async def admit(parts: Parts, user: Principal) -> None:
     """Let `user` start a generation now, or refuse: the workers' queue is full (503) or the
     user is over a rate limit (429). Checked in this order, so a 503 costs no quota."""
+    if user.read_only:
+        raise ApiError(403, "permission_error", "a viewer has read-only access and cannot chat")
     try:
         parts.queue.check()
     except ApiError:

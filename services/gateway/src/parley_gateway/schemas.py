@@ -6,18 +6,33 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from parley_common.vocabulary import AccountRole
+
 __all__ = [
     "ApiKeyCreated",
+    "AuditEventOut",
+    "AuditPage",
+    "ChangePasswordBody",
     "ChatDetail",
     "ChatList",
     "ChatSummary",
     "CompletionBody",
     "CompletionError",
     "CompletionOut",
+    "CreateInviteBody",
     "CreateKeyBody",
     "CreateUserBody",
     "ErrorBody",
+    "InviteCreated",
+    "KeyList",
+    "KeyOut",
     "MessageOut",
+    "SetPasswordBody",
+    "SetRoleBody",
+    "SignInBody",
+    "SignOutBody",
+    "SignUpBody",
+    "SignedIn",
     "StartChatBody",
     "TurnAnswer",
     "TurnResponse",
@@ -122,6 +137,7 @@ class CreateUserBody(_Body):
         default="", max_length=254, description="with password: an account that can sign in"
     )
     password: SecretStr = Field(default=SecretStr(""), max_length=1024)
+    role: AccountRole = AccountRole.MEMBER
 
 
 class UserOut(BaseModel):
@@ -129,6 +145,37 @@ class UserOut(BaseModel):
     name: str
     tenant_id: str
     email: str = ""
+    role: str = "member"
+
+
+class SetRoleBody(_Body):
+    role: AccountRole
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    created_at: int = Field(description="Unix ms")
+    revoked_at: int | None = Field(description="Unix ms; null while active")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class AuditEventOut(BaseModel):
+    event_id: str
+    at: int = Field(description="Unix ms")
+    type: str
+    user_id: str
+    email: str
+    client_address: str
+    detail: str
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEventOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page")
 
 
 class SignUpBody(_Body):

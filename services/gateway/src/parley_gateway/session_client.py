@@ -89,6 +89,19 @@ class SessionClient:
     ) -> session_pb2.CreateInviteResponse:
         return await self._call(self._stub.CreateInvite, request)
 
+    async def list_api_keys(
+        self, request: session_pb2.ListApiKeysRequest
+    ) -> session_pb2.ListApiKeysResponse:
+        return await self._call(self._stub.ListApiKeys, request)
+
+    async def set_role(self, request: session_pb2.SetRoleRequest) -> session_pb2.User:
+        return await self._call(self._stub.SetRole, request, what="user")
+
+    async def list_audit_events(
+        self, request: session_pb2.ListAuditEventsRequest
+    ) -> session_pb2.ListAuditEventsResponse:
+        return await self._call(self._stub.ListAuditEvents, request)
+
     async def consume_quota(
         self, request: session_pb2.ConsumeQuotaRequest
     ) -> session_pb2.ConsumeQuotaResponse:

@@ -22,7 +22,7 @@ from parley_session.domain import (
     UnauthenticatedError,
 )
 from parley_session.passwords import Passwords, check_password
-from parley_session.stores import BrowserSession, EmailTakenError, Stores, UserDoc
+from parley_session.stores import AuditEvent, BrowserSession, EmailTakenError, Stores, UserDoc
 
 __all__ = [
     "Accounts",
@@ -79,22 +79,39 @@ class Accounts:
         self._passwords = passwords or Passwords()
 
     async def create(
-        self, *, email: str, password: str, name: str, tenant_id: str = "", user_id: str = ""
+        self,
+        *,
+        email: str,
+        password: str,
+        name: str,
+        tenant_id: str = "",
+        user_id: str = "",
+        role: str = "member",
     ) -> UserDoc:
         email = normalize_email(email)
         check_password(password)
         try:
-            return await self._store.users.create_user(
+            user = await self._store.users.create_user(
                 name or email.split("@", 1)[0],
                 tenant_id,
                 email=email,
                 password_hash=await self._passwords.hash(password),
                 user_id=user_id,
+                role=role,
             )
         except EmailTakenError:
             raise AlreadyExistsError(
                 f"an account with the e-mail address {email} exists; sign in instead"
             ) from None
+        await self._audit("user_created", user.user_id, email, detail=f"tenant={tenant_id}")
+        return user
+
+    async def _audit(
+        self, type_: str, user_id: str, email: str = "", address: str = "", detail: str = ""
+    ) -> None:
+        await self._store.audit.record(
+            AuditEvent(type_, user_id, email=email, client_address=address, detail=detail)
+        )
 
     async def sign_up(
         self, *, email: str, password: str, name: str, invite_code: str, require_invite: bool
@@ -138,18 +155,23 @@ class Accounts:
         if policy.max_failures_per_address and client_address:
             counted = await attempts.count_attempt(address, policy.window_s)
             if counted.count > policy.max_failures_per_address:
+                await self._audit("sign_in_locked", "", email, client_address, "address")
                 return SignInResult(
                     SignInOutcome.ADDRESS_LOCKED, retry_after_s=counted.retry_after_s
                 )
         if policy.max_failures_per_account:
             counted = await attempts.count_attempt(account, policy.window_s)
             if counted.count > policy.max_failures_per_account:
+                await self._audit("sign_in_locked", "", email, client_address, "account")
                 return SignInResult(
                     SignInOutcome.ACCOUNT_LOCKED, retry_after_s=counted.retry_after_s
                 )
         found = await self._store.users.find_account(email)
         ok = await self._passwords.verify(found[1] if found else None, password)
         if found is None or not ok:
+            user_id = found[0].user_id if found else ""
+            reason = "wrong password" if found else "unknown e-mail address"
+            await self._audit("sign_in_failed", user_id, email, client_address, reason)
             return SignInResult(SignInOutcome.INVALID_CREDENTIALS)
         if policy.max_failures_per_account:
             await attempts.clear(account, policy.window_s)
@@ -160,6 +182,7 @@ class Accounts:
         session = await self._store.browser_sessions.create(
             found[0].user_id, idle=policy.session.idle, absolute=policy.session.absolute
         )
+        await self._audit("sign_in", found[0].user_id, email, client_address)
         return SignInResult(SignInOutcome.SIGNED_IN, user=found[0], session=session)
 
     async def authenticate(self, token: str, policy: SessionPolicy) -> UserDoc:
@@ -171,8 +194,13 @@ class Accounts:
 
     async def sign_out(self, token: str, *, everywhere: bool) -> None:
         user_id = await self._store.browser_sessions.revoke(token)
-        if everywhere and user_id is not None:
-            await self._store.browser_sessions.revoke_all(user_id)
+        if user_id is None:
+            return
+        if everywhere:
+            ended = await self._store.browser_sessions.revoke_all(user_id)
+            await self._audit("sign_out_everywhere", user_id, detail=f"{ended + 1} sessions")
+        else:
+            await self._audit("sign_out", user_id)
 
     async def change_password(
         self, user_id: str, *, current: str, new: str, keep_token: str
@@ -183,6 +211,7 @@ class Accounts:
             raise PermissionDeniedError("current_password is not this account's password")
         await self._store.users.set_password_hash(user_id, await self._passwords.hash(new))
         await self._store.browser_sessions.revoke_all(user_id, keep_token=keep_token)
+        await self._audit("password_changed", user_id)
 
     async def set_password(self, user_id: str, new: str) -> bool:
         """An administrator's reset: every session of the user ends."""
@@ -190,4 +219,5 @@ class Accounts:
         if not await self._store.users.set_password_hash(user_id, await self._passwords.hash(new)):
             return False
         await self._store.browser_sessions.revoke_all(user_id)
+        await self._audit("password_reset", user_id)
         return True

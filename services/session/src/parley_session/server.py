@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 from parley.v1 import session_pb2, session_pb2_grpc
 from parley_common.grpc_errors import abort_bad_field
 from parley_common.ids import is_id
+from parley_common.vocabulary import AccountRole
 from parley_session import wire
 from parley_session.accounts import Accounts
 from parley_session.bot_access import BotAccess
@@ -50,13 +51,21 @@ from parley_session.retry import (
     deadline,
     is_transient,
 )
-from parley_session.stores import Stores
+from parley_session.stores import AuditEvent, Stores
 from parley_session.stores._mongo import ms
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 from parley_session.turns import Turns, check_chat_id
 
 __all__ = ["SessionServicer"]
+
+
+def _role(value: str) -> AccountRole:
+    role = AccountRole.parse(value)
+    if role is None:
+        raise InvalidArgumentError("role", "must be admin, member or viewer")
+    return role
+
 
 log = logging.getLogger(__name__)
 
@@ -191,15 +200,20 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         name = request.name.strip()
         if not name or len(name) > 200:
             raise InvalidArgumentError("name", "must be 1 to 200 characters")
+        role = _role(request.role or AccountRole.MEMBER)
         if request.email or request.password:
             user = await self._accounts.create(
                 email=request.email,
                 password=request.password,
                 name=name,
                 tenant_id=request.tenant_id,
+                role=role,
             )
         else:
-            user = await self._store.users.create_user(name, request.tenant_id)
+            user = await self._store.users.create_user(name, request.tenant_id, role=role)
+            await self._store.audit.record(
+                AuditEvent("user_created", user.user_id, detail=f"tenant={request.tenant_id}")
+            )
         return wire.user_pb(user)
 
     @_rpc
@@ -209,14 +223,49 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if not is_id(request.user_id):
             raise InvalidArgumentError("user_id", f"no user {request.user_id}")
         key = await self._store.users.create_api_key(request.user_id, request.name)
+        await self._store.audit.record(
+            AuditEvent("key_created", request.user_id, detail=f"key_id={key.key_id}")
+        )
         return session_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=key.api_key)
+
+    @_rpc
+    async def ListApiKeys(
+        self, request: session_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ListApiKeysResponse:
+        keys = await self._store.users.list_api_keys(request.user_id)
+        return wire.api_keys_pb(keys)
+
+    @_rpc
+    async def SetRole(
+        self, request: session_pb2.SetRoleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.User:
+        role = _role(request.role)
+        user = None
+        if is_id(request.user_id):
+            user = await self._store.users.set_role(
+                request.user_id, role, tenant_id=request.tenant_id or None
+            )
+        if user is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {request.user_id}")
+        assert user is not None
+        await self._store.audit.record(
+            AuditEvent("role_changed", user.user_id, detail=f"{role} by {request.changed_by}")
+        )
+        return wire.user_pb(user)
 
     @_rpc
     async def RevokeApiKey(
         self, request: session_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.RevokeApiKeyResponse:
-        if not (is_id(request.key_id) and await self._store.users.revoke_api_key(request.key_id)):
+        owner = None
+        if is_id(request.key_id):
+            owner = await self._store.users.revoke_api_key(request.key_id, user_id=request.user_id)
+        if owner is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
+        assert owner is not None
+        await self._store.audit.record(
+            AuditEvent("key_revoked", owner, detail=f"key_id={request.key_id}")
+        )
         return session_pb2.RevokeApiKeyResponse()
 
     # accounts and browser sessions: parley_session.accounts
@@ -301,6 +350,16 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         return session_pb2.CreateInviteResponse(
             invite_code=invite.code, expires_at_ms=ms(invite.expires_at)
         )
+
+    @_rpc
+    async def ListAuditEvents(
+        self,
+        request: session_pb2.ListAuditEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ListAuditEventsResponse:
+        query = wire.audit_query(request, max_limit=MAX_LIST_LIMIT)
+        events = await self._store.audit.list(query)
+        return wire.audit_pb(events, query.limit)
 
     # turns: parley_session.turns
 

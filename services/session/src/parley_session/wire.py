@@ -19,6 +19,9 @@ from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
 from parley_session.quotas import Budgets, QuotaDecision
 from parley_session.stores import (
+    ApiKeyInfo,
+    AuditEvent,
+    AuditQuery,
     ChatDoc,
     FeedbackDoc,
     FeedbackQuery,
@@ -31,6 +34,9 @@ from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
 __all__ = [
+    "api_keys_pb",
+    "audit_pb",
+    "audit_query",
     "budgets",
     "chat_pb",
     "client_messages",
@@ -291,7 +297,11 @@ def budgets(pb: session_pb2.Budgets) -> Budgets:
 
 def user_pb(user: UserDoc) -> session_pb2.User:
     return session_pb2.User(
-        user_id=user.user_id, name=user.name, tenant_id=user.tenant_id, email=user.email
+        user_id=user.user_id,
+        name=user.name,
+        tenant_id=user.tenant_id,
+        email=user.email,
+        role=user.role,
     )
 
 
@@ -335,3 +345,53 @@ def sign_in_pb(result: SignInResult) -> session_pb2.SignInResponse:
         response.session_token = result.session.token
         response.expires_at_ms = ms(result.session.expires_at)
     return response
+
+
+def audit_query(request: session_pb2.ListAuditEventsRequest, *, max_limit: int) -> AuditQuery:
+    if request.since_unix_ms < 0 or request.until_unix_ms < 0:
+        raise InvalidArgumentError("since", "Unix milliseconds, not negative")
+    if request.limit > max_limit:
+        raise InvalidArgumentError("limit", f"at most {max_limit}")
+    return AuditQuery(
+        user_id=request.user_id,
+        type=request.type,
+        since=from_ms(request.since_unix_ms) if request.since_unix_ms else None,
+        until=from_ms(request.until_unix_ms) if request.until_unix_ms else None,
+        before=decode_cursor(request.cursor) if request.cursor else None,
+        limit=request.limit or 50,
+    )
+
+
+def audit_pb(events: list[AuditEvent], limit: int) -> session_pb2.ListAuditEventsResponse:
+    response = session_pb2.ListAuditEventsResponse(
+        events=[
+            session_pb2.AuditEvent(
+                event_id=e.event_id,
+                at_unix_ms=ms(e.at),
+                type=e.type,
+                user_id=e.user_id,
+                email=e.email,
+                client_address=e.client_address,
+                detail=e.detail,
+            )
+            for e in events
+        ]
+    )
+    if len(events) == limit:
+        last = events[-1]
+        response.next_cursor = encode_cursor(ms(last.at), last.event_id)
+    return response
+
+
+def api_keys_pb(keys: list[ApiKeyInfo]) -> session_pb2.ListApiKeysResponse:
+    return session_pb2.ListApiKeysResponse(
+        keys=[
+            session_pb2.ApiKeyInfo(
+                key_id=k.key_id,
+                name=k.name,
+                created_unix_ms=ms(k.created_at),
+                revoked_unix_ms=ms(k.revoked_at) if k.revoked_at else 0,
+            )
+            for k in keys
+        ]
+    )

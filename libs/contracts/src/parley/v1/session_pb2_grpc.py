@@ -54,6 +54,16 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/parley.v1.SessionService/ListApiKeys',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.SetRole = channel.unary_unary(
+                '/parley.v1.SessionService/SetRole',
+                request_serializer=parley_dot_v1_dot_session__pb2.SetRoleRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.User.FromString,
+                _registered_method=True)
         self.SignUp = channel.unary_unary(
                 '/parley.v1.SessionService/SignUp',
                 request_serializer=parley_dot_v1_dot_session__pb2.SignUpRequest.SerializeToString,
@@ -88,6 +98,11 @@ class SessionServiceStub:
                 '/parley.v1.SessionService/CreateInvite',
                 request_serializer=parley_dot_v1_dot_session__pb2.CreateInviteRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.CreateInviteResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/parley.v1.SessionService/ListAuditEvents',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
         self.StartTurn = channel.unary_unary(
                 '/parley.v1.SessionService/StartTurn',
@@ -218,6 +233,19 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRole(self, request, context):
+        """A user's role in their tenant: admin, member or viewer (read-only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SignUp(self, request, context):
         """Accounts and browser sessions. Passwords are hashed with Argon2id; sign-in attempts are
         counted per account and per client address in MongoDB, so a lock-out holds on every gateway
@@ -260,6 +288,13 @@ class SessionServiceServicer:
 
     def CreateInvite(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -419,6 +454,16 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'SetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRole,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SetRoleRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.User.SerializeToString,
+            ),
             'SignUp': grpc.unary_unary_rpc_method_handler(
                     servicer.SignUp,
                     request_deserializer=parley_dot_v1_dot_session__pb2.SignUpRequest.FromString,
@@ -453,6 +498,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.CreateInvite,
                     request_deserializer=parley_dot_v1_dot_session__pb2.CreateInviteRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.CreateInviteResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.SerializeToString,
             ),
             'StartTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTurn,
@@ -674,6 +724,60 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListApiKeys',
+            parley_dot_v1_dot_session__pb2.ListApiKeysRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SetRole',
+            parley_dot_v1_dot_session__pb2.SetRoleRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SignUp(request,
             target,
             options=(),
@@ -852,6 +956,33 @@ class SessionService:
             '/parley.v1.SessionService/CreateInvite',
             parley_dot_v1_dot_session__pb2.CreateInviteRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.CreateInviteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListAuditEvents',
+            parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,9 @@ class SessionServiceStub:
     CreateUser: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateUserRequest, _session_pb2.User]
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateApiKeyRequest, _session_pb2.CreateApiKeyResponse]
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_session_pb2.RevokeApiKeyRequest, _session_pb2.RevokeApiKeyResponse]
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListApiKeysRequest, _session_pb2.ListApiKeysResponse]
+    SetRole: _grpc.UnaryUnaryMultiCallable[_session_pb2.SetRoleRequest, _session_pb2.User]
+    """A user's role in their tenant: admin, member or viewer (read-only)."""
     SignUp: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignUpRequest, _session_pb2.User]
     """Accounts and browser sessions. Passwords are hashed with Argon2id; sign-in attempts are
     counted per account and per client address in MongoDB, so a lock-out holds on every gateway
@@ -49,6 +52,8 @@ class SessionServiceStub:
     SetPassword: _grpc.UnaryUnaryMultiCallable[_session_pb2.SetPasswordRequest, _session_pb2.ChangePasswordResponse]
     """an admin's reset"""
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]
+    """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
     StartTurn: _grpc.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]
@@ -93,6 +98,9 @@ class SessionServiceAsyncStub(SessionServiceStub):
     CreateUser: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateUserRequest, _session_pb2.User]  # type: ignore[assignment]
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateApiKeyRequest, _session_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_session_pb2.RevokeApiKeyRequest, _session_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_session_pb2.ListApiKeysRequest, _session_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    SetRole: _aio.UnaryUnaryMultiCallable[_session_pb2.SetRoleRequest, _session_pb2.User]  # type: ignore[assignment]
+    """A user's role in their tenant: admin, member or viewer (read-only)."""
     SignUp: _aio.UnaryUnaryMultiCallable[_session_pb2.SignUpRequest, _session_pb2.User]  # type: ignore[assignment]
     """Accounts and browser sessions. Passwords are hashed with Argon2id; sign-in attempts are
     counted per account and per client address in MongoDB, so a lock-out holds on every gateway
@@ -105,6 +113,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     SetPassword: _aio.UnaryUnaryMultiCallable[_session_pb2.SetPasswordRequest, _session_pb2.ChangePasswordResponse]  # type: ignore[assignment]
     """an admin's reset"""
     CreateInvite: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]  # type: ignore[assignment]
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
     StartTurn: _aio.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]  # type: ignore[assignment]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _aio.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
@@ -172,6 +182,21 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_pb2.RevokeApiKeyResponse, _abc.Awaitable[_session_pb2.RevokeApiKeyResponse]]: ...
 
     @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _session_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListApiKeysResponse, _abc.Awaitable[_session_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetRole(
+        self,
+        request: _session_pb2.SetRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.User, _abc.Awaitable[_session_pb2.User]]:
+        """A user's role in their tenant: admin, member or viewer (read-only)."""
+
+    @_abc_1.abstractmethod
     def SignUp(
         self,
         request: _session_pb2.SignUpRequest,
@@ -224,6 +249,14 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_pb2.CreateInviteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.CreateInviteResponse, _abc.Awaitable[_session_pb2.CreateInviteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _session_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListAuditEventsResponse, _abc.Awaitable[_session_pb2.ListAuditEventsResponse]]:
+        """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
 
     @_abc_1.abstractmethod
     def StartTurn(

@@ -13,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, from_ms, retried
+from parley_session.stores.audit import AuditEvent, AuditQuery, AuditStore
 from parley_session.stores.bots import BotStore
 from parley_session.stores.browser_sessions import BrowserSession, BrowserSessionStore
 from parley_session.stores.chats import (
@@ -30,6 +31,7 @@ from parley_session.stores.sign_in import Attempts, Invite, SignInStore
 from parley_session.stores.summaries import SummaryJob, SummaryJobState, SummaryStore
 from parley_session.stores.users import (
     ApiKey,
+    ApiKeyInfo,
     EmailTakenError,
     UserDoc,
     UserStore,
@@ -39,7 +41,11 @@ from parley_session.stores.users import (
 
 __all__ = [
     "ApiKey",
+    "ApiKeyInfo",
     "Attempts",
+    "AuditEvent",
+    "AuditQuery",
+    "AuditStore",
     "BotStore",
     "BrowserSession",
     "BrowserSessionStore",
@@ -85,6 +91,7 @@ class Stores:
         self.summaries = SummaryStore(self.db, retry=self.retry)
         self.browser_sessions = BrowserSessionStore(self.db, retry=self.retry)
         self.sign_in = SignInStore(self.db, retry=self.retry)
+        self.audit = AuditStore(self.db, retry=self.retry)
 
     @retried
     async def ensure_indexes(self) -> None:
@@ -94,6 +101,7 @@ class Stores:
         await self.feedback.ensure_indexes()
         await self.browser_sessions.ensure_indexes()
         await self.sign_in.ensure_indexes()
+        await self.audit.ensure_indexes()
 
     @retried
     async def ping(self) -> None:

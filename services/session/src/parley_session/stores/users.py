@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -19,6 +21,7 @@ from parley_session.stores._mongo import Doc, insert_new, key_pattern, now, retr
 __all__ = [
     "API_KEY_PREFIX",
     "ApiKey",
+    "ApiKeyInfo",
     "EmailTakenError",
     "UserDoc",
     "UserStore",
@@ -48,6 +51,7 @@ class UserDoc:
     name: str
     tenant_id: str
     email: str = ""
+    role: str = "member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,21 @@ class ApiKey:
 
 
 def _user(doc: Doc) -> UserDoc:
-    return UserDoc(doc["_id"], doc.get("name", ""), doc.get("tenant_id", ""), doc.get("email", ""))
+    return UserDoc(
+        doc["_id"],
+        doc.get("name", ""),
+        doc.get("tenant_id", ""),
+        doc.get("email", ""),
+        doc.get("role", "member"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    key_id: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 class UserStore:
@@ -83,11 +101,20 @@ class UserStore:
         email: str = "",
         password_hash: str = "",
         user_id: str = "",
+        role: str = "member",
     ) -> UserDoc:
         """A new user; with `email` and `password_hash`, one who can sign in. Raises
         EmailTakenError when another account has the address."""
-        user = UserDoc(user_id=user_id or new_id(), name=name, tenant_id=tenant_id, email=email)
-        doc = {"_id": user.user_id, "name": name, "tenant_id": tenant_id, "created_at": now()}
+        user = UserDoc(
+            user_id=user_id or new_id(), name=name, tenant_id=tenant_id, email=email, role=role
+        )
+        doc = {
+            "_id": user.user_id,
+            "name": name,
+            "tenant_id": tenant_id,
+            "role": role,
+            "created_at": now(),
+        }
         if email:
             doc |= {"email": email, "password_hash": password_hash}
         try:
@@ -137,11 +164,33 @@ class UserStore:
         return key
 
     @retried
-    async def revoke_api_key(self, key_id: str) -> bool:
-        result = await self._keys.update_one(
-            {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": now()}}
+    async def set_role(self, user_id: str, role: str, *, tenant_id: str | None) -> UserDoc | None:
+        """Set the user's role; None when there is no such user (in `tenant_id`, when given)."""
+        query: Doc = {"_id": user_id}
+        if tenant_id is not None:
+            query["tenant_id"] = tenant_id
+        doc = await self._users.find_one_and_update(
+            query, {"$set": {"role": role}}, return_document=ReturnDocument.AFTER
         )
-        return result.matched_count == 1
+        return None if doc is None else _user(doc)
+
+    @retried
+    async def list_api_keys(self, user_id: str) -> list[ApiKeyInfo]:
+        cursor = self._keys.find({"user_id": user_id}).sort("created_at", -1).limit(1000)
+        return [
+            ApiKeyInfo(d["_id"], d.get("name", ""), d["created_at"], d.get("revoked_at"))
+            async for d in cursor
+        ]
+
+    @retried
+    async def revoke_api_key(self, key_id: str, *, user_id: str = "") -> str | None:
+        """Revoke an active key (of `user_id`, when given); returns its user, None when there
+        is no such active key."""
+        query: Doc = {"_id": key_id, "revoked_at": None}
+        if user_id:
+            query["user_id"] = user_id
+        doc = await self._keys.find_one_and_update(query, {"$set": {"revoked_at": now()}})
+        return None if doc is None else str(doc["user_id"])
 
     @retried
     async def authenticate(self, api_key: str) -> UserDoc | None:
