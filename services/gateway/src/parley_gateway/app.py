@@ -22,6 +22,7 @@ from parley_gateway.deps import Parts
 from parley_gateway.errors import install_error_handlers
 from parley_gateway.limits import BodySizeLimit, JsonBodyCheck
 from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.oidc import OidcClient, group_roles
 from parley_gateway.openapi import install_openapi
 from parley_gateway.replies import ReplyRouter
 from parley_gateway.routes import (
@@ -35,6 +36,7 @@ from parley_gateway.routes import (
     health,
     keys,
     openai,
+    sso,
     web,
     ws,
 )
@@ -138,12 +140,24 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             ready=True,
             cache=cache_pb2_grpc.CacheServiceStub(cache_channel),
         )
+        if settings.oidc_issuer:
+            parts.oidc = OidcClient(
+                issuer=settings.oidc_issuer,
+                client_id=settings.oidc_client_id,
+                client_secret=settings.oidc_client_secret.get_secret_value(),
+                redirect_uri=settings.oidc_redirect_uri,
+                scopes=settings.oidc_scopes,
+                groups_claim=settings.oidc_groups_claim,
+                roles=group_roles(settings.oidc_group_roles),
+            )
         app.state.parts = parts
         log.info("gateway ready", extra={"reply_topic": replies.topic})
         try:
             yield
         finally:
             parts.ready = False
+            if parts.oidc is not None:
+                await parts.oidc.aclose()
             await async_completions.stop()
             await queue.stop()
             await replies.stop()
@@ -171,6 +185,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(admin.router)
     app.include_router(accounts.router)
     app.include_router(keys.router)
+    app.include_router(sso.router)
     app.include_router(health.router)
     # Inside the size limit, which bounds what this one reads.
     app.add_middleware(JsonBodyCheck)

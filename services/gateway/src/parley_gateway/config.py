@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from parley_common.settings import ServiceSettings
 from parley_gateway.cors import parse_origins
+from parley_gateway.oidc import group_roles
 
 __all__ = ["Settings", "SignUpMode"]
 
@@ -105,6 +106,40 @@ class Settings(ServiceSettings):
     sign_in_failure_window_s: int = Field(
         default=900, gt=0, description="the window the sign-in failures are counted over"
     )
+    oidc_issuer: str = Field(
+        default="", description="the OpenID Provider's issuer URL; empty: no single sign-on"
+    )
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr = SecretStr("")
+    oidc_redirect_uri: str = Field(
+        default="", description="this gateway's public /auth/oidc/callback URL, as registered"
+    )
+    oidc_scopes: str = "openid email profile groups"
+    oidc_groups_claim: str = "groups"
+    oidc_group_roles: str = Field(
+        default="",
+        description="comma-separated group=role (admin, member, viewer); the highest matched "
+        "role is set at each sign-in, none matched leaves the user's",
+    )
+    oidc_tenant_id: str = Field(default="", description="the tenant of users created by sign-on")
+
+    @field_validator("oidc_group_roles")
+    @classmethod
+    def _group_roles(cls, value: str) -> str:
+        group_roles(value)
+        return value
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if self.oidc_issuer and not (
+            self.oidc_client_id
+            and self.oidc_client_secret.get_secret_value()
+            and self.oidc_redirect_uri
+        ):
+            raise ValueError(
+                "OIDC_ISSUER needs OIDC_CLIENT_ID, OIDC_CLIENT_SECRET and OIDC_REDIRECT_URI"
+            )
+        return self
 
     @field_validator("cors_allowed_origins")
     @classmethod

@@ -17,6 +17,7 @@ from parley_gateway.config import Settings
 from parley_gateway.csrf import SAFE_METHODS, check_same_origin
 from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.oidc import OidcClient
 from parley_gateway.session_client import SessionClient
 from parley_gateway.turns import TurnService
 
@@ -45,6 +46,7 @@ class Parts:
     metrics: GatewayMetrics
     ready: bool = False
     cache: cache_pb2_grpc.CacheServiceAsyncStub | None = None  # feedback evicts answers
+    oidc: OidcClient | None = None  # single sign-on, when configured
 
 
 def _parts(request: Request) -> Parts:

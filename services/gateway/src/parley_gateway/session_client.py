@@ -66,6 +66,11 @@ class SessionClient:
     async def sign_in(self, request: session_pb2.SignInRequest) -> session_pb2.SignInResponse:
         return await self._call(self._stub.SignIn, request)
 
+    async def sign_in_with_identity(
+        self, request: session_pb2.SignInWithIdentityRequest
+    ) -> session_pb2.SignInResponse:
+        return await self._call(self._stub.SignInWithIdentity, request)
+
     async def authenticate_session(
         self, request: session_pb2.AuthenticateSessionRequest
     ) -> session_pb2.User:

@@ -26,6 +26,7 @@ from parley_session.stores import AuditEvent, BrowserSession, EmailTakenError, S
 
 __all__ = [
     "Accounts",
+    "ExternalIdentity",
     "SessionPolicy",
     "SignInOutcome",
     "SignInPolicy",
@@ -48,6 +49,18 @@ def normalize_email(email: str) -> str:
 class SessionPolicy:
     idle: timedelta
     absolute: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalIdentity:
+    issuer: str
+    subject: str
+    email: str = ""
+    email_verified: bool = False
+    name: str = ""
+    role: str = ""  # from the groups claim; "" leaves the user's
+    tenant_id: str = ""
+    client_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +197,48 @@ class Accounts:
         )
         await self._audit("sign_in", found[0].user_id, email, client_address)
         return SignInResult(SignInOutcome.SIGNED_IN, user=found[0], session=session)
+
+    async def sign_in_with_identity(
+        self, identity: ExternalIdentity, *, policy: SessionPolicy, replaces_token: str = ""
+    ) -> SignInResult:
+        """A user checked by an OpenID Provider: matched by issuer and subject, else linked by
+        a verified e-mail address, else created. An unverified address is not trusted to
+        name an account."""
+        users = self._store.users
+        user = await users.find_by_identity(identity.issuer, identity.subject)
+        email = normalize_email(identity.email) if identity.email else ""
+        if user is None and email and identity.email_verified:
+            found = await users.find_account(email)
+            if found is not None:
+                user = found[0]
+                await users.link_identity(user.user_id, identity.issuer, identity.subject)
+        if user is None:
+            try:
+                user = await users.create_user(
+                    identity.name or (email.split("@", 1)[0] if email else identity.subject),
+                    identity.tenant_id,
+                    email=email if identity.email_verified else "",
+                    role=identity.role or "member",
+                )
+            except EmailTakenError:
+                user = await users.create_user(
+                    identity.name or identity.subject, identity.tenant_id
+                )
+            await users.link_identity(user.user_id, identity.issuer, identity.subject)
+            await self._audit("user_created", user.user_id, email, detail=f"oidc {identity.issuer}")
+        if identity.role and identity.role != user.role:
+            changed = await users.set_role(user.user_id, identity.role, tenant_id=None)
+            user = changed or user
+            await self._audit("role_changed", user.user_id, detail=f"{identity.role} by groups")
+        if replaces_token:
+            await self._store.browser_sessions.revoke(replaces_token)
+        session = await self._store.browser_sessions.create(
+            user.user_id, idle=policy.idle, absolute=policy.absolute
+        )
+        await self._audit(
+            "sign_in", user.user_id, email, identity.client_address, f"oidc {identity.issuer}"
+        )
+        return SignInResult(SignInOutcome.SIGNED_IN, user=user, session=session)
 
     async def authenticate(self, token: str, policy: SessionPolicy) -> UserDoc:
         user_id = await self._store.browser_sessions.user_of(token, idle=policy.idle)

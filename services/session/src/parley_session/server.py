@@ -23,7 +23,7 @@ from parley_common.grpc_errors import abort_bad_field
 from parley_common.ids import is_id
 from parley_common.vocabulary import AccountRole
 from parley_session import wire
-from parley_session.accounts import Accounts
+from parley_session.accounts import Accounts, ExternalIdentity
 from parley_session.bot_access import BotAccess
 from parley_session.completions import (
     CompletionService,
@@ -294,6 +294,31 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             password=request.password,
             client_address=request.client_address,
             policy=wire.sign_in_policy(request),
+            replaces_token=request.replaces_session_token,
+        )
+        return wire.sign_in_pb(result)
+
+    @_rpc
+    async def SignInWithIdentity(
+        self,
+        request: session_pb2.SignInWithIdentityRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.SignInResponse:
+        if not request.issuer or not request.subject:
+            raise InvalidArgumentError("subject", "an identity needs its issuer and subject")
+        identity = ExternalIdentity(
+            issuer=request.issuer,
+            subject=request.subject,
+            email=request.email,
+            email_verified=request.email_verified,
+            name=request.name.strip()[:200],
+            role=_role(request.role) if request.role else "",
+            tenant_id=request.tenant_id,
+            client_address=request.client_address,
+        )
+        result = await self._accounts.sign_in_with_identity(
+            identity,
+            policy=wire.session_policy(request.session),
             replaces_token=request.replaces_session_token,
         )
         return wire.sign_in_pb(result)

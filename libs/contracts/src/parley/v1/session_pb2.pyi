@@ -222,6 +222,55 @@ class SignInRequest(_message.Message):
 Global___SignInRequest: _TypeAlias = SignInRequest  # noqa: Y015
 
 @_typing.final
+class SignInWithIdentityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    EMAIL_VERIFIED_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    REPLACES_SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    subject: _builtins.str
+    email: _builtins.str
+    email_verified: _builtins.bool
+    name: _builtins.str
+    role: _builtins.str
+    """from the groups claim: set on every sign-in"""
+    tenant_id: _builtins.str
+    """a new user's"""
+    client_address: _builtins.str
+    replaces_session_token: _builtins.str
+    @_builtins.property
+    def session(self) -> Global___SessionPolicy: ...
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        email: _builtins.str = ...,
+        email_verified: _builtins.bool = ...,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        client_address: _builtins.str = ...,
+        session: Global___SessionPolicy | None = ...,
+        replaces_session_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_address", b"client_address", "email", b"email", "email_verified", b"email_verified", "issuer", b"issuer", "name", b"name", "replaces_session_token", b"replaces_session_token", "role", b"role", "session", b"session", "subject", b"subject", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignInWithIdentityRequest: _TypeAlias = SignInWithIdentityRequest  # noqa: Y015
+
+@_typing.final
 class SignInResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -74,6 +74,11 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.SignInRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
                 _registered_method=True)
+        self.SignInWithIdentity = channel.unary_unary(
+                '/parley.v1.SessionService/SignInWithIdentity',
+                request_serializer=parley_dot_v1_dot_session__pb2.SignInWithIdentityRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
+                _registered_method=True)
         self.AuthenticateSession = channel.unary_unary(
                 '/parley.v1.SessionService/AuthenticateSession',
                 request_serializer=parley_dot_v1_dot_session__pb2.AuthenticateSessionRequest.SerializeToString,
@@ -257,6 +262,14 @@ class SessionServiceServicer:
 
     def SignIn(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignInWithIdentity(self, request, context):
+        """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+        subject), else by a verified e-mail address, else created.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -472,6 +485,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
             'SignIn': grpc.unary_unary_rpc_method_handler(
                     servicer.SignIn,
                     request_deserializer=parley_dot_v1_dot_session__pb2.SignInRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.SignInResponse.SerializeToString,
+            ),
+            'SignInWithIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignInWithIdentity,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SignInWithIdentityRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.SignInResponse.SerializeToString,
             ),
             'AuthenticateSession': grpc.unary_unary_rpc_method_handler(
@@ -820,6 +838,33 @@ class SessionService:
             target,
             '/parley.v1.SessionService/SignIn',
             parley_dot_v1_dot_session__pb2.SignInRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignInWithIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SignInWithIdentity',
+            parley_dot_v1_dot_session__pb2.SignInWithIdentityRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
             options,
             channel_credentials,

@@ -46,6 +46,10 @@ class SessionServiceStub:
     replica. A session token is shown once (to be set as a cookie); only its hash is stored.
     """
     SignIn: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignInRequest, _session_pb2.SignInResponse]
+    SignInWithIdentity: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignInWithIdentityRequest, _session_pb2.SignInResponse]
+    """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+    subject), else by a verified e-mail address, else created.
+    """
     AuthenticateSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.AuthenticateSessionRequest, _session_pb2.User]
     SignOut: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignOutRequest, _session_pb2.SignOutResponse]
     ChangePassword: _grpc.UnaryUnaryMultiCallable[_session_pb2.ChangePasswordRequest, _session_pb2.ChangePasswordResponse]
@@ -107,6 +111,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     replica. A session token is shown once (to be set as a cookie); only its hash is stored.
     """
     SignIn: _aio.UnaryUnaryMultiCallable[_session_pb2.SignInRequest, _session_pb2.SignInResponse]  # type: ignore[assignment]
+    SignInWithIdentity: _aio.UnaryUnaryMultiCallable[_session_pb2.SignInWithIdentityRequest, _session_pb2.SignInResponse]  # type: ignore[assignment]
+    """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+    subject), else by a verified e-mail address, else created.
+    """
     AuthenticateSession: _aio.UnaryUnaryMultiCallable[_session_pb2.AuthenticateSessionRequest, _session_pb2.User]  # type: ignore[assignment]
     SignOut: _aio.UnaryUnaryMultiCallable[_session_pb2.SignOutRequest, _session_pb2.SignOutResponse]  # type: ignore[assignment]
     ChangePassword: _aio.UnaryUnaryMultiCallable[_session_pb2.ChangePasswordRequest, _session_pb2.ChangePasswordResponse]  # type: ignore[assignment]
@@ -213,6 +221,16 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_pb2.SignInRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.SignInResponse, _abc.Awaitable[_session_pb2.SignInResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SignInWithIdentity(
+        self,
+        request: _session_pb2.SignInWithIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.SignInResponse, _abc.Awaitable[_session_pb2.SignInResponse]]:
+        """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+        subject), else by a verified e-mail address, else created.
+        """
 
     @_abc_1.abstractmethod
     def AuthenticateSession(

@@ -30,7 +30,7 @@ from parley_gateway.schemas import (
     SignedIn as SignedInOut,
 )
 
-__all__ = ["router", "safe_next"]
+__all__ = ["router", "safe_next", "session_cookie", "session_policy"]
 
 router = APIRouter(prefix="/auth", tags=["accounts"])
 
@@ -62,11 +62,26 @@ def safe_next(target: str) -> str:
     return target
 
 
-def _session_policy(settings: Settings) -> session_pb2.SessionPolicy:
+def session_policy(settings: Settings) -> session_pb2.SessionPolicy:
     return session_pb2.SessionPolicy(
         idle_timeout_s=settings.session_idle_timeout_s,
         absolute_timeout_s=settings.session_absolute_timeout_s,
     )
+
+
+def session_cookie(response: Response, request: Request, settings: Settings, token: str) -> None:
+    """Set the session cookie: HttpOnly (no script reads it), SameSite=Lax (other sites'
+    pages do not send it with their POSTs), Secure on HTTPS or when configured."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_absolute_timeout_s,
+        path="/",
+        secure=settings.session_cookie_secure or request.url.scheme == "https",
+        httponly=True,
+        samesite="lax",
+    )
+    response.headers["Cache-Control"] = "no-store"
 
 
 def _check_origin_if_sent(request: Request) -> None:
@@ -92,7 +107,7 @@ async def _sign_in(
             max_failures_per_account=settings.sign_in_max_failures_per_account,
             max_failures_per_address=settings.sign_in_max_failures_per_address,
             failure_window_s=settings.sign_in_failure_window_s,
-            session=_session_policy(settings),
+            session=session_policy(settings),
             replaces_session_token=request.cookies.get(SESSION_COOKIE, "")[:256],
         )
     )
@@ -113,16 +128,7 @@ async def _sign_in(
         )
     if result.outcome != outcome.OUTCOME_SIGNED_IN:
         raise ApiError(401, "authentication_error", "wrong e-mail address or password")
-    response.set_cookie(
-        SESSION_COOKIE,
-        result.session_token,
-        max_age=settings.session_absolute_timeout_s,
-        path="/",
-        secure=settings.session_cookie_secure or request.url.scheme == "https",
-        httponly=True,
-        samesite="lax",
-    )
-    response.headers["Cache-Control"] = "no-store"
+    session_cookie(response, request, settings, result.session_token)
     return SignedInOut(user=_user_out(result.user), next=next_, expires_at=result.expires_at_ms)
 
 

@@ -70,6 +70,11 @@ def _user(doc: Doc) -> UserDoc:
     )
 
 
+def _identity(issuer: str, subject: str) -> str:
+    """A single sign-on identity: the ID token's issuer and subject, together unique."""
+    return f"{issuer} {subject}"
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKeyInfo:
     key_id: str
@@ -91,6 +96,9 @@ class UserStore:
         await self._keys.create_index("user_id")
         await self._users.create_index(
             "email", unique=True, partialFilterExpression={"email": {"$type": "string"}}
+        )
+        await self._users.create_index(
+            "identities", unique=True, partialFilterExpression={"identities": {"$type": "string"}}
         )
 
     async def create_user(
@@ -124,6 +132,17 @@ class UserStore:
                 raise EmailTakenError(email) from exc
             raise
         return user
+
+    @retried
+    async def find_by_identity(self, issuer: str, subject: str) -> UserDoc | None:
+        doc = await self._users.find_one({"identities": _identity(issuer, subject)})
+        return None if doc is None else _user(doc)
+
+    @retried
+    async def link_identity(self, user_id: str, issuer: str, subject: str) -> None:
+        await self._users.update_one(
+            {"_id": user_id}, {"$addToSet": {"identities": _identity(issuer, subject)}}
+        )
 
     @retried
     async def find_account(self, email: str) -> tuple[UserDoc, str] | None:
