@@ -22,6 +22,17 @@ BUDGET_USER_REQUESTS: {{ $v.gateway.budgets.userRequests | int64 | toString | qu
 BUDGET_USER_TOKENS: {{ $v.gateway.budgets.userTokens | int64 | toString | quote }}
 BUDGET_TENANT_REQUESTS: {{ $v.gateway.budgets.tenantRequests | int64 | toString | quote }}
 BUDGET_TENANT_TOKENS: {{ $v.gateway.budgets.tenantTokens | int64 | toString | quote }}
+{{- with $v.gateway.oidc }}
+{{- if .issuer }}
+OIDC_ISSUER: {{ .issuer | quote }}
+OIDC_CLIENT_ID: {{ .clientId | quote }}
+OIDC_REDIRECT_URI: {{ .redirectUri | quote }}
+OIDC_SCOPES: {{ .scopes | quote }}
+OIDC_GROUPS_CLAIM: {{ .groupsClaim | quote }}
+OIDC_GROUP_ROLES: {{ .groupRoles | quote }}
+OIDC_TENANT_ID: {{ .tenantId | quote }}
+{{- end }}
+{{- end }}
 {{- with $v.gateway.corsAllowedOrigins }}
 CORS_ALLOWED_ORIGINS: {{ . | quote }}
 {{- end }}
