@@ -30,6 +30,7 @@ __all__ = [
     "SetPasswordBody",
     "SetRoleBody",
     "SignInBody",
+    "SignInMethods",
     "SignOutBody",
     "SignUpBody",
     "SignedIn",
@@ -197,6 +198,12 @@ class SignedIn(BaseModel):
     user: UserOut
     next: str = Field(description="the checked `next` path")
     expires_at: int = Field(description="the session's absolute end, Unix ms")
+
+
+class SignInMethods(BaseModel):
+    password: bool
+    oidc: bool = Field(description="single sign-on at /auth/oidc/login")
+    sign_up: str = Field(description="open, invite or closed")
 
 
 class SignOutBody(_Body):

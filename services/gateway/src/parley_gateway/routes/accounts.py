@@ -22,6 +22,7 @@ from parley_gateway.schemas import (
     ChangePasswordBody,
     ErrorBody,
     SignInBody,
+    SignInMethods,
     SignOutBody,
     SignUpBody,
     UserOut,
@@ -185,10 +186,26 @@ async def sign_out(
     return response
 
 
+@router.get("/methods", response_model=SignInMethods)
+async def methods(parts: PartsDep) -> SignInMethods:
+    """How one may sign in here (the page shows the single sign-on button when there is one)."""
+    return SignInMethods(
+        password=True,
+        oidc=parts.oidc is not None,
+        sign_up=parts.settings.sign_up_mode.value,
+    )
+
+
 @router.get("/me", response_model=UserOut, responses=_ERRORS)
 async def me(caller: Caller) -> UserOut:
     """Who this request is from (the page asks it to learn whether it is signed in)."""
-    return UserOut(user_id=caller.user_id, name="", tenant_id=caller.tenant_id, email=caller.email)
+    return UserOut(
+        user_id=caller.user_id,
+        name="",
+        tenant_id=caller.tenant_id,
+        email=caller.email,
+        role=caller.role,
+    )
 
 
 @router.post("/password", status_code=204, responses=_ERRORS)

@@ -70,6 +70,9 @@
     $("signin").hidden = false;
     $("signin-error").textContent = message || "";
     $("email").focus();
+    api("/auth/methods")
+      .then((methods) => ($("sso-link").hidden = !methods.oidc))
+      .catch(() => ($("sso-link").hidden = true));
   }
 
   async function signOut() {
