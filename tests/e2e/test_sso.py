@@ -22,7 +22,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from parley_devstack.platform import Platform
 from parley_devstack.ports import pick_free_ports
@@ -30,9 +30,9 @@ from parley_gateway.errors import ApiError
 from parley_gateway.oidc import OidcClient, group_roles
 from tests.conftest import REPO
 from tests.e2e.extra_gateways import extra_gateways, gateway_url
-from tests.e2e.test_web_page import browser, page
+from tests.e2e.test_web_page import browser
 
-__all__ = ["browser", "page"]  # the web page tests' Chromium fixtures, used here too
+__all__ = ["browser"]  # the web page tests' Chromium, used here too
 
 pytestmark = pytest.mark.e2e
 
@@ -320,6 +320,17 @@ async def test_tampered_replayed_and_foreign_id_tokens_are_refused(sso: tuple[st
             await client.check_id_token(foreign, nonce=nonce)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, errors  # (the provider's own pages ask for web fonts: offline here)
 
 
 def test_sso_in_a_browser(page: Page, sso: tuple[str, str], tmp_path: Path) -> None:

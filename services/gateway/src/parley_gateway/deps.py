@@ -27,6 +27,7 @@ __all__ = [
     "Caller",
     "Parts",
     "PartsDep",
+    "SessionToken",
     "SignedIn",
     "User",
     "admit",
@@ -73,6 +74,10 @@ _session_cookie = APIKeyCookie(
     "it must come from this site (Origin header)",
     auto_error=False,
 )
+
+
+# The session cookie's value, where an operation reads it itself (sign-out).
+SessionToken = Annotated[str | None, Security(_session_cookie)]
 
 
 async def authenticate(parts: Parts, connection: HTTPConnection, method: str) -> Principal:

@@ -16,7 +16,7 @@ from parley.v1 import session_pb2
 from parley_gateway.auth import SESSION_COOKIE
 from parley_gateway.config import Settings, SignUpMode
 from parley_gateway.csrf import check_same_origin
-from parley_gateway.deps import Caller, PartsDep, SignedIn
+from parley_gateway.deps import Caller, PartsDep, SessionToken, SignedIn
 from parley_gateway.errors import ApiError
 from parley_gateway.schemas import (
     ChangePasswordBody,
@@ -170,10 +170,13 @@ async def sign_in(
 
 @router.post("/sign-out", status_code=204, responses=_ERRORS)
 async def sign_out(
-    request: Request, parts: PartsDep, body: Annotated[SignOutBody | None, Body()] = None
+    request: Request,
+    parts: PartsDep,
+    cookie: SessionToken,
+    body: Annotated[SignOutBody | None, Body()] = None,
 ) -> Response:
     """End this browser's session, or with `everywhere` every session of the account."""
-    token = request.cookies.get(SESSION_COOKIE, "")
+    token = cookie or ""
     response = Response(status_code=204)
     if token:
         check_same_origin(request, request.method)

@@ -33,6 +33,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "no sign-in under way, or its state does not match"},
     401: {"model": ErrorBody, "description": "the provider or its ID token refused"},
     404: {"model": ErrorBody, "description": "single sign-on is not configured"},
+    422: {"model": ErrorBody, "description": "invalid parameter"},
     503: {"model": ErrorBody, "description": "the identity provider is unreachable"},
 }
 
