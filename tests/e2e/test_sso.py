@@ -348,3 +348,38 @@ def test_sso_in_a_browser(page: Page, sso: tuple[str, str], tmp_path: Path) -> N
     assert page.evaluate("document.cookie") == ""
     page.screenshot(path=str(tmp_path / "sso-signed-in.png"), full_page=True)
     assert (tmp_path / "sso-signed-in.png").stat().st_size > 5_000
+
+
+async def test_a_rotated_signing_key_is_fetched_again(tmp_path: Path) -> None:
+    """The provider restarts with a new signing key: a token of the new key makes the client
+    read the JWKS again, once, and check it; the old key's tokens no longer check."""
+    (port,) = pick_free_ports(1)
+    redirect = "http://127.0.0.1:9/direct"
+    old = _start_provider(port, [redirect], tmp_path / "old.log")
+    client = OidcClient(
+        issuer=old.issuer,
+        client_id="parley",
+        client_secret=SECRET,
+        redirect_uri=redirect,
+        scopes="openid",
+        groups_claim="groups",
+        roles={},
+    )
+    try:
+        old_token, old_nonce = _id_token_for(old.issuer, "bob")
+        assert (await client.check_id_token(old_token, nonce=old_nonce))["sub"] == "bob"
+        old.process.terminate()
+        old.process.wait(timeout=10)
+        new = _start_provider(port, [redirect], tmp_path / "new.log")
+        try:
+            token, nonce = _id_token_for(new.issuer, "bob")
+            assert (await client.check_id_token(token, nonce=nonce))["sub"] == "bob"
+            with pytest.raises(ApiError, match="signature"):
+                await client.check_id_token(old_token, nonce=old_nonce)
+        finally:
+            new.process.terminate()
+            new.process.wait(timeout=10)
+    finally:
+        await client.aclose()
+        if old.process.poll() is None:
+            old.process.kill()

@@ -10,6 +10,7 @@ OAuth 2 client, and the ID token checked with joserfc against the provider's JWK
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class OidcClient:
         self._http = http or httpx.AsyncClient(timeout=10)
         self._metadata: dict[str, Any] | None = None
         self._jwks: KeySet | None = None
-        self._jwks_read_at = 0.0
+        self._refreshed_at = -math.inf
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -170,8 +171,11 @@ class OidcClient:
         return dict(decoded.claims)
 
     async def _keys(self, *, refresh: bool) -> KeySet:
-        # At most one refresh every few seconds: an attacker's token must not make us hammer it.
-        if self._jwks is None or (refresh and time.monotonic() - self._jwks_read_at > 5):
+        # At most one refresh every few seconds: tokens with made-up key ids must not make us
+        # hammer the provider.
+        if refresh and time.monotonic() - self._refreshed_at < 5:
+            refresh = False
+        if self._jwks is None or refresh:
             metadata = await self._discover()
             try:
                 response = await self._http.get(metadata["jwks_uri"])
@@ -179,7 +183,8 @@ class OidcClient:
                 self._jwks = KeySet.import_key_set(response.json())
             except (httpx.HTTPError, ValueError, JoseError) as exc:
                 raise _unavailable(f"its JWKS could not be read ({exc})") from exc
-            self._jwks_read_at = time.monotonic()
+            if refresh:
+                self._refreshed_at = time.monotonic()
         return self._jwks
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
