@@ -61,3 +61,20 @@ async def test_results_add_their_tokens_to_the_budget(service: Any) -> None:
     await service.completions.settle_budgets(user_id, 60 + 40, int(time.time() * 1000))
     spent = await service.stub.ConsumeQuota(_consume(user_id, **budgets), timeout=10)
     assert (spent.allowed, spent.exceeded) == (False, "user_tokens")
+
+
+async def test_a_users_tokens_count_in_their_tenants_budget(service: Any) -> None:
+    tenant = f"t-{new_id()[:8]}"
+    a, b = [
+        (
+            await service.stub.CreateUser(
+                session_pb2.CreateUserRequest(name=name, tenant_id=tenant), timeout=10
+            )
+        ).user_id
+        for name in ("a", "b")
+    ]
+    budgets = {"period_s": 3600, "tenant_tokens": 100}
+    assert (await service.stub.ConsumeQuota(_consume(a, tenant, **budgets), timeout=10)).allowed
+    await service.completions.settle_budgets(a, 150, int(time.time() * 1000))
+    refused = await service.stub.ConsumeQuota(_consume(b, tenant, **budgets), timeout=10)
+    assert (refused.allowed, refused.exceeded) == (False, "tenant_tokens")

@@ -205,7 +205,7 @@ class CompletionService:
         reserved: list[BudgetLimit] = []
         for limit in limits:
             assert period is not None
-            exceeded = await self.budgets.reserve(limit, period)
+            exceeded = await self.budgets.reserve(limit, period, user_id)
             if exceeded:
                 for earlier in reserved:
                     await self.budgets.release(earlier, period)
@@ -244,12 +244,8 @@ class CompletionService:
         """A result's tokens, counted in the budgets of its user and the user's tenant."""
         if not user_id or tokens <= 0:
             return
-        user = await self._stores.users.get_user(user_id)
-        owners = [("user", user_id)]
-        if user is not None and user.tenant_id:
-            owners.append(("tenant", user.tenant_id))
         at = from_ms(at_ms) if at_ms else from_ms(int(time.time() * 1000))
-        await self.budgets.settle(owners, tokens, at)
+        await self.budgets.settle(user_id, tokens, at)
 
 
 Handler = Callable[[envelopes_pb2.CompletionResult], Awaitable[None]]

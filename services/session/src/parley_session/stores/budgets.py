@@ -54,15 +54,17 @@ class BudgetStore:
     @retried
     async def ensure_indexes(self) -> None:
         await self._budgets.create_index("expires_at", expireAfterSeconds=0)
-        await self._budgets.create_index([("scope", 1), ("owner", 1), ("ends_at", 1)])
+        await self._budgets.create_index([("members", 1), ("ends_at", 1)])
 
     @staticmethod
     def _key(limit: BudgetLimit, period: Period) -> str:
         return f"{limit.scope}:{limit.owner}:{period.length_s}:{period.index}"
 
-    async def reserve(self, limit: BudgetLimit, period: Period) -> str:
-        """Reserve one request: "" when it fits, else what it exceeds ("requests" or
-        "tokens"). Not retried: a lost reply of an $inc that landed would count twice."""
+    async def reserve(self, limit: BudgetLimit, period: Period, user_id: str) -> str:
+        """Reserve one request of `user_id`: "" when it fits, else what it exceeds
+        ("requests" or "tokens"). The budget lists the users it has served (`members`), so
+        that a result's tokens reach every budget of its user in one update. Not retried: a
+        lost reply of an $inc that landed would count twice."""
         conditions: Doc = {}
         if limit.requests:
             conditions["requests"] = {"$lt": limit.requests}
@@ -71,6 +73,7 @@ class BudgetStore:
         key = self._key(limit, period)
         update: Doc = {
             "$inc": {"requests": 1},
+            "$addToSet": {"members": user_id},
             "$setOnInsert": {
                 "scope": limit.scope,
                 "owner": limit.owner,
@@ -104,15 +107,11 @@ class BudgetStore:
         )
 
     @retried
-    async def settle(self, owners: list[tuple[str, str]], tokens: int, at: datetime) -> None:
-        """Add a result's tokens to the budgets of its user and tenant open at `at`."""
-        if tokens <= 0 or not owners:
+    async def settle(self, user_id: str, tokens: int, at: datetime) -> None:
+        """Add a result's tokens to the budgets (its user's, its tenant's) open at `at`."""
+        if tokens <= 0 or not user_id:
             return
         await self._budgets.update_many(
-            {
-                "$or": [{"scope": scope, "owner": owner} for scope, owner in owners],
-                "starts_at": {"$lte": at},
-                "ends_at": {"$gt": at},
-            },
+            {"members": user_id, "starts_at": {"$lte": at}, "ends_at": {"$gt": at}},
             {"$inc": {"tokens": tokens}},
         )
