@@ -347,9 +347,13 @@ def sign_in_pb(result: SignInResult) -> session_pb2.SignInResponse:
     return response
 
 
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time datetime holds
+
+
 def audit_query(request: session_pb2.ListAuditEventsRequest, *, max_limit: int) -> AuditQuery:
-    if request.since_unix_ms < 0 or request.until_unix_ms < 0:
-        raise InvalidArgumentError("since", "Unix milliseconds, not negative")
+    for name, value in (("since", request.since_unix_ms), ("until", request.until_unix_ms)):
+        if not 0 <= value <= _LAST_MS:
+            raise InvalidArgumentError(name, "Unix milliseconds, from 1970 to 9999")
     if request.limit > max_limit:
         raise InvalidArgumentError("limit", f"at most {max_limit}")
     return AuditQuery(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
@@ -94,8 +95,8 @@ async def list_audit_events(
     parts: PartsDep,
     user_id: Annotated[str, Query(max_length=64)] = "",
     type: Annotated[str, Query(max_length=64, description="e.g. sign_in_failed")] = "",
-    since: Annotated[int, Query(ge=0, description="Unix ms")] = 0,
-    until: Annotated[int, Query(ge=0, description="Unix ms")] = 0,
+    since: Annotated[datetime | None, Query(description="at or after: ISO 8601")] = None,
+    until: Annotated[datetime | None, Query(description="and before: ISO 8601")] = None,
     cursor: Annotated[str, Query(max_length=200)] = "",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> AuditPage:
@@ -105,8 +106,8 @@ async def list_audit_events(
         session_pb2.ListAuditEventsRequest(
             user_id=user_id,
             type=type,
-            since_unix_ms=since,
-            until_unix_ms=until,
+            since_unix_ms=int(since.timestamp() * 1000) if since else 0,
+            until_unix_ms=int(until.timestamp() * 1000) if until else 0,
             cursor=cursor,
             limit=limit,
         )
