@@ -6,6 +6,7 @@ another key refused."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import json
@@ -13,9 +14,11 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
@@ -287,8 +290,18 @@ def _id_token_for(issuer: str, login: str) -> tuple[str, str]:
         return str(tokens.json()["id_token"]), nonce
 
 
-async def test_tampered_replayed_and_foreign_id_tokens_are_refused(sso: tuple[str, str]) -> None:
-    _, issuer = sso
+def _run(check: Coroutine[Any, Any, None]) -> None:
+    """Run an async check in a thread of its own: the browser tests' Playwright holds this
+    thread's event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, check).result()
+
+
+def test_tampered_replayed_and_foreign_id_tokens_are_refused(sso: tuple[str, str]) -> None:
+    _run(_tampered_replayed_and_foreign(sso[1]))
+
+
+async def _tampered_replayed_and_foreign(issuer: str) -> None:
     token, nonce = _id_token_for(issuer, "alice")
     client = OidcClient(
         issuer=issuer,
@@ -350,9 +363,13 @@ def test_sso_in_a_browser(page: Page, sso: tuple[str, str], tmp_path: Path) -> N
     assert (tmp_path / "sso-signed-in.png").stat().st_size > 5_000
 
 
-async def test_a_rotated_signing_key_is_fetched_again(tmp_path: Path) -> None:
+def test_a_rotated_signing_key_is_fetched_again(tmp_path: Path) -> None:
     """The provider restarts with a new signing key: a token of the new key makes the client
     read the JWKS again, once, and check it; the old key's tokens no longer check."""
+    _run(_rotated(tmp_path))
+
+
+async def _rotated(tmp_path: Path) -> None:
     (port,) = pick_free_ports(1)
     redirect = "http://127.0.0.1:9/direct"
     old = _start_provider(port, [redirect], tmp_path / "old.log")
