@@ -85,11 +85,17 @@ def admin(platform: Platform) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def new_user(admin: httpx.Client, platform: Platform) -> Iterator[Callable[..., httpx.Client]]:
-    """Creates a user with an API key; returns a client that speaks as that user."""
+    """Creates a user with an API key (and with `email` and `password`, an account that can
+    sign in); returns a client that speaks as that user."""
     clients: list[httpx.Client] = []
 
-    def make(name: str = "tester", tenant_id: str = "") -> httpx.Client:
-        user = admin.post("/admin/users", json={"name": name, "tenant_id": tenant_id})
+    def make(
+        name: str = "tester", tenant_id: str = "", *, email: str = "", password: str = ""
+    ) -> httpx.Client:
+        body = {"name": name, "tenant_id": tenant_id}
+        if email:
+            body |= {"email": email, "password": password}
+        user = admin.post("/admin/users", json=body)
         assert user.status_code == 201, user.text
         key = admin.post(f"/admin/users/{user.json()['user_id']}/keys", json={"name": "test"})
         assert key.status_code == 201, key.text

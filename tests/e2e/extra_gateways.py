@@ -20,8 +20,14 @@ def gateway_url(gateway: ServiceProcess) -> str:
 
 @contextmanager
 def extra_gateways(
-    platform: Platform, run_dir: Path, count: int, env: Mapping[str, str]
+    platform: Platform,
+    run_dir: Path,
+    count: int,
+    env: Mapping[str, str],
+    *,
+    ports: list[int] | None = None,
 ) -> Iterator[list[ServiceProcess]]:
+    """`ports`: where they listen (picked when not given)."""
     base = platform.gateways[0].env
     gateways = [
         ServiceProcess(
@@ -36,7 +42,7 @@ def extra_gateways(
             run_dir / f"gateway-extra-{i}.log",
             ready_url=f"http://127.0.0.1:{port}/healthz/ready",
         )
-        for i, port in enumerate(pick_free_ports(count))
+        for i, port in enumerate(ports or pick_free_ports(count))
     ]
     try:
         for gateway in gateways:

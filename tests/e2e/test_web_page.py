@@ -4,6 +4,7 @@ list, signing out. A screenshot is saved under test-artifacts/."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 NewUser = Callable[..., httpx.Client]
 CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery staple"
 ARTIFACTS = REPO / "test-artifacts"
 MARKDOWN = """## Boiling an egg
 
@@ -68,7 +70,7 @@ def page(browser: Browser) -> Iterator[Page]:
     def console(message: ConsoleMessage) -> None:
         # Refusals the test asks for (a wrong key, a server without bots or feedback) are
         # logged by the browser as failed resources; anything else is a problem.
-        expected = ("status of 401", "status of 404")
+        expected = ("status of 401", "status of 404")  # a wrong password, signed out
         if message.type == "error" and not any(e in message.text for e in expected):
             problems.append(f"console: {message.text}")
 
@@ -84,18 +86,20 @@ def _assistant_messages(user: httpx.Client, chat_id: str) -> list[dict[str, Any]
 
 
 def test_web_chat(page: Page, platform: Platform, new_user: NewUser) -> None:
-    user = new_user("browser-user")
-    key = user.headers["Authorization"].removeprefix("Bearer ")
+    email = f"browser-{secrets.token_hex(4)}@example.com"
+    user = new_user("browser-user", email=email, password=PASSWORD)
     url = platform.gateway_url
     schema_paths = httpx.get(f"{url}/openapi.json").json()["paths"]
 
-    # Sign in: a wrong key is refused, the right one opens the app.
+    # Sign in: a wrong password is refused, the right one opens the app.
     page.goto(url + "/")
     expect(page.locator("#signin")).to_be_visible()
-    page.fill("#api-key", "pk-not-a-key")
+    page.fill("#email", email)
+    page.fill("#password", "not the password")
     page.click("#signin-button")
-    expect(page.locator("#signin-error")).to_contain_text("not accepted")
-    page.fill("#api-key", key)
+    expect(page.locator("#signin-error")).to_contain_text("Wrong e-mail address or password")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
     page.click("#signin-button")
     expect(page.locator("#app")).to_be_visible()
     expect(page.locator("#chat-title")).to_have_text("New chat")
@@ -183,7 +187,10 @@ def test_web_chat(page: Page, platform: Platform, new_user: NewUser) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
 
-    # The key is remembered across a reload, until signing out.
+    # The session (an HttpOnly cookie the page cannot read) lasts across a reload, until
+    # signing out; nothing secret is kept in the page's storage.
+    assert page.evaluate("document.cookie") == ""
+    assert set(page.evaluate("Object.keys(localStorage)")) <= {"parley.botId"}
     page.reload()
     expect(page.locator("#app")).to_be_visible()
     expect(page.locator(".chat-item")).to_have_count(1)
@@ -192,11 +199,39 @@ def test_web_chat(page: Page, platform: Platform, new_user: NewUser) -> None:
     assert user.get(f"/chat/{chat_id}").status_code == 404
     page.click("#sign-out")
     expect(page.locator("#signin")).to_be_visible()
-    assert page.evaluate("localStorage.getItem('parley.apiKey')") is None
     page.reload()
     expect(page.locator("#signin")).to_be_visible()
     # The page loads nothing from elsewhere.
     assert (ARTIFACTS / "web-chat.png").stat().st_size > 10_000
+
+
+def test_password_sign_in(
+    page: Page, platform: Platform, new_user: NewUser, tmp_path: Path
+) -> None:
+    """The sign-in form: the session is an HttpOnly cookie the page cannot read; signing out
+    ends it on the server too."""
+    email = f"form-{secrets.token_hex(4)}@example.com"
+    new_user("form-user", email=email, password=PASSWORD)
+    page.goto(platform.gateway_url + "/")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    with page.expect_response(lambda r: r.url.endswith("/auth/sign-in")) as signed_in:
+        page.click("#signin-button")
+    assert signed_in.value.status == 200
+    expect(page.locator("#app")).to_be_visible()
+    assert page.evaluate("document.cookie") == ""
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["parley_session"]["httpOnly"] is True
+    assert cookies["parley_session"]["sameSite"] == "Lax"
+    token = cookies["parley_session"]["value"]
+    assert token not in page.content()
+    assert token not in page.evaluate("JSON.stringify(localStorage)")
+    page.screenshot(path=str(tmp_path / "signed-in.png"), full_page=True)
+    assert (tmp_path / "signed-in.png").stat().st_size > 5_000
+    page.click("#sign-out")
+    expect(page.locator("#signin")).to_be_visible()
+    revoked = httpx.get(f"{platform.gateway_url}/auth/me", cookies={"parley_session": token})
+    assert revoked.status_code == 401
 
 
 def test_page_is_public_and_locked_down(platform: Platform) -> None:
@@ -226,10 +261,12 @@ def test_web_chat_on_the_real_model(page: Page, real_platform: Platform) -> None
         headers={"Authorization": f"Bearer {real_platform.admin_api_key}"},
         timeout=30,
     ) as admin:
-        user = admin.post("/admin/users", json={"name": "browser-real"}).json()
-        key = admin.post(f"/admin/users/{user['user_id']}/keys", json={"name": "t"}).json()
+        email = f"real-{secrets.token_hex(4)}@example.com"
+        body = {"name": "browser-real", "email": email, "password": PASSWORD}
+        assert admin.post("/admin/users", json=body).status_code == 201
     page.goto(real_platform.gateway_url + "/")
-    page.fill("#api-key", key["api_key"])
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
     page.click("#signin-button")
     expect(page.locator("#app")).to_be_visible()
     page.click(".options summary")

@@ -11,6 +11,29 @@ RATE_LIMIT_REQUESTS_PER_MINUTE: {{ $v.gateway.rateLimit.requestsPerMinute | int6
 RATE_LIMIT_TOKENS_PER_MINUTE: {{ $v.gateway.rateLimit.tokensPerMinute | int64 | toString | quote }}
 MAX_QUEUE_DEPTH: {{ $v.gateway.maxQueueDepth | int64 | toString | quote }}
 MAX_CHOICES: {{ $v.gateway.maxChoices | int64 | toString | quote }}
+SIGN_UP_MODE: {{ $v.gateway.accounts.signUpMode | quote }}
+SESSION_COOKIE_SECURE: {{ $v.gateway.accounts.sessionCookieSecure | toString | quote }}
+SESSION_IDLE_TIMEOUT_S: {{ $v.gateway.accounts.sessionIdleTimeoutS | int64 | toString | quote }}
+SESSION_ABSOLUTE_TIMEOUT_S: {{ $v.gateway.accounts.sessionAbsoluteTimeoutS | int64 | toString | quote }}
+SIGN_IN_MAX_FAILURES_PER_ACCOUNT: {{ $v.gateway.accounts.maxFailuresPerAccount | int64 | toString | quote }}
+SIGN_IN_MAX_FAILURES_PER_ADDRESS: {{ $v.gateway.accounts.maxFailuresPerAddress | int64 | toString | quote }}
+SIGN_IN_FAILURE_WINDOW_S: {{ $v.gateway.accounts.failureWindowS | int64 | toString | quote }}
+BUDGET_PERIOD_S: {{ $v.gateway.budgets.periodS | int64 | toString | quote }}
+BUDGET_USER_REQUESTS: {{ $v.gateway.budgets.userRequests | int64 | toString | quote }}
+BUDGET_USER_TOKENS: {{ $v.gateway.budgets.userTokens | int64 | toString | quote }}
+BUDGET_TENANT_REQUESTS: {{ $v.gateway.budgets.tenantRequests | int64 | toString | quote }}
+BUDGET_TENANT_TOKENS: {{ $v.gateway.budgets.tenantTokens | int64 | toString | quote }}
+{{- with $v.gateway.oidc }}
+{{- if .issuer }}
+OIDC_ISSUER: {{ .issuer | quote }}
+OIDC_CLIENT_ID: {{ .clientId | quote }}
+OIDC_REDIRECT_URI: {{ .redirectUri | quote }}
+OIDC_SCOPES: {{ .scopes | quote }}
+OIDC_GROUPS_CLAIM: {{ .groupsClaim | quote }}
+OIDC_GROUP_ROLES: {{ .groupRoles | quote }}
+OIDC_TENANT_ID: {{ .tenantId | quote }}
+{{- end }}
+{{- end }}
 {{- with $v.gateway.corsAllowedOrigins }}
 CORS_ALLOWED_ORIGINS: {{ . | quote }}
 {{- end }}

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 
 NEW_CHAT = 2  # insert the chat (its question counted), insert the question
 NEXT_TURN = 3  # reserve the ordinal (and read the chat), insert the question, read the history
-RESULT = 4  # insert the answer, count it in the chat, finish an async completion, add tokens
+# insert the answer, count it in the chat, finish an async completion, add tokens to the rate
+# limit's minute and to the budgets
+RESULT = 5
 
 
 def result_of(

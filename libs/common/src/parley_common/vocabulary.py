@@ -16,6 +16,7 @@ from typing import Self, TypeAlias
 from parley.v1 import session_pb2, types_pb2
 
 __all__ = [
+    "AccountRole",
     "CompletionState",
     "CompletionStatePb",
     "FinishReason",
@@ -35,6 +36,15 @@ class _Words(StrEnum):
         """The member of this value; None for anything else (an empty or unknown word)."""
         member = cls._value2member_map_.get(value)
         return member if isinstance(member, cls) else None
+
+
+class AccountRole(_Words):
+    """What a user may do in their tenant: everything there (users, roles, keys), use the
+    platform, or only read."""
+
+    ADMIN = "admin"
+    MEMBER = "member"
+    VIEWER = "viewer"
 
 
 class Role(_Words):

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from secrets import token_hex, token_urlsafe
 from types import FrameType
 from typing import Any
 
@@ -142,8 +143,8 @@ def _run(args: argparse.Namespace, data: DataDir) -> int:
                 start_timeout=900 if args.engine == "vllm" else 180,
             )
             with platform:
-                key = _demo_key(platform, data, secrets)
-                _banner(platform, data, model_id, key, time.monotonic() - started, cold=cold)
+                demo = _demo_user(platform, data, secrets)
+                _banner(platform, data, model_id, demo, time.monotonic() - started, cold=cold)
                 _wait(platform)
                 print("\nStopping ...", flush=True)
     print("Stopped. Your data stays in " + str(data.root) + " (`make reset` deletes it).")
@@ -189,26 +190,44 @@ def _engine(engine: str) -> tuple[str | None, dict[str, str]]:
     }
 
 
-def _demo_key(platform: Platform, data: DataDir, secrets: dict[str, str]) -> str:
-    """The demo user's key: the saved one while it still works, else a new user and key."""
-    saved = secrets.get("demo_api_key", "")
-    if saved and _get(platform.gateway_url + "/chats?limit=1", saved) == 200:
+def _demo_user(platform: Platform, data: DataDir, secrets: dict[str, str]) -> dict[str, str]:
+    """The demo account (e-mail, password for the web page, API key): the saved one while its
+    key still works, else a new one."""
+    saved = {name: secrets.get(f"demo_{name}", "") for name in ("email", "password", "api_key")}
+    if (
+        all(saved.values())
+        and _get(platform.gateway_url + "/chats?limit=1", saved["api_key"]) == 200
+    ):
         return saved
-    user = _post(platform, "/admin/users", {"name": "demo"})
+    demo = {"email": "demo@parley.localhost", "password": token_urlsafe(12)}
+    if saved["email"]:  # an account from an earlier run whose key no longer works
+        demo["email"] = f"demo-{token_hex(3)}@parley.localhost"
+    user = _post(platform, "/admin/users", {"name": "demo", **demo})
     key = _post(platform, f"/admin/users/{user['user_id']}/keys", {"name": "demo"})["api_key"]
-    data.save_secrets({"demo_user_id": user["user_id"], "demo_api_key": key})
-    return str(key)
+    demo["api_key"] = str(key)
+    data.save_secrets(
+        {"demo_user_id": user["user_id"], **{f"demo_{k}": v for k, v in demo.items()}}
+    )
+    return demo
 
 
 def _banner(
-    platform: Platform, data: DataDir, model_id: str, key: str, took: float, *, cold: bool
+    platform: Platform,
+    data: DataDir,
+    model_id: str,
+    demo: dict[str, str],
+    took: float,
+    *,
+    cold: bool,
 ) -> None:
     url = platform.gateway_url
+    key = demo["api_key"]
     print(
         f"\nParley is up in {took:.0f} s ({'new' if cold else 'existing'} data): {url}\n"
         f"  web chat:       {url}/\n"
         f"  API docs:       {url}/docs\n"
         f"  model:          {model_id}\n"
+        f"  demo sign-in:   {demo['email']} / {demo['password']}\n"
         f"  demo API key:   {key}\n"
         f"  admin API key:  {platform.admin_api_key}\n"
         f"  data:           {data.root} (keys in secrets.json, readable by you only)\n"

@@ -1,7 +1,8 @@
 """Admission control: refuse a turn early and clearly rather than queue it without bound.
 
-- `RateLimiter`: requests and tokens per minute per user, counted by the session service in
-  MongoDB, so the limit holds across every gateway replica (429 with Retry-After).
+- `RateLimiter`: requests and tokens per minute per user, and budgets of requests and tokens
+  per period per user and per tenant, counted by the session service in MongoDB, so the limits
+  hold across every gateway replica (429 with Retry-After; a budget's names its reset time).
 - `QueueMonitor`: the depth of the queue to the workers, read from Kafka as the lag of the
   workers' consumer group (requests queued or being generated; a worker commits a request only
   once its result is out), refreshed in the background; over `max_depth`, 503 with Retry-After.
@@ -15,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -38,14 +40,18 @@ class RateLimiter:
         *,
         requests_per_minute: int,
         tokens_per_minute: int,
+        budgets: session_pb2.Budgets | None = None,
     ) -> None:
         self._session = session
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
+        self.budgets = budgets or session_pb2.Budgets()
 
     @property
     def enabled(self) -> bool:
-        return bool(self.requests_per_minute or self.tokens_per_minute)
+        b = self.budgets
+        budgeted = b.user_requests or b.user_tokens or b.tenant_requests or b.tenant_tokens
+        return bool(self.requests_per_minute or self.tokens_per_minute or budgeted)
 
     async def admit(self, principal: Principal) -> None:
         """Count one request of `principal`; raise 429 when it is over a limit."""
@@ -56,11 +62,15 @@ class RateLimiter:
                 user_id=principal.user_id,
                 requests_per_minute=self.requests_per_minute,
                 tokens_per_minute=self.tokens_per_minute,
+                tenant_id=principal.tenant_id,
+                budgets=self.budgets,
             )
         )
         if decision.allowed:
             return
         retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
+        if decision.exceeded in _BUDGETS:
+            raise self._over_budget(decision, retry_after)
         if decision.exceeded == "tokens":
             message = (
                 f"rate limit reached: {self.tokens_per_minute} tokens per minute; "
@@ -78,6 +88,42 @@ class RateLimiter:
             retry_after_s=retry_after,
             code=f"{decision.exceeded or 'requests'}_per_minute",
         )
+
+    def _over_budget(
+        self, decision: session_pb2.ConsumeQuotaResponse, retry_after: int
+    ) -> ApiError:
+        whose, what = decision.exceeded.split("_", 1)
+        limit = getattr(self.budgets, decision.exceeded)
+        resets = datetime.fromtimestamp(decision.resets_at_ms / 1000, UTC)
+        return ApiError(
+            429,
+            "budget_exceeded",
+            f"the {whose}'s budget of {limit} {what} per {_period(self.budgets.period_s)} is "
+            f"spent; it resets at {resets.isoformat(timespec='seconds')} "
+            f"(in {retry_after} s)",
+            retry_after_s=retry_after,
+            code=f"{whose}_{what}_budget",
+            details=[
+                {
+                    "budget": decision.exceeded,
+                    "limit": str(limit),
+                    "period_s": str(self.budgets.period_s),
+                    "resets_at": resets.isoformat(timespec="seconds"),
+                }
+            ],
+        )
+
+
+_BUDGETS = frozenset({"user_requests", "user_tokens", "tenant_requests", "tenant_tokens"})
+
+
+def _period(seconds: int) -> str:
+    for unit, length in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds == length:
+            return unit
+        if seconds % length == 0:
+            return f"{seconds // length} {unit}s"
+    return f"{seconds} s"
 
 
 class QueueMonitor:

@@ -10,7 +10,7 @@ import grpc
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from parley.v1 import cache_pb2_grpc, session_pb2_grpc
+from parley.v1 import cache_pb2_grpc, session_pb2, session_pb2_grpc
 from parley_common.grpc_telemetry import client_interceptors
 from parley_common.kafka import ensure_topics, make_producer
 from parley_gateway.admission import QueueMonitor, RateLimiter
@@ -22,9 +22,11 @@ from parley_gateway.deps import Parts
 from parley_gateway.errors import install_error_handlers
 from parley_gateway.limits import BodySizeLimit, JsonBodyCheck
 from parley_gateway.metrics import GatewayMetrics
+from parley_gateway.oidc import OidcClient, group_roles
 from parley_gateway.openapi import install_openapi
 from parley_gateway.replies import ReplyRouter
 from parley_gateway.routes import (
+    accounts,
     admin,
     bots,
     chat_settings,
@@ -33,8 +35,10 @@ from parley_gateway.routes import (
     embeddings,
     feedback,
     health,
+    keys,
     openai,
     responses,
+    sso,
     text_completions,
     web,
     ws,
@@ -115,12 +119,23 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 session,
                 admin_key=settings.admin_api_key.get_secret_value(),
                 ttl_s=settings.auth_cache_ttl_s,
+                session_policy=session_pb2.SessionPolicy(
+                    idle_timeout_s=settings.session_idle_timeout_s,
+                    absolute_timeout_s=settings.session_absolute_timeout_s,
+                ),
             ),
             turns=turns,
             limiter=RateLimiter(
                 session,
                 requests_per_minute=settings.rate_limit_requests_per_minute,
                 tokens_per_minute=settings.rate_limit_tokens_per_minute,
+                budgets=session_pb2.Budgets(
+                    period_s=settings.budget_period_s,
+                    user_requests=settings.budget_user_requests,
+                    user_tokens=settings.budget_user_tokens,
+                    tenant_requests=settings.budget_tenant_requests,
+                    tenant_tokens=settings.budget_tenant_tokens,
+                ),
             ),
             queue=queue,
             async_completions=async_completions,
@@ -128,12 +143,24 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             ready=True,
             cache=cache_pb2_grpc.CacheServiceStub(cache_channel),
         )
+        if settings.oidc_issuer:
+            parts.oidc = OidcClient(
+                issuer=settings.oidc_issuer,
+                client_id=settings.oidc_client_id,
+                client_secret=settings.oidc_client_secret.get_secret_value(),
+                redirect_uri=settings.oidc_redirect_uri,
+                scopes=settings.oidc_scopes,
+                groups_claim=settings.oidc_groups_claim,
+                roles=group_roles(settings.oidc_group_roles),
+            )
         app.state.parts = parts
         log.info("gateway ready", extra={"reply_topic": replies.topic})
         try:
             yield
         finally:
             parts.ready = False
+            if parts.oidc is not None:
+                await parts.oidc.aclose()
             await async_completions.stop()
             await queue.stop()
             await replies.stop()
@@ -162,6 +189,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(feedback.router)
     app.include_router(chat_settings.router)
     app.include_router(admin.router)
+    app.include_router(accounts.router)
+    app.include_router(keys.router)
+    app.include_router(sso.router)
     app.include_router(health.router)
     # Inside the size limit, which bounds what this one reads.
     app.add_middleware(JsonBodyCheck)

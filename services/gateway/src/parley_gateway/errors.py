@@ -123,6 +123,8 @@ def from_grpc(exc: grpc.aio.AioRpcError, what: str) -> ApiError:
         return ApiError(401, "authentication_error", detail)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return ApiError(403, "permission_error", detail)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return ApiError(409, "conflict", detail)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ApiError(
             503,

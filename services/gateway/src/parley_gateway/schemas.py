@@ -4,20 +4,36 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from parley_common.vocabulary import AccountRole
 
 __all__ = [
     "ApiKeyCreated",
+    "AuditEventOut",
+    "AuditPage",
+    "ChangePasswordBody",
     "ChatDetail",
     "ChatList",
     "ChatSummary",
     "CompletionBody",
     "CompletionError",
     "CompletionOut",
+    "CreateInviteBody",
     "CreateKeyBody",
     "CreateUserBody",
     "ErrorBody",
+    "InviteCreated",
+    "KeyList",
+    "KeyOut",
     "MessageOut",
+    "SetPasswordBody",
+    "SetRoleBody",
+    "SignInBody",
+    "SignInMethods",
+    "SignOutBody",
+    "SignUpBody",
+    "SignedIn",
     "StartChatBody",
     "TurnAnswer",
     "TurnResponse",
@@ -133,12 +149,99 @@ class ChatList(BaseModel):
 class CreateUserBody(_Body):
     name: str = Field(min_length=1, max_length=200)
     tenant_id: str = Field(default="", max_length=64)
+    email: str = Field(
+        default="", max_length=254, description="with password: an account that can sign in"
+    )
+    password: SecretStr = Field(default=SecretStr(""), max_length=1024)
+    role: AccountRole = AccountRole.MEMBER
 
 
 class UserOut(BaseModel):
     user_id: str
     name: str
     tenant_id: str
+    email: str = ""
+    role: str = "member"
+
+
+class SetRoleBody(_Body):
+    role: AccountRole
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    created_at: int = Field(description="Unix ms")
+    revoked_at: int | None = Field(description="Unix ms; null while active")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class AuditEventOut(BaseModel):
+    event_id: str
+    at: int = Field(description="Unix ms")
+    type: str
+    user_id: str
+    email: str
+    client_address: str
+    detail: str
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEventOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page")
+
+
+class SignUpBody(_Body):
+    email: str = Field(min_length=3, max_length=254)
+    password: SecretStr = Field(min_length=8, max_length=1024)
+    name: str = Field(default="", max_length=200)
+    invite_code: str = Field(default="", max_length=128)
+
+
+class SignInBody(_Body):
+    email: str = Field(min_length=3, max_length=254)
+    password: SecretStr = Field(min_length=1, max_length=1024)
+    next: str = Field(
+        default="/", max_length=2048, description="where the page goes next: a path on this site"
+    )
+
+
+class SignedIn(BaseModel):
+    user: UserOut
+    next: str = Field(description="the checked `next` path")
+    expires_at: int = Field(description="the session's absolute end, Unix ms")
+
+
+class SignInMethods(BaseModel):
+    password: bool
+    oidc: bool = Field(description="single sign-on at /auth/oidc/login")
+    sign_up: str = Field(description="open, invite or closed")
+
+
+class SignOutBody(_Body):
+    everywhere: bool = Field(default=False, description="end every session of this account")
+
+
+class ChangePasswordBody(_Body):
+    current_password: SecretStr = Field(min_length=1, max_length=1024)
+    new_password: SecretStr = Field(min_length=8, max_length=1024)
+
+
+class SetPasswordBody(_Body):
+    new_password: SecretStr = Field(min_length=8, max_length=1024)
+
+
+class CreateInviteBody(_Body):
+    tenant_id: str = Field(default="", max_length=64)
+    valid_for_s: int = Field(default=7 * 24 * 3600, ge=60, le=90 * 24 * 3600)
+
+
+class InviteCreated(BaseModel):
+    invite_code: str = Field(description="shown once; only its hash is stored")
+    expires_at: int = Field(description="Unix ms")
 
 
 class CreateKeyBody(_Body):

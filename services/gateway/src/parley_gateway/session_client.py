@@ -58,6 +58,55 @@ class SessionClient:
     ) -> session_pb2.RevokeApiKeyResponse:
         return await self._call(self._stub.RevokeApiKey, request, what="API key")
 
+    # accounts and browser sessions
+
+    async def sign_up(self, request: session_pb2.SignUpRequest) -> session_pb2.User:
+        return await self._call(self._stub.SignUp, request)
+
+    async def sign_in(self, request: session_pb2.SignInRequest) -> session_pb2.SignInResponse:
+        return await self._call(self._stub.SignIn, request)
+
+    async def sign_in_with_identity(
+        self, request: session_pb2.SignInWithIdentityRequest
+    ) -> session_pb2.SignInResponse:
+        return await self._call(self._stub.SignInWithIdentity, request)
+
+    async def authenticate_session(
+        self, request: session_pb2.AuthenticateSessionRequest
+    ) -> session_pb2.User:
+        return await self._call(self._stub.AuthenticateSession, request)
+
+    async def sign_out(self, request: session_pb2.SignOutRequest) -> session_pb2.SignOutResponse:
+        return await self._call(self._stub.SignOut, request)
+
+    async def change_password(
+        self, request: session_pb2.ChangePasswordRequest
+    ) -> session_pb2.ChangePasswordResponse:
+        return await self._call(self._stub.ChangePassword, request)
+
+    async def set_password(
+        self, request: session_pb2.SetPasswordRequest
+    ) -> session_pb2.ChangePasswordResponse:
+        return await self._call(self._stub.SetPassword, request, what="user")
+
+    async def create_invite(
+        self, request: session_pb2.CreateInviteRequest
+    ) -> session_pb2.CreateInviteResponse:
+        return await self._call(self._stub.CreateInvite, request)
+
+    async def list_api_keys(
+        self, request: session_pb2.ListApiKeysRequest
+    ) -> session_pb2.ListApiKeysResponse:
+        return await self._call(self._stub.ListApiKeys, request)
+
+    async def set_role(self, request: session_pb2.SetRoleRequest) -> session_pb2.User:
+        return await self._call(self._stub.SetRole, request, what="user")
+
+    async def list_audit_events(
+        self, request: session_pb2.ListAuditEventsRequest
+    ) -> session_pb2.ListAuditEventsResponse:
+        return await self._call(self._stub.ListAuditEvents, request)
+
     async def consume_quota(
         self, request: session_pb2.ConsumeQuotaRequest
     ) -> session_pb2.ConsumeQuotaResponse:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from parley.v1 import envelopes_pb2
 from parley_common.vocabulary import CompletionState, FinishReason, Role
 from parley_session.domain import InvalidArgumentError, ModelNotFoundError
-from parley_session.quotas import QuotaDecision
+from parley_session.quotas import Budgets, QuotaDecision
 from parley_session.retry import RetryPolicy
 from parley_session.stores import Stores
+from parley_session.stores._mongo import from_ms
+from parley_session.stores.budgets import BudgetLimit, BudgetStore, Period
 from parley_session.stores.completions import CompletionDoc, CompletionStore, FinishedCompletion
 from parley_session.stores.quotas import QuotaStore
 from parley_session.tokens import TokenCounter
@@ -91,6 +93,7 @@ class CompletionService:
     ) -> None:
         self.completions = CompletionStore(stores.db, retry=retry, retention_s=retention_s)
         self.quotas = QuotaStore(stores.db, retry=retry)
+        self.budgets = BudgetStore(stores.db, retry=retry)
         self._stores = stores
         self._tokens = tokens
         self._model = model_name
@@ -123,6 +126,7 @@ class CompletionService:
     async def ensure_indexes(self) -> None:
         await self.completions.ensure_indexes()
         await self.quotas.ensure_indexes()
+        await self.budgets.ensure_indexes()
 
     def list_models(self) -> list[ModelInfo]:
         return [ModelInfo(self._model, self._started_ms, self._window)]
@@ -182,15 +186,66 @@ class CompletionService:
         return await self.completions.mark_running(user_id, completion_id)
 
     async def consume_quota(
-        self, user_id: str, *, requests_per_minute: int, tokens_per_minute: int
+        self,
+        user_id: str,
+        *,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        tenant_id: str = "",
+        budgets: Budgets | None = None,
     ) -> QuotaDecision:
+        """Reserve one request against the budgets (the user's, then the tenant's), then count
+        it against the per-minute limits; a refusal by a later one gives back the earlier
+        reservations, so a refused request costs nothing."""
         if not user_id:
             raise InvalidArgumentError("user_id", "required")
+        budgets = budgets or Budgets()
+        limits = self._budget_limits(user_id, tenant_id, budgets)
+        period = Period.now(budgets.period_s) if limits else None
+        reserved: list[BudgetLimit] = []
+        for limit in limits:
+            assert period is not None
+            exceeded = await self.budgets.reserve(limit, period, user_id)
+            if exceeded:
+                for earlier in reserved:
+                    await self.budgets.release(earlier, period)
+                resets_at = period.ends_at.timestamp()
+                return QuotaDecision(
+                    allowed=False,
+                    exceeded=f"{limit.scope}_{exceeded}",
+                    retry_after_s=max(0.0, resets_at - time.time()),
+                    resets_at_s=resets_at,
+                )
+            reserved.append(limit)
         if not (requests_per_minute or tokens_per_minute):
             return QuotaDecision(allowed=True)
-        return await self.quotas.consume(
+        decision = await self.quotas.consume(
             user_id, requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute
         )
+        if not decision.allowed and period is not None:
+            for limit in reserved:
+                await self.budgets.release(limit, period)
+        return decision
+
+    @staticmethod
+    def _budget_limits(user_id: str, tenant_id: str, budgets: Budgets) -> list[BudgetLimit]:
+        if budgets.period_s <= 0:
+            return []
+        limits = []
+        if budgets.user_requests or budgets.user_tokens:
+            limits.append(BudgetLimit("user", user_id, budgets.user_requests, budgets.user_tokens))
+        if tenant_id and budgets.tenant_enabled:
+            limits.append(
+                BudgetLimit("tenant", tenant_id, budgets.tenant_requests, budgets.tenant_tokens)
+            )
+        return limits
+
+    async def settle_budgets(self, user_id: str, tokens: int, at_ms: int) -> None:
+        """A result's tokens, counted in the budgets of its user and the user's tenant."""
+        if not user_id or tokens <= 0:
+            return
+        at = from_ms(at_ms) if at_ms else from_ms(int(time.time() * 1000))
+        await self.budgets.settle(user_id, tokens, at)
 
     async def add_tokens(self, user_id: str, tokens: int) -> None:
         if not user_id:
@@ -235,8 +290,6 @@ class ResultTracker:
         done = _finished(result)
         if done is not None and await self._service.completions.finish(done):
             log.info("completion finished", extra={"request_id": result.request_id})
-        await self._service.quotas.add_tokens(
-            result.user_id,
-            result.usage.prompt_tokens + result.usage.completion_tokens,
-            result.completed_unix_ms,
-        )
+        used = result.usage.prompt_tokens + result.usage.completion_tokens
+        await self._service.quotas.add_tokens(result.user_id, used, result.completed_unix_ms)
+        await self._service.settle_budgets(result.user_id, used, result.completed_unix_ms)

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Protocol
 
 __all__ = [
+    "AlreadyExistsError",
     "BotNotFoundError",
     "BotProfile",
     "ChatNotFoundError",
@@ -24,6 +25,7 @@ __all__ = [
     "PromptFormat",
     "StoredMessage",
     "SummaryPrompt",
+    "UnauthenticatedError",
     "build_context",
     "check_message_fits",
     "recent_boundary",
@@ -54,6 +56,14 @@ class ModelNotFoundError(LookupError):
 
 class PermissionDeniedError(PermissionError):
     """The caller may see this object but not change it (a shared or built-in bot profile)."""
+
+
+class AlreadyExistsError(Exception):
+    """An object with this unique name exists (an account's e-mail address)."""
+
+
+class UnauthenticatedError(Exception):
+    """A credential that names no one: an ended session, a wrong password."""
 
 
 class InvalidArgumentError(ValueError):

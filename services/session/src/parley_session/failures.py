@@ -8,6 +8,7 @@ from typing import Final
 from pymongo.errors import PyMongoError
 
 from parley_session.domain import (
+    AlreadyExistsError,
     BotNotFoundError,
     ChatNotFoundError,
     CompletionNotFoundError,
@@ -15,6 +16,7 @@ from parley_session.domain import (
     MessageNotFoundError,
     ModelNotFoundError,
     PermissionDeniedError,
+    UnauthenticatedError,
 )
 from parley_session.retry import DeadlineExceededError, StoreUnavailableError
 
@@ -27,6 +29,8 @@ EXPECTED_FAILURES: Final = (
     CompletionNotFoundError,
     ModelNotFoundError,
     PermissionDeniedError,
+    AlreadyExistsError,
+    UnauthenticatedError,
     InvalidArgumentError,
     DeadlineExceededError,
     StoreUnavailableError,

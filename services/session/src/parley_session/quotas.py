@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["WINDOW_S", "QuotaDecision", "quota_decision"]
+__all__ = ["WINDOW_S", "Budgets", "QuotaDecision", "quota_decision"]
 
 WINDOW_S = 60
 
@@ -19,6 +19,26 @@ class QuotaDecision:
     retry_after_s: float = 0.0
     requests_remaining: int = 0
     tokens_remaining: int = 0
+    resets_at_s: float = 0.0  # a budget's: when its period ends
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """Requests and tokens a user, and a tenant, may spend per period; 0: no budget."""
+
+    period_s: int = 86_400
+    user_requests: int = 0
+    user_tokens: int = 0
+    tenant_requests: int = 0
+    tenant_tokens: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.user_requests or self.user_tokens) or self.tenant_enabled
+
+    @property
+    def tenant_enabled(self) -> bool:
+        return bool(self.tenant_requests or self.tenant_tokens)
 
 
 def _wait_s(previous: float, current: float, elapsed: float, budget: float) -> float:

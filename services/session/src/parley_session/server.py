@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -20,7 +21,9 @@ from pymongo.errors import PyMongoError
 from parley.v1 import session_pb2, session_pb2_grpc
 from parley_common.grpc_errors import abort_bad_field
 from parley_common.ids import is_id
+from parley_common.vocabulary import AccountRole
 from parley_session import wire
+from parley_session.accounts import Accounts, ExternalIdentity
 from parley_session.bot_access import BotAccess
 from parley_session.completions import (
     CompletionService,
@@ -29,6 +32,7 @@ from parley_session.completions import (
 from parley_session.config import Settings
 from parley_session.context import ContextBuilder
 from parley_session.domain import (
+    AlreadyExistsError,
     BotNotFoundError,
     ChatNotFoundError,
     CompletionNotFoundError,
@@ -36,6 +40,7 @@ from parley_session.domain import (
     MessageNotFoundError,
     ModelNotFoundError,
     PermissionDeniedError,
+    UnauthenticatedError,
 )
 from parley_session.failures import EXPECTED_FAILURES
 from parley_session.feedback import submit_feedback
@@ -46,12 +51,21 @@ from parley_session.retry import (
     deadline,
     is_transient,
 )
-from parley_session.stores import Stores
+from parley_session.stores import AuditEvent, Stores
+from parley_session.stores._mongo import ms
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 from parley_session.turns import Turns, check_chat_id
 
 __all__ = ["SessionServicer"]
+
+
+def _role(value: str) -> AccountRole:
+    role = AccountRole.parse(value)
+    if role is None:
+        raise InvalidArgumentError("role", "must be admin, member or viewer")
+    return role
+
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +102,10 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
     if isinstance(exc, PermissionDeniedError):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, AlreadyExistsError):
+        await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, UnauthenticatedError):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
     if isinstance(exc, InvalidArgumentError):
         await _abort_invalid(context, exc)
     if isinstance(exc, DeadlineExceededError):
@@ -159,6 +177,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             store, tokens, window=settings.context_window, summarizer=summarizer
         )
         self._turns = Turns(store, self._bots, contexts, tokens, settings)
+        self._accounts = Accounts(store)
 
     # users and keys
 
@@ -172,7 +191,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if user is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         assert user is not None
-        return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
+        return wire.user_pb(user)
 
     @_rpc
     async def CreateUser(
@@ -181,8 +200,21 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         name = request.name.strip()
         if not name or len(name) > 200:
             raise InvalidArgumentError("name", "must be 1 to 200 characters")
-        user = await self._store.users.create_user(name, request.tenant_id)
-        return session_pb2.User(user_id=user.user_id, name=user.name, tenant_id=user.tenant_id)
+        role = _role(request.role or AccountRole.MEMBER)
+        if request.email or request.password:
+            user = await self._accounts.create(
+                email=request.email,
+                password=request.password,
+                name=name,
+                tenant_id=request.tenant_id,
+                role=role,
+            )
+        else:
+            user = await self._store.users.create_user(name, request.tenant_id, role=role)
+            await self._store.audit.record(
+                AuditEvent("user_created", user.user_id, detail=f"tenant={request.tenant_id}")
+            )
+        return wire.user_pb(user)
 
     @_rpc
     async def CreateApiKey(
@@ -191,15 +223,168 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if not is_id(request.user_id):
             raise InvalidArgumentError("user_id", f"no user {request.user_id}")
         key = await self._store.users.create_api_key(request.user_id, request.name)
+        await self._store.audit.record(
+            AuditEvent("key_created", request.user_id, detail=f"key_id={key.key_id}")
+        )
         return session_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=key.api_key)
+
+    @_rpc
+    async def ListApiKeys(
+        self, request: session_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ListApiKeysResponse:
+        keys = await self._store.users.list_api_keys(request.user_id)
+        return wire.api_keys_pb(keys)
+
+    @_rpc
+    async def SetRole(
+        self, request: session_pb2.SetRoleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.User:
+        role = _role(request.role)
+        user = None
+        if is_id(request.user_id):
+            user = await self._store.users.set_role(
+                request.user_id, role, tenant_id=request.tenant_id or None
+            )
+        if user is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {request.user_id}")
+        assert user is not None
+        await self._store.audit.record(
+            AuditEvent("role_changed", user.user_id, detail=f"{role} by {request.changed_by}")
+        )
+        return wire.user_pb(user)
 
     @_rpc
     async def RevokeApiKey(
         self, request: session_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.RevokeApiKeyResponse:
-        if not (is_id(request.key_id) and await self._store.users.revoke_api_key(request.key_id)):
+        owner = None
+        if is_id(request.key_id):
+            owner = await self._store.users.revoke_api_key(request.key_id, user_id=request.user_id)
+        if owner is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
+        assert owner is not None
+        await self._store.audit.record(
+            AuditEvent("key_revoked", owner, detail=f"key_id={request.key_id}")
+        )
         return session_pb2.RevokeApiKeyResponse()
+
+    # accounts and browser sessions: parley_session.accounts
+
+    @_rpc
+    async def SignUp(
+        self, request: session_pb2.SignUpRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.User:
+        if len(request.name) > 200:
+            raise InvalidArgumentError("name", "must be at most 200 characters")
+        user = await self._accounts.sign_up(
+            email=request.email,
+            password=request.password,
+            name=request.name.strip(),
+            invite_code=request.invite_code,
+            require_invite=request.require_invite,
+        )
+        return wire.user_pb(user)
+
+    @_rpc
+    async def SignIn(
+        self, request: session_pb2.SignInRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.SignInResponse:
+        result = await self._accounts.sign_in(
+            email=request.email,
+            password=request.password,
+            client_address=request.client_address,
+            policy=wire.sign_in_policy(request),
+            replaces_token=request.replaces_session_token,
+        )
+        return wire.sign_in_pb(result)
+
+    @_rpc
+    async def SignInWithIdentity(
+        self,
+        request: session_pb2.SignInWithIdentityRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.SignInResponse:
+        if not request.issuer or not request.subject:
+            raise InvalidArgumentError("subject", "an identity needs its issuer and subject")
+        identity = ExternalIdentity(
+            issuer=request.issuer,
+            subject=request.subject,
+            email=request.email,
+            email_verified=request.email_verified,
+            name=request.name.strip()[:200],
+            role=_role(request.role) if request.role else "",
+            tenant_id=request.tenant_id,
+            client_address=request.client_address,
+        )
+        result = await self._accounts.sign_in_with_identity(
+            identity,
+            policy=wire.session_policy(request.session),
+            replaces_token=request.replaces_session_token,
+        )
+        return wire.sign_in_pb(result)
+
+    @_rpc
+    async def AuthenticateSession(
+        self,
+        request: session_pb2.AuthenticateSessionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.User:
+        user = await self._accounts.authenticate(
+            request.session_token, wire.session_policy(request.session)
+        )
+        return wire.user_pb(user)
+
+    @_rpc
+    async def SignOut(
+        self, request: session_pb2.SignOutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.SignOutResponse:
+        await self._accounts.sign_out(request.session_token, everywhere=request.everywhere)
+        return session_pb2.SignOutResponse()
+
+    @_rpc
+    async def ChangePassword(
+        self,
+        request: session_pb2.ChangePasswordRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ChangePasswordResponse:
+        await self._accounts.change_password(
+            request.user_id,
+            current=request.current_password,
+            new=request.new_password,
+            keep_token=request.keep_session_token,
+        )
+        return session_pb2.ChangePasswordResponse()
+
+    @_rpc
+    async def SetPassword(
+        self, request: session_pb2.SetPasswordRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ChangePasswordResponse:
+        if not (
+            is_id(request.user_id)
+            and await self._accounts.set_password(request.user_id, request.new_password)
+        ):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {request.user_id}")
+        return session_pb2.ChangePasswordResponse()
+
+    @_rpc
+    async def CreateInvite(
+        self, request: session_pb2.CreateInviteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.CreateInviteResponse:
+        valid_for = timedelta(seconds=request.valid_for_s or 7 * 24 * 3600)
+        invite = await self._store.sign_in.create_invite(request.tenant_id, valid_for)
+        return session_pb2.CreateInviteResponse(
+            invite_code=invite.code, expires_at_ms=ms(invite.expires_at)
+        )
+
+    @_rpc
+    async def ListAuditEvents(
+        self,
+        request: session_pb2.ListAuditEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ListAuditEventsResponse:
+        query = wire.audit_query(request, max_limit=MAX_LIST_LIMIT)
+        events = await self._store.audit.list(query)
+        return wire.audit_pb(events, query.limit)
 
     # turns: parley_session.turns
 
@@ -433,6 +618,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             request.user_id,
             requests_per_minute=request.requests_per_minute,
             tokens_per_minute=request.tokens_per_minute,
+            tenant_id=request.tenant_id,
+            budgets=wire.budgets(request.budgets),
         )
         return wire.quota_pb(decision)
 

@@ -7,21 +7,37 @@ import base64
 import binascii
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from parley.v1 import session_pb2, types_pb2
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
+from parley_session.accounts import SessionPolicy, SignInOutcome, SignInPolicy, SignInResult
 from parley_session.completions import ModelInfo, PreparedCompletion
 from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError
 from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
-from parley_session.quotas import QuotaDecision
-from parley_session.stores import ChatDoc, FeedbackDoc, FeedbackQuery, MessageDoc, from_ms
+from parley_session.quotas import Budgets, QuotaDecision
+from parley_session.stores import (
+    ApiKeyInfo,
+    AuditEvent,
+    AuditQuery,
+    ChatDoc,
+    FeedbackDoc,
+    FeedbackQuery,
+    MessageDoc,
+    UserDoc,
+    from_ms,
+)
+from parley_session.stores._mongo import ms
 from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
 __all__ = [
+    "api_keys_pb",
+    "audit_pb",
+    "audit_query",
+    "budgets",
     "chat_pb",
     "client_messages",
     "completion_pb",
@@ -36,8 +52,12 @@ __all__ = [
     "models_pb",
     "prepared_pb",
     "quota_pb",
+    "session_policy",
+    "sign_in_pb",
+    "sign_in_policy",
     "turn_pb",
     "turn_request",
+    "user_pb",
 ]
 
 _RATING_FROM_PB = {session_pb2.RATING_UP: "up", session_pb2.RATING_DOWN: "down"}
@@ -261,4 +281,121 @@ def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
         retry_after_ms=math.ceil(decision.retry_after_s * 1000),
         requests_remaining=decision.requests_remaining,
         tokens_remaining=decision.tokens_remaining,
+        resets_at_ms=math.ceil(decision.resets_at_s * 1000),
+    )
+
+
+def budgets(pb: session_pb2.Budgets) -> Budgets:
+    return Budgets(
+        period_s=pb.period_s or 86_400,
+        user_requests=pb.user_requests,
+        user_tokens=pb.user_tokens,
+        tenant_requests=pb.tenant_requests,
+        tenant_tokens=pb.tenant_tokens,
+    )
+
+
+def user_pb(user: UserDoc) -> session_pb2.User:
+    return session_pb2.User(
+        user_id=user.user_id,
+        name=user.name,
+        tenant_id=user.tenant_id,
+        email=user.email,
+        role=user.role,
+    )
+
+
+# A day and a month when the caller sends no lifetimes.
+_DEFAULT_IDLE_S = 24 * 3600
+_DEFAULT_ABSOLUTE_S = 30 * 24 * 3600
+
+
+def session_policy(policy: session_pb2.SessionPolicy) -> SessionPolicy:
+    return SessionPolicy(
+        idle=timedelta(seconds=policy.idle_timeout_s or _DEFAULT_IDLE_S),
+        absolute=timedelta(seconds=policy.absolute_timeout_s or _DEFAULT_ABSOLUTE_S),
+    )
+
+
+def sign_in_policy(request: session_pb2.SignInRequest) -> SignInPolicy:
+    return SignInPolicy(
+        max_failures_per_account=request.max_failures_per_account,
+        max_failures_per_address=request.max_failures_per_address,
+        window_s=request.failure_window_s or 900,
+        session=session_policy(request.session),
+    )
+
+
+_OUTCOME_PB = {
+    SignInOutcome.SIGNED_IN: session_pb2.SignInResponse.OUTCOME_SIGNED_IN,
+    SignInOutcome.INVALID_CREDENTIALS: session_pb2.SignInResponse.OUTCOME_INVALID_CREDENTIALS,
+    SignInOutcome.ACCOUNT_LOCKED: session_pb2.SignInResponse.OUTCOME_ACCOUNT_LOCKED,
+    SignInOutcome.ADDRESS_LOCKED: session_pb2.SignInResponse.OUTCOME_ADDRESS_LOCKED,
+}
+
+
+def sign_in_pb(result: SignInResult) -> session_pb2.SignInResponse:
+    response = session_pb2.SignInResponse(
+        outcome=_OUTCOME_PB[result.outcome],
+        retry_after_ms=math.ceil(result.retry_after_s * 1000),
+    )
+    if result.user is not None:
+        response.user.CopyFrom(user_pb(result.user))
+    if result.session is not None:
+        response.session_token = result.session.token
+        response.expires_at_ms = ms(result.session.expires_at)
+    return response
+
+
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time datetime holds
+
+
+def audit_query(request: session_pb2.ListAuditEventsRequest, *, max_limit: int) -> AuditQuery:
+    for name, value in (("since", request.since_unix_ms), ("until", request.until_unix_ms)):
+        if not 0 <= value <= _LAST_MS:
+            raise InvalidArgumentError(name, "Unix milliseconds, from 1970 to 9999")
+    if request.limit > max_limit:
+        raise InvalidArgumentError("limit", f"at most {max_limit}")
+    return AuditQuery(
+        user_id=request.user_id,
+        type=request.type,
+        since=from_ms(request.since_unix_ms) if request.since_unix_ms else None,
+        until=from_ms(request.until_unix_ms) if request.until_unix_ms else None,
+        before=decode_cursor(request.cursor) if request.cursor else None,
+        limit=request.limit or 50,
+    )
+
+
+def audit_pb(events: list[AuditEvent], limit: int) -> session_pb2.ListAuditEventsResponse:
+    response = session_pb2.ListAuditEventsResponse(
+        events=[
+            session_pb2.AuditEvent(
+                event_id=e.event_id,
+                at_unix_ms=ms(e.at),
+                type=e.type,
+                user_id=e.user_id,
+                email=e.email,
+                client_address=e.client_address,
+                detail=e.detail,
+            )
+            for e in events
+        ]
+    )
+    if len(events) == limit:
+        last = events[-1]
+        response.next_cursor = encode_cursor(ms(last.at), last.event_id)
+    return response
+
+
+def api_keys_pb(keys: list[ApiKeyInfo]) -> session_pb2.ListApiKeysResponse:
+    return session_pb2.ListApiKeysResponse(
+        keys=[
+            session_pb2.ApiKeyInfo(
+                key_id=k.key_id,
+                name=k.name,
+                created_unix_ms=ms(k.created_at),
+                revoked_unix_ms=ms(k.revoked_at) if k.revoked_at else 0,
+            )
+            for k in keys
+        ]
     )

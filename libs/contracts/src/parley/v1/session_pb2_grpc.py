@@ -54,6 +54,61 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/parley.v1.SessionService/ListApiKeys',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.SetRole = channel.unary_unary(
+                '/parley.v1.SessionService/SetRole',
+                request_serializer=parley_dot_v1_dot_session__pb2.SetRoleRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.User.FromString,
+                _registered_method=True)
+        self.SignUp = channel.unary_unary(
+                '/parley.v1.SessionService/SignUp',
+                request_serializer=parley_dot_v1_dot_session__pb2.SignUpRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.User.FromString,
+                _registered_method=True)
+        self.SignIn = channel.unary_unary(
+                '/parley.v1.SessionService/SignIn',
+                request_serializer=parley_dot_v1_dot_session__pb2.SignInRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
+                _registered_method=True)
+        self.SignInWithIdentity = channel.unary_unary(
+                '/parley.v1.SessionService/SignInWithIdentity',
+                request_serializer=parley_dot_v1_dot_session__pb2.SignInWithIdentityRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
+                _registered_method=True)
+        self.AuthenticateSession = channel.unary_unary(
+                '/parley.v1.SessionService/AuthenticateSession',
+                request_serializer=parley_dot_v1_dot_session__pb2.AuthenticateSessionRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.User.FromString,
+                _registered_method=True)
+        self.SignOut = channel.unary_unary(
+                '/parley.v1.SessionService/SignOut',
+                request_serializer=parley_dot_v1_dot_session__pb2.SignOutRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.SignOutResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/parley.v1.SessionService/ChangePassword',
+                request_serializer=parley_dot_v1_dot_session__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.SetPassword = channel.unary_unary(
+                '/parley.v1.SessionService/SetPassword',
+                request_serializer=parley_dot_v1_dot_session__pb2.SetPasswordRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.CreateInvite = channel.unary_unary(
+                '/parley.v1.SessionService/CreateInvite',
+                request_serializer=parley_dot_v1_dot_session__pb2.CreateInviteRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.CreateInviteResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/parley.v1.SessionService/ListAuditEvents',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
         self.StartTurn = channel.unary_unary(
                 '/parley.v1.SessionService/StartTurn',
                 request_serializer=parley_dot_v1_dot_session__pb2.StartTurnRequest.SerializeToString,
@@ -184,6 +239,80 @@ class SessionServiceServicer:
 
     def RevokeApiKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRole(self, request, context):
+        """A user's role in their tenant: admin, member or viewer (read-only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignUp(self, request, context):
+        """Accounts and browser sessions. Passwords are hashed with Argon2id; sign-in attempts are
+        counted per account and per client address in MongoDB, so a lock-out holds on every gateway
+        replica. A session token is shown once (to be set as a cookie); only its hash is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignIn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignInWithIdentity(self, request, context):
+        """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+        subject), else by a verified e-mail address, else created.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthenticateSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignOut(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPassword(self, request, context):
+        """an admin's reset
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateInvite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -350,6 +479,61 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'SetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRole,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SetRoleRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.User.SerializeToString,
+            ),
+            'SignUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignUp,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SignUpRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.User.SerializeToString,
+            ),
+            'SignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignIn,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SignInRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.SignInResponse.SerializeToString,
+            ),
+            'SignInWithIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignInWithIdentity,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SignInWithIdentityRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.SignInResponse.SerializeToString,
+            ),
+            'AuthenticateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthenticateSession,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.AuthenticateSessionRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.User.SerializeToString,
+            ),
+            'SignOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOut,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SignOutRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.SignOutResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'SetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPassword,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SetPasswordRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'CreateInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInvite,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.CreateInviteRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.CreateInviteResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.SerializeToString,
             ),
             'StartTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTurn,
@@ -565,6 +749,303 @@ class SessionService:
             '/parley.v1.SessionService/RevokeApiKey',
             parley_dot_v1_dot_session__pb2.RevokeApiKeyRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListApiKeys',
+            parley_dot_v1_dot_session__pb2.ListApiKeysRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SetRole',
+            parley_dot_v1_dot_session__pb2.SetRoleRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SignUp',
+            parley_dot_v1_dot_session__pb2.SignUpRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SignIn',
+            parley_dot_v1_dot_session__pb2.SignInRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignInWithIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SignInWithIdentity',
+            parley_dot_v1_dot_session__pb2.SignInWithIdentityRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.SignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthenticateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/AuthenticateSession',
+            parley_dot_v1_dot_session__pb2.AuthenticateSessionRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SignOut',
+            parley_dot_v1_dot_session__pb2.SignOutRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.SignOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ChangePassword',
+            parley_dot_v1_dot_session__pb2.ChangePasswordRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SetPassword',
+            parley_dot_v1_dot_session__pb2.SetPasswordRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/CreateInvite',
+            parley_dot_v1_dot_session__pb2.CreateInviteRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.CreateInviteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListAuditEvents',
+            parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,27 @@ class SessionServiceStub:
     CreateUser: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateUserRequest, _session_pb2.User]
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateApiKeyRequest, _session_pb2.CreateApiKeyResponse]
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_session_pb2.RevokeApiKeyRequest, _session_pb2.RevokeApiKeyResponse]
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListApiKeysRequest, _session_pb2.ListApiKeysResponse]
+    SetRole: _grpc.UnaryUnaryMultiCallable[_session_pb2.SetRoleRequest, _session_pb2.User]
+    """A user's role in their tenant: admin, member or viewer (read-only)."""
+    SignUp: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignUpRequest, _session_pb2.User]
+    """Accounts and browser sessions. Passwords are hashed with Argon2id; sign-in attempts are
+    counted per account and per client address in MongoDB, so a lock-out holds on every gateway
+    replica. A session token is shown once (to be set as a cookie); only its hash is stored.
+    """
+    SignIn: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignInRequest, _session_pb2.SignInResponse]
+    SignInWithIdentity: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignInWithIdentityRequest, _session_pb2.SignInResponse]
+    """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+    subject), else by a verified e-mail address, else created.
+    """
+    AuthenticateSession: _grpc.UnaryUnaryMultiCallable[_session_pb2.AuthenticateSessionRequest, _session_pb2.User]
+    SignOut: _grpc.UnaryUnaryMultiCallable[_session_pb2.SignOutRequest, _session_pb2.SignOutResponse]
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_session_pb2.ChangePasswordRequest, _session_pb2.ChangePasswordResponse]
+    SetPassword: _grpc.UnaryUnaryMultiCallable[_session_pb2.SetPasswordRequest, _session_pb2.ChangePasswordResponse]
+    """an admin's reset"""
+    CreateInvite: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]
+    """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
     StartTurn: _grpc.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]
@@ -85,6 +106,27 @@ class SessionServiceAsyncStub(SessionServiceStub):
     CreateUser: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateUserRequest, _session_pb2.User]  # type: ignore[assignment]
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateApiKeyRequest, _session_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_session_pb2.RevokeApiKeyRequest, _session_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_session_pb2.ListApiKeysRequest, _session_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    SetRole: _aio.UnaryUnaryMultiCallable[_session_pb2.SetRoleRequest, _session_pb2.User]  # type: ignore[assignment]
+    """A user's role in their tenant: admin, member or viewer (read-only)."""
+    SignUp: _aio.UnaryUnaryMultiCallable[_session_pb2.SignUpRequest, _session_pb2.User]  # type: ignore[assignment]
+    """Accounts and browser sessions. Passwords are hashed with Argon2id; sign-in attempts are
+    counted per account and per client address in MongoDB, so a lock-out holds on every gateway
+    replica. A session token is shown once (to be set as a cookie); only its hash is stored.
+    """
+    SignIn: _aio.UnaryUnaryMultiCallable[_session_pb2.SignInRequest, _session_pb2.SignInResponse]  # type: ignore[assignment]
+    SignInWithIdentity: _aio.UnaryUnaryMultiCallable[_session_pb2.SignInWithIdentityRequest, _session_pb2.SignInResponse]  # type: ignore[assignment]
+    """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+    subject), else by a verified e-mail address, else created.
+    """
+    AuthenticateSession: _aio.UnaryUnaryMultiCallable[_session_pb2.AuthenticateSessionRequest, _session_pb2.User]  # type: ignore[assignment]
+    SignOut: _aio.UnaryUnaryMultiCallable[_session_pb2.SignOutRequest, _session_pb2.SignOutResponse]  # type: ignore[assignment]
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_session_pb2.ChangePasswordRequest, _session_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    SetPassword: _aio.UnaryUnaryMultiCallable[_session_pb2.SetPasswordRequest, _session_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """an admin's reset"""
+    CreateInvite: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]  # type: ignore[assignment]
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
     StartTurn: _aio.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]  # type: ignore[assignment]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _aio.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
@@ -154,6 +196,93 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.RevokeApiKeyResponse, _abc.Awaitable[_session_pb2.RevokeApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _session_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListApiKeysResponse, _abc.Awaitable[_session_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetRole(
+        self,
+        request: _session_pb2.SetRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.User, _abc.Awaitable[_session_pb2.User]]:
+        """A user's role in their tenant: admin, member or viewer (read-only)."""
+
+    @_abc_1.abstractmethod
+    def SignUp(
+        self,
+        request: _session_pb2.SignUpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.User, _abc.Awaitable[_session_pb2.User]]:
+        """Accounts and browser sessions. Passwords are hashed with Argon2id; sign-in attempts are
+        counted per account and per client address in MongoDB, so a lock-out holds on every gateway
+        replica. A session token is shown once (to be set as a cookie); only its hash is stored.
+        """
+
+    @_abc_1.abstractmethod
+    def SignIn(
+        self,
+        request: _session_pb2.SignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.SignInResponse, _abc.Awaitable[_session_pb2.SignInResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SignInWithIdentity(
+        self,
+        request: _session_pb2.SignInWithIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.SignInResponse, _abc.Awaitable[_session_pb2.SignInResponse]]:
+        """Single sign-on: the gateway has checked the ID token; the user is matched by (issuer,
+        subject), else by a verified e-mail address, else created.
+        """
+
+    @_abc_1.abstractmethod
+    def AuthenticateSession(
+        self,
+        request: _session_pb2.AuthenticateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.User, _abc.Awaitable[_session_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _session_pb2.SignOutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.SignOutResponse, _abc.Awaitable[_session_pb2.SignOutResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _session_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ChangePasswordResponse, _abc.Awaitable[_session_pb2.ChangePasswordResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPassword(
+        self,
+        request: _session_pb2.SetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ChangePasswordResponse, _abc.Awaitable[_session_pb2.ChangePasswordResponse]]:
+        """an admin's reset"""
+
+    @_abc_1.abstractmethod
+    def CreateInvite(
+        self,
+        request: _session_pb2.CreateInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.CreateInviteResponse, _abc.Awaitable[_session_pb2.CreateInviteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _session_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListAuditEventsResponse, _abc.Awaitable[_session_pb2.ListAuditEventsResponse]]:
+        """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
 
     @_abc_1.abstractmethod
     def StartTurn(

@@ -2,7 +2,8 @@
 
 One JSON object per text frame. The client authenticates with `Authorization: Bearer <key>` on
 the upgrade request or, where it cannot set headers (a browser), with a first frame
-`{"type": "auth", "api_key": "..."}`; the server answers `{"type": "ready"}`. Then:
+`{"type": "auth", "api_key": "..."}`, or with the session cookie of a signed-in page of this
+site (its Origin is checked); the server answers `{"type": "ready"}`. Then:
 
 - `{"type": "message", "message": "...", "chat_id"?, "bot_id"?, "max_tokens"?, "request_id"?,
   "no_cache"?, "temperature"?, "top_p"?, "stop"?, "seed"?}` (as in the REST API) starts a turn (a new chat without `chat_id`); the server sends `chat` (ids),
@@ -30,8 +31,8 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley_common.ids import is_id
-from parley_gateway.auth import Principal
-from parley_gateway.deps import Parts, admit
+from parley_gateway.auth import SESSION_COOKIE, Principal
+from parley_gateway.deps import Parts, admit, authenticate
 from parley_gateway.errors import ApiError
 from parley_gateway.limits import MAX_JSON_DEPTH, json_too_deep
 from parley_gateway.relay import RESET_MESSAGE
@@ -115,7 +116,11 @@ async def _authenticate(socket: _Socket, parts: Parts) -> Principal | None:
     websocket = socket.websocket
     header = websocket.headers.get("authorization")
     try:
-        if header is None:
+        if header is None and websocket.cookies.get(SESSION_COOKIE):
+            # A socket starts turns: checked as a state-changing request (no cross-site
+            # WebSocket hijacking with the cookie).
+            principal = await authenticate(parts, websocket, "POST")
+        elif header is None:
             frame = await asyncio.wait_for(_receive(websocket), timeout=_AUTH_TIMEOUT_S)
             if isinstance(frame, ApiError):
                 raise frame
@@ -128,8 +133,9 @@ async def _authenticate(socket: _Socket, parts: Parts) -> Principal | None:
                     'authenticate first: send {"type": "auth", "api_key": "<key>"} or '
                     "the header 'Authorization: Bearer <key>'",
                 ) from exc
-            header = f"Bearer {auth.api_key}"
-        principal = await parts.auth.authenticate(header)
+            principal = await parts.auth.authenticate(f"Bearer {auth.api_key}")
+        else:
+            principal = await parts.auth.authenticate(header)
         if principal.is_admin:
             raise ApiError(403, "permission_error", "chat with a user's key, not the admin key")
     except TimeoutError:

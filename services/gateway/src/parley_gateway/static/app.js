@@ -1,16 +1,16 @@
-// Parley's web chat: sign in with an API key (kept in localStorage), chats from the REST API,
+// Parley's web chat: sign in with e-mail and password (an HttpOnly session cookie the page never
+// sees; nothing secret in localStorage), chats from the REST API,
 // answers streamed over the WebSocket /chat/ws and rendered as Markdown, a stop button, bot
 // profiles (GET /bots, where the server has them) and thumbs up/down on answers.
 "use strict";
 
 (function () {
-  const KEY_STORAGE = "parley.apiKey";
   const BOT_STORAGE = "parley.botId";
   const $ = (id) => document.getElementById(id);
   const md = window.ParleyMarkdown;
 
   const state = {
-    key: null,
+    user: null,
     chatId: null,
     bots: [],
     socket: null,
@@ -26,9 +26,9 @@
   }
 
   async function api(path, options = {}) {
-    const headers = { Authorization: "Bearer " + state.key };
+    const headers = {};
     if (options.body) headers["Content-Type"] = "application/json";
-    const response = await fetch(path, { ...options, headers });
+    const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
     let body = null;
     if (response.status !== 204) {
       try {
@@ -50,10 +50,14 @@
 
   // --- signing in and out ---------------------------------------------------------------
 
-  async function signIn(key) {
-    state.key = key;
-    await api("/chats?limit=1");
-    localStorage.setItem(KEY_STORAGE, key);
+  async function signIn(email, password) {
+    await api("/auth/sign-in", { method: "POST", body: JSON.stringify({ email, password }) });
+    await enter();
+  }
+
+  async function enter() {
+    state.user = await api("/auth/me");
+    $("password").value = "";
     $("signin").hidden = true;
     $("app").hidden = false;
     await Promise.all([loadBots(), loadChats()]);
@@ -61,20 +65,25 @@
   }
 
   function showSignIn(message) {
-    state.key = null;
+    state.user = null;
     $("app").hidden = true;
     $("signin").hidden = false;
     $("signin-error").textContent = message || "";
-    $("api-key").focus();
+    $("email").focus();
+    api("/auth/methods")
+      .then((methods) => ($("sso-link").hidden = !methods.oidc))
+      .catch(() => ($("sso-link").hidden = true));
   }
 
-  function signOut() {
-    localStorage.removeItem(KEY_STORAGE);
+  async function signOut() {
     if (state.socket) state.socket.close();
     state.socket = null;
     state.turn = null;
-    $("api-key").value = "";
-    showSignIn("");
+    try {
+      await api("/auth/sign-out", { method: "POST" });
+    } finally {
+      showSignIn("");
+    }
   }
 
   // --- bots ---------------------------------------------------------------------------------
@@ -296,7 +305,7 @@
     state.socket = socket;
     state.ready = new Promise((resolve, reject) => {
       let ready = false;
-      socket.onopen = () => socket.send(JSON.stringify({ type: "auth", api_key: state.key }));
+      // The upgrade request carries the session cookie: the server answers `ready` by itself.
       socket.onmessage = (event) => {
         const frame = JSON.parse(event.data);
         if (frame.type === "ready") {
@@ -312,7 +321,7 @@
         if (state.socket === socket) state.socket = null;
         if (!ready) reject(new Error("could not connect (" + (event.reason || event.code) + ")"));
         if (state.turn) endTurn("the connection closed");
-        if (event.code === 4401) showSignIn("The key was refused; sign in again.");
+        if (event.code === 4401) showSignIn("Your session has ended; sign in again.");
       };
     });
     return state.ready;
@@ -420,11 +429,11 @@
   function init() {
     $("signin-form").addEventListener("submit", async (event) => {
       event.preventDefault();
-      const key = $("api-key").value.trim();
       try {
-        await signIn(key);
+        await signIn($("email").value.trim(), $("password").value);
       } catch (error) {
-        showSignIn(error.status === 401 ? "That key was not accepted." : "Sign-in failed: " + error.message);
+        $("password").value = "";
+        showSignIn(error.status === 401 ? "Wrong e-mail address or password." : "Sign-in failed: " + error.message);
       }
     });
     $("sign-out").addEventListener("click", signOut);
@@ -440,14 +449,7 @@
       }
     });
     $("stop").addEventListener("click", stop);
-    const saved = localStorage.getItem(KEY_STORAGE);
-    if (saved) {
-      signIn(saved).catch((error) =>
-        showSignIn(error.status === 401 ? "Your saved key is no longer valid." : error.message)
-      );
-    } else {
-      showSignIn("");
-    }
+    enter().catch((error) => showSignIn(error.status === 401 ? "" : error.message));
   }
 
   init();

@@ -13,7 +13,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, from_ms, retried
+from parley_session.stores.audit import AuditEvent, AuditQuery, AuditStore
 from parley_session.stores.bots import BotStore
+from parley_session.stores.browser_sessions import BrowserSession, BrowserSessionStore
 from parley_session.stores.chats import (
     ChatDoc,
     ChatStore,
@@ -25,21 +27,40 @@ from parley_session.stores.chats import (
 )
 from parley_session.stores.feedback import FeedbackDoc, FeedbackQuery, FeedbackStore
 from parley_session.stores.messages import MessageStore
+from parley_session.stores.sign_in import Attempts, Invite, SignInStore
 from parley_session.stores.summaries import SummaryJob, SummaryJobState, SummaryStore
-from parley_session.stores.users import ApiKey, UserDoc, UserStore, hash_api_key
+from parley_session.stores.users import (
+    ApiKey,
+    ApiKeyInfo,
+    EmailTakenError,
+    UserDoc,
+    UserStore,
+    hash_api_key,
+    hash_token,
+)
 
 __all__ = [
     "ApiKey",
+    "ApiKeyInfo",
+    "Attempts",
+    "AuditEvent",
+    "AuditQuery",
+    "AuditStore",
     "BotStore",
+    "BrowserSession",
+    "BrowserSessionStore",
     "ChatDoc",
     "ChatStore",
+    "EmailTakenError",
     "FeedbackDoc",
     "FeedbackQuery",
     "FeedbackStore",
+    "Invite",
     "LoadedHistory",
     "MessageDoc",
     "MessageStore",
     "OpenedChat",
+    "SignInStore",
     "Stores",
     "SummaryDoc",
     "SummaryJob",
@@ -50,6 +71,7 @@ __all__ = [
     "UserStore",
     "from_ms",
     "hash_api_key",
+    "hash_token",
 ]
 
 
@@ -67,6 +89,9 @@ class Stores:
         self.bots = BotStore(self.db, retry=self.retry)
         self.feedback = FeedbackStore(self.db, retry=self.retry)
         self.summaries = SummaryStore(self.db, retry=self.retry)
+        self.browser_sessions = BrowserSessionStore(self.db, retry=self.retry)
+        self.sign_in = SignInStore(self.db, retry=self.retry)
+        self.audit = AuditStore(self.db, retry=self.retry)
 
     @retried
     async def ensure_indexes(self) -> None:
@@ -74,6 +99,9 @@ class Stores:
         await self.chats.ensure_indexes()
         await self.bots.ensure_indexes()
         await self.feedback.ensure_indexes()
+        await self.browser_sessions.ensure_indexes()
+        await self.sign_in.ensure_indexes()
+        await self.audit.ensure_indexes()
 
     @retried
     async def ping(self) -> None:

@@ -1,27 +1,48 @@
-"""Users and their API keys (`users`, `api_keys`; `key_hash` unique: authentication)."""
+"""Users and their API keys (`users`, `api_keys`; `key_hash` unique: authentication). A user with
+an account also has an `email` (unique, stored lower-case) and an Argon2id `password_hash`."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from parley_common.ids import new_id
 from parley_session.domain import InvalidArgumentError
 from parley_session.retry import RetryPolicy
-from parley_session.stores._mongo import Doc, insert_new, now, retried
+from parley_session.stores._mongo import Doc, insert_new, key_pattern, now, retried
 
-__all__ = ["API_KEY_PREFIX", "ApiKey", "UserDoc", "UserStore", "hash_api_key"]
+__all__ = [
+    "API_KEY_PREFIX",
+    "ApiKey",
+    "ApiKeyInfo",
+    "EmailTakenError",
+    "UserDoc",
+    "UserStore",
+    "hash_api_key",
+    "hash_token",
+]
 
 API_KEY_PREFIX = "pk-"
 
 
-def hash_api_key(api_key: str) -> str:
-    # Keys are 256-bit random strings, so a fast hash is enough (no dictionary to guess from).
-    return hashlib.sha256(api_key.encode()).hexdigest()
+def hash_token(token: str) -> str:
+    # Keys, session tokens and invite codes are 256-bit random strings, so a fast hash is
+    # enough (no dictionary to guess from).
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+hash_api_key = hash_token
+
+
+class EmailTakenError(Exception):
+    """Another account has this e-mail address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +50,8 @@ class UserDoc:
     user_id: str
     name: str
     tenant_id: str
+    email: str = ""
+    role: str = "member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +61,26 @@ class ApiKey:
 
 
 def _user(doc: Doc) -> UserDoc:
-    return UserDoc(doc["_id"], doc.get("name", ""), doc.get("tenant_id", ""))
+    return UserDoc(
+        doc["_id"],
+        doc.get("name", ""),
+        doc.get("tenant_id", ""),
+        doc.get("email", ""),
+        doc.get("role", "member"),
+    )
+
+
+def _identity(issuer: str, subject: str) -> str:
+    """A single sign-on identity: the ID token's issuer and subject, together unique."""
+    return f"{issuer} {subject}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    key_id: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 class UserStore:
@@ -52,12 +94,73 @@ class UserStore:
     async def ensure_indexes(self) -> None:
         await self._keys.create_index("key_hash", unique=True)
         await self._keys.create_index("user_id")
+        await self._users.create_index(
+            "email", unique=True, partialFilterExpression={"email": {"$type": "string"}}
+        )
+        await self._users.create_index(
+            "identities", unique=True, partialFilterExpression={"identities": {"$type": "string"}}
+        )
 
-    async def create_user(self, name: str, tenant_id: str = "") -> UserDoc:
-        user = UserDoc(user_id=new_id(), name=name, tenant_id=tenant_id)
-        doc = {"_id": user.user_id, "name": name, "tenant_id": tenant_id, "created_at": now()}
-        await self._insert(self._users, doc)
+    async def create_user(
+        self,
+        name: str,
+        tenant_id: str = "",
+        *,
+        email: str = "",
+        password_hash: str = "",
+        user_id: str = "",
+        role: str = "member",
+    ) -> UserDoc:
+        """A new user; with `email` and `password_hash`, one who can sign in. Raises
+        EmailTakenError when another account has the address."""
+        user = UserDoc(
+            user_id=user_id or new_id(), name=name, tenant_id=tenant_id, email=email, role=role
+        )
+        doc = {
+            "_id": user.user_id,
+            "name": name,
+            "tenant_id": tenant_id,
+            "role": role,
+            "created_at": now(),
+        }
+        if email:
+            doc |= {"email": email, "password_hash": password_hash}
+        try:
+            await self._insert(self._users, doc)
+        except DuplicateKeyError as exc:
+            if key_pattern(exc) == {"email": 1}:
+                raise EmailTakenError(email) from exc
+            raise
         return user
+
+    @retried
+    async def find_by_identity(self, issuer: str, subject: str) -> UserDoc | None:
+        doc = await self._users.find_one({"identities": _identity(issuer, subject)})
+        return None if doc is None else _user(doc)
+
+    @retried
+    async def link_identity(self, user_id: str, issuer: str, subject: str) -> None:
+        await self._users.update_one(
+            {"_id": user_id}, {"$addToSet": {"identities": _identity(issuer, subject)}}
+        )
+
+    @retried
+    async def find_account(self, email: str) -> tuple[UserDoc, str] | None:
+        """The user with this e-mail address and their password hash."""
+        doc = await self._users.find_one({"email": email})
+        return None if doc is None else (_user(doc), doc.get("password_hash", ""))
+
+    @retried
+    async def password_hash(self, user_id: str) -> str | None:
+        doc = await self._users.find_one({"_id": user_id}, {"password_hash": 1})
+        return None if doc is None else str(doc.get("password_hash", ""))
+
+    @retried
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        result = await self._users.update_one(
+            {"_id": user_id}, {"$set": {"password_hash": password_hash, "password_set_at": now()}}
+        )
+        return result.matched_count == 1
 
     @retried
     async def get_user(self, user_id: str) -> UserDoc | None:
@@ -80,11 +183,33 @@ class UserStore:
         return key
 
     @retried
-    async def revoke_api_key(self, key_id: str) -> bool:
-        result = await self._keys.update_one(
-            {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": now()}}
+    async def set_role(self, user_id: str, role: str, *, tenant_id: str | None) -> UserDoc | None:
+        """Set the user's role; None when there is no such user (in `tenant_id`, when given)."""
+        query: Doc = {"_id": user_id}
+        if tenant_id is not None:
+            query["tenant_id"] = tenant_id
+        doc = await self._users.find_one_and_update(
+            query, {"$set": {"role": role}}, return_document=ReturnDocument.AFTER
         )
-        return result.matched_count == 1
+        return None if doc is None else _user(doc)
+
+    @retried
+    async def list_api_keys(self, user_id: str) -> list[ApiKeyInfo]:
+        cursor = self._keys.find({"user_id": user_id}).sort("created_at", -1).limit(1000)
+        return [
+            ApiKeyInfo(d["_id"], d.get("name", ""), d["created_at"], d.get("revoked_at"))
+            async for d in cursor
+        ]
+
+    @retried
+    async def revoke_api_key(self, key_id: str, *, user_id: str = "") -> str | None:
+        """Revoke an active key (of `user_id`, when given); returns its user, None when there
+        is no such active key."""
+        query: Doc = {"_id": key_id, "revoked_at": None}
+        if user_id:
+            query["user_id"] = user_id
+        doc = await self._keys.find_one_and_update(query, {"$set": {"revoked_at": now()}})
+        return None if doc is None else str(doc["user_id"])
 
     @retried
     async def authenticate(self, api_key: str) -> UserDoc | None:
