@@ -46,7 +46,7 @@ from parley_session.retry import (
     deadline,
     is_transient,
 )
-from parley_session.stores import Stores
+from parley_session.stores import ChatDoc, MessageDoc, Stores
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 from parley_session.turns import Turns, check_chat_id
@@ -223,12 +223,74 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.GetChatResponse:
         check_chat_id(request.chat_id)
         chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
-        response = session_pb2.GetChatResponse(chat=wire.chat_pb(chat))
-        if request.include_messages:
-            response.messages.extend(
-                wire.message_pb(m) for m in await self._store.messages.chat_messages(chat.chat_id)
-            )
-        return response
+        if not request.include_messages:
+            return session_pb2.GetChatResponse(chat=wire.chat_pb(chat))
+        return await self._chat_with_path(chat)
+
+    async def _chat_with_path(self, chat: ChatDoc) -> session_pb2.GetChatResponse:
+        """The chat and its active path, each message with its place among its siblings."""
+        path = await self._store.branches.active_path(chat)
+        siblings = await self._store.branches.sibling_counts(chat.chat_id, path)
+        return session_pb2.GetChatResponse(
+            chat=wire.chat_pb(chat),
+            messages=[wire.message_pb(m, siblings[m.message_id]) for m in path],
+        )
+
+    # branches: parley_session.stores.branches
+
+    @_rpc
+    async def ListSiblings(
+        self, request: session_pb2.ListSiblingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ListSiblingsResponse:
+        check_chat_id(request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        message = await self._message_of(chat, request.message_id)
+        siblings = await self._store.branches.siblings(chat.chat_id, message)
+        on_path = {m.message_id for m in await self._store.branches.active_path(chat)}
+        count = len(siblings)
+        return session_pb2.ListSiblingsResponse(
+            siblings=[wire.message_pb(m, (count, i)) for i, m in enumerate(siblings)],
+            active_message_id=next((m.message_id for m in siblings if m.message_id in on_path), ""),
+        )
+
+    @_rpc
+    async def SelectBranch(
+        self, request: session_pb2.SelectBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetChatResponse:
+        check_chat_id(request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        message = await self._message_of(chat, request.message_id)
+        await self._store.branches.select(request.user_id, chat.chat_id, message)
+        return await self._chat_with_path(
+            await self._store.chats.get_chat(request.user_id, request.chat_id)
+        )
+
+    @_rpc
+    async def DeleteBranch(
+        self, request: session_pb2.DeleteBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetChatResponse:
+        check_chat_id(request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        message = await self._message_of(chat, request.message_id)
+        if not message.parent_id:
+            siblings = await self._store.branches.siblings(chat.chat_id, message)
+            if len(siblings) < 2:
+                raise InvalidArgumentError(
+                    "message_id", "this is the chat's only first message: delete the chat instead"
+                )
+            other = next(m for m in siblings if m.message_id != message.message_id)
+            if chat.active_leaf:
+                await self._store.branches.select(request.user_id, chat.chat_id, other)
+                chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        await self._store.branches.delete(request.user_id, chat, message)
+        return await self._chat_with_path(
+            await self._store.chats.get_chat(request.user_id, request.chat_id)
+        )
+
+    async def _message_of(self, chat: ChatDoc, message_id: str) -> MessageDoc:
+        if not is_id(message_id):
+            raise MessageNotFoundError(message_id)
+        return await self._store.branches.message(chat.chat_id, message_id)
 
     @_rpc
     async def ListChats(

@@ -70,8 +70,11 @@ def chat_pb(chat: ChatDoc) -> session_pb2.Chat:
     return pb
 
 
-def message_pb(m: MessageDoc) -> session_pb2.Message:
+def message_pb(m: MessageDoc, siblings: tuple[int, int] = (1, 0)) -> session_pb2.Message:
     return session_pb2.Message(
+        parent_id=m.parent_id,
+        sibling_count=siblings[0],
+        sibling_index=siblings[1],
         message_id=m.message_id,
         ordinal=m.ordinal,
         role=_role_pb(m.role),
@@ -128,6 +131,8 @@ def turn_request(request: session_pb2.StartTurnRequest) -> TurnRequest:
         bot_id=request.bot_id,
         max_tokens=request.max_tokens,
         history_policy=POLICY_FROM_PB.get(request.history_policy),
+        edit_message_id=request.edit_message_id,
+        regenerate_message_id=request.regenerate_message_id,
     )
 
 
@@ -158,6 +163,7 @@ def turn_pb(turn: Turn) -> session_pb2.StartTurnResponse:
         cache_scope=SCOPE_TO_PB[bot.cache_scope],
         system_prompt=bot.system_prompt,
         replayed=turn.existing_answer is not None,
+        answer_slot=turn.question.ordinal if turn.answer_slot is None else turn.answer_slot,
     )
     if turn.existing_answer is not None:
         response.existing_answer.CopyFrom(message_pb(turn.existing_answer))

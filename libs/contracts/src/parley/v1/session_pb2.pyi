@@ -287,6 +287,9 @@ class Message(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    SIBLING_COUNT_FIELD_NUMBER: _builtins.int
+    SIBLING_INDEX_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     ordinal: _builtins.int
     role: _types_pb2.Role.ValueType
@@ -296,6 +299,12 @@ class Message(_message.Message):
     created_unix_ms: _builtins.int
     finish_reason: _types_pb2.FinishReason.ValueType
     """assistant messages"""
+    parent_id: _builtins.str
+    """the message this one follows; empty for the chat's first question"""
+    sibling_count: _builtins.int
+    """messages with the same parent and role, this one included"""
+    sibling_index: _builtins.int
+    """this one's place among them, oldest first (0-based)"""
     def __init__(
         self,
         *,
@@ -307,10 +316,13 @@ class Message(_message.Message):
         request_id: _builtins.str = ...,
         created_unix_ms: _builtins.int = ...,
         finish_reason: _types_pb2.FinishReason.ValueType = ...,
+        parent_id: _builtins.str = ...,
+        sibling_count: _builtins.int = ...,
+        sibling_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "request_id", b"request_id", "role", b"role", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,6 +339,8 @@ class StartTurnRequest(_message.Message):
     BOT_ID_FIELD_NUMBER: _builtins.int
     HISTORY_POLICY_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     chat_id: _builtins.str
     """empty: start a new chat"""
@@ -339,6 +353,10 @@ class StartTurnRequest(_message.Message):
     """per-request override"""
     max_tokens: _builtins.int
     """the reply budget; 0: the profile's"""
+    edit_message_id: _builtins.str
+    """A new branch: this user message of the chat is asked again with `content` (an edit)."""
+    regenerate_message_id: _builtins.str
+    """A new answer to the question of this assistant message (a sibling); `content` is empty."""
     def __init__(
         self,
         *,
@@ -349,10 +367,12 @@ class StartTurnRequest(_message.Message):
         bot_id: _builtins.str = ...,
         history_policy: Global___HistoryPolicy.ValueType = ...,
         max_tokens: _builtins.int = ...,
+        edit_message_id: _builtins.str = ...,
+        regenerate_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "edit_message_id", b"edit_message_id", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "regenerate_message_id", b"regenerate_message_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -411,11 +431,16 @@ class StartTurnResponse(_message.Message):
     EXISTING_ANSWER_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_SLOT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     cache_scope: _types_pb2.CacheScope.ValueType
     system_prompt: _builtins.str
     replayed: _builtins.bool
     tenant_id: _builtins.str
+    answer_slot: _builtins.int
+    """The ordinal the answer is stored after (CompletionRequest.user_message_ordinal): the
+    question's, or for a regeneration a fresh slot of its own.
+    """
     @_builtins.property
     def chat(self) -> Global___Chat: ...
     @_builtins.property
@@ -443,14 +468,118 @@ class StartTurnResponse(_message.Message):
         existing_answer: Global___Message | None = ...,
         replayed: _builtins.bool = ...,
         tenant_id: _builtins.str = ...,
+        answer_slot: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "sampling", b"sampling", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_slot", b"answer_slot", "cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartTurnResponse: _TypeAlias = StartTurnResponse  # noqa: Y015
+
+@_typing.final
+class ListSiblingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "message_id", b"message_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSiblingsRequest: _TypeAlias = ListSiblingsRequest  # noqa: Y015
+
+@_typing.final
+class ListSiblingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIBLINGS_FIELD_NUMBER: _builtins.int
+    ACTIVE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    active_message_id: _builtins.str
+    """the one on the chat's active path (empty: none of them)"""
+    @_builtins.property
+    def siblings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """oldest first, the message itself included"""
+
+    def __init__(
+        self,
+        *,
+        siblings: _abc.Iterable[Global___Message] | None = ...,
+        active_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_message_id", b"active_message_id", "siblings", b"siblings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSiblingsResponse: _TypeAlias = ListSiblingsResponse  # noqa: Y015
+
+@_typing.final
+class SelectBranchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    """the active path goes through it, to its newest descendant"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "message_id", b"message_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectBranchRequest: _TypeAlias = SelectBranchRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBranchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    """this message and all that follow it on any branch"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "message_id", b"message_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBranchRequest: _TypeAlias = DeleteBranchRequest  # noqa: Y015
 
 @_typing.final
 class GetChatRequest(_message.Message):

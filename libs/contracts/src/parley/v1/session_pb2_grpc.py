@@ -84,6 +84,21 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.BuildContextRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.Context.FromString,
                 _registered_method=True)
+        self.ListSiblings = channel.unary_unary(
+                '/parley.v1.SessionService/ListSiblings',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListSiblingsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListSiblingsResponse.FromString,
+                _registered_method=True)
+        self.SelectBranch = channel.unary_unary(
+                '/parley.v1.SessionService/SelectBranch',
+                request_serializer=parley_dot_v1_dot_session__pb2.SelectBranchRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+                _registered_method=True)
+        self.DeleteBranch = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteBranch',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteBranchRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+                _registered_method=True)
         self.ListBots = channel.unary_unary(
                 '/parley.v1.SessionService/ListBots',
                 request_serializer=parley_dot_v1_dot_session__pb2.ListBotsRequest.SerializeToString,
@@ -218,6 +233,26 @@ class SessionServiceServicer:
     def BuildContext(self, request, context):
         """The context the chat's next turn would send, without storing anything.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSiblings(self, request, context):
+        """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+        StartTurn); the chat follows one active path, from its root to its active leaf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectBranch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBranch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -367,6 +402,21 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.BuildContext,
                     request_deserializer=parley_dot_v1_dot_session__pb2.BuildContextRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.Context.SerializeToString,
+            ),
+            'ListSiblings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSiblings,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListSiblingsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListSiblingsResponse.SerializeToString,
+            ),
+            'SelectBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectBranch,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SelectBranchRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetChatResponse.SerializeToString,
+            ),
+            'DeleteBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBranch,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteBranchRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetChatResponse.SerializeToString,
             ),
             'ListBots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBots,
@@ -709,6 +759,87 @@ class SessionService:
             '/parley.v1.SessionService/BuildContext',
             parley_dot_v1_dot_session__pb2.BuildContextRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.Context.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSiblings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListSiblings',
+            parley_dot_v1_dot_session__pb2.ListSiblingsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListSiblingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SelectBranch',
+            parley_dot_v1_dot_session__pb2.SelectBranchRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteBranch',
+            parley_dot_v1_dot_session__pb2.DeleteBranchRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
             options,
             channel_credentials,
             insecure,

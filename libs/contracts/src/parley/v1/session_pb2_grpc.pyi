@@ -46,6 +46,12 @@ class SessionServiceStub:
     """Renames a chat or moves it to another bot profile."""
     BuildContext: _grpc.UnaryUnaryMultiCallable[_session_pb2.BuildContextRequest, _session_pb2.Context]
     """The context the chat's next turn would send, without storing anything."""
+    ListSiblings: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListSiblingsRequest, _session_pb2.ListSiblingsResponse]
+    """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+    StartTurn); the chat follows one active path, from its root to its active leaf.
+    """
+    SelectBranch: _grpc.UnaryUnaryMultiCallable[_session_pb2.SelectBranchRequest, _session_pb2.GetChatResponse]
+    DeleteBranch: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]
     ListBots: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -90,6 +96,12 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Renames a chat or moves it to another bot profile."""
     BuildContext: _aio.UnaryUnaryMultiCallable[_session_pb2.BuildContextRequest, _session_pb2.Context]  # type: ignore[assignment]
     """The context the chat's next turn would send, without storing anything."""
+    ListSiblings: _aio.UnaryUnaryMultiCallable[_session_pb2.ListSiblingsRequest, _session_pb2.ListSiblingsResponse]  # type: ignore[assignment]
+    """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+    StartTurn); the chat follows one active path, from its root to its active leaf.
+    """
+    SelectBranch: _aio.UnaryUnaryMultiCallable[_session_pb2.SelectBranchRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
+    DeleteBranch: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
     ListBots: _aio.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]  # type: ignore[assignment]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -191,6 +203,30 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.Context, _abc.Awaitable[_session_pb2.Context]]:
         """The context the chat's next turn would send, without storing anything."""
+
+    @_abc_1.abstractmethod
+    def ListSiblings(
+        self,
+        request: _session_pb2.ListSiblingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListSiblingsResponse, _abc.Awaitable[_session_pb2.ListSiblingsResponse]]:
+        """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+        StartTurn); the chat follows one active path, from its root to its active leaf.
+        """
+
+    @_abc_1.abstractmethod
+    def SelectBranch(
+        self,
+        request: _session_pb2.SelectBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetChatResponse, _abc.Awaitable[_session_pb2.GetChatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteBranch(
+        self,
+        request: _session_pb2.DeleteBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetChatResponse, _abc.Awaitable[_session_pb2.GetChatResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListBots(

@@ -14,6 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, from_ms, retried
 from parley_session.stores.bots import BotStore
+from parley_session.stores.branches import BranchStore, Regeneration
 from parley_session.stores.chats import (
     ChatDoc,
     ChatStore,
@@ -31,6 +32,7 @@ from parley_session.stores.users import ApiKey, UserDoc, UserStore, hash_api_key
 __all__ = [
     "ApiKey",
     "BotStore",
+    "BranchStore",
     "ChatDoc",
     "ChatStore",
     "FeedbackDoc",
@@ -40,6 +42,7 @@ __all__ = [
     "MessageDoc",
     "MessageStore",
     "OpenedChat",
+    "Regeneration",
     "Stores",
     "SummaryDoc",
     "SummaryJob",
@@ -64,6 +67,7 @@ class Stores:
         self.users = UserStore(self.db, retry=self.retry)
         self.chats = ChatStore(self.db, retry=self.retry)
         self.messages = MessageStore(self.db, retry=self.retry)
+        self.branches = BranchStore(self.db, retry=self.retry)
         self.bots = BotStore(self.db, retry=self.retry)
         self.feedback = FeedbackStore(self.db, retry=self.retry)
         self.summaries = SummaryStore(self.db, retry=self.retry)
@@ -72,6 +76,8 @@ class Stores:
     async def ensure_indexes(self) -> None:
         await self.users.ensure_indexes()
         await self.chats.ensure_indexes()
+        await self.branches.ensure_indexes()
+        await self.branches.migrate_linear_chats()
         await self.bots.ensure_indexes()
         await self.feedback.ensure_indexes()
 
