@@ -70,6 +70,7 @@ def completion_request(
     bot_id: str = "",
     user_message_ordinal: int = 0,
     summary_through_ordinal: int = 0,
+    user_message_id: str = "",
 ) -> envelopes_pb2.CompletionRequest:
     """A request for the workers (`parley.completions.requests`, key = chat id)."""
     return envelopes_pb2.CompletionRequest(
@@ -87,6 +88,7 @@ def completion_request(
         bot_id=bot_id,
         user_message_ordinal=user_message_ordinal,
         summary_through_ordinal=summary_through_ordinal,
+        user_message_id=user_message_id,
     )
 
 
@@ -106,6 +108,7 @@ def completion_result(
     bot_id: str = "",
     user_message_ordinal: int = 0,
     summary_through_ordinal: int = 0,
+    user_message_id: str = "",
     cache_entry_id: str = "",
 ) -> envelopes_pb2.CompletionResult:
     """The durable record of an answer (`parley.completions.results`, key = chat id)."""
@@ -124,6 +127,7 @@ def completion_result(
         bot_id=bot_id,
         user_message_ordinal=user_message_ordinal,
         summary_through_ordinal=summary_through_ordinal,
+        user_message_id=user_message_id,
         completed_unix_ms=completed_unix_ms,
         cache_entry_id=cache_entry_id,
     )

@@ -104,10 +104,36 @@ class MessageOut(BaseModel):
     request_id: str
     created_at: int
     finish_reason: FinishReason | None = None
+    parent_id: str | None = Field(default=None, description="the message this one follows")
+    sibling_count: int = Field(default=1, description="edits or regenerations at this place")
+    sibling_index: int = Field(default=0, description="this one among them, oldest first")
 
 
 class ChatDetail(ChatSummary):
-    messages: list[MessageOut]
+    messages: list[MessageOut] = Field(description="the active branch, in order")
+
+
+class RegenerateBody(_Body):
+    stream: bool = Field(default=False, description="answer as a Server-Sent Events stream")
+    max_tokens: int | None = Field(default=None, ge=1, description="the reply budget in tokens")
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="idempotency key: retrying with the same id never regenerates twice",
+    )
+
+
+class SiblingsOut(BaseModel):
+    siblings: list[MessageOut] = Field(description="oldest first, the message itself included")
+    active_message_id: str | None = Field(description="the one on the chat's active branch")
+
+
+class SelectBranchBody(_Body):
+    message_id: str = Field(
+        min_length=1, max_length=64, description="the active branch goes through this message"
+    )
 
 
 class ChatList(BaseModel):

@@ -103,6 +103,21 @@ class SessionClient:
     async def get_chat(self, request: session_pb2.GetChatRequest) -> session_pb2.GetChatResponse:
         return await self._call(self._stub.GetChat, request)
 
+    async def list_siblings(
+        self, request: session_pb2.ListSiblingsRequest
+    ) -> session_pb2.ListSiblingsResponse:
+        return await self._call(self._stub.ListSiblings, request)
+
+    async def select_branch(
+        self, request: session_pb2.SelectBranchRequest
+    ) -> session_pb2.GetChatResponse:
+        return await self._call(self._stub.SelectBranch, request)
+
+    async def delete_branch(
+        self, request: session_pb2.DeleteBranchRequest
+    ) -> session_pb2.GetChatResponse:
+        return await self._call(self._stub.DeleteBranch, request)
+
     async def update_chat(self, request: session_pb2.UpdateChatRequest) -> session_pb2.Chat:
         return await self._call(self._stub.UpdateChat, request)
 

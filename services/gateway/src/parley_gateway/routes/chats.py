@@ -1,5 +1,5 @@
 """The chat REST API: start and continue chats (JSON, SSE or asynchronously), list, read and
-delete them."""
+delete them; edit a question, regenerate an answer, list siblings, choose or delete a branch."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from parley_gateway.schemas import (
     CompletionOut,
     ErrorBody,
     MessageOut,
+    RegenerateBody,
+    SelectBranchBody,
+    SiblingsOut,
     StartChatBody,
     TurnAnswer,
     TurnResponse,
@@ -35,6 +38,7 @@ from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 router = APIRouter(tags=["chats"])
 
 ChatId = Annotated[str, Path(description="a chat id (32 hexadecimal characters)")]
+MessageId = Annotated[str, Path(description="a message id of this chat")]
 
 
 def _finish_name(finish: int) -> str | None:
@@ -316,20 +320,161 @@ async def get_chat(chat_id: ChatId, user: User, parts: PartsDep) -> ChatDetail:
             user_id=user.user_id, chat_id=_valid_chat_id(chat_id), include_messages=True
         )
     )
-    messages = [
-        MessageOut(
-            message_id=m.message_id,
-            ordinal=m.ordinal,
-            role=(Role.from_pb(m.role) or Role.USER).value,
-            content=m.content,
-            token_count=m.token_count,
-            request_id=m.request_id,
-            created_at=m.created_unix_ms,
-            finish_reason=_finish_name(m.finish_reason),
-        )
-        for m in got.messages
-    ]
+    return _detail(got)
+
+
+def _message_out(m: session_pb2.Message) -> MessageOut:
+    return MessageOut(
+        message_id=m.message_id,
+        ordinal=m.ordinal,
+        role=(Role.from_pb(m.role) or Role.USER).value,
+        content=m.content,
+        token_count=m.token_count,
+        request_id=m.request_id,
+        created_at=m.created_unix_ms,
+        finish_reason=_finish_name(m.finish_reason),
+        parent_id=m.parent_id or None,
+        sibling_count=m.sibling_count or 1,
+        sibling_index=m.sibling_index,
+    )
+
+
+def _detail(got: session_pb2.GetChatResponse) -> ChatDetail:
+    messages = [_message_out(m) for m in got.messages]
     return ChatDetail(**_summary(got.chat).model_dump(), messages=messages)
+
+
+def _valid_message_id(message_id: str) -> str:
+    if not is_id(message_id):
+        raise ApiError(404, "not_found", f"message {message_id} not found in this chat")
+    return message_id
+
+
+@router.post(
+    "/chat/{chat_id}/messages/{message_id}/edit",
+    response_model=TurnResponse,
+    responses=_TURN_RESPONSES,
+    summary="Edit a question: a new branch",
+)
+async def edit_message(
+    chat_id: ChatId,
+    message_id: MessageId,
+    body: CompletionBody,
+    user: Admitted,
+    parts: PartsDep,
+    cache_control: CacheControl = None,
+) -> Response | TurnResponse:
+    """Ask this user message again with new text: a new branch from the message before it,
+    which becomes the chat's active branch, answered like a next message."""
+    _check_message(parts, body)
+    turn = await parts.turns.start(
+        user,
+        chat_id=_valid_chat_id(chat_id),
+        message=body.message,
+        request_id=body.request_id,
+        max_tokens=body.max_tokens,
+        no_cache=_no_cache(body, cache_control),
+        sampling=Sampling(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(body.stop or ()),
+            seed=body.seed,
+        ),
+        edit_message_id=_valid_message_id(message_id),
+    )
+    return await _respond(turn, body.stream)
+
+
+@router.post(
+    "/chat/{chat_id}/messages/{message_id}/regenerate",
+    response_model=TurnResponse,
+    responses=_TURN_RESPONSES,
+    summary="Regenerate an answer",
+)
+async def regenerate_message(
+    chat_id: ChatId,
+    message_id: MessageId,
+    user: Admitted,
+    parts: PartsDep,
+    body: RegenerateBody | None = None,
+) -> Response | TurnResponse:
+    """A new answer to this assistant message's question, stored beside it (a sibling) and made
+    the active branch; never from the cache."""
+    body = body or RegenerateBody()
+    turn = await parts.turns.start(
+        user,
+        chat_id=_valid_chat_id(chat_id),
+        message="",
+        request_id=body.request_id,
+        max_tokens=body.max_tokens,
+        no_cache=True,
+        regenerate_message_id=_valid_message_id(message_id),
+    )
+    return await _respond(turn, body.stream)
+
+
+@router.get(
+    "/chat/{chat_id}/messages/{message_id}/siblings",
+    response_model=SiblingsOut,
+    responses=_ERRORS,
+    summary="A message's siblings",
+)
+async def list_siblings(
+    chat_id: ChatId, message_id: MessageId, user: User, parts: PartsDep
+) -> SiblingsOut:
+    """The edits of a question, or the regenerations of an answer, at this place of the chat."""
+    got = await parts.session.list_siblings(
+        session_pb2.ListSiblingsRequest(
+            user_id=user.user_id,
+            chat_id=_valid_chat_id(chat_id),
+            message_id=_valid_message_id(message_id),
+        )
+    )
+    return SiblingsOut(
+        siblings=[_message_out(m) for m in got.siblings],
+        active_message_id=got.active_message_id or None,
+    )
+
+
+@router.post(
+    "/chat/{chat_id}/branch",
+    response_model=ChatDetail,
+    responses=_ERRORS,
+    summary="Choose a branch",
+)
+async def select_branch(
+    chat_id: ChatId, body: SelectBranchBody, user: User, parts: PartsDep
+) -> ChatDetail:
+    """Make the chat's active branch go through this message (to its newest message); the next
+    turn, the context and the summary follow it."""
+    got = await parts.session.select_branch(
+        session_pb2.SelectBranchRequest(
+            user_id=user.user_id,
+            chat_id=_valid_chat_id(chat_id),
+            message_id=_valid_message_id(body.message_id),
+        )
+    )
+    return _detail(got)
+
+
+@router.delete(
+    "/chat/{chat_id}/messages/{message_id}",
+    response_model=ChatDetail,
+    responses=_ERRORS,
+    summary="Delete a branch",
+)
+async def delete_branch(
+    chat_id: ChatId, message_id: MessageId, user: User, parts: PartsDep
+) -> ChatDetail:
+    """Delete this message and every message after it, on all branches."""
+    got = await parts.session.delete_branch(
+        session_pb2.DeleteBranchRequest(
+            user_id=user.user_id,
+            chat_id=_valid_chat_id(chat_id),
+            message_id=_valid_message_id(message_id),
+        )
+    )
+    return _detail(got)
 
 
 @router.delete("/chat/{chat_id}", status_code=204, responses=_ERRORS, summary="Delete a chat")

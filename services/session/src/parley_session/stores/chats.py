@@ -550,6 +550,7 @@ class ChatStore:
         *,
         chat_id: str,
         question_ordinal: int,
+        question_id: str = "",
         content: str,
         token_count: int,
         request_id: str,
@@ -559,8 +560,9 @@ class ChatStore:
         worker_id: str = "",
     ) -> bool:
         """Store the answer to the question at `question_ordinal` (or to the question a
-        regeneration reserved that slot for); False if it was already there (a redelivered
-        result: the unique indexes refuse it) or the chat is gone."""
+        regeneration reserved that slot for), `question_id` when the result names it; False if it
+        was already there (a redelivered result: the unique indexes refuse it) or the chat is
+        gone."""
         doc = {
             "_id": new_id(),
             "chat_id": chat_id,
@@ -575,24 +577,28 @@ class ChatStore:
             "cache_entry_id": cache_entry_id,
             "worker_id": worker_id,
         }
-        return await self._append(doc, question_ordinal)
+        return await self._append(doc, question_ordinal, question_id)
 
-    @retried
-    async def _append(self, doc: Doc, slot: int) -> bool:
-        chat_id = doc["chat_id"]
+    async def _question_of_slot(self, chat_id: str, slot: int) -> str | None:
+        """The question an answer stored after `slot` answers, for a result that does not name
+        it: the one at that ordinal, or the one a regeneration reserved the slot for."""
         question = await self._messages.find_one(
             {"chat_id": chat_id, "ordinal": slot, "role": "user"}, {"_id": 1}
         )
-        if question is None:
-            regenerated = await self._regenerations.find_one(
-                {"chat_id": chat_id, "slot": slot}, {"parent_id": 1}
-            )
-            if regenerated is None:
-                log.warning("no question for this answer", extra={"chat_id": chat_id})
-                return False
-            parent_id = regenerated["parent_id"]
-        else:
-            parent_id = question["_id"]
+        if question is not None:
+            return str(question["_id"])
+        regenerated = await self._regenerations.find_one(
+            {"chat_id": chat_id, "slot": slot}, {"parent_id": 1}
+        )
+        return None if regenerated is None else str(regenerated["parent_id"])
+
+    @retried
+    async def _append(self, doc: Doc, slot: int, question_id: str) -> bool:
+        chat_id = doc["chat_id"]
+        parent_id = question_id or await self._question_of_slot(chat_id, slot)
+        if parent_id is None:
+            log.warning("no question for this answer", extra={"chat_id": chat_id})
+            return False
         try:
             await self._messages.insert_one({**doc, "parent_id": parent_id})
         except DuplicateKeyError as exc:
