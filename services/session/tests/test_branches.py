@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -251,3 +252,54 @@ async def test_concurrent_edits_keep_the_tree_whole(service: Service) -> None:
         {"chat_id": chat_id, "role": {"$ne": "gap"}}
     )
     assert await stored == 8 + 6 * 2 + 6 * 2 + 6
+
+
+async def test_a_chat_stored_as_a_line_becomes_a_chain(service: Service) -> None:
+    user = await service.user()
+    chat_id = new_id()
+    at = datetime.now(UTC)
+    db = service.store.db
+    await db["chats"].insert_one(
+        {
+            "_id": chat_id,
+            "user_id": user,
+            "title": "old",
+            "bot_id": "",
+            "created_at": at,
+            "updated_at": at,
+            "message_count": 4,
+            "next_ordinal": 4,
+        }
+    )
+    for ordinal, (role, content) in enumerate(
+        [("user", "Old question"), ("assistant", "Old answer")] * 2
+    ):
+        await db["messages"].insert_one(
+            {
+                "_id": new_id(),
+                "chat_id": chat_id,
+                "ordinal": ordinal,
+                "role": role,
+                "content": f"{content} {ordinal // 2}",
+                "token_count": 3,
+                "request_id": f"r{ordinal // 2}",
+                "created_at": at,
+                "finish_reason": "stop" if role == "assistant" else "",
+            }
+        )
+    assert await service.store.branches.migrate_linear_chats() == 1
+    assert await service.store.branches.migrate_linear_chats() == 0  # once
+    await check_tree(service, chat_id)
+    messages = await path(service, user, chat_id)
+    assert [m.content for m in messages] == [
+        "Old question 0",
+        "Old answer 0",
+        "Old question 1",
+        "Old answer 1",
+    ]
+    turn = await service.turn(user, "New question", chat_id)
+    assert [m.content for m in turn.context.messages][1:] == [
+        *(m.content for m in messages),
+        "New question",
+    ]
+    assert turn.user_message.parent_id == messages[-1].message_id
