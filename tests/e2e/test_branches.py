@@ -102,16 +102,16 @@ def test_ids_that_do_not_belong(new_user: NewUser) -> None:
     response = alice.post(
         f"/chat/{one['chat_id']}/messages/{elsewhere}/edit", json={"message": "x"}
     )
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert "no message" in response.json()["error"]["message"]
     response = alice.post(f"/chat/{one['chat_id']}/branch", json={"message_id": elsewhere})
     assert response.status_code == 404, response.text
     # a question is edited, not regenerated; the only first message is not deleted
     response = alice.post(f"/chat/{one['chat_id']}/messages/{question}/regenerate")
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert "edit" in response.json()["error"]["message"]
     response = alice.delete(f"/chat/{one['chat_id']}/messages/{question}")
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert "delete the chat" in response.json()["error"]["message"]
     # not an id at all, and another user's chat
     assert alice.post(f"/chat/{one['chat_id']}/messages/nope/regenerate").status_code == 404
