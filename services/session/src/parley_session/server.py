@@ -46,6 +46,7 @@ from parley_session.retry import (
     deadline,
     is_transient,
 )
+from parley_session.search import check_query, snippet
 from parley_session.stores import ChatDoc, MessageDoc, Stores
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
@@ -285,6 +286,22 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         await self._store.branches.delete(request.user_id, chat, message)
         return await self._chat_with_path(
             await self._store.chats.get_chat(request.user_id, request.chat_id)
+        )
+
+    # search: parley_session.search
+
+    @_rpc
+    async def SearchChats(
+        self, request: session_pb2.SearchChatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.SearchChatsResponse:
+        query = wire.search_query(request)
+        check_query(query)
+        hits = await self._store.search.search(query)
+        page = hits[query.offset : query.offset + query.limit]
+        more = len(hits) > query.offset + query.limit
+        return session_pb2.SearchChatsResponse(
+            hits=[wire.search_hit_pb(h, snippet(h.text, query.text)) for h in page],
+            next_offset=query.offset + query.limit if more else 0,
         )
 
     async def _message_of(self, chat: ChatDoc, message_id: str) -> MessageDoc:

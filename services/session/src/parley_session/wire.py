@@ -17,7 +17,15 @@ from parley_session.domain import InvalidArgumentError
 from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
 from parley_session.quotas import QuotaDecision
-from parley_session.stores import ChatDoc, FeedbackDoc, FeedbackQuery, MessageDoc, from_ms
+from parley_session.search import SearchQuery, Snippet
+from parley_session.stores import (
+    ChatDoc,
+    FeedbackDoc,
+    FeedbackQuery,
+    MessageDoc,
+    TextHit,
+    from_ms,
+)
 from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
@@ -36,6 +44,8 @@ __all__ = [
     "models_pb",
     "prepared_pb",
     "quota_pb",
+    "search_hit_pb",
+    "search_query",
     "turn_pb",
     "turn_request",
 ]
@@ -133,6 +143,33 @@ def turn_request(request: session_pb2.StartTurnRequest) -> TurnRequest:
         history_policy=POLICY_FROM_PB.get(request.history_policy),
         edit_message_id=request.edit_message_id,
         regenerate_message_id=request.regenerate_message_id,
+    )
+
+
+def search_query(request: session_pb2.SearchChatsRequest) -> SearchQuery:
+    return SearchQuery(
+        user_id=request.user_id,
+        text=request.query.strip(),
+        bot_id=request.bot_id,
+        since_ms=request.since_unix_ms,
+        until_ms=request.until_unix_ms,
+        limit=request.limit or 20,
+        offset=request.offset,
+    )
+
+
+def search_hit_pb(hit: TextHit, shown: Snippet) -> session_pb2.SearchHit:
+    return session_pb2.SearchHit(
+        chat_id=hit.chat_id,
+        chat_title=hit.chat_title,
+        bot_id=hit.bot_id,
+        message_id=hit.message_id,
+        role=_role_pb(hit.role) if hit.role else types_pb2.ROLE_UNSPECIFIED,
+        snippet=shown.text,
+        highlight_starts=[a for a, _ in shown.highlights],
+        highlight_ends=[b for _, b in shown.highlights],
+        score=hit.score,
+        created_unix_ms=hit.created_ms,
     )
 
 

@@ -1578,3 +1578,121 @@ class ConsumeQuotaResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsumeQuotaResponse: _TypeAlias = ConsumeQuotaResponse  # noqa: Y015
+
+@_typing.final
+class SearchChatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    query: _builtins.str
+    bot_id: _builtins.str
+    """only chats of this bot profile"""
+    since_unix_ms: _builtins.int
+    """0: no lower bound (the message's or the title's chat's time)"""
+    until_unix_ms: _builtins.int
+    """0: no upper bound"""
+    limit: _builtins.int
+    """0: 20"""
+    offset: _builtins.int
+    """hits to skip (paging)"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        query: _builtins.str = ...,
+        bot_id: _builtins.str = ...,
+        since_unix_ms: _builtins.int = ...,
+        until_unix_ms: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "limit", b"limit", "offset", b"offset", "query", b"query", "since_unix_ms", b"since_unix_ms", "until_unix_ms", b"until_unix_ms", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchChatsRequest: _TypeAlias = SearchChatsRequest  # noqa: Y015
+
+@_typing.final
+class SearchHit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    CHAT_TITLE_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    HIGHLIGHT_STARTS_FIELD_NUMBER: _builtins.int
+    HIGHLIGHT_ENDS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    chat_id: _builtins.str
+    chat_title: _builtins.str
+    bot_id: _builtins.str
+    message_id: _builtins.str
+    """empty: the chat's title matched"""
+    role: _types_pb2.Role.ValueType
+    snippet: _builtins.str
+    """the matching text, around the first match"""
+    score: _builtins.float
+    created_unix_ms: _builtins.int
+    @_builtins.property
+    def highlight_starts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """[start, end) character ranges of `snippet` that match the query's words."""
+
+    @_builtins.property
+    def highlight_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        chat_id: _builtins.str = ...,
+        chat_title: _builtins.str = ...,
+        bot_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        role: _types_pb2.Role.ValueType = ...,
+        snippet: _builtins.str = ...,
+        highlight_starts: _abc.Iterable[_builtins.int] | None = ...,
+        highlight_ends: _abc.Iterable[_builtins.int] | None = ...,
+        score: _builtins.float = ...,
+        created_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "chat_title", b"chat_title", "created_unix_ms", b"created_unix_ms", "highlight_ends", b"highlight_ends", "highlight_starts", b"highlight_starts", "message_id", b"message_id", "role", b"role", "score", b"score", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
+
+@_typing.final
+class SearchChatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    next_offset: _builtins.int
+    """0: no more hits"""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        next_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_offset", b"next_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchChatsResponse: _TypeAlias = SearchChatsResponse  # noqa: Y015

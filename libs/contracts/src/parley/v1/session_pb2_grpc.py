@@ -99,6 +99,11 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.DeleteBranchRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
                 _registered_method=True)
+        self.SearchChats = channel.unary_unary(
+                '/parley.v1.SessionService/SearchChats',
+                request_serializer=parley_dot_v1_dot_session__pb2.SearchChatsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.SearchChatsResponse.FromString,
+                _registered_method=True)
         self.ListBots = channel.unary_unary(
                 '/parley.v1.SessionService/ListBots',
                 request_serializer=parley_dot_v1_dot_session__pb2.ListBotsRequest.SerializeToString,
@@ -253,6 +258,13 @@ class SessionServiceServicer:
 
     def DeleteBranch(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchChats(self, request, context):
+        """The user's own chats by text (titles and messages, MongoDB text search), best first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -417,6 +429,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.DeleteBranch,
                     request_deserializer=parley_dot_v1_dot_session__pb2.DeleteBranchRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.GetChatResponse.SerializeToString,
+            ),
+            'SearchChats': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchChats,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SearchChatsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.SearchChatsResponse.SerializeToString,
             ),
             'ListBots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBots,
@@ -840,6 +857,33 @@ class SessionService:
             '/parley.v1.SessionService/DeleteBranch',
             parley_dot_v1_dot_session__pb2.DeleteBranchRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchChats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SearchChats',
+            parley_dot_v1_dot_session__pb2.SearchChatsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.SearchChatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

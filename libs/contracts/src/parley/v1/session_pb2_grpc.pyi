@@ -52,6 +52,8 @@ class SessionServiceStub:
     """
     SelectBranch: _grpc.UnaryUnaryMultiCallable[_session_pb2.SelectBranchRequest, _session_pb2.GetChatResponse]
     DeleteBranch: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]
+    SearchChats: _grpc.UnaryUnaryMultiCallable[_session_pb2.SearchChatsRequest, _session_pb2.SearchChatsResponse]
+    """The user's own chats by text (titles and messages, MongoDB text search), best first."""
     ListBots: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -102,6 +104,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """
     SelectBranch: _aio.UnaryUnaryMultiCallable[_session_pb2.SelectBranchRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
     DeleteBranch: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
+    SearchChats: _aio.UnaryUnaryMultiCallable[_session_pb2.SearchChatsRequest, _session_pb2.SearchChatsResponse]  # type: ignore[assignment]
+    """The user's own chats by text (titles and messages, MongoDB text search), best first."""
     ListBots: _aio.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]  # type: ignore[assignment]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -227,6 +231,14 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_pb2.DeleteBranchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.GetChatResponse, _abc.Awaitable[_session_pb2.GetChatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SearchChats(
+        self,
+        request: _session_pb2.SearchChatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.SearchChatsResponse, _abc.Awaitable[_session_pb2.SearchChatsResponse]]:
+        """The user's own chats by text (titles and messages, MongoDB text search), best first."""
 
     @_abc_1.abstractmethod
     def ListBots(

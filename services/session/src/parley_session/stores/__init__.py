@@ -26,6 +26,7 @@ from parley_session.stores.chats import (
 )
 from parley_session.stores.feedback import FeedbackDoc, FeedbackQuery, FeedbackStore
 from parley_session.stores.messages import MessageStore
+from parley_session.stores.search import SearchStore, TextHit
 from parley_session.stores.summaries import SummaryJob, SummaryJobState, SummaryStore
 from parley_session.stores.users import ApiKey, UserDoc, UserStore, hash_api_key
 
@@ -43,11 +44,13 @@ __all__ = [
     "MessageStore",
     "OpenedChat",
     "Regeneration",
+    "SearchStore",
     "Stores",
     "SummaryDoc",
     "SummaryJob",
     "SummaryJobState",
     "SummaryStore",
+    "TextHit",
     "TurnSlot",
     "UserDoc",
     "UserStore",
@@ -68,6 +71,7 @@ class Stores:
         self.chats = ChatStore(self.db, retry=self.retry)
         self.messages = MessageStore(self.db, retry=self.retry)
         self.branches = BranchStore(self.db, retry=self.retry)
+        self.search = SearchStore(self.db, retry=self.retry)
         self.bots = BotStore(self.db, retry=self.retry)
         self.feedback = FeedbackStore(self.db, retry=self.retry)
         self.summaries = SummaryStore(self.db, retry=self.retry)
@@ -78,6 +82,7 @@ class Stores:
         await self.chats.ensure_indexes()
         await self.branches.ensure_indexes()
         await self.branches.migrate_linear_chats()
+        await self.branches.migrate_owners()
         await self.bots.ensure_indexes()
         await self.feedback.ensure_indexes()
 

@@ -57,6 +57,19 @@ class BranchStore:
         await self._regenerations.create_index([("chat_id", ASCENDING), ("slot", ASCENDING)])
 
     @retried
+    async def migrate_owners(self) -> int:
+        """Messages stored before search carry no `user_id`: they get their chat's owner's.
+        Safe to run again; returns the chats moved."""
+        moved = 0
+        async for chat in self._chats.find({"messages_owned": {"$ne": True}}, {"user_id": 1}):
+            await self._messages.update_many(
+                {"chat_id": chat["_id"]}, {"$set": {"user_id": chat["user_id"]}}
+            )
+            await self._chats.update_one({"_id": chat["_id"]}, {"$set": {"messages_owned": True}})
+            moved += 1
+        return moved
+
+    @retried
     async def migrate_linear_chats(self) -> int:
         """Chats stored before branches (no `active_leaf`) become a chain in ordinal order: each
         message follows the one before it. Safe to run again; returns the chats moved."""

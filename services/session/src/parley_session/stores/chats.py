@@ -37,7 +37,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, TEXT, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -239,6 +239,14 @@ class ChatStore:
             partialFilterExpression={"request_id": {"$type": "string"}},
         )
         await self._messages.create_index([("chat_id", ASCENDING), ("parent_id", ASCENDING)])
+        # Search: a user's messages and chat titles by text (MongoDB allows one text index a
+        # collection); the user id first, so a search never reads another user's entries.
+        await self._messages.create_index(
+            [("user_id", ASCENDING), ("content", TEXT)], name="search", default_language="english"
+        )
+        await self._chats.create_index(
+            [("user_id", ASCENDING), ("title", TEXT)], name="search", default_language="english"
+        )
 
     # chats
 
@@ -324,9 +332,11 @@ class ChatStore:
             "next_ordinal": 2,
             "active_leaf": question_id,
             "leaf_slot": 0,
+            "messages_owned": True,
             "created_by_request": request_id,
         }
         fields = {
+            "user_id": user_id,
             "content": content,
             "token_count": token_count,
             "request_id": request_id,
@@ -485,6 +495,7 @@ class ChatStore:
         """Store the question in its reserved slot: (it, True), or (the question an earlier or
         concurrent delivery of the request stored, False): then the slot is to be released."""
         fields: Doc = {
+            "user_id": slot.chat.user_id,
             "content": content,
             "token_count": token_count,
             "request_id": request_id,
@@ -551,6 +562,7 @@ class ChatStore:
         chat_id: str,
         question_ordinal: int,
         question_id: str = "",
+        user_id: str = "",
         content: str,
         token_count: int,
         request_id: str,
@@ -577,6 +589,8 @@ class ChatStore:
             "cache_entry_id": cache_entry_id,
             "worker_id": worker_id,
         }
+        if user_id:
+            doc["user_id"] = user_id
         return await self._append(doc, question_ordinal, question_id)
 
     async def _question_of_slot(self, chat_id: str, slot: int) -> str | None:
@@ -617,12 +631,16 @@ class ChatStore:
                     }
                 }
             ],
-            projection={"active_leaf": 1, "leaf_slot": 1},
+            projection={"active_leaf": 1, "leaf_slot": 1, "user_id": 1},
         )
         if before is None:
             # The chat is gone (deleted before or meanwhile): leave nothing behind.
             await self._messages.delete_many({"chat_id": chat_id})
             return False
+        if "user_id" not in doc:  # a result that does not name its user: the chat's owner
+            await self._messages.update_one(
+                {"_id": doc["_id"]}, {"$set": {"user_id": before["user_id"]}}
+            )
         if not (before.get("active_leaf") == parent_id and before.get("leaf_slot") == slot):
             # Questions may have been asked after this one meanwhile: they follow this answer.
             await self._follow_answer(chat_id, parent_id, slot, doc["_id"])
