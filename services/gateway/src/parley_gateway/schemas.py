@@ -190,3 +190,22 @@ class CompletionOut(BaseModel):
         default=None, description="when done, or cancelled (the text generated until then)"
     )
     error: CompletionError | None = Field(default=None, description="when failed")
+
+
+class SearchHitOut(BaseModel):
+    chat_id: str
+    chat_title: str
+    bot_id: str
+    message_id: str | None = Field(description="the matching message; null: the title matched")
+    role: Role | None = None
+    snippet: str = Field(description="the matching text, around its first match (plain text)")
+    highlights: list[tuple[int, int]] = Field(
+        description="[start, end) character ranges of `snippet` that match the query's words"
+    )
+    score: float = Field(description="MongoDB's text score: higher is better")
+    created_at: int = Field(description="the message's time (a title: its chat's last change), ms")
+
+
+class SearchPage(BaseModel):
+    hits: list[SearchHitOut] = Field(description="best first")
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page")

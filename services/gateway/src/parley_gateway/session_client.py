@@ -118,6 +118,11 @@ class SessionClient:
     ) -> session_pb2.GetChatResponse:
         return await self._call(self._stub.DeleteBranch, request)
 
+    async def search_chats(
+        self, request: session_pb2.SearchChatsRequest
+    ) -> session_pb2.SearchChatsResponse:
+        return await self._call(self._stub.SearchChats, request)
+
     async def update_chat(self, request: session_pb2.UpdateChatRequest) -> session_pb2.Chat:
         return await self._call(self._stub.UpdateChat, request)
 

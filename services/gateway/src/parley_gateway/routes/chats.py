@@ -1,10 +1,12 @@
 """The chat REST API: start and continue chats (JSON, SSE or asynchronously), list, read and
-delete them; edit a question, regenerate an answer, list siblings, choose or delete a branch."""
+delete them; edit a question, regenerate an answer, list siblings, choose or delete a branch;
+search them."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -27,6 +29,8 @@ from parley_gateway.schemas import (
     ErrorBody,
     MessageOut,
     RegenerateBody,
+    SearchHitOut,
+    SearchPage,
     SelectBranchBody,
     SiblingsOut,
     StartChatBody,
@@ -310,6 +314,66 @@ async def list_chats(
     return ChatList(
         chats=[_summary(c) for c in listed.chats], next_cursor=listed.next_cursor or None
     )
+
+
+@router.get(
+    "/chats/search", response_model=SearchPage, responses=_ERRORS, summary="Search your chats"
+)
+async def search_chats(
+    user: User,
+    parts: PartsDep,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="words to look for")],
+    bot_id: Annotated[str, Query(max_length=64, description="only chats of this bot")] = "",
+    since: Annotated[
+        datetime | None, Query(description="messages at or after (ISO 8601; UTC if no zone)")
+    ] = None,
+    until: Annotated[datetime | None, Query(description="and at or before")] = None,
+    limit: Annotated[int, Query(ge=1, le=50, description="hits per page")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=20, description="next_cursor of the previous page")
+    ] = None,
+) -> SearchPage:
+    """Your chats' titles and messages that contain the words of `q` (MongoDB text search:
+    stemmed, `"exact phrase"` and `-excluded` words work), best first, with the matching
+    ranges to highlight."""
+    if cursor is not None and not cursor.isdigit():
+        raise ApiError(422, "invalid_request", "cursor: not a cursor returned by this API")
+    found = await parts.session.search_chats(
+        session_pb2.SearchChatsRequest(
+            user_id=user.user_id,
+            query=q,
+            bot_id=bot_id,
+            since_unix_ms=_unix_ms(since),
+            until_unix_ms=_unix_ms(until),
+            limit=limit,
+            offset=int(cursor or 0),
+        )
+    )
+    return SearchPage(
+        hits=[
+            SearchHitOut(
+                chat_id=h.chat_id,
+                chat_title=h.chat_title,
+                bot_id=h.bot_id,
+                message_id=h.message_id or None,
+                role=None if not h.message_id else (Role.from_pb(h.role) or Role.USER).value,
+                snippet=h.snippet,
+                highlights=list(zip(h.highlight_starts, h.highlight_ends, strict=True)),
+                score=h.score,
+                created_at=h.created_unix_ms,
+            )
+            for h in found.hits
+        ],
+        next_cursor=str(found.next_offset) if found.next_offset else None,
+    )
+
+
+def _unix_ms(value: datetime | None) -> int:
+    if value is None:
+        return 0
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return max(1, int(value.timestamp() * 1000))
 
 
 @router.get("/chat/{chat_id}", response_model=ChatDetail, responses=_ERRORS, summary="Read a chat")
