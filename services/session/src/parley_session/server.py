@@ -47,7 +47,7 @@ from parley_session.retry import (
     is_transient,
 )
 from parley_session.search import check_query, snippet
-from parley_session.stores import ChatDoc, MessageDoc, Stores
+from parley_session.stores import ChatDoc, MessageDoc, Stores, from_ms
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
 from parley_session.turns import Turns, check_chat_id
@@ -302,6 +302,56 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         return session_pb2.SearchChatsResponse(
             hits=[wire.search_hit_pb(h, snippet(h.text, query.text)) for h in page],
             next_offset=query.offset + query.limit if more else 0,
+        )
+
+    # export, deletion and usage
+
+    async def ExportChats(
+        self, request: session_pb2.ExportChatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[session_pb2.ExportedChat]:
+        try:
+            async for chat, messages in self._store.chats.export_chats(request.user_id):
+                yield session_pb2.ExportedChat(
+                    chat=wire.chat_pb(chat),
+                    messages=[wire.message_pb(m) for m in messages],
+                    active_leaf_id=chat.active_leaf,
+                )
+        except EXPECTED_FAILURES as exc:
+            await _abort_for(context, exc)
+
+    @_rpc
+    async def DeleteUserData(
+        self,
+        request: session_pb2.DeleteUserDataRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.DeleteUserDataResponse:
+        deleted = await self._store.chats.delete_user_chats(request.user_id)
+        return session_pb2.DeleteUserDataResponse(chats_deleted=deleted)
+
+    @_rpc
+    async def GetUsage(
+        self, request: session_pb2.GetUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetUsageResponse:
+        since = from_ms(request.since_unix_ms) if request.since_unix_ms else None
+        until = from_ms(request.until_unix_ms) if request.until_unix_ms else None
+        if since is not None and until is not None and since > until:
+            raise InvalidArgumentError("since", "must not be after until")
+        rows = await self._store.usage.usage(since=since, until=until, bot_id=request.bot_id)
+        return session_pb2.GetUsageResponse(
+            rows=[
+                session_pb2.UsageRow(
+                    bot_id=r.bot_id,
+                    day=r.day,
+                    turns=r.turns,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                    cache_hits=r.cache_hits,
+                    cache_hit_ratio=r.cache_hit_ratio,
+                    thumbs_up=r.thumbs_up,
+                    thumbs_down=r.thumbs_down,
+                )
+                for r in rows
+            ]
         )
 
     async def _message_of(self, chat: ChatDoc, message_id: str) -> MessageDoc:

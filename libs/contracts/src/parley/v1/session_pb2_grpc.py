@@ -104,6 +104,21 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.SearchChatsRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.SearchChatsResponse.FromString,
                 _registered_method=True)
+        self.ExportChats = channel.unary_stream(
+                '/parley.v1.SessionService/ExportChats',
+                request_serializer=parley_dot_v1_dot_session__pb2.ExportChatsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ExportedChat.FromString,
+                _registered_method=True)
+        self.DeleteUserData = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteUserData',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteUserDataRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.DeleteUserDataResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/parley.v1.SessionService/GetUsage',
+                request_serializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
         self.ListBots = channel.unary_unary(
                 '/parley.v1.SessionService/ListBots',
                 request_serializer=parley_dot_v1_dot_session__pb2.ListBotsRequest.SerializeToString,
@@ -264,6 +279,27 @@ class SessionServiceServicer:
 
     def SearchChats(self, request, context):
         """The user's own chats by text (titles and messages, MongoDB text search), best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportChats(self, request, context):
+        """Everything a user stored in chats: each chat with all its messages, every branch included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUserData(self, request, context):
+        """Deletes every chat of the user, with its messages, branches and feedback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -434,6 +470,21 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.SearchChats,
                     request_deserializer=parley_dot_v1_dot_session__pb2.SearchChatsRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.SearchChatsResponse.SerializeToString,
+            ),
+            'ExportChats': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportChats,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ExportChatsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ExportedChat.SerializeToString,
+            ),
+            'DeleteUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUserData,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteUserDataRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.DeleteUserDataResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.SerializeToString,
             ),
             'ListBots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBots,
@@ -884,6 +935,87 @@ class SessionService:
             '/parley.v1.SessionService/SearchChats',
             parley_dot_v1_dot_session__pb2.SearchChatsRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.SearchChatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportChats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.SessionService/ExportChats',
+            parley_dot_v1_dot_session__pb2.ExportChatsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ExportedChat.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteUserData',
+            parley_dot_v1_dot_session__pb2.DeleteUserDataRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.DeleteUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/GetUsage',
+            parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

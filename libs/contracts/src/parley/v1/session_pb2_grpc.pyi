@@ -54,6 +54,12 @@ class SessionServiceStub:
     DeleteBranch: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]
     SearchChats: _grpc.UnaryUnaryMultiCallable[_session_pb2.SearchChatsRequest, _session_pb2.SearchChatsResponse]
     """The user's own chats by text (titles and messages, MongoDB text search), best first."""
+    ExportChats: _grpc.UnaryStreamMultiCallable[_session_pb2.ExportChatsRequest, _session_pb2.ExportedChat]
+    """Everything a user stored in chats: each chat with all its messages, every branch included."""
+    DeleteUserData: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteUserDataRequest, _session_pb2.DeleteUserDataResponse]
+    """Deletes every chat of the user, with its messages, branches and feedback."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]
+    """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
     ListBots: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -106,6 +112,12 @@ class SessionServiceAsyncStub(SessionServiceStub):
     DeleteBranch: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
     SearchChats: _aio.UnaryUnaryMultiCallable[_session_pb2.SearchChatsRequest, _session_pb2.SearchChatsResponse]  # type: ignore[assignment]
     """The user's own chats by text (titles and messages, MongoDB text search), best first."""
+    ExportChats: _aio.UnaryStreamMultiCallable[_session_pb2.ExportChatsRequest, _session_pb2.ExportedChat]  # type: ignore[assignment]
+    """Everything a user stored in chats: each chat with all its messages, every branch included."""
+    DeleteUserData: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteUserDataRequest, _session_pb2.DeleteUserDataResponse]  # type: ignore[assignment]
+    """Deletes every chat of the user, with its messages, branches and feedback."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
     ListBots: _aio.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]  # type: ignore[assignment]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -239,6 +251,30 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.SearchChatsResponse, _abc.Awaitable[_session_pb2.SearchChatsResponse]]:
         """The user's own chats by text (titles and messages, MongoDB text search), best first."""
+
+    @_abc_1.abstractmethod
+    def ExportChats(
+        self,
+        request: _session_pb2.ExportChatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_pb2.ExportedChat], _abc.AsyncIterator[_session_pb2.ExportedChat]]:
+        """Everything a user stored in chats: each chat with all its messages, every branch included."""
+
+    @_abc_1.abstractmethod
+    def DeleteUserData(
+        self,
+        request: _session_pb2.DeleteUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.DeleteUserDataResponse, _abc.Awaitable[_session_pb2.DeleteUserDataResponse]]:
+        """Deletes every chat of the user, with its messages, branches and feedback."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _session_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetUsageResponse, _abc.Awaitable[_session_pb2.GetUsageResponse]]:
+        """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
 
     @_abc_1.abstractmethod
     def ListBots(

@@ -28,6 +28,7 @@ from parley_session.stores.feedback import FeedbackDoc, FeedbackQuery, FeedbackS
 from parley_session.stores.messages import MessageStore
 from parley_session.stores.search import SearchStore, TextHit
 from parley_session.stores.summaries import SummaryJob, SummaryJobState, SummaryStore
+from parley_session.stores.usage import UsageRow, UsageStore
 from parley_session.stores.users import ApiKey, UserDoc, UserStore, hash_api_key
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "SummaryStore",
     "TextHit",
     "TurnSlot",
+    "UsageRow",
+    "UsageStore",
     "UserDoc",
     "UserStore",
     "from_ms",
@@ -72,6 +75,7 @@ class Stores:
         self.messages = MessageStore(self.db, retry=self.retry)
         self.branches = BranchStore(self.db, retry=self.retry)
         self.search = SearchStore(self.db, retry=self.retry)
+        self.usage = UsageStore(self.db, retry=self.retry)
         self.bots = BotStore(self.db, retry=self.retry)
         self.feedback = FeedbackStore(self.db, retry=self.retry)
         self.summaries = SummaryStore(self.db, retry=self.retry)

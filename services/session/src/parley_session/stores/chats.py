@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -304,6 +305,31 @@ class ChatStore:
         await self._regenerations.delete_many({"chat_id": chat_id})
         await self._feedback.delete_many({"chat_id": chat_id})
         await self._chats.delete_one({"_id": chat_id, "user_id": user_id})
+
+    async def export_chats(self, user_id: str) -> AsyncIterator[tuple[ChatDoc, list[MessageDoc]]]:
+        """Each of the user's chats, oldest first, with all its messages (every branch)."""
+        chats = self._chats.find({"user_id": user_id}, {"summary_job": 0}).sort("created_at", 1)
+        async for doc in chats:
+            messages = self._messages.find({"chat_id": doc["_id"], "role": {"$ne": GAP}})
+            yield (
+                ChatDoc.from_doc(doc),
+                [MessageDoc.from_doc(m) async for m in messages.sort("ordinal", ASCENDING)],
+            )
+
+    @retried
+    async def delete_user_chats(self, user_id: str) -> int:
+        """Every chat of the user with its messages, regenerations and feedback; the chats go
+        last, so that an interrupted delete, run again, finds them and finishes."""
+        ids = [d["_id"] async for d in self._chats.find({"user_id": user_id}, {"_id": 1})]
+        for start in range(0, len(ids), 1000):
+            batch = {"chat_id": {"$in": ids[start : start + 1000]}}
+            await self._messages.delete_many(batch)
+            await self._regenerations.delete_many(batch)
+            await self._feedback.delete_many(batch)
+        await self._messages.delete_many({"user_id": user_id})
+        await self._feedback.delete_many({"user_id": user_id})
+        deleted = await self._chats.delete_many({"user_id": user_id})
+        return int(deleted.deleted_count)
 
     # a turn's writes
 
