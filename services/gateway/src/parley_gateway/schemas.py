@@ -192,6 +192,37 @@ class CompletionOut(BaseModel):
     error: CompletionError | None = Field(default=None, description="when failed")
 
 
+class ExportedChatOut(ChatSummary):
+    active_leaf_id: str | None = Field(description="the last message of the active branch")
+    messages: list[MessageOut] = Field(description="every message of every branch, by ordinal")
+
+
+class ChatsExport(BaseModel):
+    exported_at: int = Field(description="ms since the epoch")
+    user_id: str
+    chats: list[ExportedChatOut]
+
+
+class DataDeleted(BaseModel):
+    chats_deleted: int
+
+
+class UsageRowOut(BaseModel):
+    bot_id: str
+    day: str = Field(description="YYYY-MM-DD, UTC")
+    turns: int = Field(description="answers stored")
+    prompt_tokens: int = Field(description="tokens of the questions")
+    completion_tokens: int
+    cache_hits: int
+    cache_hit_ratio: float
+    thumbs_up: int
+    thumbs_down: int
+
+
+class UsageOut(BaseModel):
+    rows: list[UsageRowOut] = Field(description="by day, then bot")
+
+
 class SearchHitOut(BaseModel):
     chat_id: str
     chat_title: str

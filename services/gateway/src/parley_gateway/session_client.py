@@ -162,6 +162,22 @@ class SessionClient:
     ) -> session_pb2.ListFeedbackResponse:
         return await self._call(self._stub.ListFeedback, request)
 
+    async def export_chats(
+        self, request: session_pb2.ExportChatsRequest, *, timeout_s: float
+    ) -> list[session_pb2.ExportedChat]:
+        try:
+            return [c async for c in self._stub.ExportChats(request, timeout=timeout_s)]
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, "session") from exc
+
+    async def delete_user_data(
+        self, request: session_pb2.DeleteUserDataRequest
+    ) -> session_pb2.DeleteUserDataResponse:
+        return await self._call(self._stub.DeleteUserData, request)
+
+    async def get_usage(self, request: session_pb2.GetUsageRequest) -> session_pb2.GetUsageResponse:
+        return await self._call(self._stub.GetUsage, request)
+
     async def export_feedback(
         self, request: session_pb2.ExportFeedbackRequest, *, timeout_s: float
     ) -> AsyncIterator[session_pb2.Feedback]:

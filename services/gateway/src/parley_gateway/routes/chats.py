@@ -23,10 +23,13 @@ from parley_gateway.relay import RESET_MESSAGE
 from parley_gateway.schemas import (
     ChatDetail,
     ChatList,
+    ChatsExport,
     ChatSummary,
     CompletionBody,
     CompletionOut,
+    DataDeleted,
     ErrorBody,
+    ExportedChatOut,
     MessageOut,
     RegenerateBody,
     SearchHitOut,
@@ -374,6 +377,49 @@ def _unix_ms(value: datetime | None) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return max(1, int(value.timestamp() * 1000))
+
+
+@router.get(
+    "/chats/export",
+    response_model=ChatsExport,
+    responses=_ERRORS,
+    summary="Export your chats as JSON",
+)
+async def export_chats(user: User, parts: PartsDep) -> JSONResponse:
+    """Every chat of yours with every message of every branch (`parent_id` makes the tree), as
+    one JSON file to download."""
+    exported = await parts.session.export_chats(
+        session_pb2.ExportChatsRequest(user_id=user.user_id),
+        timeout_s=max(parts.settings.grpc_timeout_s, 600),
+    )
+    document = ChatsExport(
+        exported_at=int(datetime.now(UTC).timestamp() * 1000),
+        user_id=user.user_id,
+        chats=[
+            ExportedChatOut(
+                **_summary(c.chat).model_dump(),
+                active_leaf_id=c.active_leaf_id or None,
+                messages=[_message_out(m) for m in c.messages],
+            )
+            for c in exported
+        ],
+    )
+    return JSONResponse(
+        document.model_dump(mode="json"),
+        headers={"Content-Disposition": 'attachment; filename="parley-chats.json"'},
+    )
+
+
+@router.delete(
+    "/chats", response_model=DataDeleted, responses=_ERRORS, summary="Delete all your chats"
+)
+async def delete_all_chats(user: User, parts: PartsDep) -> DataDeleted:
+    """Delete every chat of yours with its messages, branches and feedback (your data; the
+    account and its keys stay)."""
+    deleted = await parts.session.delete_user_data(
+        session_pb2.DeleteUserDataRequest(user_id=user.user_id)
+    )
+    return DataDeleted(chats_deleted=deleted.chats_deleted)
 
 
 @router.get("/chat/{chat_id}", response_model=ChatDetail, responses=_ERRORS, summary="Read a chat")
