@@ -79,6 +79,7 @@ async def _fill(store: Stores, tokens: TokenCounter, user_id: str, size: int) ->
     chat = opened.chat
     now = datetime.now(UTC)
     docs: list[dict[str, Any]] = []
+    parent_id = opened.question.message_id if opened.question is not None else None
     for ordinal in range(1, size):
         k = ordinal // 2
         role = "user" if ordinal % 2 == 0 else "assistant"
@@ -87,6 +88,8 @@ async def _fill(store: Stores, tokens: TokenCounter, user_id: str, size: int) ->
             {
                 "_id": new_id(),
                 "chat_id": chat.chat_id,
+                "user_id": user_id,
+                "parent_id": parent_id,
                 "ordinal": ordinal,
                 "role": role,
                 "content": content,
@@ -96,11 +99,15 @@ async def _fill(store: Stores, tokens: TokenCounter, user_id: str, size: int) ->
                 "finish_reason": "stop" if role == "assistant" else "",
             }
         )
+        parent_id = docs[-1]["_id"]
     await store.db["messages"].insert_many(docs)
     next_ordinal = size + size % 2
     await store.db["chats"].update_one(
         {"_id": chat.chat_id},
-        {"$set": {"next_ordinal": next_ordinal, "message_count": size}},
+        {
+            "$set": {"next_ordinal": next_ordinal, "message_count": size, "active_leaf": parent_id},
+            "$unset": {"leaf_slot": ""},
+        },
     )
     # The summarize rows: a summary of all but the last 20 messages (ending with an answer).
     through = size - 21 if size % 2 == 0 else size - 20

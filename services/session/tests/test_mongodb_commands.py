@@ -42,6 +42,7 @@ def result_of(
         finish_reason=types_pb2.FINISH_REASON_STOP,
         usage=types_pb2.Usage(prompt_tokens=12, completion_tokens=4),
         user_message_ordinal=turn.user_message.ordinal,
+        user_message_id=turn.user_message.message_id,
         worker_id="test",
     )
 

@@ -71,6 +71,7 @@ def completion_request(
     user_message_ordinal: int = 0,
     summary_through_ordinal: int = 0,
     options: types_pb2.GenerationOptions | None = None,
+    user_message_id: str = "",
 ) -> envelopes_pb2.CompletionRequest:
     """A request for the workers (`parley.completions.requests`, key = chat id)."""
     return envelopes_pb2.CompletionRequest(
@@ -89,6 +90,7 @@ def completion_request(
         user_message_ordinal=user_message_ordinal,
         summary_through_ordinal=summary_through_ordinal,
         options=options,
+        user_message_id=user_message_id,
     )
 
 
@@ -108,6 +110,7 @@ def completion_result(
     bot_id: str = "",
     user_message_ordinal: int = 0,
     summary_through_ordinal: int = 0,
+    user_message_id: str = "",
     cache_entry_id: str = "",
     tool_calls: Iterable[types_pb2.ToolCall] = (),
 ) -> envelopes_pb2.CompletionResult:
@@ -127,6 +130,7 @@ def completion_result(
         bot_id=bot_id,
         user_message_ordinal=user_message_ordinal,
         summary_through_ordinal=summary_through_ordinal,
+        user_message_id=user_message_id,
         completed_unix_ms=completed_unix_ms,
         cache_entry_id=cache_entry_id,
         tool_calls=tool_calls,

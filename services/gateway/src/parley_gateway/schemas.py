@@ -135,10 +135,36 @@ class MessageOut(BaseModel):
     request_id: str
     created_at: int
     finish_reason: FinishReason | None = None
+    parent_id: str | None = Field(default=None, description="the message this one follows")
+    sibling_count: int = Field(default=1, description="edits or regenerations at this place")
+    sibling_index: int = Field(default=0, description="this one among them, oldest first")
 
 
 class ChatDetail(ChatSummary):
-    messages: list[MessageOut]
+    messages: list[MessageOut] = Field(description="the active branch, in order")
+
+
+class RegenerateBody(_Body):
+    stream: bool = Field(default=False, description="answer as a Server-Sent Events stream")
+    max_tokens: int | None = Field(default=None, ge=1, description="the reply budget in tokens")
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="idempotency key: retrying with the same id never regenerates twice",
+    )
+
+
+class SiblingsOut(BaseModel):
+    siblings: list[MessageOut] = Field(description="oldest first, the message itself included")
+    active_message_id: str | None = Field(description="the one on the chat's active branch")
+
+
+class SelectBranchBody(_Body):
+    message_id: str = Field(
+        min_length=1, max_length=64, description="the active branch goes through this message"
+    )
 
 
 class ChatList(BaseModel):
@@ -282,3 +308,53 @@ class CompletionOut(BaseModel):
         default=None, description="when done, or cancelled (the text generated until then)"
     )
     error: CompletionError | None = Field(default=None, description="when failed")
+
+
+class ExportedChatOut(ChatSummary):
+    active_leaf_id: str | None = Field(description="the last message of the active branch")
+    messages: list[MessageOut] = Field(description="every message of every branch, by ordinal")
+
+
+class ChatsExport(BaseModel):
+    exported_at: int = Field(description="ms since the epoch")
+    user_id: str
+    chats: list[ExportedChatOut]
+
+
+class DataDeleted(BaseModel):
+    chats_deleted: int
+
+
+class UsageRowOut(BaseModel):
+    bot_id: str
+    day: str = Field(description="YYYY-MM-DD, UTC")
+    turns: int = Field(description="answers stored")
+    prompt_tokens: int = Field(description="tokens of the questions")
+    completion_tokens: int
+    cache_hits: int
+    cache_hit_ratio: float
+    thumbs_up: int
+    thumbs_down: int
+
+
+class UsageOut(BaseModel):
+    rows: list[UsageRowOut] = Field(description="by day, then bot")
+
+
+class SearchHitOut(BaseModel):
+    chat_id: str
+    chat_title: str
+    bot_id: str
+    message_id: str | None = Field(description="the matching message; null: the title matched")
+    role: Role | None = None
+    snippet: str = Field(description="the matching text, around its first match (plain text)")
+    highlights: list[tuple[int, int]] = Field(
+        description="[start, end) character ranges of `snippet` that match the query's words"
+    )
+    score: float = Field(description="MongoDB's text score: higher is better")
+    created_at: int = Field(description="the message's time (a title: its chat's last change), ms")
+
+
+class SearchPage(BaseModel):
+    hits: list[SearchHitOut] = Field(description="best first")
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page")

@@ -155,6 +155,26 @@ class SessionClient:
     async def get_chat(self, request: session_pb2.GetChatRequest) -> session_pb2.GetChatResponse:
         return await self._call(self._stub.GetChat, request)
 
+    async def list_siblings(
+        self, request: session_pb2.ListSiblingsRequest
+    ) -> session_pb2.ListSiblingsResponse:
+        return await self._call(self._stub.ListSiblings, request)
+
+    async def select_branch(
+        self, request: session_pb2.SelectBranchRequest
+    ) -> session_pb2.GetChatResponse:
+        return await self._call(self._stub.SelectBranch, request)
+
+    async def delete_branch(
+        self, request: session_pb2.DeleteBranchRequest
+    ) -> session_pb2.GetChatResponse:
+        return await self._call(self._stub.DeleteBranch, request)
+
+    async def search_chats(
+        self, request: session_pb2.SearchChatsRequest
+    ) -> session_pb2.SearchChatsResponse:
+        return await self._call(self._stub.SearchChats, request)
+
     async def update_chat(self, request: session_pb2.UpdateChatRequest) -> session_pb2.Chat:
         return await self._call(self._stub.UpdateChat, request)
 
@@ -193,6 +213,22 @@ class SessionClient:
         self, request: session_pb2.ListFeedbackRequest
     ) -> session_pb2.ListFeedbackResponse:
         return await self._call(self._stub.ListFeedback, request)
+
+    async def export_chats(
+        self, request: session_pb2.ExportChatsRequest, *, timeout_s: float
+    ) -> list[session_pb2.ExportedChat]:
+        try:
+            return [c async for c in self._stub.ExportChats(request, timeout=timeout_s)]
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, "session") from exc
+
+    async def delete_user_data(
+        self, request: session_pb2.DeleteUserDataRequest
+    ) -> session_pb2.DeleteUserDataResponse:
+        return await self._call(self._stub.DeleteUserData, request)
+
+    async def get_usage(self, request: session_pb2.GetUsageRequest) -> session_pb2.GetUsageResponse:
+        return await self._call(self._stub.GetUsage, request)
 
     async def export_feedback(
         self, request: session_pb2.ExportFeedbackRequest, *, timeout_s: float

@@ -184,8 +184,12 @@ class TurnService:
         detached: bool = False,
         before_queue: Callable[[str, str, str], Awaitable[bool]] | None = None,
         instructions: str | None = None,
+        edit_message_id: str = "",
+        regenerate_message_id: str = "",
     ) -> Turn:
-        """A turn of a stored chat (a new one when `chat_id` is empty).
+        """A turn of a stored chat (a new one when `chat_id` is empty); with `edit_message_id`
+        that user message asked again as a new branch, with `regenerate_message_id` a new
+        answer beside that assistant message.
 
         `instructions`: this turn's system prompt in place of the bot profile's (not stored).
 
@@ -206,6 +210,8 @@ class TurnService:
                 content=message,
                 bot_id=bot_id or "",
                 max_tokens=max_tokens or 0,
+                edit_message_id=edit_message_id,
+                regenerate_message_id=regenerate_message_id,
             )
         )
         if before_queue is not None and not await before_queue(
@@ -241,7 +247,7 @@ class TurnService:
             cache_scope=started.cache_scope,
             tenant_id=started.tenant_id or principal.tenant_id,
             bot_id=started.chat.bot_id,
-            user_message_ordinal=started.user_message.ordinal,
+            user_message_ordinal=started.answer_slot,
         )
         return await self._run(
             principal, plan, no_cache=no_cache, cacheable=sampling.cacheable, detached=detached
@@ -342,6 +348,7 @@ class TurnService:
             bot_id=plan.bot_id,
             user_message_ordinal=plan.user_message_ordinal,
             options=plan.options,
+            user_message_id=plan.message_id,
         )
         if lookup is not None and lookup.HasField("key"):
             request.cache_key.CopyFrom(lookup.key)
@@ -582,6 +589,7 @@ def _cached_result(
         worker_id="cache",
         bot_id=plan.bot_id,
         user_message_ordinal=plan.user_message_ordinal,
+        user_message_id=plan.message_id,
         completed_unix_ms=now_ms(),
         cache_entry_id=lookup.entry_id,
     )

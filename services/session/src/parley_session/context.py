@@ -72,6 +72,7 @@ class ContextBuilder:
         policy: HistoryPolicy,
         reply_budget: int,
         through_ordinal: int,
+        leaf_id: str | None,
         draft: StoredMessage | None = None,
         summarize: bool = True,
         known: LoadedHistory | None = None,
@@ -80,7 +81,8 @@ class ContextBuilder:
         """The context of the turn whose user message is at `through_ordinal` (or of `draft`,
         a message not stored, after everything up to `through_ordinal`). `summarize`: whether a
         long history may ask for a summary (a turn does; a preview does not). `known`: the whole
-        history up to `through_ordinal`, when the caller has it (a new chat's first question)."""
+        history up to `through_ordinal`, when the caller has it (a new chat's first question).
+        `leaf_id`: the last message of the path the history follows (None: no history)."""
         summary = chat.summary if policy is HistoryPolicy.SUMMARIZE else None
         if summary is not None and summary.through_ordinal >= through_ordinal:
             summary = None  # a summary of later turns than this one (an old turn's retry)
@@ -88,14 +90,15 @@ class ContextBuilder:
         budget = self._window - reply_budget
         if known is not None:
             loaded = known
+        elif leaf_id is None:
+            loaded = LoadedHistory()
         else:
-            loaded = await self._read(chat.chat_id, policy, after, through_ordinal, budget)
-            if (
-                answer_wait_s > 0
-                and self._answer_pending(loaded, through_ordinal)
-                and await self._await_answer(chat.chat_id, through_ordinal - 1, answer_wait_s)
-            ):
-                loaded = await self._read(chat.chat_id, policy, after, through_ordinal, budget)
+            loaded = await self._read(chat.chat_id, leaf_id, policy, after, through_ordinal, budget)
+            pending = self._answer_pending(loaded, through_ordinal) if answer_wait_s > 0 else None
+            if pending is not None and await self._await_answer(leaf_id, pending, answer_wait_s):
+                loaded = await self._read(
+                    chat.chat_id, leaf_id, policy, after, through_ordinal, budget
+                )
         history = [*loaded.messages, *([draft] if draft is not None else [])]
         system = bot.system_prompt
         if summary is not None:
@@ -116,38 +119,48 @@ class ContextBuilder:
         return BuiltContext(plan, policy, dropped, used)
 
     async def _read(
-        self, chat_id: str, policy: HistoryPolicy, after: int, through: int, budget: int
+        self,
+        chat_id: str,
+        leaf_id: str,
+        policy: HistoryPolicy,
+        after: int,
+        through: int,
+        budget: int,
     ) -> LoadedHistory:
+        messages = self._store.messages
         if policy is HistoryPolicy.FULL:
-            return await self._store.messages.history(chat_id, after=after, through=through)
-        return await self._store.messages.history(
-            chat_id, after=after, through=through, budget=budget, cost=self._tokens.message_tokens
+            return await messages.history(chat_id, leaf_id=leaf_id, after=after, through=through)
+        return await messages.history(
+            chat_id,
+            leaf_id=leaf_id,
+            after=after,
+            through=through,
+            budget=budget,
+            cost=self._tokens.message_tokens,
         )
 
     @staticmethod
-    def _answer_pending(loaded: LoadedHistory, ordinal: int) -> bool:
-        """Whether the question before the one at `ordinal` is read, recent and unanswered."""
-        if ordinal < 2:
-            return False
-        by_ordinal = {m.ordinal: m for m in loaded.messages}
-        previous = by_ordinal.get(ordinal - 2)
-        return (
-            ordinal - 1 not in by_ordinal
-            and previous is not None
-            and previous.role == "user"
-            and now_ms() - loaded.created_ms.get(ordinal - 2, 0) <= _ANSWER_PENDING_MS
-        )
+    def _answer_pending(loaded: LoadedHistory, ordinal: int) -> str | None:
+        """The id of the question just before the one at `ordinal` on its path when that
+        question is recent and unanswered (its answer will come between the two)."""
+        path = loaded.messages
+        if len(path) < 2 or path[-1].ordinal != ordinal or path[-2].role != "user":
+            return None
+        previous = path[-2].ordinal
+        if now_ms() - loaded.created_ms.get(previous, 0) > _ANSWER_PENDING_MS:
+            return None
+        return loaded.ids.get(previous)
 
-    async def _await_answer(self, chat_id: str, ordinal: int, wait_s: float) -> bool:
+    async def _await_answer(self, question_id: str, previous_id: str, wait_s: float) -> bool:
         """Wait up to `wait_s` (half of the caller's time left at most: the turn needs the rest)
-        for the message at `ordinal`; True once it is there."""
+        for the answer to `previous_id` to come before `question_id`; True once it has."""
         left = remaining_s()
         if left is not None:
             wait_s = min(wait_s, left / 2)
         until = time.monotonic() + wait_s
         while time.monotonic() < until:
             await asyncio.sleep(_ANSWER_POLL_S)
-            if await self._store.messages.message_at(chat_id, ordinal) is not None:
+            if await self._store.messages.parent_of(question_id) not in (previous_id, None):
                 return True
         return False
 

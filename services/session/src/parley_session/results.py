@@ -46,6 +46,8 @@ class ResultRecorder:
         created = await self._store.chats.append_answer(
             chat_id=result.chat_id,
             question_ordinal=result.user_message_ordinal,
+            question_id=result.user_message_id,
+            user_id=result.user_id,
             content=result.text,
             token_count=result.usage.completion_tokens or self._tokens.count(result.text),
             request_id=result.request_id,

@@ -51,7 +51,8 @@ from parley_session.retry import (
     deadline,
     is_transient,
 )
-from parley_session.stores import AuditEvent, Stores
+from parley_session.search import check_query, snippet
+from parley_session.stores import AuditEvent, ChatDoc, MessageDoc, Stores, from_ms
 from parley_session.stores._mongo import ms
 from parley_session.summaries import Summarizer
 from parley_session.tokens import TokenCounter
@@ -408,12 +409,140 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.GetChatResponse:
         check_chat_id(request.chat_id)
         chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
-        response = session_pb2.GetChatResponse(chat=wire.chat_pb(chat))
-        if request.include_messages:
-            response.messages.extend(
-                wire.message_pb(m) for m in await self._store.messages.chat_messages(chat.chat_id)
-            )
-        return response
+        if not request.include_messages:
+            return session_pb2.GetChatResponse(chat=wire.chat_pb(chat))
+        return await self._chat_with_path(chat)
+
+    async def _chat_with_path(self, chat: ChatDoc) -> session_pb2.GetChatResponse:
+        """The chat and its active path, each message with its place among its siblings."""
+        path = await self._store.branches.active_path(chat)
+        siblings = await self._store.branches.sibling_counts(chat.chat_id, path)
+        return session_pb2.GetChatResponse(
+            chat=wire.chat_pb(chat),
+            messages=[wire.message_pb(m, siblings[m.message_id]) for m in path],
+        )
+
+    # branches: parley_session.stores.branches
+
+    @_rpc
+    async def ListSiblings(
+        self, request: session_pb2.ListSiblingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.ListSiblingsResponse:
+        check_chat_id(request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        message = await self._message_of(chat, request.message_id)
+        siblings = await self._store.branches.siblings(chat.chat_id, message)
+        on_path = {m.message_id for m in await self._store.branches.active_path(chat)}
+        count = len(siblings)
+        return session_pb2.ListSiblingsResponse(
+            siblings=[wire.message_pb(m, (count, i)) for i, m in enumerate(siblings)],
+            active_message_id=next((m.message_id for m in siblings if m.message_id in on_path), ""),
+        )
+
+    @_rpc
+    async def SelectBranch(
+        self, request: session_pb2.SelectBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetChatResponse:
+        check_chat_id(request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        message = await self._message_of(chat, request.message_id)
+        await self._store.branches.select(request.user_id, chat.chat_id, message)
+        return await self._chat_with_path(
+            await self._store.chats.get_chat(request.user_id, request.chat_id)
+        )
+
+    @_rpc
+    async def DeleteBranch(
+        self, request: session_pb2.DeleteBranchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetChatResponse:
+        check_chat_id(request.chat_id)
+        chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        message = await self._message_of(chat, request.message_id)
+        if not message.parent_id:
+            siblings = await self._store.branches.siblings(chat.chat_id, message)
+            if len(siblings) < 2:
+                raise InvalidArgumentError(
+                    "message_id", "this is the chat's only first message: delete the chat instead"
+                )
+            other = next(m for m in siblings if m.message_id != message.message_id)
+            if chat.active_leaf:
+                await self._store.branches.select(request.user_id, chat.chat_id, other)
+                chat = await self._store.chats.get_chat(request.user_id, request.chat_id)
+        await self._store.branches.delete(request.user_id, chat, message)
+        return await self._chat_with_path(
+            await self._store.chats.get_chat(request.user_id, request.chat_id)
+        )
+
+    # search: parley_session.search
+
+    @_rpc
+    async def SearchChats(
+        self, request: session_pb2.SearchChatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.SearchChatsResponse:
+        query = wire.search_query(request)
+        check_query(query)
+        hits = await self._store.search.search(query)
+        page = hits[query.offset : query.offset + query.limit]
+        more = len(hits) > query.offset + query.limit
+        return session_pb2.SearchChatsResponse(
+            hits=[wire.search_hit_pb(h, snippet(h.text, query.text)) for h in page],
+            next_offset=query.offset + query.limit if more else 0,
+        )
+
+    # export, deletion and usage
+
+    async def ExportChats(
+        self, request: session_pb2.ExportChatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[session_pb2.ExportedChat]:
+        try:
+            async for chat, messages in self._store.chats.export_chats(request.user_id):
+                yield session_pb2.ExportedChat(
+                    chat=wire.chat_pb(chat),
+                    messages=[wire.message_pb(m) for m in messages],
+                    active_leaf_id=chat.active_leaf,
+                )
+        except EXPECTED_FAILURES as exc:
+            await _abort_for(context, exc)
+
+    @_rpc
+    async def DeleteUserData(
+        self,
+        request: session_pb2.DeleteUserDataRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.DeleteUserDataResponse:
+        deleted = await self._store.chats.delete_user_chats(request.user_id)
+        return session_pb2.DeleteUserDataResponse(chats_deleted=deleted)
+
+    @_rpc
+    async def GetUsage(
+        self, request: session_pb2.GetUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetUsageResponse:
+        since = from_ms(request.since_unix_ms) if request.since_unix_ms else None
+        until = from_ms(request.until_unix_ms) if request.until_unix_ms else None
+        if since is not None and until is not None and since > until:
+            raise InvalidArgumentError("since", "must not be after until")
+        rows = await self._store.usage.usage(since=since, until=until, bot_id=request.bot_id)
+        return session_pb2.GetUsageResponse(
+            rows=[
+                session_pb2.UsageRow(
+                    bot_id=r.bot_id,
+                    day=r.day,
+                    turns=r.turns,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                    cache_hits=r.cache_hits,
+                    cache_hit_ratio=r.cache_hit_ratio,
+                    thumbs_up=r.thumbs_up,
+                    thumbs_down=r.thumbs_down,
+                )
+                for r in rows
+            ]
+        )
+
+    async def _message_of(self, chat: ChatDoc, message_id: str) -> MessageDoc:
+        if not is_id(message_id):
+            raise MessageNotFoundError(message_id)
+        return await self._store.branches.message(chat.chat_id, message_id)
 
     @_rpc
     async def ListChats(

@@ -97,7 +97,9 @@ class Summarizer:
         )
         if job is None:
             return  # one is in flight, or waiting out its backoff
-        loaded = await self._store.messages.history(chat.chat_id, after=after, through=before - 1)
+        loaded = await self._store.messages.history(
+            chat.chat_id, leaf_id=chat.active_leaf, after=after, through=before - 1
+        )
         prompt = summary_prompt(
             previous_summary=chat.summary.text if chat.summary is not None else "",
             turns=loaded.messages,

@@ -20,6 +20,7 @@ from parley_session.domain import (
     ChatNotFoundError,
     HistoryPolicy,
     InvalidArgumentError,
+    MessageNotFoundError,
     StoredMessage,
     check_message_fits,
 )
@@ -46,6 +47,8 @@ class TurnRequest:
     bot_id: str = ""  # of a new chat
     max_tokens: int = 0  # 0: the profile's
     history_policy: HistoryPolicy | None = None  # None: the profile's
+    edit_message_id: str = ""  # ask this user message of the chat again, as a new branch
+    regenerate_message_id: str = ""  # a new answer (a sibling) to this assistant message's question
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class Turn:
     context: BuiltContext
     max_tokens: int
     existing_answer: MessageDoc | None = None
+    answer_slot: int | None = None  # None: the question's ordinal (a regeneration has its own)
 
 
 def check_chat_id(chat_id: str) -> None:
@@ -94,9 +98,15 @@ class Turns:
         self._settings = settings
 
     async def start(self, request: TurnRequest) -> Turn:
-        check_content(request.content)
         if not request.request_id or len(request.request_id) > 128:
             raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
+        if request.regenerate_message_id:
+            check_chat_id(request.chat_id)
+            return await self._regenerate(request)
+        check_content(request.content)
+        if request.edit_message_id:
+            check_chat_id(request.chat_id)
+            return await self._edit(request)
         if request.chat_id:
             check_chat_id(request.chat_id)
             return await self._next_turn(request, request.chat_id)
@@ -114,6 +124,7 @@ class Turns:
             policy=self._policy(request, bot),
             reply_budget=self._reply_budget(bot, request.max_tokens),
             through_ordinal=_NO_LATER_THAN - 1,
+            leaf_id=chat.active_leaf or None,
             draft=StoredMessage(
                 _NO_LATER_THAN, "user", request.content, self._tokens.count(request.content)
             ),
@@ -155,6 +166,7 @@ class Turns:
             policy=self._policy(request, bot),
             reply_budget=max_tokens,
             through_ordinal=opened.question.ordinal,
+            leaf_id=opened.question.message_id,
             known=LoadedHistory(
                 [opened.question.stored()],
                 created_ms={opened.question.ordinal: opened.question.created_ms},
@@ -162,13 +174,84 @@ class Turns:
         )
         return Turn(opened.chat, bot, opened.question, built, max_tokens)
 
+    async def _edit(self, request: TurnRequest) -> Turn:
+        """A user message asked again with new content: a new branch from the message it
+        followed, which becomes the chat's active path."""
+        await self._stores.chats.get_chat(request.user_id, request.chat_id)  # the owner first
+        messages = self._stores.messages
+        stored = await messages.find_message(request.chat_id, request.request_id, "user")
+        if stored is not None:
+            return await self._replay(request, request.chat_id, stored)
+        edited = await self._user_message(request.chat_id, request.edit_message_id)
+        parent = None
+        awaits = None
+        if edited.parent_id:
+            parent = await self._stores.branches.message(request.chat_id, edited.parent_id)
+            if parent.role == "user":  # its answer is not stored yet: the edit awaits it too
+                awaits = parent.ordinal
+        slot = await self._stores.chats.reserve_branch(
+            request.user_id, request.chat_id, parent=parent, awaits_slot=awaits
+        )
+        return await self._place_reserved(request, request.chat_id, slot)
+
+    async def _regenerate(self, request: TurnRequest) -> Turn:
+        """A new answer to the question of an assistant message, stored beside it (a sibling)
+        and the chat's active path; the question itself is not stored again."""
+        chat = await self._stores.chats.get_chat(request.user_id, request.chat_id)
+        branches = self._stores.branches
+        try:
+            answer = await branches.message(request.chat_id, request.regenerate_message_id)
+        except MessageNotFoundError:
+            raise InvalidArgumentError(
+                "message_id", f"no message {request.regenerate_message_id} in this chat"
+            ) from None
+        if answer.role != "assistant" or not answer.parent_id:
+            raise InvalidArgumentError(
+                "message_id", "only an assistant message can be regenerated; edit a question"
+            )
+        question = await branches.message(request.chat_id, answer.parent_id)
+        bot = await self._bots.of_chat(chat)
+        max_tokens = self._reply_budget(bot, request.max_tokens)
+        regeneration, chat = await branches.reserve_regeneration(
+            request.user_id, request.chat_id, question=question, request_id=request.request_id
+        )
+        existing = None
+        if not regeneration.created:
+            messages = self._stores.messages
+            existing = await messages.find_message(request.chat_id, request.request_id, "assistant")
+        built = await self._contexts.build(
+            chat=chat,
+            bot=bot,
+            policy=self._policy(request, bot),
+            reply_budget=max_tokens,
+            through_ordinal=question.ordinal,
+            leaf_id=question.message_id,
+        )
+        return Turn(chat, bot, question, built, max_tokens, existing, regeneration.slot)
+
+    async def _user_message(self, chat_id: str, message_id: str) -> MessageDoc:
+        try:
+            message = await self._stores.branches.message(chat_id, message_id)
+        except MessageNotFoundError:
+            raise InvalidArgumentError(
+                "message_id", f"no message {message_id} in this chat"
+            ) from None
+        if message.role != "user":
+            raise InvalidArgumentError(
+                "message_id", "only a user message can be edited; regenerate an answer"
+            )
+        return message
+
     async def _next_turn(self, request: TurnRequest, chat_id: str) -> Turn:
         """A question in an existing chat: reserve its ordinal (reading the chat, its owner
         checked), store it, read the history once."""
+        slot = await self._stores.chats.reserve_turn(request.user_id, chat_id)
+        return await self._place_reserved(request, chat_id, slot)
+
+    async def _place_reserved(self, request: TurnRequest, chat_id: str, slot: TurnSlot) -> Turn:
         content = request.content
         token_count = self._tokens.count(content)
         chats = self._stores.chats
-        slot = await chats.reserve_turn(request.user_id, chat_id)
         try:
             bot = await self._bots.of_chat(slot.chat)
             policy = self._policy(request, bot)
@@ -181,6 +264,7 @@ class Turns:
                     policy=policy,
                     reply_budget=max_tokens,
                     through_ordinal=slot.ordinal - 1,
+                    leaf_id=slot.parent_id,
                     draft=StoredMessage(slot.ordinal, "user", content, token_count),
                     summarize=False,
                 )
@@ -207,6 +291,7 @@ class Turns:
             policy=policy,
             reply_budget=max_tokens,
             through_ordinal=question.ordinal,
+            leaf_id=question.message_id,
             answer_wait_s=self._settings.previous_answer_wait_s,
         )
         return Turn(slot.chat, bot, question, built, max_tokens)
@@ -224,6 +309,7 @@ class Turns:
             policy=self._policy(request, bot),
             reply_budget=max_tokens,
             through_ordinal=question.ordinal,
+            leaf_id=question.message_id,
             answer_wait_s=self._settings.previous_answer_wait_s,
         )
         return Turn(chat, bot, question, built, max_tokens, existing_answer)

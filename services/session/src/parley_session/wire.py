@@ -18,6 +18,7 @@ from parley_session.domain import InvalidArgumentError
 from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
 from parley_session.quotas import Budgets, QuotaDecision
+from parley_session.search import SearchQuery, Snippet
 from parley_session.stores import (
     ApiKeyInfo,
     AuditEvent,
@@ -26,6 +27,7 @@ from parley_session.stores import (
     FeedbackDoc,
     FeedbackQuery,
     MessageDoc,
+    TextHit,
     UserDoc,
     from_ms,
 )
@@ -52,6 +54,8 @@ __all__ = [
     "models_pb",
     "prepared_pb",
     "quota_pb",
+    "search_hit_pb",
+    "search_query",
     "session_policy",
     "sign_in_pb",
     "sign_in_policy",
@@ -90,8 +94,11 @@ def chat_pb(chat: ChatDoc) -> session_pb2.Chat:
     return pb
 
 
-def message_pb(m: MessageDoc) -> session_pb2.Message:
+def message_pb(m: MessageDoc, siblings: tuple[int, int] = (1, 0)) -> session_pb2.Message:
     return session_pb2.Message(
+        parent_id=m.parent_id,
+        sibling_count=siblings[0],
+        sibling_index=siblings[1],
         message_id=m.message_id,
         ordinal=m.ordinal,
         role=_role_pb(m.role),
@@ -148,6 +155,35 @@ def turn_request(request: session_pb2.StartTurnRequest) -> TurnRequest:
         bot_id=request.bot_id,
         max_tokens=request.max_tokens,
         history_policy=POLICY_FROM_PB.get(request.history_policy),
+        edit_message_id=request.edit_message_id,
+        regenerate_message_id=request.regenerate_message_id,
+    )
+
+
+def search_query(request: session_pb2.SearchChatsRequest) -> SearchQuery:
+    return SearchQuery(
+        user_id=request.user_id,
+        text=request.query.strip(),
+        bot_id=request.bot_id,
+        since_ms=request.since_unix_ms,
+        until_ms=request.until_unix_ms,
+        limit=request.limit or 20,
+        offset=request.offset,
+    )
+
+
+def search_hit_pb(hit: TextHit, shown: Snippet) -> session_pb2.SearchHit:
+    return session_pb2.SearchHit(
+        chat_id=hit.chat_id,
+        chat_title=hit.chat_title,
+        bot_id=hit.bot_id,
+        message_id=hit.message_id,
+        role=_role_pb(hit.role) if hit.role else types_pb2.ROLE_UNSPECIFIED,
+        snippet=shown.text,
+        highlight_starts=[a for a, _ in shown.highlights],
+        highlight_ends=[b for _, b in shown.highlights],
+        score=hit.score,
+        created_unix_ms=hit.created_ms,
     )
 
 
@@ -178,6 +214,7 @@ def turn_pb(turn: Turn) -> session_pb2.StartTurnResponse:
         cache_scope=SCOPE_TO_PB[bot.cache_scope],
         system_prompt=bot.system_prompt,
         replayed=turn.existing_answer is not None,
+        answer_slot=turn.question.ordinal if turn.answer_slot is None else turn.answer_slot,
     )
     if turn.existing_answer is not None:
         response.existing_answer.CopyFrom(message_pb(turn.existing_answer))

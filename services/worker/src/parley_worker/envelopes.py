@@ -146,6 +146,7 @@ def result_envelope(
         worker_id=worker_id,
         bot_id=request.bot_id,
         user_message_ordinal=request.user_message_ordinal,
+        user_message_id=request.user_message_id,
         summary_through_ordinal=request.summary_through_ordinal,
         completed_unix_ms=now_ms,
         tool_calls=_tool_calls_pb(outcome),

@@ -64,6 +64,7 @@ class CompletionRequest(_message.Message):
     USER_MESSAGE_ORDINAL_FIELD_NUMBER: _builtins.int
     SUMMARY_THROUGH_ORDINAL_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     """idempotency key of the turn"""
@@ -80,6 +81,10 @@ class CompletionRequest(_message.Message):
     user_message_ordinal: _builtins.int
     summary_through_ordinal: _builtins.int
     """SUMMARY: the last message ordinal the summary covers"""
+    user_message_id: _builtins.str
+    """CHAT: the question answered (the answer's parent in the chat's tree); the answer is stored
+    after user_message_ordinal, the question's own or a regeneration's slot.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]: ...
     @_builtins.property
@@ -109,10 +114,11 @@ class CompletionRequest(_message.Message):
         user_message_ordinal: _builtins.int = ...,
         summary_through_ordinal: _builtins.int = ...,
         options: _types_pb2.GenerationOptions | None = ...,
+        user_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "options", b"options", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "deadline_unix_ms", b"deadline_unix_ms", "enqueued_unix_ms", b"enqueued_unix_ms", "kind", b"kind", "messages", b"messages", "model", b"model", "options", b"options", "reply_topic", b"reply_topic", "request_id", b"request_id", "sampling", b"sampling", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "deadline_unix_ms", b"deadline_unix_ms", "enqueued_unix_ms", b"enqueued_unix_ms", "kind", b"kind", "messages", b"messages", "model", b"model", "options", b"options", "reply_topic", b"reply_topic", "request_id", b"request_id", "sampling", b"sampling", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "user_id", b"user_id", "user_message_id", b"user_message_id", "user_message_ordinal", b"user_message_ordinal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,6 +244,7 @@ class CompletionResult(_message.Message):
     COMPLETED_UNIX_MS_FIELD_NUMBER: _builtins.int
     CACHE_ENTRY_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     chat_id: _builtins.str
@@ -254,6 +261,8 @@ class CompletionResult(_message.Message):
     completed_unix_ms: _builtins.int
     cache_entry_id: _builtins.str
     """set when the answer was served from the cache: that entry"""
+    user_message_id: _builtins.str
+    """the request's"""
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
     @_builtins.property
@@ -284,10 +293,11 @@ class CompletionResult(_message.Message):
         completed_unix_ms: _builtins.int = ...,
         cache_entry_id: _builtins.str = ...,
         tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
+        user_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_entry_id", b"cache_entry_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "tool_calls", b"tool_calls", "usage", b"usage", "user_id", b"user_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_entry_id", b"cache_entry_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "tool_calls", b"tool_calls", "usage", b"usage", "user_id", b"user_id", "user_message_id", b"user_message_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

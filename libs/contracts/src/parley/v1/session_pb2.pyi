@@ -883,6 +883,9 @@ class Message(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    SIBLING_COUNT_FIELD_NUMBER: _builtins.int
+    SIBLING_INDEX_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     ordinal: _builtins.int
     role: _types_pb2.Role.ValueType
@@ -892,6 +895,12 @@ class Message(_message.Message):
     created_unix_ms: _builtins.int
     finish_reason: _types_pb2.FinishReason.ValueType
     """assistant messages"""
+    parent_id: _builtins.str
+    """the message this one follows; empty for the chat's first question"""
+    sibling_count: _builtins.int
+    """messages with the same parent and role, this one included"""
+    sibling_index: _builtins.int
+    """this one's place among them, oldest first (0-based)"""
     def __init__(
         self,
         *,
@@ -903,10 +912,13 @@ class Message(_message.Message):
         request_id: _builtins.str = ...,
         created_unix_ms: _builtins.int = ...,
         finish_reason: _types_pb2.FinishReason.ValueType = ...,
+        parent_id: _builtins.str = ...,
+        sibling_count: _builtins.int = ...,
+        sibling_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "request_id", b"request_id", "role", b"role", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -923,6 +935,8 @@ class StartTurnRequest(_message.Message):
     BOT_ID_FIELD_NUMBER: _builtins.int
     HISTORY_POLICY_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     chat_id: _builtins.str
     """empty: start a new chat"""
@@ -935,6 +949,10 @@ class StartTurnRequest(_message.Message):
     """per-request override"""
     max_tokens: _builtins.int
     """the reply budget; 0: the profile's"""
+    edit_message_id: _builtins.str
+    """A new branch: this user message of the chat is asked again with `content` (an edit)."""
+    regenerate_message_id: _builtins.str
+    """A new answer to the question of this assistant message (a sibling); `content` is empty."""
     def __init__(
         self,
         *,
@@ -945,10 +963,12 @@ class StartTurnRequest(_message.Message):
         bot_id: _builtins.str = ...,
         history_policy: Global___HistoryPolicy.ValueType = ...,
         max_tokens: _builtins.int = ...,
+        edit_message_id: _builtins.str = ...,
+        regenerate_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "edit_message_id", b"edit_message_id", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "regenerate_message_id", b"regenerate_message_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1007,11 +1027,16 @@ class StartTurnResponse(_message.Message):
     EXISTING_ANSWER_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_SLOT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     cache_scope: _types_pb2.CacheScope.ValueType
     system_prompt: _builtins.str
     replayed: _builtins.bool
     tenant_id: _builtins.str
+    answer_slot: _builtins.int
+    """The ordinal the answer is stored after (CompletionRequest.user_message_ordinal): the
+    question's, or for a regeneration a fresh slot of its own.
+    """
     @_builtins.property
     def chat(self) -> Global___Chat: ...
     @_builtins.property
@@ -1039,14 +1064,118 @@ class StartTurnResponse(_message.Message):
         existing_answer: Global___Message | None = ...,
         replayed: _builtins.bool = ...,
         tenant_id: _builtins.str = ...,
+        answer_slot: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "sampling", b"sampling", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_slot", b"answer_slot", "cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartTurnResponse: _TypeAlias = StartTurnResponse  # noqa: Y015
+
+@_typing.final
+class ListSiblingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "message_id", b"message_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSiblingsRequest: _TypeAlias = ListSiblingsRequest  # noqa: Y015
+
+@_typing.final
+class ListSiblingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIBLINGS_FIELD_NUMBER: _builtins.int
+    ACTIVE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    active_message_id: _builtins.str
+    """the one on the chat's active path (empty: none of them)"""
+    @_builtins.property
+    def siblings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """oldest first, the message itself included"""
+
+    def __init__(
+        self,
+        *,
+        siblings: _abc.Iterable[Global___Message] | None = ...,
+        active_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_message_id", b"active_message_id", "siblings", b"siblings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSiblingsResponse: _TypeAlias = ListSiblingsResponse  # noqa: Y015
+
+@_typing.final
+class SelectBranchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    """the active path goes through it, to its newest descendant"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "message_id", b"message_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectBranchRequest: _TypeAlias = SelectBranchRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBranchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    message_id: _builtins.str
+    """this message and all that follow it on any branch"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "message_id", b"message_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBranchRequest: _TypeAlias = DeleteBranchRequest  # noqa: Y015
 
 @_typing.final
 class GetChatRequest(_message.Message):
@@ -2131,3 +2260,305 @@ class AddTokensResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AddTokensResponse: _TypeAlias = AddTokensResponse  # noqa: Y015
+
+@_typing.final
+class SearchChatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    query: _builtins.str
+    bot_id: _builtins.str
+    """only chats of this bot profile"""
+    since_unix_ms: _builtins.int
+    """0: no lower bound (the message's or the title's chat's time)"""
+    until_unix_ms: _builtins.int
+    """0: no upper bound"""
+    limit: _builtins.int
+    """0: 20"""
+    offset: _builtins.int
+    """hits to skip (paging)"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        query: _builtins.str = ...,
+        bot_id: _builtins.str = ...,
+        since_unix_ms: _builtins.int = ...,
+        until_unix_ms: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "limit", b"limit", "offset", b"offset", "query", b"query", "since_unix_ms", b"since_unix_ms", "until_unix_ms", b"until_unix_ms", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchChatsRequest: _TypeAlias = SearchChatsRequest  # noqa: Y015
+
+@_typing.final
+class SearchHit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    CHAT_TITLE_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    HIGHLIGHT_STARTS_FIELD_NUMBER: _builtins.int
+    HIGHLIGHT_ENDS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    chat_id: _builtins.str
+    chat_title: _builtins.str
+    bot_id: _builtins.str
+    message_id: _builtins.str
+    """empty: the chat's title matched"""
+    role: _types_pb2.Role.ValueType
+    snippet: _builtins.str
+    """the matching text, around the first match"""
+    score: _builtins.float
+    created_unix_ms: _builtins.int
+    @_builtins.property
+    def highlight_starts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """[start, end) character ranges of `snippet` that match the query's words."""
+
+    @_builtins.property
+    def highlight_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        chat_id: _builtins.str = ...,
+        chat_title: _builtins.str = ...,
+        bot_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        role: _types_pb2.Role.ValueType = ...,
+        snippet: _builtins.str = ...,
+        highlight_starts: _abc.Iterable[_builtins.int] | None = ...,
+        highlight_ends: _abc.Iterable[_builtins.int] | None = ...,
+        score: _builtins.float = ...,
+        created_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "chat_title", b"chat_title", "created_unix_ms", b"created_unix_ms", "highlight_ends", b"highlight_ends", "highlight_starts", b"highlight_starts", "message_id", b"message_id", "role", b"role", "score", b"score", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
+
+@_typing.final
+class SearchChatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    next_offset: _builtins.int
+    """0: no more hits"""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        next_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_offset", b"next_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchChatsResponse: _TypeAlias = SearchChatsResponse  # noqa: Y015
+
+@_typing.final
+class ExportChatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportChatsRequest: _TypeAlias = ExportChatsRequest  # noqa: Y015
+
+@_typing.final
+class ExportedChat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    ACTIVE_LEAF_ID_FIELD_NUMBER: _builtins.int
+    active_leaf_id: _builtins.str
+    """the last message of the active branch"""
+    @_builtins.property
+    def chat(self) -> Global___Chat: ...
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """in ordinal order; parent_id makes the tree"""
+
+    def __init__(
+        self,
+        *,
+        chat: Global___Chat | None = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+        active_leaf_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_leaf_id", b"active_leaf_id", "chat", b"chat", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedChat: _TypeAlias = ExportedChat  # noqa: Y015
+
+@_typing.final
+class DeleteUserDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserDataRequest: _TypeAlias = DeleteUserDataRequest  # noqa: Y015
+
+@_typing.final
+class DeleteUserDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHATS_DELETED_FIELD_NUMBER: _builtins.int
+    chats_deleted: _builtins.int
+    def __init__(
+        self,
+        *,
+        chats_deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chats_deleted", b"chats_deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserDataResponse: _TypeAlias = DeleteUserDataResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    since_unix_ms: _builtins.int
+    """0: no lower bound"""
+    until_unix_ms: _builtins.int
+    """0: no upper bound"""
+    bot_id: _builtins.str
+    """empty: every bot profile"""
+    def __init__(
+        self,
+        *,
+        since_unix_ms: _builtins.int = ...,
+        until_unix_ms: _builtins.int = ...,
+        bot_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "since_unix_ms", b"since_unix_ms", "until_unix_ms", b"until_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_RATIO_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_FIELD_NUMBER: _builtins.int
+    THUMBS_DOWN_FIELD_NUMBER: _builtins.int
+    bot_id: _builtins.str
+    day: _builtins.str
+    """YYYY-MM-DD, UTC"""
+    turns: _builtins.int
+    """answers stored"""
+    prompt_tokens: _builtins.int
+    """of the questions"""
+    completion_tokens: _builtins.int
+    cache_hits: _builtins.int
+    """answers served from the semantic cache"""
+    cache_hit_ratio: _builtins.float
+    thumbs_up: _builtins.int
+    thumbs_down: _builtins.int
+    def __init__(
+        self,
+        *,
+        bot_id: _builtins.str = ...,
+        day: _builtins.str = ...,
+        turns: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cache_hits: _builtins.int = ...,
+        cache_hit_ratio: _builtins.float = ...,
+        thumbs_up: _builtins.int = ...,
+        thumbs_down: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_hit_ratio", b"cache_hit_ratio", "cache_hits", b"cache_hits", "completion_tokens", b"completion_tokens", "day", b"day", "prompt_tokens", b"prompt_tokens", "thumbs_down", b"thumbs_down", "thumbs_up", b"thumbs_up", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
+        """by day, then bot"""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015

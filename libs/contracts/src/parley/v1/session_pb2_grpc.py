@@ -139,6 +139,41 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.BuildContextRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.Context.FromString,
                 _registered_method=True)
+        self.ListSiblings = channel.unary_unary(
+                '/parley.v1.SessionService/ListSiblings',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListSiblingsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListSiblingsResponse.FromString,
+                _registered_method=True)
+        self.SelectBranch = channel.unary_unary(
+                '/parley.v1.SessionService/SelectBranch',
+                request_serializer=parley_dot_v1_dot_session__pb2.SelectBranchRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+                _registered_method=True)
+        self.DeleteBranch = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteBranch',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteBranchRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+                _registered_method=True)
+        self.SearchChats = channel.unary_unary(
+                '/parley.v1.SessionService/SearchChats',
+                request_serializer=parley_dot_v1_dot_session__pb2.SearchChatsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.SearchChatsResponse.FromString,
+                _registered_method=True)
+        self.ExportChats = channel.unary_stream(
+                '/parley.v1.SessionService/ExportChats',
+                request_serializer=parley_dot_v1_dot_session__pb2.ExportChatsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ExportedChat.FromString,
+                _registered_method=True)
+        self.DeleteUserData = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteUserData',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteUserDataRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.DeleteUserDataResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/parley.v1.SessionService/GetUsage',
+                request_serializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
         self.ListBots = channel.unary_unary(
                 '/parley.v1.SessionService/ListBots',
                 request_serializer=parley_dot_v1_dot_session__pb2.ListBotsRequest.SerializeToString,
@@ -356,6 +391,54 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSiblings(self, request, context):
+        """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+        StartTurn); the chat follows one active path, from its root to its active leaf.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectBranch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBranch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchChats(self, request, context):
+        """The user's own chats by text (titles and messages, MongoDB text search), best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportChats(self, request, context):
+        """Everything a user stored in chats: each chat with all its messages, every branch included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUserData(self, request, context):
+        """Deletes every chat of the user, with its messages, branches and feedback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBots(self, request, context):
         """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
         each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -564,6 +647,41 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.BuildContext,
                     request_deserializer=parley_dot_v1_dot_session__pb2.BuildContextRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.Context.SerializeToString,
+            ),
+            'ListSiblings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSiblings,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListSiblingsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListSiblingsResponse.SerializeToString,
+            ),
+            'SelectBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectBranch,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SelectBranchRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetChatResponse.SerializeToString,
+            ),
+            'DeleteBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBranch,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteBranchRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetChatResponse.SerializeToString,
+            ),
+            'SearchChats': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchChats,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SearchChatsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.SearchChatsResponse.SerializeToString,
+            ),
+            'ExportChats': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportChats,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ExportChatsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ExportedChat.SerializeToString,
+            ),
+            'DeleteUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUserData,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteUserDataRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.DeleteUserDataResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.SerializeToString,
             ),
             'ListBots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBots,
@@ -1208,6 +1326,195 @@ class SessionService:
             '/parley.v1.SessionService/BuildContext',
             parley_dot_v1_dot_session__pb2.BuildContextRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.Context.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSiblings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListSiblings',
+            parley_dot_v1_dot_session__pb2.ListSiblingsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListSiblingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SelectBranch',
+            parley_dot_v1_dot_session__pb2.SelectBranchRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteBranch',
+            parley_dot_v1_dot_session__pb2.DeleteBranchRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchChats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SearchChats',
+            parley_dot_v1_dot_session__pb2.SearchChatsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.SearchChatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportChats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.SessionService/ExportChats',
+            parley_dot_v1_dot_session__pb2.ExportChatsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ExportedChat.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteUserData',
+            parley_dot_v1_dot_session__pb2.DeleteUserDataRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.DeleteUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/GetUsage',
+            parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,20 @@ class SessionServiceStub:
     """Renames a chat or moves it to another bot profile."""
     BuildContext: _grpc.UnaryUnaryMultiCallable[_session_pb2.BuildContextRequest, _session_pb2.Context]
     """The context the chat's next turn would send, without storing anything."""
+    ListSiblings: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListSiblingsRequest, _session_pb2.ListSiblingsResponse]
+    """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+    StartTurn); the chat follows one active path, from its root to its active leaf.
+    """
+    SelectBranch: _grpc.UnaryUnaryMultiCallable[_session_pb2.SelectBranchRequest, _session_pb2.GetChatResponse]
+    DeleteBranch: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]
+    SearchChats: _grpc.UnaryUnaryMultiCallable[_session_pb2.SearchChatsRequest, _session_pb2.SearchChatsResponse]
+    """The user's own chats by text (titles and messages, MongoDB text search), best first."""
+    ExportChats: _grpc.UnaryStreamMultiCallable[_session_pb2.ExportChatsRequest, _session_pb2.ExportedChat]
+    """Everything a user stored in chats: each chat with all its messages, every branch included."""
+    DeleteUserData: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteUserDataRequest, _session_pb2.DeleteUserDataResponse]
+    """Deletes every chat of the user, with its messages, branches and feedback."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]
+    """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
     ListBots: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -136,6 +150,20 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Renames a chat or moves it to another bot profile."""
     BuildContext: _aio.UnaryUnaryMultiCallable[_session_pb2.BuildContextRequest, _session_pb2.Context]  # type: ignore[assignment]
     """The context the chat's next turn would send, without storing anything."""
+    ListSiblings: _aio.UnaryUnaryMultiCallable[_session_pb2.ListSiblingsRequest, _session_pb2.ListSiblingsResponse]  # type: ignore[assignment]
+    """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+    StartTurn); the chat follows one active path, from its root to its active leaf.
+    """
+    SelectBranch: _aio.UnaryUnaryMultiCallable[_session_pb2.SelectBranchRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
+    DeleteBranch: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteBranchRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
+    SearchChats: _aio.UnaryUnaryMultiCallable[_session_pb2.SearchChatsRequest, _session_pb2.SearchChatsResponse]  # type: ignore[assignment]
+    """The user's own chats by text (titles and messages, MongoDB text search), best first."""
+    ExportChats: _aio.UnaryStreamMultiCallable[_session_pb2.ExportChatsRequest, _session_pb2.ExportedChat]  # type: ignore[assignment]
+    """Everything a user stored in chats: each chat with all its messages, every branch included."""
+    DeleteUserData: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteUserDataRequest, _session_pb2.DeleteUserDataResponse]  # type: ignore[assignment]
+    """Deletes every chat of the user, with its messages, branches and feedback."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
     ListBots: _aio.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]  # type: ignore[assignment]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -328,6 +356,62 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.Context, _abc.Awaitable[_session_pb2.Context]]:
         """The context the chat's next turn would send, without storing anything."""
+
+    @_abc_1.abstractmethod
+    def ListSiblings(
+        self,
+        request: _session_pb2.ListSiblingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListSiblingsResponse, _abc.Awaitable[_session_pb2.ListSiblingsResponse]]:
+        """Branches: a chat's messages form a tree (edits and regenerations add siblings, through
+        StartTurn); the chat follows one active path, from its root to its active leaf.
+        """
+
+    @_abc_1.abstractmethod
+    def SelectBranch(
+        self,
+        request: _session_pb2.SelectBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetChatResponse, _abc.Awaitable[_session_pb2.GetChatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteBranch(
+        self,
+        request: _session_pb2.DeleteBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetChatResponse, _abc.Awaitable[_session_pb2.GetChatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SearchChats(
+        self,
+        request: _session_pb2.SearchChatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.SearchChatsResponse, _abc.Awaitable[_session_pb2.SearchChatsResponse]]:
+        """The user's own chats by text (titles and messages, MongoDB text search), best first."""
+
+    @_abc_1.abstractmethod
+    def ExportChats(
+        self,
+        request: _session_pb2.ExportChatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_pb2.ExportedChat], _abc.AsyncIterator[_session_pb2.ExportedChat]]:
+        """Everything a user stored in chats: each chat with all its messages, every branch included."""
+
+    @_abc_1.abstractmethod
+    def DeleteUserData(
+        self,
+        request: _session_pb2.DeleteUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.DeleteUserDataResponse, _abc.Awaitable[_session_pb2.DeleteUserDataResponse]]:
+        """Deletes every chat of the user, with its messages, branches and feedback."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _session_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetUsageResponse, _abc.Awaitable[_session_pb2.GetUsageResponse]]:
+        """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
 
     @_abc_1.abstractmethod
     def ListBots(

@@ -1,10 +1,12 @@
 """The chat REST API: start and continue chats (JSON, SSE or asynchronously), list, read and
-delete them."""
+delete them; edit a question, regenerate an answer, list siblings, choose or delete a branch;
+search them."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -21,11 +23,19 @@ from parley_gateway.relay import RESET_MESSAGE
 from parley_gateway.schemas import (
     ChatDetail,
     ChatList,
+    ChatsExport,
     ChatSummary,
     CompletionBody,
     CompletionOut,
+    DataDeleted,
     ErrorBody,
+    ExportedChatOut,
     MessageOut,
+    RegenerateBody,
+    SearchHitOut,
+    SearchPage,
+    SelectBranchBody,
+    SiblingsOut,
     StartChatBody,
     TurnAnswer,
     TurnResponse,
@@ -35,6 +45,7 @@ from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 router = APIRouter(tags=["chats"])
 
 ChatId = Annotated[str, Path(description="a chat id (32 hexadecimal characters)")]
+MessageId = Annotated[str, Path(description="a message id of this chat")]
 
 
 def _finish_name(finish: int) -> str | None:
@@ -308,6 +319,109 @@ async def list_chats(
     )
 
 
+@router.get(
+    "/chats/search", response_model=SearchPage, responses=_ERRORS, summary="Search your chats"
+)
+async def search_chats(
+    user: User,
+    parts: PartsDep,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="words to look for")],
+    bot_id: Annotated[str, Query(max_length=64, description="only chats of this bot")] = "",
+    since: Annotated[
+        datetime | None, Query(description="messages at or after (ISO 8601; UTC if no zone)")
+    ] = None,
+    until: Annotated[datetime | None, Query(description="and at or before")] = None,
+    limit: Annotated[int, Query(ge=1, le=50, description="hits per page")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=20, description="next_cursor of the previous page")
+    ] = None,
+) -> SearchPage:
+    """Your chats' titles and messages that contain the words of `q` (MongoDB text search:
+    stemmed, `"exact phrase"` and `-excluded` words work), best first, with the matching
+    ranges to highlight."""
+    if cursor is not None and not cursor.isdigit():
+        raise ApiError(422, "invalid_request", "cursor: not a cursor returned by this API")
+    found = await parts.session.search_chats(
+        session_pb2.SearchChatsRequest(
+            user_id=user.user_id,
+            query=q,
+            bot_id=bot_id,
+            since_unix_ms=_unix_ms(since),
+            until_unix_ms=_unix_ms(until),
+            limit=limit,
+            offset=int(cursor or 0),
+        )
+    )
+    return SearchPage(
+        hits=[
+            SearchHitOut(
+                chat_id=h.chat_id,
+                chat_title=h.chat_title,
+                bot_id=h.bot_id,
+                message_id=h.message_id or None,
+                role=None if not h.message_id else (Role.from_pb(h.role) or Role.USER).value,
+                snippet=h.snippet,
+                highlights=list(zip(h.highlight_starts, h.highlight_ends, strict=True)),
+                score=h.score,
+                created_at=h.created_unix_ms,
+            )
+            for h in found.hits
+        ],
+        next_cursor=str(found.next_offset) if found.next_offset else None,
+    )
+
+
+def _unix_ms(value: datetime | None) -> int:
+    if value is None:
+        return 0
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return max(1, int(value.timestamp() * 1000))
+
+
+@router.get(
+    "/chats/export",
+    response_model=ChatsExport,
+    responses=_ERRORS,
+    summary="Export your chats as JSON",
+)
+async def export_chats(user: User, parts: PartsDep) -> JSONResponse:
+    """Every chat of yours with every message of every branch (`parent_id` makes the tree), as
+    one JSON file to download."""
+    exported = await parts.session.export_chats(
+        session_pb2.ExportChatsRequest(user_id=user.user_id),
+        timeout_s=max(parts.settings.grpc_timeout_s, 600),
+    )
+    document = ChatsExport(
+        exported_at=int(datetime.now(UTC).timestamp() * 1000),
+        user_id=user.user_id,
+        chats=[
+            ExportedChatOut(
+                **_summary(c.chat).model_dump(),
+                active_leaf_id=c.active_leaf_id or None,
+                messages=[_message_out(m) for m in c.messages],
+            )
+            for c in exported
+        ],
+    )
+    return JSONResponse(
+        document.model_dump(mode="json"),
+        headers={"Content-Disposition": 'attachment; filename="parley-chats.json"'},
+    )
+
+
+@router.delete(
+    "/chats", response_model=DataDeleted, responses=_ERRORS, summary="Delete all your chats"
+)
+async def delete_all_chats(user: User, parts: PartsDep) -> DataDeleted:
+    """Delete every chat of yours with its messages, branches and feedback (your data; the
+    account and its keys stay)."""
+    deleted = await parts.session.delete_user_data(
+        session_pb2.DeleteUserDataRequest(user_id=user.user_id)
+    )
+    return DataDeleted(chats_deleted=deleted.chats_deleted)
+
+
 @router.get("/chat/{chat_id}", response_model=ChatDetail, responses=_ERRORS, summary="Read a chat")
 async def get_chat(chat_id: ChatId, user: User, parts: PartsDep) -> ChatDetail:
     """A chat with its messages in order."""
@@ -316,20 +430,161 @@ async def get_chat(chat_id: ChatId, user: User, parts: PartsDep) -> ChatDetail:
             user_id=user.user_id, chat_id=_valid_chat_id(chat_id), include_messages=True
         )
     )
-    messages = [
-        MessageOut(
-            message_id=m.message_id,
-            ordinal=m.ordinal,
-            role=(Role.from_pb(m.role) or Role.USER).value,
-            content=m.content,
-            token_count=m.token_count,
-            request_id=m.request_id,
-            created_at=m.created_unix_ms,
-            finish_reason=_finish_name(m.finish_reason),
-        )
-        for m in got.messages
-    ]
+    return _detail(got)
+
+
+def _message_out(m: session_pb2.Message) -> MessageOut:
+    return MessageOut(
+        message_id=m.message_id,
+        ordinal=m.ordinal,
+        role=(Role.from_pb(m.role) or Role.USER).value,
+        content=m.content,
+        token_count=m.token_count,
+        request_id=m.request_id,
+        created_at=m.created_unix_ms,
+        finish_reason=_finish_name(m.finish_reason),
+        parent_id=m.parent_id or None,
+        sibling_count=m.sibling_count or 1,
+        sibling_index=m.sibling_index,
+    )
+
+
+def _detail(got: session_pb2.GetChatResponse) -> ChatDetail:
+    messages = [_message_out(m) for m in got.messages]
     return ChatDetail(**_summary(got.chat).model_dump(), messages=messages)
+
+
+def _valid_message_id(message_id: str) -> str:
+    if not is_id(message_id):
+        raise ApiError(404, "not_found", f"message {message_id} not found in this chat")
+    return message_id
+
+
+@router.post(
+    "/chat/{chat_id}/messages/{message_id}/edit",
+    response_model=TurnResponse,
+    responses=_TURN_RESPONSES,
+    summary="Edit a question: a new branch",
+)
+async def edit_message(
+    chat_id: ChatId,
+    message_id: MessageId,
+    body: CompletionBody,
+    user: Admitted,
+    parts: PartsDep,
+    cache_control: CacheControl = None,
+) -> Response | TurnResponse:
+    """Ask this user message again with new text: a new branch from the message before it,
+    which becomes the chat's active branch, answered like a next message."""
+    _check_message(parts, body)
+    turn = await parts.turns.start(
+        user,
+        chat_id=_valid_chat_id(chat_id),
+        message=body.message,
+        request_id=body.request_id,
+        max_tokens=body.max_tokens,
+        no_cache=_no_cache(body, cache_control),
+        sampling=Sampling(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(body.stop or ()),
+            seed=body.seed,
+        ),
+        edit_message_id=_valid_message_id(message_id),
+    )
+    return await _respond(turn, body.stream)
+
+
+@router.post(
+    "/chat/{chat_id}/messages/{message_id}/regenerate",
+    response_model=TurnResponse,
+    responses=_TURN_RESPONSES,
+    summary="Regenerate an answer",
+)
+async def regenerate_message(
+    chat_id: ChatId,
+    message_id: MessageId,
+    user: Admitted,
+    parts: PartsDep,
+    body: RegenerateBody | None = None,
+) -> Response | TurnResponse:
+    """A new answer to this assistant message's question, stored beside it (a sibling) and made
+    the active branch; never from the cache."""
+    body = body or RegenerateBody()
+    turn = await parts.turns.start(
+        user,
+        chat_id=_valid_chat_id(chat_id),
+        message="",
+        request_id=body.request_id,
+        max_tokens=body.max_tokens,
+        no_cache=True,
+        regenerate_message_id=_valid_message_id(message_id),
+    )
+    return await _respond(turn, body.stream)
+
+
+@router.get(
+    "/chat/{chat_id}/messages/{message_id}/siblings",
+    response_model=SiblingsOut,
+    responses=_ERRORS,
+    summary="A message's siblings",
+)
+async def list_siblings(
+    chat_id: ChatId, message_id: MessageId, user: User, parts: PartsDep
+) -> SiblingsOut:
+    """The edits of a question, or the regenerations of an answer, at this place of the chat."""
+    got = await parts.session.list_siblings(
+        session_pb2.ListSiblingsRequest(
+            user_id=user.user_id,
+            chat_id=_valid_chat_id(chat_id),
+            message_id=_valid_message_id(message_id),
+        )
+    )
+    return SiblingsOut(
+        siblings=[_message_out(m) for m in got.siblings],
+        active_message_id=got.active_message_id or None,
+    )
+
+
+@router.post(
+    "/chat/{chat_id}/branch",
+    response_model=ChatDetail,
+    responses=_ERRORS,
+    summary="Choose a branch",
+)
+async def select_branch(
+    chat_id: ChatId, body: SelectBranchBody, user: User, parts: PartsDep
+) -> ChatDetail:
+    """Make the chat's active branch go through this message (to its newest message); the next
+    turn, the context and the summary follow it."""
+    got = await parts.session.select_branch(
+        session_pb2.SelectBranchRequest(
+            user_id=user.user_id,
+            chat_id=_valid_chat_id(chat_id),
+            message_id=_valid_message_id(body.message_id),
+        )
+    )
+    return _detail(got)
+
+
+@router.delete(
+    "/chat/{chat_id}/messages/{message_id}",
+    response_model=ChatDetail,
+    responses=_ERRORS,
+    summary="Delete a branch",
+)
+async def delete_branch(
+    chat_id: ChatId, message_id: MessageId, user: User, parts: PartsDep
+) -> ChatDetail:
+    """Delete this message and every message after it, on all branches."""
+    got = await parts.session.delete_branch(
+        session_pb2.DeleteBranchRequest(
+            user_id=user.user_id,
+            chat_id=_valid_chat_id(chat_id),
+            message_id=_valid_message_id(message_id),
+        )
+    )
+    return _detail(got)
 
 
 @router.delete("/chat/{chat_id}", status_code=204, responses=_ERRORS, summary="Delete a chat")

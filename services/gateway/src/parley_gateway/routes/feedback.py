@@ -21,7 +21,7 @@ from parley.v1 import cache_pb2, session_pb2
 from parley_common.ids import is_id
 from parley_gateway.deps import Admin, PartsDep, User
 from parley_gateway.errors import ApiError
-from parley_gateway.schemas import ErrorBody
+from parley_gateway.schemas import ErrorBody, UsageOut, UsageRowOut
 
 __all__ = ["FeedbackBody", "FeedbackOut", "FeedbackRecord", "router"]
 
@@ -267,6 +267,39 @@ async def export_feedback(
         lines(),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="feedback.jsonl"'},
+    )
+
+
+@router.get("/usage", response_model=UsageOut, responses=_ERRORS, summary="Usage per bot and day")
+async def usage(
+    _: Admin,
+    parts: PartsDep,
+    bot_id: BotFilter = "",
+    since: Since = None,
+    until: Until = None,
+) -> UsageOut:
+    """(admin key) Per bot profile and UTC day: answers, tokens, cache hits and their ratio,
+    thumbs up and down, aggregated in MongoDB."""
+    got = await parts.session.get_usage(
+        session_pb2.GetUsageRequest(
+            bot_id=bot_id, since_unix_ms=_ms(since), until_unix_ms=_ms(until)
+        )
+    )
+    return UsageOut(
+        rows=[
+            UsageRowOut(
+                bot_id=r.bot_id,
+                day=r.day,
+                turns=r.turns,
+                prompt_tokens=r.prompt_tokens,
+                completion_tokens=r.completion_tokens,
+                cache_hits=r.cache_hits,
+                cache_hit_ratio=r.cache_hit_ratio,
+                thumbs_up=r.thumbs_up,
+                thumbs_down=r.thumbs_down,
+            )
+            for r in got.rows
+        ]
     )
 
 

@@ -15,6 +15,7 @@ from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, from_ms, retried
 from parley_session.stores.audit import AuditEvent, AuditQuery, AuditStore
 from parley_session.stores.bots import BotStore
+from parley_session.stores.branches import BranchStore, Regeneration
 from parley_session.stores.browser_sessions import BrowserSession, BrowserSessionStore
 from parley_session.stores.chats import (
     ChatDoc,
@@ -27,8 +28,10 @@ from parley_session.stores.chats import (
 )
 from parley_session.stores.feedback import FeedbackDoc, FeedbackQuery, FeedbackStore
 from parley_session.stores.messages import MessageStore
+from parley_session.stores.search import SearchStore, TextHit
 from parley_session.stores.sign_in import Attempts, Invite, SignInStore
 from parley_session.stores.summaries import SummaryJob, SummaryJobState, SummaryStore
+from parley_session.stores.usage import UsageRow, UsageStore
 from parley_session.stores.users import (
     ApiKey,
     ApiKeyInfo,
@@ -47,6 +50,7 @@ __all__ = [
     "AuditQuery",
     "AuditStore",
     "BotStore",
+    "BranchStore",
     "BrowserSession",
     "BrowserSessionStore",
     "ChatDoc",
@@ -60,13 +64,18 @@ __all__ = [
     "MessageDoc",
     "MessageStore",
     "OpenedChat",
+    "Regeneration",
+    "SearchStore",
     "SignInStore",
     "Stores",
     "SummaryDoc",
     "SummaryJob",
     "SummaryJobState",
     "SummaryStore",
+    "TextHit",
     "TurnSlot",
+    "UsageRow",
+    "UsageStore",
     "UserDoc",
     "UserStore",
     "from_ms",
@@ -86,6 +95,9 @@ class Stores:
         self.users = UserStore(self.db, retry=self.retry)
         self.chats = ChatStore(self.db, retry=self.retry)
         self.messages = MessageStore(self.db, retry=self.retry)
+        self.branches = BranchStore(self.db, retry=self.retry)
+        self.search = SearchStore(self.db, retry=self.retry)
+        self.usage = UsageStore(self.db, retry=self.retry)
         self.bots = BotStore(self.db, retry=self.retry)
         self.feedback = FeedbackStore(self.db, retry=self.retry)
         self.summaries = SummaryStore(self.db, retry=self.retry)
@@ -97,6 +109,9 @@ class Stores:
     async def ensure_indexes(self) -> None:
         await self.users.ensure_indexes()
         await self.chats.ensure_indexes()
+        await self.branches.ensure_indexes()
+        await self.branches.migrate_linear_chats()
+        await self.branches.migrate_owners()
         await self.bots.ensure_indexes()
         await self.feedback.ensure_indexes()
         await self.browser_sessions.ensure_indexes()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_session.domain import StoredMessage
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, ms, retried
-from parley_session.stores.chats import LoadedHistory, MessageDoc
+from parley_session.stores.chats import GAP, LoadedHistory, MessageDoc
 
 __all__ = ["MessageStore"]
 
@@ -46,63 +46,67 @@ class MessageStore:
 
     @retried
     async def chat_messages(self, chat_id: str) -> list[MessageDoc]:
-        cursor = self._messages.find({"chat_id": chat_id}).sort("ordinal", ASCENDING)
+        cursor = self._messages.find({"chat_id": chat_id, "role": {"$ne": GAP}}).sort(
+            "ordinal", ASCENDING
+        )
         return [MessageDoc.from_doc(d) async for d in cursor]
+
+    @retried
+    async def parent_of(self, message_id: str) -> str | None:
+        doc = await self._messages.find_one({"_id": message_id}, {"parent_id": 1})
+        return None if doc is None else doc.get("parent_id")
 
     @retried
     async def history(
         self,
         chat_id: str,
         *,
+        leaf_id: str,
         after: int,
         through: int,
         budget: int | None = None,
         cost: Callable[[str, int], int] | None = None,
     ) -> LoadedHistory:
-        """The messages with `after` < ordinal <= `through`, oldest first.
+        """The messages on the path to `leaf_id` with `after` < ordinal <= `through`, oldest
+        first: one aggregation that walks the path up from the leaf, and stops at `after`.
 
-        With a `budget`, read newest first and stop one turn past the point where their `cost`
-        exceeds it: a long chat costs what its context needs, not its length.
+        With a `budget`, keep (newest first) up to one turn past the point where their `cost`
+        exceeds it, and count the older ones: the context decides on what fits.
         """
-        query = {"chat_id": chat_id, "ordinal": {"$gt": after, "$lte": through}}
-        projection = {
-            "_id": 0,
-            "ordinal": 1,
-            "role": 1,
-            "content": 1,
-            "token_count": 1,
-            "created_at": 1,
-        }
-        created: dict[int, int] = {}
-
-        def stored(doc: Doc) -> StoredMessage:
-            created[doc["ordinal"]] = ms(doc["created_at"])
-            return _stored(doc)
-
+        pipeline: list[Doc] = [
+            {"$match": {"_id": leaf_id, "chat_id": chat_id}},
+            {
+                "$graphLookup": {
+                    "from": "messages",
+                    "startWith": "$parent_id",
+                    "connectFromField": "parent_id",
+                    "connectToField": "_id",
+                    "as": "up",
+                    "restrictSearchWithMatch": {"chat_id": chat_id, "ordinal": {"$gt": after}},
+                }
+            },
+        ]
+        found = [d async for d in await self._messages.aggregate(pipeline)]
+        docs: list[Doc] = []
+        if found:
+            leaf = found[0]
+            docs = [*leaf.pop("up"), leaf]
+        docs = sorted(
+            (d for d in docs if after < d["ordinal"] <= through and d["role"] != GAP),
+            key=lambda d: d["ordinal"],
+        )
+        created = {d["ordinal"]: ms(d["created_at"]) for d in docs}
+        ids = {d["ordinal"]: d["_id"] for d in docs}
+        messages = [_stored(d) for d in docs]
         if budget is None or cost is None:
-            cursor = self._messages.find(query, projection).sort("ordinal", ASCENDING)
-            return LoadedHistory([stored(d) async for d in cursor], 0, created)
-        newest_first: list[StoredMessage] = []
+            return LoadedHistory(messages, 0, created, ids)
         spent = 0
         over = False
-        cut = False
-        # A message costs at least a few tokens of template: one batch holds what can fit.
-        batch = min(max(budget // 8, 32), 2000)
-        cursor = self._messages.find(query, projection).sort("ordinal", DESCENDING)
-        try:
-            async for d in cursor.batch_size(batch):
-                m = stored(d)
-                newest_first.append(m)
-                spent += cost(m.role, m.token_count)
-                if over and m.role == "user":
-                    cut = True  # one whole turn past the budget is enough to decide
-                    break
-                over = spent > budget
-        finally:
-            await cursor.close()
-        older = 0
-        if cut:
-            older = await self._messages.count_documents(
-                {"chat_id": chat_id, "ordinal": {"$gt": after, "$lt": newest_first[-1].ordinal}}
-            )
-        return LoadedHistory(newest_first[::-1], older, created)
+        kept = 0
+        for m in reversed(messages):
+            kept += 1
+            spent += cost(m.role, m.token_count)
+            if over and m.role == "user":
+                break  # one whole turn past the budget is enough to decide
+            over = spent > budget
+        return LoadedHistory(messages[len(messages) - kept :], len(messages) - kept, created, ids)
