@@ -207,14 +207,18 @@ def _sampling(body: ChatCompletionRequest) -> Sampling:
     return Sampling(temperature=temperature, top_p=top_p, stop=body.stop_strings(), seed=body.seed)
 
 
-def _check(parts: PartsDep, body: ChatCompletionRequest) -> None:
-    if body.stream_options is not None and not body.stream:
+def _check_stream_options(stream: bool | None, stream_options: object | None) -> None:
+    if stream_options is not None and not stream:
         raise ApiError(
             422,
             "invalid_request",
             "stream_options: only allowed when stream is true",
             param="stream_options",
         )
+
+
+def _check(parts: PartsDep, body: ChatCompletionRequest) -> None:
+    _check_stream_options(body.stream, body.stream_options)
     choices, most = body.n or 1, parts.settings.max_choices
     if choices > most:
         raise ApiError(400, "invalid_request", f"n: at most {most} choices a request", param="n")

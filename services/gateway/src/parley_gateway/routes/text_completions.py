@@ -22,6 +22,7 @@ from parley_gateway.legacy_completion_schemas import (
 from parley_gateway.openai_schemas import dump
 from parley_gateway.routes.openai import (
     _COMPLETION_ERRORS,
+    _check_stream_options,
     _data,
     _finish_reason,
     _model_not_found,
@@ -59,13 +60,7 @@ def _prompt(parts: PartsDep, body: TextCompletionRequest) -> str:
 
 
 def _check(parts: PartsDep, body: TextCompletionRequest) -> None:
-    if body.stream_options is not None and not body.stream:
-        raise ApiError(
-            422,
-            "invalid_request",
-            "stream_options: only allowed when stream is true",
-            param="stream_options",
-        )
+    _check_stream_options(body.stream, body.stream_options)
     limit = parts.settings.max_tokens_limit
     if body.max_tokens is not None and body.max_tokens > limit:
         raise ApiError(422, "invalid_request", f"max_tokens: at most {limit}", param="max_tokens")
