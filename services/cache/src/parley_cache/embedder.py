@@ -229,7 +229,15 @@ class Embedder:
         # Texts being embedded now, by digest: a second caller waits for the first one's vector.
         self._pending: dict[bytes, asyncio.Future[list[float]]] = {}
         self._onnx: OnnxEncoder | None = None
-        self._direct = self._direct_matches_encode()
+        # encode()'s vectors of the probe texts: what the faster paths are checked against.
+        reference = self._model.encode(
+            list(_PROBE_TEXTS),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).tolist()
+        # ONNX Runtime replaces the direct path; only PyTorch's needs checking.
+        self._direct = runtime == "onnx" or self._direct_matches_encode(reference)
         self.precision: Precision = precision
         self.runtime: Runtime = runtime
         if precision == "bfloat16":
@@ -242,7 +250,9 @@ class Embedder:
                 threads=threads,
                 cache_dir=onnx_cache_dir,
             )
-            self._check_onnx(min_cosine=_INT8_MIN_COSINE if precision == "int8" else None)
+            self._check_onnx(
+                reference, min_cosine=_INT8_MIN_COSINE if precision == "int8" else None
+            )
 
     @property
     def dimension(self) -> int:
@@ -367,16 +377,13 @@ class Embedder:
                     out[index] = vector
         return out
 
-    def _direct_matches_encode(self) -> bool:
-        """Whether calling the modules directly gives encode()'s vectors. A model whose
-        encode() adds more (a default prompt, say) is run through encode() instead."""
-        probe = list(_PROBE_TEXTS)
+    def _direct_matches_encode(self, expected: list[list[float]]) -> bool:
+        """Whether calling the modules directly gives encode()'s vectors (``expected``, of the
+        probe texts). A model whose encode() adds more (a default prompt, say) is run through
+        encode() instead."""
         with self._model_lock:
-            expected = self._model.encode(
-                probe, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            ).tolist()
             try:
-                direct = self._forward(probe)
+                direct = self._forward(list(_PROBE_TEXTS))
             except Exception:  # whatever the reason, encode() is the reference
                 return False
         return all(
@@ -385,14 +392,12 @@ class Embedder:
             for a, b in zip(expected, direct, strict=True)
         )
 
-    def _check_onnx(self, *, min_cosine: float | None) -> None:
-        """ONNX Runtime's vectors must be encode()'s (float32: to ``_SAME_VECTOR_TOLERANCE``;
-        int8: at least ``min_cosine`` to them), or the service does not start."""
+    def _check_onnx(self, expected: list[list[float]], *, min_cosine: float | None) -> None:
+        """ONNX Runtime's vectors of the probe texts must be encode()'s, ``expected`` (float32:
+        to ``_SAME_VECTOR_TOLERANCE``; int8: at least ``min_cosine`` to them), or the service
+        does not start."""
         assert self._onnx is not None
         probe = list(_PROBE_TEXTS)
-        expected = self._model.encode(
-            probe, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        ).tolist()
         got = self._onnx(probe)
         for text, a, b in zip(probe, expected, got, strict=True):
             if min_cosine is None:
