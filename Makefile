@@ -55,7 +55,7 @@ reset: $(STAMP)
 
 test: install
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-vllm
 
 $(VLLM_STAMP): services/worker/pyproject.toml libs/common/pyproject.toml libs/devstack/pyproject.toml
