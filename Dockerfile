@@ -6,6 +6,15 @@
 #     --build-arg HEALTHCHECK=grpc:GRPC_PORT --build-arg GRPC_PORT=50051 \
 #     --build-arg METRICS_PORT=9101 -t parley-session:dev .
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG NODE_IMAGE=node:20.20.2-bookworm-slim
+
+# The web page's libraries (markdown-it, DOMPurify, highlight.js, KaTeX) from the npm registry at
+# web/package-lock.json's versions; only the gateway's image keeps them (its static/vendor/).
+FROM ${NODE_IMAGE} AS web
+WORKDIR /src
+COPY web/package.json web/package-lock.json web/
+COPY scripts/build-web.sh scripts/
+RUN --mount=type=cache,target=/root/.npm bash scripts/build-web.sh /vendor
 
 FROM ${PYTHON_IMAGE} AS builder
 ARG SERVICE
@@ -31,6 +40,10 @@ WORKDIR /src
 COPY libs/contracts libs/contracts
 COPY libs/common libs/common
 COPY services/${SERVICE} services/${SERVICE}
+COPY --from=web /vendor /src/web-vendor
+RUN if [ "${SERVICE}" = gateway ]; then \
+      cp -r /src/web-vendor services/gateway/src/parley_gateway/static/vendor; \
+    fi
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels ./libs/contracts ./libs/common "./services/${SERVICE}" \
  && pip --python /opt/venv/bin/python install --constraint /tmp/constraints.txt /wheels/*.whl

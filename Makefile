@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 # the services' environment. It exercises the real vLLM engine adapter without a GPU.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# The web page's libraries (markdown-it, DOMPurify, highlight.js, KaTeX), from web/package-lock.json.
+WEB_VENDOR := services/gateway/src/parley_gateway/static/vendor
+WEB_STAMP := $(WEB_VENDOR)/versions.json
 
 # `make run ENGINE=transformers MODEL=path/or/name PORT=8081` overrides the defaults.
 ENGINE ?=
@@ -18,10 +21,11 @@ MODEL ?=
 PORT ?= 8080
 RUN_ARGS := --port $(PORT) $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help install run reset test test-unit test-vllm lint fmt proto k8s-check bench clean
+.PHONY: help install web run reset test test-unit test-vllm lint fmt proto k8s-check bench clean
 
 help:
 	@echo "make install    install Python packages, MongoDB, Kafka, Qdrant and helm into the project"
+	@echo "make web        build the web page's libraries from web/package-lock.json (npm ci)"
 	@echo "make run        run the whole platform on this machine (Ctrl-C stops it; data is kept)"
 	@echo "make reset      delete the platform's data folder (asks first; FORCE=1 does not)"
 	@echo "make test       lint, then run every test (unit, integration, end-to-end, faults, charts, vLLM)"
@@ -45,7 +49,13 @@ $(STAMP): requirements-dev.txt libs/*/pyproject.toml services/*/pyproject.toml
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
 
-install: $(STAMP) $(VLLM_STAMP)
+install: $(STAMP) $(VLLM_STAMP) $(WEB_STAMP)
+
+$(WEB_STAMP): web/package.json web/package-lock.json scripts/build-web.sh
+	bash scripts/build-web.sh
+
+web:
+	bash scripts/build-web.sh
 
 run: install
 	$(PY) -m parley_devstack.launcher run $(RUN_ARGS)

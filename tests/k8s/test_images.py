@@ -187,6 +187,7 @@ def test_images_are_pinned_and_installed_from_the_repository(service: str, path:
     copied = {
         _resolved(copy.split()[-1], args)
         for s in stages
+        if s.name != "web"
         for copy in s.all("COPY")
         if not copy.startswith("--from")
     }
@@ -212,6 +213,34 @@ def test_torch_comes_from_the_cpu_index_where_needed() -> None:
     assert "torch" not in " ".join(r for r in runs if r is not cpu), "torch comes once"
     later = runs[runs.index(cpu) + 1 :]
     assert any("--constraint" in r and "install" in r for r in later), "torch stays pinned"
+
+
+def test_web_page_libraries_come_from_the_lockfile() -> None:
+    """The gateway's page libraries: `npm ci` from web/package-lock.json in a node stage, copied
+    into the gateway's package only; nothing from the npm stage reaches the final image but them."""
+    global_args, stages = _dockerfile("Dockerfile")
+    assert re.fullmatch(r"node:\d+\.\d+\.\d+-[\w-]+", global_args["NODE_IMAGE"])
+    (web,) = [s for s in stages if s.name == "web"]
+    assert web.all("COPY") == [
+        "web/package.json web/package-lock.json web/",
+        "scripts/build-web.sh scripts/",
+    ]
+    (build,) = web.all("RUN")
+    assert "scripts/build-web.sh /vendor" in build
+    assert "npm ci" in (REPO / "scripts/build-web.sh").read_text()
+    builder = next(s for s in stages if s.name == "builder")
+    assert "--from=web /vendor /src/web-vendor" in builder.all("COPY")
+    assert any(
+        "parley_gateway/static/vendor" in r and '"${SERVICE}" = gateway' in r
+        for r in builder.all("RUN")
+    )
+    lock = json.loads((REPO / "web/package-lock.json").read_text())
+    wanted = {"markdown-it", "dompurify", "@highlightjs/cdn-assets", "katex", "markdown-it-texmath"}
+    pinned = json.loads((REPO / "web/package.json").read_text())["dependencies"]
+    assert wanted <= set(pinned)
+    for name, version in pinned.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name} {version} is not exact"
+        assert lock["packages"][f"node_modules/{name}"]["version"] == version
 
 
 def test_gpu_image_pins_vllm_and_its_torch() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import TYPE_CHECKING
 
 import grpc
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 UP, DOWN = session_pb2.RATING_UP, session_pb2.RATING_DOWN
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(24)  # the signature is what is checked
+
+
+def _data_url(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
 def profile(**fields: object) -> session_pb2.BotProfile:
@@ -155,6 +161,12 @@ async def test_profile_fields_are_checked(make_service: ServiceFactory) -> None:
         ),
         (profile(name="x", system_prompt="Be brief and kind. " * 200), "system_prompt"),
         (profile(name="x", avatar="not a url and far too long for an emoji"), "avatar"),
+        # Data URL avatars are checked by their bytes: what they say, a raster image, small.
+        (profile(name="x", avatar=_data_url("image/jpeg", PNG)), "avatar"),
+        (profile(name="x", avatar=_data_url("image/png", b"<html><script>")), "avatar"),
+        (profile(name="x", avatar=_data_url("image/svg", b"<svg onload=alert(1)>")), "avatar"),
+        (profile(name="x", avatar=_data_url("image/png", PNG + bytes(40_000))), "avatar"),
+        (profile(name="x", avatar="data:image/png;base64,not base64!"), "avatar"),
     ]
     for bot, field in bad:
         await refused(
@@ -163,6 +175,13 @@ async def test_profile_fields_are_checked(make_service: ServiceFactory) -> None:
             f"{field}: ",
         )
     # The admin may share a profile's cache more widely; users may not.
+    for media_type, data in (("image/png", PNG), ("image/webp", b"RIFF\0\0\0\0WEBPVP8 ")):
+        made = profile(name="Pictured", avatar=_data_url(media_type, data))
+        created = await service.stub.CreateBot(create(user_id=carol, bot=made))
+        assert created.avatar == made.avatar
+        await service.stub.DeleteBot(
+            session_pb2.DeleteBotRequest(user_id=carol, bot_id=created.bot_id)
+        )
     shared = await service.stub.CreateBot(
         create(admin=True, bot=profile(name="Wide", cache_scope=types_pb2.CACHE_SCOPE_GLOBAL))
     )

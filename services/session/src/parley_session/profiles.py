@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -36,6 +39,56 @@ SCOPE_TO_PB = {
     "disabled": types_pb2.CACHE_SCOPE_DISABLED,
 }
 SCOPE_FROM_PB = {v: k for k, v in SCOPE_TO_PB.items()}
+
+# An avatar: an emoji (a few characters), an http(s) URL, or a small image inline as a data URL
+# (what the web page uploads), checked by its bytes: a PNG, JPEG, GIF or WebP that is what its
+# media type says. SVG is refused (it can carry script).
+AVATAR_MAX_BYTES = 32 * 1024
+_DATA_URL = re.compile(r"data:(image/[a-z]+);base64,([A-Za-z0-9+/]*={0,2})")
+_IMAGE_SIGNATURES = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+}
+
+
+def _image_type(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for media_type, signatures in _IMAGE_SIGNATURES.items():
+        if data.startswith(signatures):
+            return media_type
+    return None
+
+
+def check_avatar(avatar: str) -> None:
+    if avatar.startswith("data:"):
+        match = _DATA_URL.fullmatch(avatar)
+        if match is None:
+            raise InvalidArgumentError("avatar", "a data URL must be data:image/...;base64,...")
+        declared = match[1]
+        try:
+            data = base64.b64decode(match[2], validate=True)
+        except binascii.Error:
+            raise InvalidArgumentError("avatar", "the data URL's base64 is malformed") from None
+        if len(data) > AVATAR_MAX_BYTES:
+            raise InvalidArgumentError(
+                "avatar", f"the image is {len(data)} bytes; at most {AVATAR_MAX_BYTES}"
+            )
+        found = _image_type(data)
+        if found is None:
+            raise InvalidArgumentError("avatar", "the image is not a PNG, JPEG, GIF or WebP")
+        if found != declared:
+            raise InvalidArgumentError("avatar", f"the data URL says {declared}, the bytes {found}")
+    elif len(avatar) > 2048 or (
+        avatar and len(avatar) > 16 and not avatar.startswith(("https://", "http://"))
+    ):
+        raise InvalidArgumentError(
+            "avatar",
+            "an http(s) URL, up to 16 characters (an emoji), or a data:image/ URL of a PNG, "
+            f"JPEG, GIF or WebP of at most {AVATAR_MAX_BYTES} bytes",
+        )
+
 
 # Paths of BotProfile that an update may name (AIP-134 field masks).
 _UPDATABLE = frozenset(
@@ -194,12 +247,7 @@ class ProfileRules:
         window = self._settings.context_window
         if not bot.name or len(bot.name) > 80:
             raise InvalidArgumentError("name", "must be 1 to 80 characters")
-        if len(bot.avatar) > 2048 or (
-            bot.avatar
-            and len(bot.avatar) > 16
-            and not bot.avatar.startswith(("https://", "http://"))
-        ):
-            raise InvalidArgumentError("avatar", "an http(s) URL or up to 16 characters (an emoji)")
+        check_avatar(bot.avatar)
         if len(bot.description) > 1000:
             raise InvalidArgumentError("description", "at most 1000 characters")
         if len(bot.system_prompt) > 20_000:

@@ -59,6 +59,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "a backing service is down; retry after Retry-After"},
 }
 
+# A 32 KiB image as a base64 data URL; the session service checks what it is, by its bytes.
+_AVATAR_MAX_CHARS = 44_000
+_AVATAR = (
+    "an emoji (up to 16 characters), an http(s) URL, or a data:image/(png|jpeg|gif|webp);base64 "
+    "URL of at most 32 KiB, checked by its bytes"
+)
+
 BotId = Annotated[str, Path(max_length=64, description="a profile id, or `default`")]
 
 
@@ -89,7 +96,7 @@ class HistoryParams(_Body):
 
 class BotIn(_Body):
     name: str = Field(min_length=1, max_length=80)
-    avatar: str = Field(default="", max_length=2048, description="an http(s) URL or an emoji")
+    avatar: str = Field(default="", max_length=_AVATAR_MAX_CHARS, description=_AVATAR)
     description: str = Field(default="", max_length=1000)
     system_prompt: str = Field(default="", max_length=20_000)
     model: str = Field(default="", max_length=200, description="empty: the served model")
@@ -105,7 +112,7 @@ class BotPatch(_Body):
     """The fields to change; a field left out stays as it is, `null` resets it to the default."""
 
     name: str | None = Field(default=None, min_length=1, max_length=80)
-    avatar: str | None = Field(default=None, max_length=2048)
+    avatar: str | None = Field(default=None, max_length=_AVATAR_MAX_CHARS, description=_AVATAR)
     description: str | None = Field(default=None, max_length=1000)
     system_prompt: str | None = Field(default=None, max_length=20_000)
     model: str | None = Field(default=None, max_length=200)

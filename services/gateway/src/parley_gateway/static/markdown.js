@@ -1,110 +1,93 @@
-// A small Markdown renderer for the assistant's answers: fenced code blocks, inline code,
-// headings, lists, quotes, rules, emphasis and http(s) links. Everything is HTML-escaped first,
-// so what a model writes can never become markup or script. An unclosed fence (an answer still
-// streaming) renders as a code block so far.
+// Answers as Markdown: markdown-it (tables, fenced code; raw HTML is shown as text, never
+// parsed), code highlighted by highlight.js, `$…$` and `$$…$$` found by markdown-it-texmath, and
+// everything sanitized by DOMPurify before it reaches the page. Math is typeset afterwards by
+// KaTeX straight into the DOM (its inline sizes are set through the DOM, which the page's strict
+// Content-Security-Policy allows, where style attributes in HTML would be refused). Code blocks
+// get a copy button. The libraries come from static/vendor/ (scripts/build-web.sh); without them
+// answers are plain text.
 "use strict";
 
 (function () {
-  const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+  const { markdownit, texmath, DOMPurify, hljs, katex } = window;
+  const built = Boolean(markdownit && texmath && DOMPurify && hljs && katex);
 
   function escapeHtml(text) {
-    return text.replace(/[&<>"']/g, (c) => ESCAPES[c]);
+    return text.replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
   }
 
-  function emphasis(escaped) {
-    return escaped
-      .replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>")
-      .replace(/__(?=\S)([\s\S]*?\S)__/g, "<strong>$1</strong>")
-      .replace(/(^|[^*\w])\*(?=\S)([^*]*?\S)\*(?!\*)/g, "$1<em>$2</em>")
-      .replace(/(^|[^_\w])_(?=\S)([^_]*?\S)_(?!\w)/g, "$1<em>$2</em>")
-      .replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>")
-      .replace(/\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g,
-        '<a href="$2" target="_blank" rel="noopener noreferrer">$1</a>');
+  let md = null;
+  if (built) {
+    md = markdownit({
+      html: false,
+      linkify: true,
+      highlight(code, lang) {
+        if (lang && hljs.getLanguage(lang)) {
+          return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
+        }
+        return ""; // markdown-it escapes it
+      },
+    });
+    // texmath hands the TeX to this "engine": a placeholder that KaTeX fills after sanitizing.
+    const placeholder = {
+      renderToString(tex, options) {
+        const display = options && options.displayMode ? "1" : "0";
+        return '<span class="math" data-display="' + display + '" data-tex="' + escapeHtml(tex) + '"></span>';
+      },
+    };
+    md.use(texmath, { engine: placeholder, delimiters: "dollars" });
+    DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      }
+    });
   }
 
-  // Inline code first: nothing inside backticks is formatted.
-  function inline(text) {
-    return text
-      .split(/(`[^`\n]+`)/)
-      .map((part, i) =>
-        i % 2 === 1 ? "<code>" + escapeHtml(part.slice(1, -1)) + "</code>" : emphasis(escapeHtml(part))
-      )
-      .join("");
+  // Sanitized HTML of a Markdown text.
+  function render(text) {
+    if (!built) return '<p class="plain">' + escapeHtml(text) + "</p>";
+    return DOMPurify.sanitize(md.render(text), { ADD_ATTR: ["target"] });
   }
 
-  const FENCE = /^\s*(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
-  const HEADING = /^(#{1,6})\s+(.*)$/;
-  const BULLET = /^\s*[-*+]\s+(.*)$/;
-  const NUMBERED = /^\s*\d+[.)]\s+(.*)$/;
-  const QUOTE = /^\s*>\s?(.*)$/;
-  const RULE = /^\s*([-*_])(\s*\1){2,}\s*$/;
+  function copyButton(pre) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy-code";
+    button.textContent = "Copy";
+    button.title = "Copy the code";
+    button.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(pre.querySelector("code").textContent.replace(/\n$/, ""));
+        button.textContent = "Copied";
+      } catch (_) {
+        button.textContent = "Copy failed";
+      }
+      setTimeout(() => (button.textContent = "Copy"), 2000);
+    });
+    return button;
+  }
 
-  function render(markdown) {
-    const lines = String(markdown).replace(/\r\n?/g, "\n").split("\n");
-    const out = [];
-    let i = 0;
-    while (i < lines.length) {
-      const line = lines[i];
-      const fence = line.match(FENCE);
-      if (fence) {
-        const body = [];
-        i += 1;
-        while (i < lines.length && !(lines[i].trim().startsWith(fence[1]) && lines[i].trim().replace(/[`~]/g, "") === "")) {
-          body.push(lines[i]);
-          i += 1;
-        }
-        i += 1; // the closing fence
-        const lang = fence[2] ? ' class="language-' + escapeHtml(fence[2]) + '"' : "";
-        out.push("<pre><code" + lang + ">" + escapeHtml(body.join("\n")) + "</code></pre>");
-        continue;
-      }
-      if (!line.trim()) {
-        i += 1;
-        continue;
-      }
-      const heading = line.match(HEADING);
-      if (heading) {
-        const level = heading[1].length;
-        out.push("<h" + level + ">" + inline(heading[2]) + "</h" + level + ">");
-        i += 1;
-        continue;
-      }
-      if (RULE.test(line)) {
-        out.push("<hr>");
-        i += 1;
-        continue;
-      }
-      const list = BULLET.test(line) ? [BULLET, "ul"] : NUMBERED.test(line) ? [NUMBERED, "ol"] : null;
-      if (list) {
-        const items = [];
-        while (i < lines.length && list[0].test(lines[i])) {
-          items.push("<li>" + inline(lines[i].match(list[0])[1]) + "</li>");
-          i += 1;
-        }
-        out.push("<" + list[1] + ">" + items.join("") + "</" + list[1] + ">");
-        continue;
-      }
-      if (QUOTE.test(line)) {
-        const quoted = [];
-        while (i < lines.length && QUOTE.test(lines[i])) {
-          quoted.push(inline(lines[i].match(QUOTE)[1]));
-          i += 1;
-        }
-        out.push("<blockquote>" + quoted.join("<br>") + "</blockquote>");
-        continue;
-      }
-      const paragraph = [];
-      while (
-        i < lines.length && lines[i].trim() && !FENCE.test(lines[i]) && !HEADING.test(lines[i]) &&
-        !BULLET.test(lines[i]) && !NUMBERED.test(lines[i]) && !QUOTE.test(lines[i]) && !RULE.test(lines[i])
-      ) {
-        paragraph.push(inline(lines[i]));
-        i += 1;
-      }
-      out.push("<p>" + paragraph.join("<br>") + "</p>");
+  // Put the rendered HTML into `element`, typeset its math and give its code a copy button.
+  function show(element, text) {
+    element.innerHTML = render(text);
+    if (!built) return;
+    for (const span of element.querySelectorAll("span.math")) {
+      katex.render(span.dataset.tex, span, {
+        displayMode: span.dataset.display === "1",
+        throwOnError: false,
+        trust: false,
+      });
     }
-    return out.join("\n");
+    for (const pre of element.querySelectorAll("pre")) {
+      const code = pre.querySelector("code");
+      if (!code) continue;
+      code.classList.add("hljs");
+      const block = document.createElement("div");
+      block.className = "code-block";
+      pre.replaceWith(block);
+      block.append(copyButton(pre), pre);
+    }
   }
 
-  window.ParleyMarkdown = { render, escapeHtml };
+  window.ParleyMarkdown = { built, render, show };
 })();
