@@ -338,6 +338,7 @@ def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
         updated_unix_ms=c.updated_ms,
         cached=c.cached,
         model=c.model,
+        request_params=c.request_params,
     )
 
 

@@ -1998,6 +1998,7 @@ class Completion(_message.Message):
     UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     CACHED_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    REQUEST_PARAMS_FIELD_NUMBER: _builtins.int
     completion_id: _builtins.str
     """the turn's request id"""
     chat_id: _builtins.str
@@ -2011,6 +2012,8 @@ class Completion(_message.Message):
     updated_unix_ms: _builtins.int
     cached: _builtins.bool
     model: _builtins.str
+    request_params: _builtins.bytes
+    """as CreateCompletionRequest.request_params"""
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
     def __init__(
@@ -2028,10 +2031,11 @@ class Completion(_message.Message):
         updated_unix_ms: _builtins.int = ...,
         cached: _builtins.bool = ...,
         model: _builtins.str = ...,
+        request_params: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2046,11 +2050,16 @@ class CreateCompletionRequest(_message.Message):
     CHAT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    REQUEST_PARAMS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     completion_id: _builtins.str
     chat_id: _builtins.str
     message_id: _builtins.str
     model: _builtins.str
+    request_params: _builtins.bytes
+    """What the submitting API was asked beside the message (the Responses API's instructions,
+    temperature, ...), to show when the completion is read: its own encoding, opaque here.
+    """
     def __init__(
         self,
         *,
@@ -2059,10 +2068,11 @@ class CreateCompletionRequest(_message.Message):
         chat_id: _builtins.str = ...,
         message_id: _builtins.str = ...,
         model: _builtins.str = ...,
+        request_params: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "completion_id", b"completion_id", "message_id", b"message_id", "model", b"model", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "completion_id", b"completion_id", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
