@@ -479,6 +479,10 @@ class TurnService:
                         yield event
                     continue
                 finished = True
+                if chunk.finish_reason == types_pb2.FINISH_REASON_ERROR and chunk.error_param:
+                    # The request's fault (a schema the workers cannot enforce, say).
+                    param = chunk.error_param
+                    raise ApiError(400, "invalid_request", f"{param}: {chunk.error}", param=param)
                 if chunk.finish_reason == types_pb2.FINISH_REASON_ERROR:
                     raise generation_failed(chunk.error, request_id=request_id, stored=stored)
                 content, events = relay.finish(chunk)
