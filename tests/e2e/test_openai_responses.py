@@ -79,6 +79,10 @@ def test_create_retrieve_continue_delete(sdk: openai.OpenAI, user: httpx.Client)
     assert stored.output_text == first.output_text
     assert stored.usage is not None
     assert stored.usage.output_tokens == 6
+    # What it was asked is kept with it.
+    assert stored.instructions == "You tell stories."
+    assert stored.temperature == 0
+    assert stored.max_output_tokens == 6
 
     second = sdk.responses.create(
         model=MODEL,
@@ -89,6 +93,7 @@ def test_create_retrieve_continue_delete(sdk: openai.OpenAI, user: httpx.Client)
         extra_body=FRESH,
     )
     assert second.previous_response_id == first.id
+    assert sdk.responses.retrieve(second.id).previous_response_id == first.id
     chat_id = second.model_dump()["parley_chat_id"]
     assert chat_id == first.model_dump()["parley_chat_id"]
     # The conversation is a Parley chat, continued server-side.

@@ -16,6 +16,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from httpx_ws import connect_ws
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
@@ -23,7 +24,7 @@ from pydantic import BaseModel, SecretStr
 
 from parley_devstack.platform import Platform
 from parley_devstack.stack import LocalStack
-from tests.conftest import eventually
+from tests.conftest import eventually, parse_sse
 
 pytestmark = pytest.mark.e2e
 
@@ -602,3 +603,199 @@ def test_logprobs_in_openai_shapes(sdk: openai.OpenAI) -> None:
         sdk.chat.completions.create(model=MODEL, messages=_ask("Hi"), top_logprobs=2)
     assert isinstance(refused.value.body, dict)
     assert refused.value.body["param"] == "top_logprobs"
+
+
+# Tools on a stored chat: the chat API, its WebSocket, and /v1/chat/completions with chat_id. The
+# tool's result names get_time: were it sent to the model as a user's message, the fake engine
+# would call that tool; as a tool message it answers in text.
+RESULT = '{"celsius": 21, "next": "get_time"}'
+
+
+@pytest.fixture
+def rest(fake_platform: Platform, api_key: str) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=fake_platform.gateway_url, timeout=60, headers=headers) as http:
+        yield http
+
+
+def _stored(rest: httpx.Client, chat_id: str, count: int) -> list[dict[str, Any]]:
+    """The chat's messages once its `count`th is stored (answers come from the results topic)."""
+
+    def messages() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = rest.get(f"/chat/{chat_id}").json()["messages"]
+        return found if len(found) >= count else None
+
+    return eventually(messages, what=f"{count} messages stored")
+
+
+def _check_round_trip(messages: list[dict[str, Any]], calls: list[dict[str, Any]]) -> None:
+    assert [m["role"] for m in messages[-4:]] == ["user", "assistant", "tool", "assistant"]
+    called, results, answered = messages[-3:]
+    assert called["finish_reason"] == "tool_calls"
+    assert called["tool_calls"] == calls
+    assert results["tool_results"] == [{"tool_call_id": calls[0]["id"], "content": RESULT}]
+    assert answered["tool_calls"] is None
+    assert answered["content"]
+    assert answered["parent_id"] == results["message_id"]
+
+
+def test_tools_on_the_chat_api_continue_the_chat_server_side(rest: httpx.Client) -> None:
+    started = rest.post("/chat", json={"message": "Use get_weather for Paris.", "tools": TOOLS})
+    assert started.status_code == 200, started.text
+    chat_id = started.json()["chat_id"]
+    answer = started.json()["answer"]
+    assert answer["finish_reason"] == "tool_calls"
+    calls = answer["tool_calls"]
+    assert [c["name"] for c in calls] == ["get_weather"]
+    jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER_SCHEMA)
+
+    # Only a call of the chat's last answer can be answered: nothing is stored for the others.
+    for results, words in (
+        ([{"tool_call_id": "call_nope", "content": "1"}], "'call_nope' is not a tool call"),
+        ([{"tool_call_id": calls[0]["id"], "content": "1"}] * 2, "answered twice"),
+    ):
+        refused = rest.post(
+            f"/chat/{chat_id}/completion", json={"tool_results": results, "tools": TOOLS}
+        )
+        assert refused.status_code == 400, refused.text
+        assert words in refused.json()["error"]["message"]
+    both = rest.post(
+        f"/chat/{chat_id}/completion",
+        json={"message": "and this", "tool_results": [{"tool_call_id": "c", "content": "1"}]},
+    )
+    assert both.status_code == 422, both.text
+
+    results = [{"tool_call_id": calls[0]["id"], "content": RESULT}]
+    streamed = rest.post(
+        f"/chat/{chat_id}/completion",
+        json={"tool_results": results, "tools": TOOLS, "max_tokens": 4, "stream": True},
+    )
+    assert streamed.status_code == 200, streamed.text
+    events = parse_sse(streamed.text)
+    done = [data for event, data in events if event == "done"]
+    assert done, events
+    assert done[0]["finish_reason"] == "length"
+    assert "tool_calls" not in done[0]
+    messages = _stored(rest, chat_id, 4)
+    assert len(messages) == 4
+    _check_round_trip(messages, calls)
+
+    # A tool result answered: the chat goes on with a question.
+    after = rest.post(f"/chat/{chat_id}/completion", json={"message": "Thanks", "max_tokens": 2})
+    assert after.status_code == 200, after.text
+    assert after.json()["answer"]["finish_reason"] == "length"
+
+
+def test_turns_with_tools_are_never_answered_from_the_cache(rest: httpx.Client) -> None:
+    question = {"message": "Which ocean is the largest?", "max_tokens": 4, "temperature": 0}
+
+    def cached(**fields: Any) -> bool:
+        answered = rest.post("/chat", json={**question, **fields})
+        assert answered.status_code == 200, answered.text
+        return bool(answered.json()["answer"]["cached"])
+
+    cached()
+    eventually(lambda: cached() or None, what="the plain answer served from the cache")
+    assert not cached(tools=TOOLS)
+
+
+def test_tools_over_the_websocket(fake_platform: Platform, api_key: str) -> None:
+    def until_done(socket: Any) -> dict[str, Any]:
+        while True:
+            frame: dict[str, Any] = socket.receive_json(timeout=30)
+            if frame["type"] in ("done", "error"):
+                return frame
+
+    with (
+        httpx.Client() as plain,
+        connect_ws(f"{fake_platform.gateway_url}/chat/ws", plain) as socket,
+    ):
+        socket.send_json({"type": "auth", "api_key": api_key})
+        assert socket.receive_json(timeout=10)["type"] == "ready"
+        socket.send_json({"type": "message", "message": "get_time in Lima", "tools": TOOLS})
+        done = until_done(socket)
+        assert done["type"] == "done", done
+        assert done["answer"]["finish_reason"] == "tool_calls"
+        calls = done["answer"]["tool_calls"]
+        assert [c["name"] for c in calls] == ["get_time"]
+        chat_id = done["chat_id"]
+
+        socket.send_json(
+            {
+                "type": "message",
+                "chat_id": chat_id,
+                "tool_results": [{"tool_call_id": "call_other", "content": "1"}],
+                "tools": TOOLS,
+            }
+        )
+        refused = until_done(socket)
+        assert refused["type"] == "error"
+        assert "'call_other' is not a tool call" in refused["error"]["message"]
+
+        socket.send_json(
+            {
+                "type": "message",
+                "chat_id": chat_id,
+                "tool_results": [{"tool_call_id": calls[0]["id"], "content": RESULT}],
+                "tools": TOOLS,
+                "max_tokens": 3,
+            }
+        )
+        done = until_done(socket)
+        assert done["type"] == "done", done
+        assert done["answer"]["finish_reason"] == "length"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=fake_platform.gateway_url, timeout=60, headers=headers) as http:
+        _check_round_trip(_stored(http, chat_id, 4), calls)
+
+
+def test_chat_completions_with_chat_id_and_tools(sdk: openai.OpenAI, rest: httpx.Client) -> None:
+    opened = rest.post("/chat", json={"message": "Hello", "max_tokens": 2})
+    assert opened.status_code == 200, opened.text
+    chat_id = opened.json()["chat_id"]
+    _stored(rest, chat_id, 2)
+    asked = _ask("Use get_weather for Paris.")
+    first = sdk.chat.completions.create(
+        model=MODEL, messages=asked, tools=TOOLS, extra_body={"chat_id": chat_id}
+    )
+    assert first.choices[0].finish_reason == "tool_calls"
+    calls = first.choices[0].message.tool_calls
+    assert calls is not None
+    called: ChatCompletionMessageParam = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
+            for c in calls
+        ],
+    }
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=[*asked, called, {"role": "tool", "tool_call_id": "call_x", "content": "1"}],
+            tools=TOOLS,
+            extra_body={"chat_id": chat_id},
+        )
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "messages[2].tool_call_id"
+
+    # The chat holds the conversation: the tool message alone continues it.
+    answer = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "tool", "tool_call_id": calls[0].id, "content": RESULT}],
+        tools=TOOLS,
+        max_tokens=4,
+        extra_body={"chat_id": chat_id},
+    )
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.choices[0].message.tool_calls is None
+    messages = _stored(rest, chat_id, 6)
+    _check_round_trip(
+        messages,
+        [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls],
+    )

@@ -167,3 +167,46 @@ def test_logprobs_are_the_models(sdk: openai.OpenAI) -> None:
         assert [t.logprob for t in token.top_logprobs] == sorted(
             (t.logprob for t in token.top_logprobs), reverse=True
         )
+
+
+def test_a_schema_the_grammar_cannot_enforce_is_a_400_naming_it(sdk: openai.OpenAI) -> None:
+    # A valid JSON Schema (the gateway accepts it) whose pattern xgrammar does not support.
+    letters: dict[str, Any] = {
+        "type": "object",
+        "properties": {"word": {"type": "string", "pattern": "(?<=a)b"}},
+        "required": ["word"],
+    }
+    asks: list[tuple[dict[str, Any], str]] = [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "word", "schema": letters},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
+        (
+            {
+                "tools": [
+                    *TOOLS,
+                    {"type": "function", "function": {"name": "spell", "parameters": letters}},
+                ],
+                "tool_choice": {"type": "function", "function": {"name": "spell"}},
+            },
+            "tools[1].function.parameters",
+        ),
+    ]
+    for body, param in asks:
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "A word, please."}],
+                max_tokens=20,
+                extra_body=body,
+            )
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert error["param"] == param, error
+        assert "cannot be enforced" in error["message"]
+        assert "Lookbehind is not supported" in error["message"]

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from parley.v1 import session_pb2, types_pb2
+from parley.v1 import envelopes_pb2, session_pb2, types_pb2
 from parley_common.ids import new_id
+from parley_session.domain import ToolCall
+from parley_session.results import ResultRecorder
 
 if TYPE_CHECKING:
     from conftest import Service, ServiceFactory
@@ -385,3 +387,99 @@ async def test_a_quick_next_question_waits_for_the_previous_answer(
     third = await service.turn(judy, "And a third?", first.chat.chat_id)
     assert asyncio.get_running_loop().time() - started < 1
     assert pairs(third.context.messages)[-2:] == [("assistant", "Green."), ("user", "And a third?")]
+
+
+async def test_a_tool_turn_follows_the_answers_calls_and_carries_them_to_the_model(
+    make_service: ServiceFactory,
+) -> None:
+    service = await make_service(previous_answer_wait_s=5)
+    kim = await service.user("kim")
+    first = await service.turn(kim, "What is the weather in Paris?")
+    chat_id = first.chat.chat_id
+    call = types_pb2.ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+    result = types_pb2.ChatMessage(
+        role=types_pb2.ROLE_TOOL, tool_call_id="call_1", content='{"celsius": 21}'
+    )
+    # The results come before the answer with the calls is stored: the turn waits for it.
+    tool_turn = asyncio.create_task(service.turn(kim, "", chat_id, tool_results=[result]))
+    await asyncio.sleep(0.3)
+    assert not tool_turn.done()
+    await ResultRecorder(service.store, service.tokens, summary_retry_s=1)(
+        envelopes_pb2.CompletionResult(
+            request_id=first.user_message.request_id,
+            chat_id=chat_id,
+            user_id=kim,
+            kind=envelopes_pb2.COMPLETION_KIND_CHAT,
+            finish_reason=types_pb2.FINISH_REASON_TOOL_CALLS,
+            tool_calls=[call],
+            user_message_ordinal=first.answer_slot,
+            user_message_id=first.user_message.message_id,
+        )
+    )
+    turn = await tool_turn
+    sent = turn.context.messages
+    assert [m.role for m in sent[-3:]] == [
+        types_pb2.ROLE_USER,
+        types_pb2.ROLE_ASSISTANT,
+        types_pb2.ROLE_TOOL,
+    ]
+    assert list(sent[-2].tool_calls) == [call]
+    assert sent[-1] == result
+    await service.answer(turn, "It is 21 degrees in Paris.")
+    later = await service.turn(kim, "Thanks!", chat_id)
+    assert [m.role for m in later.context.messages[-5:]] == [
+        types_pb2.ROLE_USER,
+        types_pb2.ROLE_ASSISTANT,
+        types_pb2.ROLE_TOOL,
+        types_pb2.ROLE_ASSISTANT,
+        types_pb2.ROLE_USER,
+    ]
+    stored = await history_of(service, kim, chat_id)
+    assert [m.role for m in stored] == [
+        types_pb2.ROLE_USER,
+        types_pb2.ROLE_ASSISTANT,
+        types_pb2.ROLE_TOOL,
+        types_pb2.ROLE_ASSISTANT,
+        types_pb2.ROLE_USER,
+    ]
+    assert stored[1].finish_reason == types_pb2.FINISH_REASON_TOOL_CALLS
+    assert list(stored[1].tool_calls) == [call]
+    assert list(stored[2].tool_results) == [result]
+
+
+async def test_tool_results_must_answer_the_calls_of_the_chats_last_answer(
+    service: Service,
+) -> None:
+    lee = await service.user("lee")
+    first = await service.turn(lee, "Hello")
+    chat_id = first.chat.chat_id
+
+    async def refused(results: list[types_pb2.ChatMessage], **fields: Any) -> list[str]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.turn(lee, fields.pop("content", ""), chat_id, tool_results=results)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return [field for field, _ in field_violations(caught.value)]
+
+    def result(call_id: str) -> types_pb2.ChatMessage:
+        return types_pb2.ChatMessage(role=types_pb2.ROLE_TOOL, tool_call_id=call_id, content="1")
+
+    await service.answer(first, "Hi!")
+    assert await refused([result("call_1")]) == ["tool_results"]  # the answer made no calls
+    asked = await service.turn(lee, "Use get_time", chat_id)
+    await service.store.chats.append_answer(
+        chat_id=chat_id,
+        question_ordinal=asked.user_message.ordinal,
+        content="",
+        token_count=3,
+        request_id=asked.user_message.request_id,
+        finish_reason="tool_calls",
+        tool_calls=(ToolCall("call_1", "get_time", "{}"),),
+    )
+    assert await refused([result("call_9")]) == ["tool_results[0].tool_call_id"]
+    assert await refused([result("call_1"), result("call_1")]) == ["tool_results[1].tool_call_id"]
+    assert await refused([result("call_1")], content="and a question") == ["content"]
+    assert await refused([result("")]) == ["tool_results[0].tool_call_id"]
+    # Nothing of the refused turns is stored; a right one is.
+    assert len(await history_of(service, lee, chat_id)) == 4
+    await service.turn(lee, "", chat_id, tool_results=[result("call_1")])
+    assert len(await history_of(service, lee, chat_id)) == 5

@@ -153,6 +153,7 @@ def done_chunk(
     full_text: str,
     tool_calls: Iterable[types_pb2.ToolCall] = (),
     logprobs: Iterable[types_pb2.TokenLogprob] = (),
+    error_param: str = "",
 ) -> envelopes_pb2.CompletionChunk:
     """The final chunk of a reply stream: how it ended, and the whole text."""
     return envelopes_pb2.CompletionChunk(
@@ -166,6 +167,7 @@ def done_chunk(
         full_text=full_text,
         tool_calls=tool_calls,
         logprobs=logprobs,
+        error_param=error_param,
     )
 
 

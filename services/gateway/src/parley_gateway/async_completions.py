@@ -127,9 +127,15 @@ class AsyncCompletions:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def submit(
-        self, principal: Principal, request_id: str, start: Callable[[BeforeQueue], Awaitable[Turn]]
+        self,
+        principal: Principal,
+        request_id: str,
+        start: Callable[[BeforeQueue], Awaitable[Turn]],
+        *,
+        request_params: bytes = b"",
     ) -> session_pb2.Completion:
-        """Start a turn with `start`, recording its completion before it is queued."""
+        """Start a turn with `start`, recording its completion before it is queued (with the
+        caller's `request_params`, returned as they are when the completion is read)."""
 
         async def before_queue(chat_id: str, message_id: str, model: str) -> bool:
             response = await self._session.create_completion(
@@ -139,6 +145,7 @@ class AsyncCompletions:
                     chat_id=chat_id,
                     message_id=message_id,
                     model=model,
+                    request_params=request_params,
                 )
             )
             recorded.append(response)

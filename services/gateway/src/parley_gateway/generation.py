@@ -30,8 +30,9 @@ from parley_gateway.openai_schemas import (
     ToolChoice,
     ToolDefinition,
 )
+from parley_gateway.schemas import ToolFields
 
-__all__ = ["check_schema", "generation_options", "tool_calls_pb"]
+__all__ = ["chat_tools", "check_schema", "generation_options", "tool_calls_pb"]
 
 _CHOICES = {
     "auto": types_pb2.TOOL_CHOICE_AUTO,
@@ -175,3 +176,48 @@ def tool_calls_pb(
             )
         )
     return converted
+
+
+def chat_tools(
+    body: ToolFields, max_chars: int
+) -> tuple[types_pb2.GenerationOptions, list[types_pb2.ChatMessage]]:
+    """A chat turn's options and tool results (the chat API and its WebSocket): a turn is a user
+    message or the results of the tool calls of the chat's last answer, not both."""
+    if body.tool_results and body.message:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "message: a turn is a message or tool_results; send the message in the next turn",
+            param="message",
+        )
+    if not body.tool_results and not body.message.strip():
+        raise ApiError(422, "invalid_request", "message: must not be blank", param="message")
+    if len(body.message) > max_chars:
+        raise ApiError(
+            413,
+            "message_too_large",
+            f"message is {len(body.message)} characters; the limit is {max_chars}",
+            param="message",
+        )
+    results = []
+    for index, result in enumerate(body.tool_results or ()):
+        if len(result.content) > max_chars:
+            raise ApiError(
+                413,
+                "message_too_large",
+                f"tool_results[{index}].content is {len(result.content)} characters; the limit "
+                f"is {max_chars}",
+                param=f"tool_results[{index}].content",
+            )
+        results.append(
+            types_pb2.ChatMessage(
+                role=types_pb2.ROLE_TOOL, content=result.content, tool_call_id=result.tool_call_id
+            )
+        )
+    options = generation_options(
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=None,
+    )
+    return options, results

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from parley_common.vocabulary import AccountRole
+from parley_gateway.openai_schemas import ToolChoice, ToolDefinition
 
 __all__ = [
     "ApiKeyCreated",
@@ -35,13 +36,16 @@ __all__ = [
     "SignUpBody",
     "SignedIn",
     "StartChatBody",
+    "ToolFields",
+    "ToolResultIn",
+    "ToolResultOut",
     "TurnAnswer",
     "TurnResponse",
     "Usage",
     "UserOut",
 ]
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 CompletionState = Literal["queued", "running", "done", "failed", "cancelled"]
 FinishReason = Literal["stop", "length", "cancelled", "error", "expired", "tool_calls"]
 
@@ -50,8 +54,41 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CompletionBody(_Body):
-    message: str = Field(min_length=1, description="the user's message")
+class ToolResultIn(_Body):
+    tool_call_id: str = Field(
+        min_length=1, max_length=128, description="the id of the call (of the chat's last answer)"
+    )
+    content: str = Field(description="what the call returned, as text (JSON, say)")
+
+
+class ToolFields(_Body):
+    """A chat turn's tools (the chat API's body and WebSocket frame): the functions the model may
+    call, and the results of the calls of the chat's last answer."""
+
+    message: str = Field(
+        default="", description="the user's message; empty only with `tool_results`"
+    )
+    tools: list[ToolDefinition] | None = Field(
+        default=None,
+        max_length=128,
+        description="functions the model may call, as in OpenAI's chat completions",
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="none, auto (the default with tools), required, or a function"
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="whether one answer may call several tools (default true)"
+    )
+    tool_results: list[ToolResultIn] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="in place of `message`: what the tool calls of the chat's last answer "
+        "returned, one result per call",
+    )
+
+
+class CompletionBody(ToolFields):
     stream: bool = Field(default=False, description="answer as a Server-Sent Events stream")
     max_tokens: int | None = Field(default=None, ge=1, description="the reply budget in tokens")
     request_id: str | None = Field(
@@ -100,8 +137,9 @@ class TurnAnswer(BaseModel):
     content: str
     finish_reason: FinishReason
     usage: Usage
-    # Only the OpenAI API asks for these (tools, logprobs): not part of the chat API's answer.
-    tool_calls: list[TurnToolCall] = Field(default_factory=list, exclude=True)
+    # With tools: the calls the answer makes (finish_reason "tool_calls"); none is left out.
+    tool_calls: list[TurnToolCall] = Field(default_factory=list, exclude_if=lambda calls: not calls)
+    # Only the OpenAI API asks for these: not part of the chat API's answer.
     logprobs: list[TurnLogprob] | None = Field(default=None, exclude=True)
     cached: bool = False
     cache_score: float | None = None
@@ -126,6 +164,11 @@ class ChatSummary(BaseModel):
     message_count: int
 
 
+class ToolResultOut(BaseModel):
+    tool_call_id: str
+    content: str
+
+
 class MessageOut(BaseModel):
     message_id: str
     ordinal: int
@@ -135,6 +178,12 @@ class MessageOut(BaseModel):
     request_id: str
     created_at: int
     finish_reason: FinishReason | None = None
+    tool_calls: list[TurnToolCall] | None = Field(
+        default=None, description="assistant: the tool calls the answer makes"
+    )
+    tool_results: list[ToolResultOut] | None = Field(
+        default=None, description="tool: what the calls of the answer before returned"
+    )
     parent_id: str | None = Field(default=None, description="the message this one follows")
     sibling_count: int = Field(default=1, description="edits or regenerations at this place")
     sibling_index: int = Field(default=0, description="this one among them, oldest first")

@@ -186,10 +186,14 @@ class TurnService:
         instructions: str | None = None,
         edit_message_id: str = "",
         regenerate_message_id: str = "",
+        tool_results: Sequence[types_pb2.ChatMessage] = (),
+        options: types_pb2.GenerationOptions | None = None,
     ) -> Turn:
         """A turn of a stored chat (a new one when `chat_id` is empty); with `edit_message_id`
         that user message asked again as a new branch, with `regenerate_message_id` a new
-        answer beside that assistant message.
+        answer beside that assistant message; with `tool_results` (and no `message`) the results
+        of the tool calls of the chat's last answer. `options` (tools, response format) go to
+        the workers; a turn with options or tool results skips the semantic cache.
 
         `instructions`: this turn's system prompt in place of the bot profile's (not stored).
 
@@ -200,20 +204,33 @@ class TurnService:
         """
         request_id = request_id or new_id()
         bind_log_fields(request_id=request_id)  # from here on, log lines and gRPC calls carry it
-        if (sampling or Sampling()).cacheable:
-            self._prime(message)
-        started = await self._session.start_turn(
-            session_pb2.StartTurnRequest(
-                user_id=principal.user_id,
-                chat_id=chat_id,
-                request_id=request_id,
-                content=message,
-                bot_id=bot_id or "",
-                max_tokens=max_tokens or 0,
-                edit_message_id=edit_message_id,
-                regenerate_message_id=regenerate_message_id,
-            )
+        options = options or types_pb2.GenerationOptions()
+        cacheable = (
+            (sampling or Sampling()).cacheable
+            and options == types_pb2.GenerationOptions()
+            and not tool_results
         )
+        if cacheable:
+            self._prime(message)
+        try:
+            started = await self._session.start_turn(
+                session_pb2.StartTurnRequest(
+                    user_id=principal.user_id,
+                    chat_id=chat_id,
+                    request_id=request_id,
+                    content=message,
+                    bot_id=bot_id or "",
+                    max_tokens=max_tokens or 0,
+                    edit_message_id=edit_message_id,
+                    regenerate_message_id=regenerate_message_id,
+                    tool_results=tool_results,
+                )
+            )
+        except ApiError as exc:
+            if exc.status == 422 and (exc.param or "").startswith("tool_results"):
+                # Results that answer no call of the chat's last answer: a bad request.
+                raise ApiError(400, exc.type, exc.message, param=exc.param) from None
+            raise
         if before_queue is not None and not await before_queue(
             started.chat.chat_id, started.user_message.message_id, started.model
         ):
@@ -233,6 +250,10 @@ class TurnService:
                 model=started.model,
             )
         sampling = sampling or Sampling()
+        # A conversation with tool calls is keyed by more than its text: not for the cache.
+        cacheable = cacheable and not any(
+            m.tool_calls or m.role == types_pb2.ROLE_TOOL for m in started.context.messages
+        )
         plan = _Plan(
             request_id=request_id,
             chat_id=started.chat.chat_id,
@@ -248,9 +269,10 @@ class TurnService:
             tenant_id=started.tenant_id or principal.tenant_id,
             bot_id=started.chat.bot_id,
             user_message_ordinal=started.answer_slot,
+            options=options,
         )
         return await self._run(
-            principal, plan, no_cache=no_cache, cacheable=sampling.cacheable, detached=detached
+            principal, plan, no_cache=no_cache, cacheable=cacheable, detached=detached
         )
 
     async def start_stateless(
@@ -457,6 +479,10 @@ class TurnService:
                         yield event
                     continue
                 finished = True
+                if chunk.finish_reason == types_pb2.FINISH_REASON_ERROR and chunk.error_param:
+                    # The request's fault (a schema the workers cannot enforce, say).
+                    param = chunk.error_param
+                    raise ApiError(400, "invalid_request", f"{param}: {chunk.error}", param=param)
                 if chunk.finish_reason == types_pb2.FINISH_REASON_ERROR:
                     raise generation_failed(chunk.error, request_id=request_id, stored=stored)
                 content, events = relay.finish(chunk)
@@ -506,7 +532,12 @@ def _stored_answer(answer: session_pb2.Message) -> TurnAnswer:
             completion_tokens=answer.token_count,
             total_tokens=answer.token_count,
         ),
+        tool_calls=_turn_tool_calls(answer.tool_calls),
     )
+
+
+def _turn_tool_calls(calls: Sequence[types_pb2.ToolCall]) -> list[TurnToolCall]:
+    return [TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
 
 
 def _final_answer(content: str, chunk: envelopes_pb2.CompletionChunk) -> TurnAnswer:
@@ -519,9 +550,7 @@ def _final_answer(content: str, chunk: envelopes_pb2.CompletionChunk) -> TurnAns
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.prompt_tokens + usage.completion_tokens,
         ),
-        tool_calls=[
-            TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in chunk.tool_calls
-        ],
+        tool_calls=_turn_tool_calls(chunk.tool_calls),
         logprobs=[
             TurnLogprob(
                 token=t.token,

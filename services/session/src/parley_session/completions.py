@@ -154,13 +154,27 @@ class CompletionService:
         return PreparedCompletion(checked, prompt_tokens, self._model, max_tokens)
 
     async def create(
-        self, user_id: str, completion_id: str, *, chat_id: str, message_id: str, model: str
+        self,
+        user_id: str,
+        completion_id: str,
+        *,
+        chat_id: str,
+        message_id: str,
+        model: str,
+        request_params: bytes = b"",
     ) -> tuple[CompletionDoc, bool]:
         """Record an asynchronous completion before its request is queued; (it, whether this
-        call recorded it)."""
+        call recorded it). `request_params`: the submitting API's, kept as they are."""
         if not completion_id or len(completion_id) > 128:
             raise InvalidArgumentError("completion_id", "must be 1 to 128 characters")
-        queued = CompletionDoc(completion_id, chat_id, message_id, model, CompletionState.QUEUED)
+        queued = CompletionDoc(
+            completion_id,
+            chat_id,
+            message_id,
+            model,
+            CompletionState.QUEUED,
+            request_params=request_params,
+        )
         if chat_id:
             # The turn was answered before (a retry of a synchronous request): done already,
             # and no result will come again to finish it.
@@ -176,6 +190,7 @@ class CompletionService:
                     content=answer.content,
                     finish_reason=FinishReason.parse(answer.finish_reason) or FinishReason.STOP,
                     completion_tokens=answer.token_count,
+                    request_params=request_params,
                 )
         return await self.completions.create(user_id, queued)
 

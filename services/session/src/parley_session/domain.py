@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,12 @@ __all__ = [
     "PromptFormat",
     "StoredMessage",
     "SummaryPrompt",
+    "ToolCall",
+    "ToolResult",
     "UnauthenticatedError",
     "build_context",
     "check_message_fits",
+    "prompt_text",
     "recent_boundary",
     "summary_prompt",
     "system_with_summary",
@@ -115,11 +119,45 @@ class BotProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function an assistant's answer asked the client to call (arguments: a JSON object)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What the client's call `tool_call_id` returned."""
+
+    tool_call_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     ordinal: int
     role: str  # "user" | "assistant"
     content: str
     token_count: int
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's answer that is tool calls
+    # A turn that answers the previous answer's tool calls: stored in a question's place (role
+    # "user", no content), the model sees one tool message each.
+    tool_results: tuple[ToolResult, ...] = ()
+
+
+def prompt_text(m: StoredMessage) -> str:
+    """The message as text, for counting its tokens and for summaries: tool calls and results as
+    JSON, about what a chat template makes of them."""
+    if m.tool_results:
+        return json.dumps(
+            [{"tool_call_id": r.tool_call_id, "content": r.content} for r in m.tool_results]
+        )
+    if m.tool_calls:
+        calls = [{"name": c.name, "arguments": c.arguments} for c in m.tool_calls]
+        return m.content + json.dumps(calls)
+    return m.content
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +166,8 @@ class ContextPlan:
     prompt_tokens: int = 0
     dropped_messages: int = 0  # left out of the loaded history (the caller adds older ones)
     first_kept_ordinal: int = 0
+    # The history's messages in `messages` (their tail), with their tool calls and results.
+    kept: tuple[StoredMessage, ...] = ()
 
 
 class PromptFormat(Protocol):
@@ -187,11 +227,11 @@ def build_context(
     head = [("system", system_prompt)] if system_prompt else []
 
     def render(start: int) -> list[tuple[str, str]]:
-        return head + [(m.role, m.content) for m in history[start:]]
+        return head + [(m.role, prompt_text(m)) for m in history[start:]]
 
     check_message_fits(
         system_prompt=system_prompt,
-        content=history[-1].content,
+        content=prompt_text(history[-1]),
         content_tokens=history[-1].token_count,
         window=window,
         reply_budget=reply_budget,
@@ -207,10 +247,12 @@ def build_context(
                 f"(a {window}-token window, {reply_budget} of them kept for the reply): continue "
                 "with the truncate or summarize policy, or start a new chat",
             )
-        return ContextPlan(messages, total, 0, history[0].ordinal)
+        return ContextPlan(messages, total, 0, history[0].ordinal, tuple(history))
 
-    # Turns start at user messages; a leading answer whose question is gone is not kept.
-    starts = [i for i, m in enumerate(history) if m.role == "user"]
+    # Turns start at user messages; a leading answer whose question is gone is not kept, nor are
+    # tool results without the calls they answer.
+    starts = [i for i, m in enumerate(history) if m.role == "user" and not m.tool_results]
+    starts = starts or [len(history) - 1]
     fixed = fmt.fixed_tokens
     if system_prompt:
         fixed += fmt.message_tokens("system", fmt.count(system_prompt))
@@ -231,7 +273,7 @@ def build_context(
             break
         at, total = at - 1, older
     start = starts[at]
-    return ContextPlan(render(start), total, start, history[start].ordinal)
+    return ContextPlan(render(start), total, start, history[start].ordinal, tuple(history[start:]))
 
 
 def recent_boundary(newest_first: Sequence[tuple[int, str, int]], keep_tokens: int) -> int | None:
@@ -328,8 +370,8 @@ def summary_prompt(
 
 
 def _line(m: StoredMessage, keep: float = 1.0) -> str:
-    speaker = "User" if m.role == "user" else "Assistant"
-    content = m.content.strip()
+    speaker = "Assistant" if m.role == "assistant" else "Tool" if m.tool_results else "User"
+    content = prompt_text(m).strip()
     if keep < 1.0:
         cut = math.floor(len(content) * keep * 0.9)
         content = content[:cut].rstrip() + f" [… {len(content) - cut} characters cut]"

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from parley.v1 import envelopes_pb2, types_pb2
 from parley_common.vocabulary import FinishReason
+from parley_session.domain import ToolCall
 from parley_session.stores import Stores
 from parley_session.summaries import retry_delay
 from parley_session.tokens import TokenCounter
@@ -19,7 +20,13 @@ log = logging.getLogger(__name__)
 
 # What an answer may end with: an expired request generated nothing.
 _ANSWER_ENDINGS = frozenset(
-    {FinishReason.STOP, FinishReason.LENGTH, FinishReason.CANCELLED, FinishReason.ERROR}
+    {
+        FinishReason.STOP,
+        FinishReason.LENGTH,
+        FinishReason.CANCELLED,
+        FinishReason.ERROR,
+        FinishReason.TOOL_CALLS,
+    }
 )
 
 
@@ -55,6 +62,7 @@ class ResultRecorder:
             model=result.model,
             cache_entry_id=result.cache_entry_id,
             worker_id=result.worker_id,
+            tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in result.tool_calls),
         )
         if not created:
             log.info(

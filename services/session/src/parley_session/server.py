@@ -714,6 +714,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             chat_id=request.chat_id,
             message_id=request.message_id,
             model=request.model,
+            request_params=request.request_params,
         )
         return session_pb2.CreateCompletionResponse(
             completion=wire.completion_pb(completion), created=created

@@ -7,7 +7,9 @@ wire, `wire.py` holds the conversion.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,7 +24,10 @@ from parley_session.domain import (
     InvalidArgumentError,
     MessageNotFoundError,
     StoredMessage,
+    ToolCall,
+    ToolResult,
     check_message_fits,
+    prompt_text,
 )
 from parley_session.failures import EXPECTED_FAILURES
 from parley_session.retry import deadline
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_CONTENT_CHARS: Final = 100_000
 _RELEASE_S: Final = 1.0
 _NO_LATER_THAN: Final = 2**31  # an ordinal past any chat's last message
+_ANSWER_POLL_S: Final = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,8 @@ class TurnRequest:
     history_policy: HistoryPolicy | None = None  # None: the profile's
     edit_message_id: str = ""  # ask this user message of the chat again, as a new branch
     regenerate_message_id: str = ""  # a new answer (a sibling) to this assistant message's question
+    # In place of `content`: the results of the tool calls of the chat's last answer.
+    tool_results: tuple[ToolResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,47 @@ def check_content(content: str) -> None:
         raise InvalidArgumentError("content", f"longer than {MAX_CONTENT_CHARS} characters")
 
 
+def check_tool_results(request: TurnRequest) -> None:
+    """A tool turn: results (each naming its call) in place of a message, in a chat."""
+    if request.content:
+        raise InvalidArgumentError("content", "a turn of tool results has no message")
+    if request.edit_message_id or request.regenerate_message_id:
+        raise InvalidArgumentError("tool_results", "an edit or a regeneration has no tool results")
+    if not request.chat_id:
+        raise InvalidArgumentError("tool_results", "they answer the tool calls of a chat's answer")
+    for index, result in enumerate(request.tool_results):
+        if not result.tool_call_id:
+            raise InvalidArgumentError(
+                f"tool_results[{index}].tool_call_id", "must name the tool call it answers"
+            )
+        if len(result.content) > MAX_CONTENT_CHARS:
+            raise InvalidArgumentError(
+                f"tool_results[{index}].content", f"longer than {MAX_CONTENT_CHARS} characters"
+            )
+
+
+def _check_answers_calls(results: tuple[ToolResult, ...], calls: tuple[ToolCall, ...]) -> None:
+    """Each result answers a distinct call the chat's last answer made."""
+    if not calls:
+        raise InvalidArgumentError(
+            "tool_results", "the chat's last answer made no tool calls to answer"
+        )
+    issued = {call.id for call in calls}
+    answered: set[str] = set()
+    for index, result in enumerate(results):
+        where = f"tool_results[{index}].tool_call_id"
+        if result.tool_call_id not in issued:
+            listed = ", ".join(repr(c.id) for c in calls)
+            raise InvalidArgumentError(
+                where,
+                f"{result.tool_call_id[:128]!r} is not a tool call of the chat's last answer "
+                f"(its calls: {listed})",
+            )
+        if result.tool_call_id in answered:
+            raise InvalidArgumentError(where, f"{result.tool_call_id!r} is answered twice")
+        answered.add(result.tool_call_id)
+
+
 def _title_from(content: str) -> str:
     line = " ".join(content.split())
     return line if len(line) <= 60 else line[:59].rstrip() + "…"
@@ -100,6 +149,10 @@ class Turns:
     async def start(self, request: TurnRequest) -> Turn:
         if not request.request_id or len(request.request_id) > 128:
             raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
+        if request.tool_results:
+            check_tool_results(request)
+            check_chat_id(request.chat_id)
+            return await self._next_turn(request, request.chat_id)
         if request.regenerate_message_id:
             check_chat_id(request.chat_id)
             return await self._regenerate(request)
@@ -250,13 +303,19 @@ class Turns:
 
     async def _place_reserved(self, request: TurnRequest, chat_id: str, slot: TurnSlot) -> Turn:
         content = request.content
-        token_count = self._tokens.count(content)
+        draft = StoredMessage(slot.ordinal, "user", content, 0, tool_results=request.tool_results)
+        token_count = self._tokens.count(prompt_text(draft))
+        draft = StoredMessage(
+            slot.ordinal, "user", content, token_count, tool_results=request.tool_results
+        )
         chats = self._stores.chats
         try:
             bot = await self._bots.of_chat(slot.chat)
             policy = self._policy(request, bot)
             max_tokens = self._reply_budget(bot, request.max_tokens)
-            self._check_fits(bot, content, token_count, max_tokens)
+            self._check_fits(bot, prompt_text(draft), token_count, max_tokens)
+            if request.tool_results:
+                _check_answers_calls(request.tool_results, await self._calls_answered(slot))
             if policy is HistoryPolicy.FULL:
                 await self._contexts.build(
                     chat=slot.chat,
@@ -265,7 +324,7 @@ class Turns:
                     reply_budget=max_tokens,
                     through_ordinal=slot.ordinal - 1,
                     leaf_id=slot.parent_id,
-                    draft=StoredMessage(slot.ordinal, "user", content, token_count),
+                    draft=draft,
                     summarize=False,
                 )
         except InvalidArgumentError:
@@ -280,7 +339,11 @@ class Turns:
             await self._release_quietly(slot)
             raise
         question, placed = await chats.place_question(
-            slot, content=content, token_count=token_count, request_id=request.request_id
+            slot,
+            content=content,
+            token_count=token_count,
+            request_id=request.request_id,
+            tool_results=request.tool_results,
         )
         if not placed:
             await chats.release_turn(slot)
@@ -295,6 +358,28 @@ class Turns:
             answer_wait_s=self._settings.previous_answer_wait_s,
         )
         return Turn(slot.chat, bot, question, built, max_tokens)
+
+    async def _calls_answered(self, slot: TurnSlot) -> tuple[ToolCall, ...]:
+        """The tool calls of the answer a tool turn follows: the chat's last message, or the
+        answer it awaits (stored from the results topic a moment after the client read it, so
+        it is waited for as a next question waits for it)."""
+        messages = self._stores.messages
+        chat_id = slot.chat.chat_id
+        if slot.awaits_slot is None:
+            if not slot.parent_id:
+                return ()
+            previous = await messages.get_message(chat_id, slot.parent_id)
+        else:
+            until = time.monotonic() + self._settings.previous_answer_wait_s
+            previous = await messages.message_at(chat_id, slot.awaits_slot + 1)
+            while previous is None and time.monotonic() < until:
+                await asyncio.sleep(_ANSWER_POLL_S)
+                previous = await messages.message_at(chat_id, slot.awaits_slot + 1)
+            if previous is not None and previous.parent_id != slot.parent_id:
+                previous = None
+        if previous is None or previous.role != "assistant":
+            return ()
+        return previous.tool_calls
 
     async def _replay(self, request: TurnRequest, chat_id: str, question: MessageDoc) -> Turn:
         """A request seen before: its question as stored then, its answer if there is one."""

@@ -14,7 +14,7 @@ from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
 from parley_session.accounts import SessionPolicy, SignInOutcome, SignInPolicy, SignInResult
 from parley_session.completions import ModelInfo, PreparedCompletion
 from parley_session.context import BuiltContext
-from parley_session.domain import InvalidArgumentError
+from parley_session.domain import InvalidArgumentError, StoredMessage, ToolCall, ToolResult
 from parley_session.feedback import FeedbackRequest
 from parley_session.profiles import POLICY_FROM_PB, POLICY_TO_PB, SCOPE_TO_PB
 from parley_session.quotas import Budgets, QuotaDecision
@@ -101,13 +101,40 @@ def message_pb(m: MessageDoc, siblings: tuple[int, int] = (1, 0)) -> session_pb2
         sibling_index=siblings[1],
         message_id=m.message_id,
         ordinal=m.ordinal,
-        role=_role_pb(m.role),
+        # A tool turn is stored in a question's place; it reads as the tool's messages.
+        role=types_pb2.ROLE_TOOL if m.tool_results else _role_pb(m.role),
         content=m.content,
         token_count=m.token_count,
         request_id=m.request_id,
         created_unix_ms=m.created_ms,
         finish_reason=_finish_pb(m.finish_reason),
+        tool_calls=_tool_calls_pb(m.tool_calls),
+        tool_results=_tool_messages_pb(m.tool_results),
     )
+
+
+def _tool_calls_pb(calls: tuple[ToolCall, ...]) -> list[types_pb2.ToolCall]:
+    return [types_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
+
+
+def _tool_messages_pb(results: tuple[ToolResult, ...]) -> list[types_pb2.ChatMessage]:
+    return [
+        types_pb2.ChatMessage(
+            role=types_pb2.ROLE_TOOL, content=r.content, tool_call_id=r.tool_call_id
+        )
+        for r in results
+    ]
+
+
+def _model_messages(m: StoredMessage) -> list[types_pb2.ChatMessage]:
+    """A history message as the model sees it: a tool turn is a tool message per result."""
+    if m.tool_results:
+        return _tool_messages_pb(m.tool_results)
+    return [
+        types_pb2.ChatMessage(
+            role=Role(m.role).to_pb(), content=m.content, tool_calls=_tool_calls_pb(m.tool_calls)
+        )
+    ]
 
 
 def feedback_pb(f: FeedbackDoc) -> session_pb2.Feedback:
@@ -131,10 +158,12 @@ def feedback_pb(f: FeedbackDoc) -> session_pb2.Feedback:
 
 
 def context_pb(built: BuiltContext) -> session_pb2.Context:
+    plan = built.plan
+    head = plan.messages[: len(plan.messages) - len(plan.kept)]  # the system prompt
     pb = session_pb2.Context(
         messages=[
-            types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
-            for role, text in built.plan.messages
+            *(types_pb2.ChatMessage(role=Role(role).to_pb(), content=text) for role, text in head),
+            *(message for kept in plan.kept for message in _model_messages(kept)),
         ],
         prompt_tokens=built.plan.prompt_tokens,
         policy=POLICY_TO_PB[built.policy],
@@ -157,6 +186,7 @@ def turn_request(request: session_pb2.StartTurnRequest) -> TurnRequest:
         history_policy=POLICY_FROM_PB.get(request.history_policy),
         edit_message_id=request.edit_message_id,
         regenerate_message_id=request.regenerate_message_id,
+        tool_results=tuple(ToolResult(r.tool_call_id, r.content) for r in request.tool_results),
     )
 
 
@@ -308,6 +338,7 @@ def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
         updated_unix_ms=c.updated_ms,
         cached=c.cached,
         model=c.model,
+        request_params=c.request_params,
     )
 
 

@@ -59,6 +59,7 @@ class Outcome:
     timings: envelopes_pb2.Timings | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
+    error_param: str = ""  # an error that is the request's fault: the parameter at fault
 
 
 def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRequest:
@@ -171,6 +172,7 @@ def done_chunk(request_id: str, seq: int, outcome: Outcome) -> envelopes_pb2.Com
         error=outcome.error,
         full_text=outcome.text,
         tool_calls=_tool_calls_pb(outcome),
+        error_param=outcome.error_param,
         logprobs=[
             types_pb2.TokenLogprob(
                 token=t.token,

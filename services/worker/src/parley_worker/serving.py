@@ -14,7 +14,7 @@ from parley_common.envelopes import EnvelopeError, decode
 from parley_common.telemetry import annotate, record_span
 from parley_common.timeutil import now_ms
 from parley_worker.config import Settings
-from parley_worker.engines.base import PromptTooLongError
+from parley_worker.engines.base import InvalidParameterError, PromptTooLongError
 from parley_worker.envelopes import Outcome, generation_request
 from parley_worker.generation import Generator
 from parley_worker.jobs import Cancels, Job
@@ -105,7 +105,11 @@ class RequestServer:
                 outcome = await self._generator.generate(job, gen_request, picked_ms)
             except (PromptTooLongError, ValueError) as exc:
                 # The request's fault, with a message the user can act on.
-                error = Outcome(types_pb2.FINISH_REASON_ERROR, error=str(exc))
+                error = Outcome(
+                    types_pb2.FINISH_REASON_ERROR,
+                    error=str(exc),
+                    error_param=exc.param if isinstance(exc, InvalidParameterError) else "",
+                )
                 return await self._answer(job, error)
             except Exception as exc:
                 verdict = await self._engine_failed(job, exc)

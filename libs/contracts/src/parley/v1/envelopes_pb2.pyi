@@ -141,6 +141,7 @@ class CompletionChunk(_message.Message):
     FULL_TEXT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    ERROR_PARAM_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     seq: _builtins.int
@@ -153,6 +154,10 @@ class CompletionChunk(_message.Message):
     full_text: _builtins.str
     """The final chunk's whole answer. A redelivered request is generated again, maybe differently,
     and its chunks mix with those already relayed: this is the answer that is stored.
+    """
+    error_param: _builtins.str
+    """With an ERROR finish that is the request's fault: the parameter at fault (as the OpenAI API
+    names it, e.g. "response_format.json_schema.schema"); `error` says why.
     """
     @_builtins.property
     def usage(self) -> _types_pb2.Usage:
@@ -180,10 +185,11 @@ class CompletionChunk(_message.Message):
         full_text: _builtins.str | None = ...,
         tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
         logprobs: _abc.Iterable[_types_pb2.TokenLogprob] | None = ...,
+        error_param: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "full_text", b"full_text", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "done", b"done", "error", b"error", "finish_reason", b"finish_reason", "full_text", b"full_text", "logprobs", b"logprobs", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_full_text", b"_full_text", "done", b"done", "error", b"error", "error_param", b"error_param", "finish_reason", b"finish_reason", "full_text", b"full_text", "logprobs", b"logprobs", "request_id", b"request_id", "schema_version", b"schema_version", "seq", b"seq", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__full_text: _TypeAlias = _typing.Literal["full_text"]  # noqa: Y015
     _WhichOneofArgType__full_text: _TypeAlias = _typing.Literal["_full_text", b"_full_text"]  # noqa: Y015

@@ -886,6 +886,8 @@ class Message(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     SIBLING_COUNT_FIELD_NUMBER: _builtins.int
     SIBLING_INDEX_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_RESULTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     ordinal: _builtins.int
     role: _types_pb2.Role.ValueType
@@ -901,6 +903,14 @@ class Message(_message.Message):
     """messages with the same parent and role, this one included"""
     sibling_index: _builtins.int
     """this one's place among them, oldest first (0-based)"""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]:
+        """An assistant message that is tool calls: the calls, for the client to run."""
+
+    @_builtins.property
+    def tool_results(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]:
+        """A turn that answers those calls (role TOOL): one result each (role TOOL, tool_call_id)."""
+
     def __init__(
         self,
         *,
@@ -915,10 +925,12 @@ class Message(_message.Message):
         parent_id: _builtins.str = ...,
         sibling_count: _builtins.int = ...,
         sibling_index: _builtins.int = ...,
+        tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
+        tool_results: _abc.Iterable[_types_pb2.ChatMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count", "tool_calls", b"tool_calls", "tool_results", b"tool_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -937,6 +949,7 @@ class StartTurnRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TOOL_RESULTS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     chat_id: _builtins.str
     """empty: start a new chat"""
@@ -953,6 +966,12 @@ class StartTurnRequest(_message.Message):
     """A new branch: this user message of the chat is asked again with `content` (an edit)."""
     regenerate_message_id: _builtins.str
     """A new answer to the question of this assistant message (a sibling); `content` is empty."""
+    @_builtins.property
+    def tool_results(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]:
+        """The results of the tool calls of the chat's last answer (role TOOL, tool_call_id, content),
+        sent in place of a user message (`content` empty): they are the turn's question.
+        """
+
     def __init__(
         self,
         *,
@@ -965,10 +984,11 @@ class StartTurnRequest(_message.Message):
         max_tokens: _builtins.int = ...,
         edit_message_id: _builtins.str = ...,
         regenerate_message_id: _builtins.str = ...,
+        tool_results: _abc.Iterable[_types_pb2.ChatMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "edit_message_id", b"edit_message_id", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "regenerate_message_id", b"regenerate_message_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "edit_message_id", b"edit_message_id", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "regenerate_message_id", b"regenerate_message_id", "request_id", b"request_id", "tool_results", b"tool_results", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1978,6 +1998,7 @@ class Completion(_message.Message):
     UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     CACHED_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    REQUEST_PARAMS_FIELD_NUMBER: _builtins.int
     completion_id: _builtins.str
     """the turn's request id"""
     chat_id: _builtins.str
@@ -1991,6 +2012,8 @@ class Completion(_message.Message):
     updated_unix_ms: _builtins.int
     cached: _builtins.bool
     model: _builtins.str
+    request_params: _builtins.bytes
+    """as CreateCompletionRequest.request_params"""
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
     def __init__(
@@ -2008,10 +2031,11 @@ class Completion(_message.Message):
         updated_unix_ms: _builtins.int = ...,
         cached: _builtins.bool = ...,
         model: _builtins.str = ...,
+        request_params: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2026,11 +2050,16 @@ class CreateCompletionRequest(_message.Message):
     CHAT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    REQUEST_PARAMS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     completion_id: _builtins.str
     chat_id: _builtins.str
     message_id: _builtins.str
     model: _builtins.str
+    request_params: _builtins.bytes
+    """What the submitting API was asked beside the message (the Responses API's instructions,
+    temperature, ...), to show when the completion is read: its own encoding, opaque here.
+    """
     def __init__(
         self,
         *,
@@ -2039,10 +2068,11 @@ class CreateCompletionRequest(_message.Message):
         chat_id: _builtins.str = ...,
         message_id: _builtins.str = ...,
         model: _builtins.str = ...,
+        request_params: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "completion_id", b"completion_id", "message_id", b"message_id", "model", b"model", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "completion_id", b"completion_id", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from parley.v1 import session_pb2
+from parley.v1 import session_pb2, types_pb2
 from parley_common.ids import is_id, new_id
 from parley_common.vocabulary import FinishReason, Role
 from parley_gateway.async_completions import BeforeQueue, completion_out
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Admitted, PartsDep, User
 from parley_gateway.errors import ApiError
+from parley_gateway.generation import chat_tools
 from parley_gateway.relay import RESET_MESSAGE
 from parley_gateway.schemas import (
     ChatDetail,
@@ -37,8 +38,10 @@ from parley_gateway.schemas import (
     SelectBranchBody,
     SiblingsOut,
     StartChatBody,
+    ToolResultOut,
     TurnAnswer,
     TurnResponse,
+    TurnToolCall,
 )
 from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 
@@ -122,20 +125,16 @@ def _valid_chat_id(chat_id: str) -> str:
     return chat_id
 
 
-def _check_message(parts: PartsDep, body: CompletionBody) -> None:
-    limit = parts.settings.max_message_chars
-    if len(body.message) > limit:
-        raise ApiError(
-            413,
-            "message_too_large",
-            f"message is {len(body.message)} characters; the limit is {limit}",
-        )
-    if not body.message.strip():
-        raise ApiError(422, "invalid_request", "message: must not be blank")
+def _check_message(
+    parts: PartsDep, body: CompletionBody
+) -> tuple[types_pb2.GenerationOptions, list[types_pb2.ChatMessage]]:
+    """The turn's options and tool results, its message and budget checked."""
+    tools = chat_tools(body, parts.settings.max_message_chars)
     if body.max_tokens is not None and body.max_tokens > parts.settings.max_tokens_limit:
         raise ApiError(
             422, "invalid_request", f"max_tokens: at most {parts.settings.max_tokens_limit}"
         )
+    return tools
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -187,7 +186,7 @@ async def _turn(
 ) -> Response | TurnResponse:
     """A turn of `POST /chat` or `/chat/{id}/completion`: asynchronous (202), streamed, or JSON;
     the three answers side by side read better than split apart."""
-    _check_message(parts, body)
+    options, tool_results = _check_message(parts, body)
     sampling = Sampling(
         temperature=body.temperature,
         top_p=body.top_p,
@@ -204,6 +203,8 @@ async def _turn(
             bot_id=bot_id,
             no_cache=no_cache,
             sampling=sampling,
+            tool_results=tool_results,
+            options=options,
         )
         return await _respond(turn, body.stream)
     if body.stream:
@@ -226,6 +227,8 @@ async def _turn(
             sampling=sampling,
             detached=True,
             before_queue=before_queue,
+            tool_results=tool_results,
+            options=options,
         )
 
     completion = await parts.async_completions.submit(user, request_id, start)
@@ -443,6 +446,12 @@ def _message_out(m: session_pb2.Message) -> MessageOut:
         request_id=m.request_id,
         created_at=m.created_unix_ms,
         finish_reason=_finish_name(m.finish_reason),
+        tool_calls=[TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in m.tool_calls]
+        or None,
+        tool_results=[
+            ToolResultOut(tool_call_id=r.tool_call_id, content=r.content) for r in m.tool_results
+        ]
+        or None,
         parent_id=m.parent_id or None,
         sibling_count=m.sibling_count or 1,
         sibling_index=m.sibling_index,
@@ -476,7 +485,7 @@ async def edit_message(
 ) -> Response | TurnResponse:
     """Ask this user message again with new text: a new branch from the message before it,
     which becomes the chat's active branch, answered like a next message."""
-    _check_message(parts, body)
+    options, tool_results = _check_message(parts, body)
     turn = await parts.turns.start(
         user,
         chat_id=_valid_chat_id(chat_id),
@@ -491,6 +500,8 @@ async def edit_message(
             seed=body.seed,
         ),
         edit_message_id=_valid_message_id(message_id),
+        tool_results=tool_results,
+        options=options,
     )
     return await _respond(turn, body.stream)
 

@@ -3,8 +3,9 @@
 Point an OpenAI SDK at `<gateway>/v1` with a Parley API key. A call is stateless, as with
 OpenAI: the client's messages are the whole context and no chat is stored. To keep the history
 server-side instead, name a stored chat (`extra_body={"chat_id": ...}` or the header
-`X-Parley-Chat-Id`): the last message is then the user's next turn of that chat and the chat's
-own history is the context.
+`X-Parley-Chat-Id`): the last message is then the user's next turn of that chat (or the trailing
+`tool` messages answer the tool calls of the chat's last answer) and the chat's own history is
+the context.
 
 A streamed answer whose worker stopped mid-way is generated again by another worker; when that
 text differs from what was streamed, OpenAI's stream has no way to take text back, so the stream
@@ -19,6 +20,7 @@ once it is complete (it must be parsed to be known a call), its calls as OpenAI 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Annotated, Any
@@ -127,7 +129,11 @@ def _model_not_found(model_id: str) -> ApiError:
     )
 
 
-def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[types_pb2.ChatMessage]:
+def _messages(
+    parts: PartsDep, body: ChatCompletionRequest, *, stored: bool
+) -> list[types_pb2.ChatMessage]:
+    """The client's messages; with a `stored` chat, the tool calls that tool messages answer
+    may be the chat's (the session checks them against its last answer)."""
     limit = parts.settings.max_message_chars
     converted = []
     called: set[str] = set()
@@ -155,7 +161,7 @@ def _messages(parts: PartsDep, body: ChatCompletionRequest) -> list[types_pb2.Ch
                     f"messages[{index}].tool_call_id",
                     "a tool message needs the id of the tool call it answers",
                 )
-            if message.tool_call_id not in called:
+            if message.tool_call_id not in called and not stored:
                 raise _invalid(
                     f"messages[{index}].tool_call_id",
                     f"{message.tool_call_id[:128]!r} answers no tool call of an earlier "
@@ -239,7 +245,7 @@ async def _start(
     choice: int = 0,
 ) -> Turn:
     options = _options(body)
-    messages = _messages(parts, body)
+    messages = _messages(parts, body, stored=chat_id is not None)
     sampling = _sampling(body)
     if choice and sampling.seed is not None:
         # Reproducible, yet each choice its own sample.
@@ -266,31 +272,52 @@ async def _start(
             f"chat {chat_id[:64]!r} not found: chat ids are 32 hexadecimal characters",
             param="chat_id",
         )
-    if options != types_pb2.GenerationOptions():
-        raise _invalid(
-            "chat_id",
-            "tools and response_format are not supported with a stored chat yet; send the "
-            "conversation's messages without chat_id",
-        )
+    # The turn: the trailing tool messages (the results of the chat's last answer's calls), or
+    # else the last message, the user's next question.
+    turn_start = len(messages)
+    while turn_start > 0 and messages[turn_start - 1].role == types_pb2.ROLE_TOOL:
+        turn_start -= 1
+    tool_results = messages[turn_start:]
     last = messages[-1]
-    if last.role != types_pb2.ROLE_USER:
+    if not tool_results and last.role != types_pb2.ROLE_USER:
         raise ApiError(
             422,
             "invalid_request",
-            "messages: with chat_id, the last message is the user's next turn",
+            "messages: with chat_id, the last message is the user's next turn, or the tool "
+            "messages answering the chat's last tool calls",
             param="messages",
         )
     if body.model not in {m.id for m in await _models(parts)}:
         raise _model_not_found(body.model)
-    return await parts.turns.start(
-        user,
-        chat_id=chat_id,
-        message=last.content,
-        request_id=request_id,
-        max_tokens=body.reply_budget(),
-        no_cache=body.no_cache,
-        sampling=sampling,
-    )
+    try:
+        return await parts.turns.start(
+            user,
+            chat_id=chat_id,
+            message="" if tool_results else last.content,
+            request_id=request_id,
+            max_tokens=body.reply_budget(),
+            no_cache=body.no_cache,
+            sampling=sampling,
+            tool_results=tool_results,
+            options=options,
+        )
+    except ApiError as exc:
+        raise _named_by_message(exc, turn_start) from None
+
+
+_TOOL_RESULT_PARAM = re.compile(r"^tool_results\[(\d+)\]")
+
+
+def _named_by_message(exc: ApiError, first: int) -> ApiError:
+    """The session names a tool turn's results `tool_results[i]`: here they are messages."""
+    if exc.param == "tool_results":
+        return ApiError(exc.status, exc.type, exc.message, param="messages")
+    found = _TOOL_RESULT_PARAM.match(exc.param or "")
+    if found is None:
+        return exc
+    param = f"messages[{first + int(found[1])}]" + (exc.param or "")[found.end() :]
+    message = exc.message.replace(found[0], f"messages[{first + int(found[1])}]", 1)
+    return ApiError(exc.status, exc.type, message, param=param)
 
 
 def _finish_reason(answer: TurnAnswer) -> str:

@@ -12,8 +12,9 @@ conversation, its chat, with every response in it.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -129,6 +130,21 @@ def _sampling(body: ResponseRequest) -> Sampling:
     if top_p == 0:
         temperature, top_p = 0.0, None  # greedy, as on /v1/chat/completions
     return Sampling(temperature=temperature, top_p=top_p)
+
+
+# What a stored response shows of its request, kept with its completion (`request_params`).
+_KEPT_PARAMS = ("instructions", "previous_response_id", "max_output_tokens", "temperature", "top_p")
+
+
+def _request_params(body: ResponseRequest) -> bytes:
+    return json.dumps({name: getattr(body, name) for name in _KEPT_PARAMS}).encode()
+
+
+def _kept_params(completion: session_pb2.Completion) -> dict[str, Any]:
+    if not completion.request_params:
+        return {}  # a completion recorded before they were kept
+    kept = json.loads(completion.request_params)
+    return {name: kept.get(name) for name in _KEPT_PARAMS}
 
 
 def _meta(body: ResponseRequest, response_id: str, model: str, created_at: int) -> ResponseMeta:
@@ -249,7 +265,9 @@ async def create_response(body: ResponseRequest, user: Admitted, parts: PartsDep
         )
 
     try:
-        completion = await parts.async_completions.submit(user, request_id, start)
+        completion = await parts.async_completions.submit(
+            user, request_id, start, request_params=_request_params(body)
+        )
     except ApiError as exc:
         if exc.status == 404 and body.previous_response_id:
             raise _not_found(body.previous_response_id, "previous_response_id") from exc
@@ -295,6 +313,7 @@ async def _stored(
         created_at=completion.created_unix_ms // 1000,
         background=False,
         chat_id=completion.chat_id,
+        **_kept_params(completion),
     )
     return completion, meta
 

@@ -6,7 +6,10 @@ the upgrade request or, where it cannot set headers (a browser), with a first fr
 site (its Origin is checked); the server answers `{"type": "ready"}`. Then:
 
 - `{"type": "message", "message": "...", "chat_id"?, "bot_id"?, "max_tokens"?, "request_id"?,
-  "no_cache"?, "temperature"?, "top_p"?, "stop"?, "seed"?}` (as in the REST API) starts a turn (a new chat without `chat_id`); the server sends `chat` (ids),
+  "no_cache"?, "temperature"?, "top_p"?, "stop"?, "seed"?, "tools"?, "tool_choice"?,
+  "parallel_tool_calls"?, "tool_results"?}` (as in the REST API) starts a turn (a new chat
+  without `chat_id`; `tool_results` in place of `message` answer the tool calls of the chat's
+  last answer); the server sends `chat` (ids),
   `chunk`s (`text`) and `done` (`answer`, as in the REST API: its `content` is the stored
   answer), or `error`; `reset` says the chunks so far are void and those that follow start the
   answer over (its worker stopped and another generated it again differently);
@@ -34,8 +37,10 @@ from parley_common.ids import is_id
 from parley_gateway.auth import SESSION_COOKIE, Principal
 from parley_gateway.deps import Parts, admit, authenticate
 from parley_gateway.errors import ApiError
+from parley_gateway.generation import chat_tools
 from parley_gateway.limits import MAX_JSON_DEPTH, json_too_deep
 from parley_gateway.relay import RESET_MESSAGE
+from parley_gateway.schemas import ToolFields
 from parley_gateway.turns import Reset, Sampling, TextChunk, Turn
 
 router = APIRouter(tags=["chats"])
@@ -52,10 +57,9 @@ class _Auth(BaseModel):
     api_key: str = Field(min_length=1, max_length=256)
 
 
-class _Message(BaseModel):
+class _Message(ToolFields):
     model_config = ConfigDict(extra="forbid")
     type: Literal["message"]
-    message: str = Field(min_length=1)
     chat_id: str | None = None
     bot_id: str | None = Field(default=None, max_length=64)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -151,15 +155,7 @@ async def _authenticate(socket: _Socket, parts: Parts) -> Principal | None:
 
 async def _start(parts: Parts, principal: Principal, message: _Message) -> Turn:
     settings = parts.settings
-    if len(message.message) > settings.max_message_chars:
-        raise ApiError(
-            413,
-            "message_too_large",
-            f"message is {len(message.message)} characters; the limit is "
-            f"{settings.max_message_chars}",
-        )
-    if not message.message.strip():
-        raise ApiError(422, "invalid_request", "message: must not be blank")
+    options, tool_results = chat_tools(message, settings.max_message_chars)
     if message.max_tokens is not None and message.max_tokens > settings.max_tokens_limit:
         raise ApiError(422, "invalid_request", f"max_tokens: at most {settings.max_tokens_limit}")
     if message.chat_id is not None and not is_id(message.chat_id):
@@ -179,6 +175,8 @@ async def _start(parts: Parts, principal: Principal, message: _Message) -> Turn:
             stop=tuple(message.stop or ()),
             seed=message.seed,
         ),
+        tool_results=tool_results,
+        options=options,
     )
 
 

@@ -43,7 +43,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from parley_common.ids import new_id
-from parley_session.domain import ChatNotFoundError, StoredMessage
+from parley_session.domain import ChatNotFoundError, StoredMessage, ToolCall, ToolResult
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, key_pattern, ms, now, retried
 
@@ -112,6 +112,8 @@ class MessageDoc:
     model: str = ""
     cache_entry_id: str = ""
     parent_id: str = ""  # empty: the chat's first question
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
 
     @classmethod
     def from_doc(cls, doc: Doc) -> MessageDoc:
@@ -128,10 +130,29 @@ class MessageDoc:
             model=doc.get("model", ""),
             cache_entry_id=doc.get("cache_entry_id", ""),
             parent_id=doc.get("parent_id") or "",
+            tool_calls=tool_calls_of(doc),
+            tool_results=tool_results_of(doc),
         )
 
     def stored(self) -> StoredMessage:
-        return StoredMessage(self.ordinal, self.role, self.content, self.token_count)
+        return StoredMessage(
+            self.ordinal,
+            self.role,
+            self.content,
+            self.token_count,
+            self.tool_calls,
+            self.tool_results,
+        )
+
+
+def tool_calls_of(doc: Doc) -> tuple[ToolCall, ...]:
+    """An answer's tool calls, stored as `tool_calls: [{id, name, arguments}]`."""
+    return tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in doc.get("tool_calls") or ())
+
+
+def tool_results_of(doc: Doc) -> tuple[ToolResult, ...]:
+    """A tool turn's results, stored as `tool_results: [{tool_call_id, content}]`."""
+    return tuple(ToolResult(r["tool_call_id"], r["content"]) for r in doc.get("tool_results") or ())
 
 
 @dataclass
@@ -516,10 +537,17 @@ class ChatStore:
             await self._messages.insert_one(gap)
 
     async def place_question(
-        self, slot: TurnSlot, *, content: str, token_count: int, request_id: str
+        self,
+        slot: TurnSlot,
+        *,
+        content: str,
+        token_count: int,
+        request_id: str,
+        tool_results: tuple[ToolResult, ...] = (),
     ) -> tuple[MessageDoc, bool]:
         """Store the question in its reserved slot: (it, True), or (the question an earlier or
-        concurrent delivery of the request stored, False): then the slot is to be released."""
+        concurrent delivery of the request stored, False): then the slot is to be released.
+        `tool_results`: a turn that answers the previous answer's tool calls."""
         fields: Doc = {
             "user_id": slot.chat.user_id,
             "content": content,
@@ -527,6 +555,10 @@ class ChatStore:
             "request_id": request_id,
             "parent_id": slot.parent_id,
         }
+        if tool_results:
+            fields["tool_results"] = [
+                {"tool_call_id": r.tool_call_id, "content": r.content} for r in tool_results
+            ]
         if slot.awaits_slot is not None:
             fields["awaits_slot"] = slot.awaits_slot
         doc = _question_doc(
@@ -596,11 +628,12 @@ class ChatStore:
         model: str = "",
         cache_entry_id: str = "",
         worker_id: str = "",
+        tool_calls: tuple[ToolCall, ...] = (),
     ) -> bool:
         """Store the answer to the question at `question_ordinal` (or to the question a
         regeneration reserved that slot for), `question_id` when the result names it; False if it
         was already there (a redelivered result: the unique indexes refuse it) or the chat is
-        gone."""
+        gone. `tool_calls`: the answer is (or ends with) calls for the client to run."""
         doc = {
             "_id": new_id(),
             "chat_id": chat_id,
@@ -615,6 +648,10 @@ class ChatStore:
             "cache_entry_id": cache_entry_id,
             "worker_id": worker_id,
         }
+        if tool_calls:
+            doc["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in tool_calls
+            ]
         if user_id:
             doc["user_id"] = user_id
         return await self._append(doc, question_ordinal, question_id)

@@ -36,6 +36,7 @@ class CompletionDoc:
     cached: bool = False
     created_ms: int = 0
     updated_ms: int = 0
+    request_params: bytes = b""  # the submitting API's, opaque
 
     @classmethod
     def from_doc(cls, doc: Doc) -> CompletionDoc:
@@ -53,6 +54,7 @@ class CompletionDoc:
             cached=doc.get("cached", False),
             created_ms=ms(doc["created_at"]),
             updated_ms=ms(doc["updated_at"]),
+            request_params=bytes(doc.get("request_params", b"")),
         )
 
 
@@ -88,7 +90,7 @@ class CompletionStore:
         """Store `queued` unless the user has a completion with its id; (the stored one,
         whether it was stored by this call)."""
         at = now()
-        doc = {
+        doc: Doc = {
             "_id": self._key(user_id, queued.completion_id),
             "user_id": user_id,
             "completion_id": queued.completion_id,
@@ -107,6 +109,8 @@ class CompletionStore:
             "updated_at": at,
             "expires_at": at + self._retention,
         }
+        if queued.request_params:
+            doc["request_params"] = queued.request_params
         return await self._insert(doc)
 
     @retried

@@ -11,13 +11,26 @@ from pymongo.asynchronous.database import AsyncDatabase
 from parley_session.domain import StoredMessage
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, ms, retried
-from parley_session.stores.chats import GAP, LoadedHistory, MessageDoc
+from parley_session.stores.chats import (
+    GAP,
+    LoadedHistory,
+    MessageDoc,
+    tool_calls_of,
+    tool_results_of,
+)
 
 __all__ = ["MessageStore"]
 
 
 def _stored(doc: Doc) -> StoredMessage:
-    return StoredMessage(doc["ordinal"], doc["role"], doc["content"], doc.get("token_count", 0))
+    return StoredMessage(
+        doc["ordinal"],
+        doc["role"],
+        doc["content"],
+        doc.get("token_count", 0),
+        tool_calls_of(doc),
+        tool_results_of(doc),
+    )
 
 
 class MessageStore:

@@ -15,6 +15,7 @@ __all__ = [
     "GenerationEvent",
     "GenerationOptions",
     "GenerationRequest",
+    "InvalidParameterError",
     "PromptTooLongError",
     "SamplingParams",
     "StopStringFilter",
@@ -202,6 +203,15 @@ class EngineSettings:
 
 class EngineNotReadyError(RuntimeError):
     """The engine was asked to work before ``start()`` finished (or after ``stop()``)."""
+
+
+class InvalidParameterError(ValueError):
+    """A parameter of the request the engine cannot honour (a JSON schema its grammar compiler
+    does not support, say): the request's fault, `param` named as the OpenAI API names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class PromptTooLongError(ValueError):

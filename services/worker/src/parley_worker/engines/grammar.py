@@ -10,13 +10,14 @@ validly, token by token.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import xgrammar as xgr
 from xgrammar.contrib.hf import LogitsProcessor
 
-from parley_worker.engines.base import GenerationOptions, Tool
+from parley_worker.engines.base import GenerationOptions, InvalidParameterError, Tool
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Grammars", "forced_call_grammar"]
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
+_SOURCE_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
 
 
 class Grammars:
@@ -41,11 +43,16 @@ class Grammars:
         """A new processor (one a generation) for what `options` constrain, or None.
 
         A forced tool call's prompt ends inside the call (see `_chat.answer_prefix`): the rest is
-        its arguments and the call's end. ValueError for a schema xgrammar cannot compile."""
+        its arguments and the call's end. InvalidParameterError, naming the schema, for one
+        xgrammar cannot compile."""
         try:
             compiled = self._compile(options)
         except RuntimeError as exc:  # xgrammar's error for a schema it does not support
-            raise ValueError(f"the JSON schema cannot be enforced: {exc}") from exc
+            # Less its time and source location: "[19:16:01] /project/cpp/x.cc:83: ...".
+            reason = _SOURCE_PREFIX.sub("", " ".join(str(exc).split()))
+            raise InvalidParameterError(
+                _schema_param(options), f"this JSON schema cannot be enforced: {reason}"
+            ) from exc
         return LogitsProcessor(compiled) if compiled is not None else None
 
     def _compile(self, options: GenerationOptions) -> xgr.CompiledGrammar | None:
@@ -59,6 +66,16 @@ class Grammars:
             schema = json.dumps(options.json_schema or _ANY_OBJECT)
             return self._compiler.compile_json_schema(schema, any_whitespace=False)
         return None
+
+
+def _schema_param(options: GenerationOptions) -> str:
+    """The parameter whose schema the grammar compiles, as the OpenAI API names it."""
+    forced = options.forced_tools
+    if not forced:
+        return "response_format.json_schema.schema"
+    if len(forced) == 1 and forced[0] in options.tools:
+        return f"tools[{options.tools.index(forced[0])}].function.parameters"
+    return "tools"
 
 
 def forced_call_grammar(options: GenerationOptions) -> xgr.Grammar | None:
