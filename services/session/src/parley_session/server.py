@@ -749,6 +749,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             tokens_per_minute=request.tokens_per_minute,
             tenant_id=request.tenant_id,
             budgets=wire.budgets(request.budgets),
+            hold=wire.token_hold(request),
         )
         return wire.quota_pb(decision)
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from parley.v1 import session_pb2, types_pb2
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
 from parley_session.accounts import SessionPolicy, SignInOutcome, SignInPolicy, SignInResult
-from parley_session.completions import ModelInfo, PreparedCompletion
+from parley_session.completions import ModelInfo, PreparedCompletion, TokenHold
 from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError
 from parley_session.feedback import FeedbackRequest
@@ -320,6 +320,15 @@ def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
         tokens_remaining=decision.tokens_remaining,
         resets_at_ms=math.ceil(decision.resets_at_s * 1000),
     )
+
+
+def token_hold(request: session_pb2.ConsumeQuotaRequest) -> TokenHold | None:
+    """The tokens a quota request reserves with it; None when it reserves none."""
+    if not request.reserve_tokens:
+        return None
+    if request.hold_expires_unix_ms <= 0:
+        raise InvalidArgumentError("hold_expires_unix_ms", "required to reserve tokens")
+    return TokenHold(request.hold_id, request.reserve_tokens, request.hold_expires_unix_ms)
 
 
 def budgets(pb: session_pb2.Budgets) -> Budgets:
