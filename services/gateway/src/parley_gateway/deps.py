@@ -111,7 +111,7 @@ def _check_writable(principal: Principal, request: Request) -> None:
     if (
         principal.read_only
         and request.method not in SAFE_METHODS
-        and not request.url.path.startswith(("/auth/", "/keys"))
+        and not request.url.path.startswith(("/auth/", "/keys", "/account"))
     ):
         raise ApiError(
             403,

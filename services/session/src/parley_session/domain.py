@@ -26,6 +26,7 @@ __all__ = [
     "StoredMessage",
     "SummaryPrompt",
     "UnauthenticatedError",
+    "UserNotFoundError",
     "build_context",
     "check_message_fits",
     "recent_boundary",
@@ -48,6 +49,10 @@ class MessageNotFoundError(LookupError):
 
 class CompletionNotFoundError(LookupError):
     """No asynchronous completion with this id for the caller."""
+
+
+class UserNotFoundError(LookupError):
+    """No such user, or one of another tenant than the caller's (the two are not told apart)."""
 
 
 class ModelNotFoundError(LookupError):

@@ -348,6 +348,7 @@ def user_pb(user: UserDoc) -> session_pb2.User:
         tenant_id=user.tenant_id,
         email=user.email,
         role=user.role,
+        disabled=user.disabled,
     )
 
 
@@ -404,6 +405,7 @@ def audit_query(request: session_pb2.ListAuditEventsRequest, *, max_limit: int) 
         raise InvalidArgumentError("limit", f"at most {max_limit}")
     return AuditQuery(
         user_id=request.user_id,
+        tenant_id=request.tenant_id or None,
         type=request.type,
         since=from_ms(request.since_unix_ms) if request.since_unix_ms else None,
         until=from_ms(request.until_unix_ms) if request.until_unix_ms else None,
@@ -423,6 +425,7 @@ def audit_pb(events: list[AuditEvent], limit: int) -> session_pb2.ListAuditEvent
                 email=e.email,
                 client_address=e.client_address,
                 detail=e.detail,
+                tenant_id=e.tenant_id,
             )
             for e in events
         ]
