@@ -89,6 +89,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         await producer.start()
         replies = ReplyRouter(settings.kafka_addr, topics.reply(settings.gateway_instance_id))
         await replies.start()
+        limiter = RateLimiter(
+            session,
+            requests_per_minute=settings.rate_limit_requests_per_minute,
+            tokens_per_minute=settings.rate_limit_tokens_per_minute,
+            budgets=session_pb2.Budgets(
+                period_s=settings.budget_period_s,
+                user_requests=settings.budget_user_requests,
+                user_tokens=settings.budget_user_tokens,
+                tenant_requests=settings.budget_tenant_requests,
+                tenant_tokens=settings.budget_tenant_tokens,
+            ),
+        )
         turns = TurnService(
             session=session,
             cache=cache_pb2_grpc.CacheServiceStub(cache_channel),
@@ -98,6 +110,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             completion_timeout_s=settings.completion_timeout_s,
             cache_timeout_s=settings.cache_timeout_s,
             metrics=metrics,
+            limiter=limiter,
         )
         queue = QueueMonitor(
             settings.kafka_addr,
@@ -125,18 +138,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 ),
             ),
             turns=turns,
-            limiter=RateLimiter(
-                session,
-                requests_per_minute=settings.rate_limit_requests_per_minute,
-                tokens_per_minute=settings.rate_limit_tokens_per_minute,
-                budgets=session_pb2.Budgets(
-                    period_s=settings.budget_period_s,
-                    user_requests=settings.budget_user_requests,
-                    user_tokens=settings.budget_user_tokens,
-                    tenant_requests=settings.budget_tenant_requests,
-                    tenant_tokens=settings.budget_tenant_tokens,
-                ),
-            ),
+            limiter=limiter,
             queue=queue,
             async_completions=async_completions,
             metrics=metrics,
@@ -191,6 +193,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(chat_settings.router)
     app.include_router(admin.router)
     app.include_router(accounts.router)
+    app.include_router(accounts.account_router)
     app.include_router(keys.router)
     app.include_router(sso.router)
     app.include_router(health.router)

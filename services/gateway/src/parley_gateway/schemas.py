@@ -237,6 +237,29 @@ class UserOut(BaseModel):
     tenant_id: str
     email: str = ""
     role: str = "member"
+    disabled: bool = False
+
+
+class UserPage(BaseModel):
+    users: list[UserOut]
+    total: int = Field(description="users matching the filters, for paging")
+    offset: int
+    limit: int
+
+
+class DeleteAccountBody(_Body):
+    password: SecretStr = Field(
+        default=SecretStr(""), max_length=1024, description="required for a password account"
+    )
+    confirm: bool = Field(
+        default=False, description="true: required for an account without a password (SSO)"
+    )
+
+
+class AccountDeleted(BaseModel):
+    chats_deleted: int
+    keys_deleted: int
+    sessions_ended: int
 
 
 class SetRoleBody(_Body):
@@ -262,6 +285,7 @@ class AuditEventOut(BaseModel):
     email: str
     client_address: str
     detail: str
+    tenant_id: str = ""
 
 
 class AuditPage(BaseModel):

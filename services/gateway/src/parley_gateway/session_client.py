@@ -42,7 +42,10 @@ class SessionClient:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise ApiError(401, "authentication_error", "invalid or revoked API key") from exc
+                message = "invalid or revoked API key"
+                if "disabled" in (exc.details() or ""):
+                    message = "this API key's account is disabled by an admin"
+                raise ApiError(401, "authentication_error", message) from exc
             raise from_grpc(exc, "session") from exc
 
     async def create_user(self, request: session_pb2.CreateUserRequest) -> session_pb2.User:
@@ -106,6 +109,21 @@ class SessionClient:
         self, request: session_pb2.ListAuditEventsRequest
     ) -> session_pb2.ListAuditEventsResponse:
         return await self._call(self._stub.ListAuditEvents, request)
+
+    async def list_tenant_users(
+        self, request: session_pb2.ListTenantUsersRequest
+    ) -> session_pb2.ListTenantUsersResponse:
+        return await self._call(self._stub.ListTenantUsers, request)
+
+    async def set_user_disabled(
+        self, request: session_pb2.SetUserDisabledRequest
+    ) -> session_pb2.User:
+        return await self._call(self._stub.SetUserDisabled, request, what="user")
+
+    async def delete_account(
+        self, request: session_pb2.DeleteAccountRequest
+    ) -> session_pb2.DeleteAccountResponse:
+        return await self._call(self._stub.DeleteAccount, request, what="user")
 
     async def consume_quota(
         self, request: session_pb2.ConsumeQuotaRequest

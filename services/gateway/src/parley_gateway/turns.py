@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from aiokafka import AIOKafkaProducer
@@ -28,6 +28,7 @@ from parley_common.kafka import Topics
 from parley_common.logs import bind_log_fields
 from parley_common.timeutil import now_ms
 from parley_common.vocabulary import FinishReason, Role
+from parley_gateway.admission import RateLimiter
 from parley_gateway.auth import Principal
 from parley_gateway.errors import ApiError
 from parley_gateway.metrics import GatewayMetrics
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 # most this long before a 503. A refused request may still be delivered once the broker is back:
 # the client's retry with the same request_id is then answered from what was stored.
 QUEUE_WAIT_S = 2.0
+
+# A turn's budget hold outlives its deadline by this much before it is given back unsettled: a
+# worker may have started it just before the deadline, or redo it after a crash.
+HOLD_GRACE_S = 600.0
 
 
 # A worker's error is shown to the client; an engine's exception text can be long.
@@ -140,6 +145,7 @@ class _Plan:
     bot_id: str = ""
     user_message_ordinal: int = 0
     options: types_pb2.GenerationOptions = field(default_factory=types_pb2.GenerationOptions)
+    hold: types_pb2.BudgetHold | None = None  # the tokens reserved against the budgets
 
 
 class TurnService:
@@ -154,8 +160,10 @@ class TurnService:
         completion_timeout_s: float,
         cache_timeout_s: float,
         metrics: GatewayMetrics | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._metrics = metrics or GatewayMetrics(CollectorRegistry())
+        self._limiter = limiter
         self._session = session
         self._cache = cache
         self._producer = producer
@@ -231,24 +239,6 @@ class TurnService:
                 # Results that answer no call of the chat's last answer: a bad request.
                 raise ApiError(400, exc.type, exc.message, param=exc.param) from None
             raise
-        if before_queue is not None and not await before_queue(
-            started.chat.chat_id, started.user_message.message_id, started.model
-        ):
-            return Turn(
-                started.chat.chat_id,
-                request_id,
-                started.user_message.message_id,
-                _empty(),
-                model=started.model,
-            )
-        if started.replayed:
-            return Turn(
-                started.chat.chat_id,
-                request_id,
-                started.user_message.message_id,
-                _single(_stored_answer(started.existing_answer)),
-                model=started.model,
-            )
         sampling = sampling or Sampling()
         # A conversation with tool calls is keyed by more than its text: not for the cache.
         cacheable = cacheable and not any(
@@ -271,6 +261,27 @@ class TurnService:
             user_message_ordinal=started.answer_slot,
             options=options,
         )
+        if not started.replayed:
+            # Before the completion is recorded: a refused turn leaves none queued.
+            plan = await self._reserve(principal, plan)
+        if before_queue is not None and not await before_queue(
+            started.chat.chat_id, started.user_message.message_id, started.model
+        ):
+            return Turn(
+                started.chat.chat_id,
+                request_id,
+                started.user_message.message_id,
+                _empty(),
+                model=started.model,
+            )
+        if started.replayed:
+            return Turn(
+                started.chat.chat_id,
+                request_id,
+                started.user_message.message_id,
+                _single(_stored_answer(started.existing_answer)),
+                model=started.model,
+            )
         return await self._run(
             principal, plan, no_cache=no_cache, cacheable=cacheable, detached=detached
         )
@@ -321,7 +332,27 @@ class TurnService:
             tenant_id=prepared.tenant_id or principal.tenant_id,
             options=options,
         )
+        plan = await self._reserve(principal, plan)
         return await self._run(principal, plan, no_cache=no_cache, cacheable=cacheable)
+
+    async def _reserve(self, principal: Principal, plan: _Plan) -> _Plan:
+        """Reserve the turn against the budgets before it is looked up or queued: one request
+        and the most tokens it may use (its prompt and its reply's cap); 429 when they do not
+        fit. The hold travels with the request and is settled from its result."""
+        if self._limiter is None:
+            return plan
+        try:
+            hold = await self._limiter.reserve(
+                principal,
+                tokens=plan.context.prompt_tokens + plan.sampling.max_tokens,
+                hold_s=self._completion_timeout_s + HOLD_GRACE_S,
+                saved=bool(plan.chat_id),
+            )
+        except ApiError as exc:
+            if exc.status == 429:
+                self._metrics.admission_refusals.labels(exc.code or "budget").inc()
+            raise
+        return replace(plan, hold=hold)
 
     async def _run(
         self,
@@ -374,6 +405,8 @@ class TurnService:
         )
         if lookup is not None and lookup.HasField("key"):
             request.cache_key.CopyFrom(lookup.key)
+        if plan.hold is not None:
+            request.budget_hold.CopyFrom(plan.hold)
         stream = self._replies.open(plan.request_id)
         try:
             await asyncio.wait_for(
@@ -604,7 +637,7 @@ def _lookup_request(principal: Principal, plan: _Plan, *, bypass: bool) -> cache
 def _cached_result(
     principal: Principal, plan: _Plan, lookup: cache_pb2.LookupResponse
 ) -> envelopes_pb2.CompletionResult:
-    return completion_result(
+    result = completion_result(
         request_id=plan.request_id,
         chat_id=plan.chat_id,
         user_id=principal.user_id,
@@ -622,6 +655,9 @@ def _cached_result(
         completed_unix_ms=now_ms(),
         cache_entry_id=lookup.entry_id,
     )
+    if plan.hold is not None:
+        result.budget_hold.CopyFrom(plan.hold)  # settled to nothing: no model ran
+    return result
 
 
 def _with_system_prompt(context: session_pb2.Context, prompt: str) -> session_pb2.Context:

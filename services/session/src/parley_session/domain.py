@@ -29,6 +29,7 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "UnauthenticatedError",
+    "UserNotFoundError",
     "build_context",
     "check_message_fits",
     "prompt_text",
@@ -52,6 +53,10 @@ class MessageNotFoundError(LookupError):
 
 class CompletionNotFoundError(LookupError):
     """No asynchronous completion with this id for the caller."""
+
+
+class UserNotFoundError(LookupError):
+    """No such user, or one of another tenant than the caller's (the two are not told apart)."""
 
 
 class ModelNotFoundError(LookupError):

@@ -17,6 +17,7 @@ from parley_session.domain import (
     ModelNotFoundError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UserNotFoundError,
 )
 from parley_session.retry import DeadlineExceededError, StoreUnavailableError
 
@@ -28,6 +29,7 @@ EXPECTED_FAILURES: Final = (
     MessageNotFoundError,
     CompletionNotFoundError,
     ModelNotFoundError,
+    UserNotFoundError,
     PermissionDeniedError,
     AlreadyExistsError,
     UnauthenticatedError,

@@ -41,6 +41,7 @@ from parley_session.domain import (
     ModelNotFoundError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UserNotFoundError,
 )
 from parley_session.failures import EXPECTED_FAILURES
 from parley_session.feedback import submit_feedback
@@ -99,6 +100,8 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         await context.abort(grpc.StatusCode.NOT_FOUND, f"completion {exc.args[0]!r} not found")
     if isinstance(exc, ModelNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, UserNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {exc}")
     if isinstance(exc, MessageNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
     if isinstance(exc, PermissionDeniedError):
@@ -192,7 +195,19 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if user is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         assert user is not None
+        if user.disabled:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "this key's account is disabled by an admin"
+            )
         return wire.user_pb(user)
+
+    async def _tenant_user(self, user_id: str, tenant_id: str) -> None:
+        """Refuse a user who does not exist, or (with `tenant_id`: a tenant admin's call) is
+        not in that tenant: the two are not told apart."""
+        if not is_id(user_id) or (
+            await self._store.users.get_user(user_id, tenant_id=tenant_id or None) is None
+        ):
+            raise UserNotFoundError(user_id)
 
     @_rpc
     async def CreateUser(
@@ -223,6 +238,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.CreateApiKeyResponse:
         if not is_id(request.user_id):
             raise InvalidArgumentError("user_id", f"no user {request.user_id}")
+        if request.tenant_id:
+            await self._tenant_user(request.user_id, request.tenant_id)
         key = await self._store.users.create_api_key(request.user_id, request.name)
         await self._store.audit.record(
             AuditEvent("key_created", request.user_id, detail=f"key_id={key.key_id}")
@@ -233,6 +250,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def ListApiKeys(
         self, request: session_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ListApiKeysResponse:
+        await self._tenant_user(request.user_id, request.tenant_id)
         keys = await self._store.users.list_api_keys(request.user_id)
         return wire.api_keys_pb(keys)
 
@@ -258,14 +276,17 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def RevokeApiKey(
         self, request: session_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.RevokeApiKeyResponse:
+        if request.tenant_id:
+            await self._tenant_user(request.user_id, request.tenant_id)
         owner = None
         if is_id(request.key_id):
             owner = await self._store.users.revoke_api_key(request.key_id, user_id=request.user_id)
         if owner is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
         assert owner is not None
+        by = f" by {request.revoked_by}" if request.revoked_by else ""
         await self._store.audit.record(
-            AuditEvent("key_revoked", owner, detail=f"key_id={request.key_id}")
+            AuditEvent("key_revoked", owner, detail=f"key_id={request.key_id}{by}")
         )
         return session_pb2.RevokeApiKeyResponse()
 
@@ -360,12 +381,79 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def SetPassword(
         self, request: session_pb2.SetPasswordRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ChangePasswordResponse:
-        if not (
-            is_id(request.user_id)
-            and await self._accounts.set_password(request.user_id, request.new_password)
-        ):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {request.user_id}")
+        if not is_id(request.user_id):
+            raise UserNotFoundError(request.user_id)
+        await self._accounts.set_password(
+            request.user_id,
+            request.new_password,
+            tenant_id=request.tenant_id or None,
+            by=request.changed_by,
+        )
         return session_pb2.ChangePasswordResponse()
+
+    @_rpc
+    async def ListTenantUsers(
+        self,
+        request: session_pb2.ListTenantUsersRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ListTenantUsersResponse:
+        if request.role:
+            _role(request.role)
+        if request.state not in ("", "active", "disabled"):
+            raise InvalidArgumentError("state", "must be active or disabled")
+        if len(request.query) > 200:
+            raise InvalidArgumentError("query", "must be at most 200 characters")
+        page = await self._store.users.list_users(
+            tenant_id=None if request.any_tenant else request.tenant_id,
+            role=request.role,
+            query=request.query,
+            disabled=None if not request.state else request.state == "disabled",
+            offset=request.offset,
+            limit=min(request.limit or 50, MAX_LIST_LIMIT),
+        )
+        return session_pb2.ListTenantUsersResponse(
+            users=[wire.user_pb(u) for u in page.users], total=page.total
+        )
+
+    @_rpc
+    async def SetUserDisabled(
+        self,
+        request: session_pb2.SetUserDisabledRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.User:
+        if not is_id(request.user_id):
+            raise UserNotFoundError(request.user_id)
+        user = await self._accounts.set_disabled(
+            request.user_id,
+            request.disabled,
+            tenant_id=request.tenant_id or None,
+            by=request.changed_by,
+        )
+        return wire.user_pb(user)
+
+    @_rpc
+    async def DeleteAccount(
+        self, request: session_pb2.DeleteAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.DeleteAccountResponse:
+        if not is_id(request.user_id):
+            raise UserNotFoundError(request.user_id)
+
+        async def delete_data(user_id: str) -> int:
+            # What DeleteUserData deletes (the gateway's DELETE /chats), whatever it grows to.
+            deleted = await self.DeleteUserData(
+                session_pb2.DeleteUserDataRequest(user_id=user_id), context
+            )
+            return int(deleted.chats_deleted)
+
+        done = await self._accounts.delete_account(
+            request.user_id,
+            password=request.password,
+            confirmed=request.confirmed,
+            delete_data=delete_data,
+        )
+        return session_pb2.DeleteAccountResponse(
+            chats_deleted=done.chats, keys_deleted=done.keys, sessions_ended=done.sessions
+        )
 
     @_rpc
     async def CreateInvite(
@@ -750,6 +838,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             tokens_per_minute=request.tokens_per_minute,
             tenant_id=request.tenant_id,
             budgets=wire.budgets(request.budgets),
+            hold=wire.token_hold(request),
         )
         return wire.quota_pb(decision)
 

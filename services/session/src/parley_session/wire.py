@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from parley.v1 import session_pb2, types_pb2
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
 from parley_session.accounts import SessionPolicy, SignInOutcome, SignInPolicy, SignInResult
-from parley_session.completions import ModelInfo, PreparedCompletion
+from parley_session.completions import ModelInfo, PreparedCompletion, TokenHold
 from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError, StoredMessage, ToolCall, ToolResult
 from parley_session.feedback import FeedbackRequest
@@ -353,6 +353,15 @@ def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
     )
 
 
+def token_hold(request: session_pb2.ConsumeQuotaRequest) -> TokenHold | None:
+    """The tokens a quota request reserves with it; None when it reserves none."""
+    if not request.reserve_tokens:
+        return None
+    if request.hold_expires_unix_ms <= 0:
+        raise InvalidArgumentError("hold_expires_unix_ms", "required to reserve tokens")
+    return TokenHold(request.hold_id, request.reserve_tokens, request.hold_expires_unix_ms)
+
+
 def budgets(pb: session_pb2.Budgets) -> Budgets:
     return Budgets(
         period_s=pb.period_s or 86_400,
@@ -370,6 +379,7 @@ def user_pb(user: UserDoc) -> session_pb2.User:
         tenant_id=user.tenant_id,
         email=user.email,
         role=user.role,
+        disabled=user.disabled,
     )
 
 
@@ -426,6 +436,7 @@ def audit_query(request: session_pb2.ListAuditEventsRequest, *, max_limit: int) 
         raise InvalidArgumentError("limit", f"at most {max_limit}")
     return AuditQuery(
         user_id=request.user_id,
+        tenant_id=request.tenant_id or None,
         type=request.type,
         since=from_ms(request.since_unix_ms) if request.since_unix_ms else None,
         until=from_ms(request.until_unix_ms) if request.until_unix_ms else None,
@@ -445,6 +456,7 @@ def audit_pb(events: list[AuditEvent], limit: int) -> session_pb2.ListAuditEvent
                 email=e.email,
                 client_address=e.client_address,
                 detail=e.detail,
+                tenant_id=e.tenant_id,
             )
             for e in events
         ]

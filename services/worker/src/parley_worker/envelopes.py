@@ -154,6 +154,8 @@ def result_envelope(
     )
     if outcome.timings is not None:
         result.timings.CopyFrom(outcome.timings)
+    if request.HasField("budget_hold"):
+        result.budget_hold.CopyFrom(request.budget_hold)  # settled from this result's usage
     # Only complete text answers may be served again from the cache.
     if request.HasField("cache_key") and outcome.finish in (
         types_pb2.FINISH_REASON_STOP,

@@ -96,6 +96,7 @@ class User(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     name: _builtins.str
     is_admin: _builtins.bool
@@ -104,6 +105,8 @@ class User(_message.Message):
     """empty for a user without an account (API keys only)"""
     role: _builtins.str
     """admin, member or viewer, in tenant_id"""
+    disabled: _builtins.bool
+    """by an admin: cannot sign in, its keys and sessions do not work"""
     def __init__(
         self,
         *,
@@ -113,10 +116,11 @@ class User(_message.Message):
         tenant_id: _builtins.str = ...,
         email: _builtins.str = ...,
         role: _builtins.str = ...,
+        disabled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "is_admin", b"is_admin", "name", b"name", "role", b"role", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "email", b"email", "is_admin", b"is_admin", "name", b"name", "role", b"role", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -437,17 +441,25 @@ class SetPasswordRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     new_password: _builtins.str
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant (a tenant admin's reset)"""
+    changed_by: _builtins.str
+    """for the audit log"""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         new_password: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        changed_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_password", b"new_password", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_by", b"changed_by", "new_password", b"new_password", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,6 +498,7 @@ class AuditEvent(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     at_unix_ms: _builtins.int
     type: _builtins.str
@@ -498,6 +511,8 @@ class AuditEvent(_message.Message):
     email: _builtins.str
     client_address: _builtins.str
     detail: _builtins.str
+    tenant_id: _builtins.str
+    """the tenant of the user it is about, when it was recorded"""
     def __init__(
         self,
         *,
@@ -508,10 +523,11 @@ class AuditEvent(_message.Message):
         email: _builtins.str = ...,
         client_address: _builtins.str = ...,
         detail: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "client_address", b"client_address", "detail", b"detail", "email", b"email", "event_id", b"event_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "client_address", b"client_address", "detail", b"detail", "email", b"email", "event_id", b"event_id", "tenant_id", b"tenant_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -527,12 +543,15 @@ class ListAuditEventsRequest(_message.Message):
     UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     type: _builtins.str
     since_unix_ms: _builtins.int
     until_unix_ms: _builtins.int
     cursor: _builtins.str
     limit: _builtins.int
+    tenant_id: _builtins.str
+    """when set, only this tenant's events (a tenant admin's view)"""
     def __init__(
         self,
         *,
@@ -542,14 +561,165 @@ class ListAuditEventsRequest(_message.Message):
         until_unix_ms: _builtins.int = ...,
         cursor: _builtins.str = ...,
         limit: _builtins.int = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "since_unix_ms", b"since_unix_ms", "type", b"type", "until_unix_ms", b"until_unix_ms", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "since_unix_ms", b"since_unix_ms", "tenant_id", b"tenant_id", "type", b"type", "until_unix_ms", b"until_unix_ms", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListTenantUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ANY_TENANT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    any_tenant: _builtins.bool
+    """the admin key's view: every tenant (tenant_id ignored)"""
+    role: _builtins.str
+    """admin, member or viewer; empty: any"""
+    query: _builtins.str
+    """the start of the e-mail address or the name (case-insensitive)"""
+    state: _builtins.str
+    """active, disabled; empty: both"""
+    offset: _builtins.int
+    limit: _builtins.int
+    """0: 50"""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        any_tenant: _builtins.bool = ...,
+        role: _builtins.str = ...,
+        query: _builtins.str = ...,
+        state: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_tenant", b"any_tenant", "limit", b"limit", "offset", b"offset", "query", b"query", "role", b"role", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantUsersRequest: _TypeAlias = ListTenantUsersRequest  # noqa: Y015
+
+@_typing.final
+class ListTenantUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """of the users matching, for paging"""
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___User] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["total", b"total", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantUsersResponse: _TypeAlias = ListTenantUsersResponse  # noqa: Y015
+
+@_typing.final
+class SetUserDisabledRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    disabled: _builtins.bool
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant"""
+    changed_by: _builtins.str
+    """for the audit log"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        disabled: _builtins.bool = ...,
+        tenant_id: _builtins.str = ...,
+        changed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_by", b"changed_by", "disabled", b"disabled", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUserDisabledRequest: _TypeAlias = SetUserDisabledRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    CONFIRMED_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    password: _builtins.str
+    """required for an account with a password"""
+    confirmed: _builtins.bool
+    """the user's explicit confirmation, for an account without a password"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        password: _builtins.str = ...,
+        confirmed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed", b"confirmed", "password", b"password", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountRequest: _TypeAlias = DeleteAccountRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHATS_DELETED_FIELD_NUMBER: _builtins.int
+    KEYS_DELETED_FIELD_NUMBER: _builtins.int
+    SESSIONS_ENDED_FIELD_NUMBER: _builtins.int
+    chats_deleted: _builtins.int
+    keys_deleted: _builtins.int
+    sessions_ended: _builtins.int
+    def __init__(
+        self,
+        *,
+        chats_deleted: _builtins.int = ...,
+        keys_deleted: _builtins.int = ...,
+        sessions_ended: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chats_deleted", b"chats_deleted", "keys_deleted", b"keys_deleted", "sessions_ended", b"sessions_ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountResponse: _TypeAlias = DeleteAccountResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditEventsResponse(_message.Message):
@@ -655,17 +825,21 @@ class CreateApiKeyRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     name: _builtins.str
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant"""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         name: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -700,18 +874,26 @@ class RevokeApiKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_BY_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     user_id: _builtins.str
     """when set, only a key of this user (users revoking their own)"""
+    tenant_id: _builtins.str
+    """when set, only a key of a user in this tenant"""
+    revoked_by: _builtins.str
+    """for the audit log"""
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        revoked_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "revoked_by", b"revoked_by", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -751,15 +933,19 @@ class ListApiKeysRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant"""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2155,12 +2341,22 @@ class ConsumeQuotaRequest(_message.Message):
     TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     BUDGETS_FIELD_NUMBER: _builtins.int
+    RESERVE_TOKENS_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    HOLD_EXPIRES_UNIX_MS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     requests_per_minute: _builtins.int
     """0: no limit"""
     tokens_per_minute: _builtins.int
     """0: no limit"""
     tenant_id: _builtins.str
+    reserve_tokens: _builtins.int
+    """Tokens to reserve against the token budgets in the same step as the request (the prompt's
+    and the reply's cap), recorded as hold_id until its result settles it or it expires.
+    """
+    hold_id: _builtins.str
+    hold_expires_unix_ms: _builtins.int
+    """when a hold whose result never came is given back"""
     @_builtins.property
     def budgets(self) -> Global___Budgets: ...
     def __init__(
@@ -2171,10 +2367,13 @@ class ConsumeQuotaRequest(_message.Message):
         tokens_per_minute: _builtins.int = ...,
         tenant_id: _builtins.str = ...,
         budgets: Global___Budgets | None = ...,
+        reserve_tokens: _builtins.int = ...,
+        hold_id: _builtins.str = ...,
+        hold_expires_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "requests_per_minute", b"requests_per_minute", "tenant_id", b"tenant_id", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "hold_expires_unix_ms", b"hold_expires_unix_ms", "hold_id", b"hold_id", "requests_per_minute", b"requests_per_minute", "reserve_tokens", b"reserve_tokens", "tenant_id", b"tenant_id", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2183,8 +2382,9 @@ Global___ConsumeQuotaRequest: _TypeAlias = ConsumeQuotaRequest  # noqa: Y015
 @_typing.final
 class Budgets(_message.Message):
     """Requests and tokens per period (fixed windows of period_s from the Unix epoch), per user and
-    per tenant. A request is reserved atomically before it is queued; its tokens are added from
-    its result (what it used: a cached or cancelled answer costs what it took). 0: no budget.
+    per tenant. A request and its tokens (prompt + reply cap) are reserved atomically before it
+    is queued; its result settles the tokens to what it used (a cancelled answer gives back the
+    rest, a cached one costs nothing). 0: no budget.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -109,6 +109,21 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ListTenantUsers = channel.unary_unary(
+                '/parley.v1.SessionService/ListTenantUsers',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListTenantUsersRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListTenantUsersResponse.FromString,
+                _registered_method=True)
+        self.SetUserDisabled = channel.unary_unary(
+                '/parley.v1.SessionService/SetUserDisabled',
+                request_serializer=parley_dot_v1_dot_session__pb2.SetUserDisabledRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.User.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteAccount',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
         self.StartTurn = channel.unary_unary(
                 '/parley.v1.SessionService/StartTurn',
                 request_serializer=parley_dot_v1_dot_session__pb2.StartTurnRequest.SerializeToString,
@@ -347,6 +362,27 @@ class SessionServiceServicer:
 
     def ListAuditEvents(self, request, context):
         """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenantUsers(self, request, context):
+        """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+        sessions end, their keys stop working) or enabling them again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserDisabled(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -617,6 +653,21 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ListTenantUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenantUsers,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListTenantUsersRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListTenantUsersResponse.SerializeToString,
+            ),
+            'SetUserDisabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserDisabled,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SetUserDisabledRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.User.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.DeleteAccountResponse.SerializeToString,
             ),
             'StartTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTurn,
@@ -1164,6 +1215,87 @@ class SessionService:
             '/parley.v1.SessionService/ListAuditEvents',
             parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenantUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListTenantUsers',
+            parley_dot_v1_dot_session__pb2.ListTenantUsersRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListTenantUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserDisabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SetUserDisabled',
+            parley_dot_v1_dot_session__pb2.SetUserDisabledRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteAccount',
+            parley_dot_v1_dot_session__pb2.DeleteAccountRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.DeleteAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,13 @@ class SessionServiceStub:
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]
     """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
+    ListTenantUsers: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListTenantUsersRequest, _session_pb2.ListTenantUsersResponse]
+    """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+    sessions end, their keys stop working) or enabling them again.
+    """
+    SetUserDisabled: _grpc.UnaryUnaryMultiCallable[_session_pb2.SetUserDisabledRequest, _session_pb2.User]
+    DeleteAccount: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteAccountRequest, _session_pb2.DeleteAccountResponse]
+    """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user."""
     StartTurn: _grpc.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]
@@ -141,6 +148,13 @@ class SessionServiceAsyncStub(SessionServiceStub):
     CreateInvite: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]  # type: ignore[assignment]
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
+    ListTenantUsers: _aio.UnaryUnaryMultiCallable[_session_pb2.ListTenantUsersRequest, _session_pb2.ListTenantUsersResponse]  # type: ignore[assignment]
+    """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+    sessions end, their keys stop working) or enabling them again.
+    """
+    SetUserDisabled: _aio.UnaryUnaryMultiCallable[_session_pb2.SetUserDisabledRequest, _session_pb2.User]  # type: ignore[assignment]
+    DeleteAccount: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteAccountRequest, _session_pb2.DeleteAccountResponse]  # type: ignore[assignment]
+    """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user."""
     StartTurn: _aio.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]  # type: ignore[assignment]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _aio.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
@@ -311,6 +325,31 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.ListAuditEventsResponse, _abc.Awaitable[_session_pb2.ListAuditEventsResponse]]:
         """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
+
+    @_abc_1.abstractmethod
+    def ListTenantUsers(
+        self,
+        request: _session_pb2.ListTenantUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListTenantUsersResponse, _abc.Awaitable[_session_pb2.ListTenantUsersResponse]]:
+        """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+        sessions end, their keys stop working) or enabling them again.
+        """
+
+    @_abc_1.abstractmethod
+    def SetUserDisabled(
+        self,
+        request: _session_pb2.SetUserDisabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.User, _abc.Awaitable[_session_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteAccount(
+        self,
+        request: _session_pb2.DeleteAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.DeleteAccountResponse, _abc.Awaitable[_session_pb2.DeleteAccountResponse]]:
+        """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user."""
 
     @_abc_1.abstractmethod
     def StartTurn(

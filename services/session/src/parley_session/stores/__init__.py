@@ -8,6 +8,8 @@ indexes turn a repeated write into a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -105,18 +107,23 @@ class Stores:
         self.sign_in = SignInStore(self.db, retry=self.retry)
         self.audit = AuditStore(self.db, retry=self.retry)
 
-    @retried
     async def ensure_indexes(self) -> None:
-        await self.users.ensure_indexes()
-        await self.chats.ensure_indexes()
-        await self.branches.ensure_indexes()
-        await self.branches.migrate_linear_chats()
-        await self.branches.migrate_owners()
-        await self.bots.ensure_indexes()
-        await self.feedback.ensure_indexes()
-        await self.browser_sessions.ensure_indexes()
-        await self.sign_in.ensure_indexes()
-        await self.audit.ensure_indexes()
+        """Every store's indexes and migrations, each step under an attempt budget of its own:
+        on a slow MongoDB all of them together may take longer than one attempt may."""
+        steps: list[Callable[[], Awaitable[object]]] = [
+            self.users.ensure_indexes,
+            self.chats.ensure_indexes,
+            self.branches.ensure_indexes,
+            self.branches.migrate_linear_chats,
+            self.branches.migrate_owners,
+            self.bots.ensure_indexes,
+            self.feedback.ensure_indexes,
+            self.browser_sessions.ensure_indexes,
+            self.sign_in.ensure_indexes,
+            self.audit.ensure_indexes,
+        ]
+        for step in steps:
+            await self.retry.run(step, step.__qualname__)
 
     @retried
     async def ping(self) -> None:
