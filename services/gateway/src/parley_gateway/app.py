@@ -98,6 +98,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             completion_timeout_s=settings.completion_timeout_s,
             cache_timeout_s=settings.cache_timeout_s,
             metrics=metrics,
+            cache_sample_share=settings.cache_sample_share,
         )
         queue = QueueMonitor(
             settings.kafka_addr,

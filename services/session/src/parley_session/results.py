@@ -54,6 +54,8 @@ class ResultRecorder:
             finish_reason=finish.value,
             model=result.model,
             cache_entry_id=result.cache_entry_id,
+            cache_score=round(result.cache_score, 6),
+            cache_reason=result.cache_reason,
             worker_id=result.worker_id,
         )
         if not created:

@@ -112,6 +112,8 @@ class MessageDoc:
     model: str = ""
     cache_entry_id: str = ""
     parent_id: str = ""  # empty: the chat's first question
+    cache_score: float = 0.0  # with cache_entry_id: the cache's decision, for audits
+    cache_reason: str = ""
 
     @classmethod
     def from_doc(cls, doc: Doc) -> MessageDoc:
@@ -128,6 +130,8 @@ class MessageDoc:
             model=doc.get("model", ""),
             cache_entry_id=doc.get("cache_entry_id", ""),
             parent_id=doc.get("parent_id") or "",
+            cache_score=doc.get("cache_score", 0.0),
+            cache_reason=doc.get("cache_reason", ""),
         )
 
     def stored(self) -> StoredMessage:
@@ -595,6 +599,8 @@ class ChatStore:
         finish_reason: str,
         model: str = "",
         cache_entry_id: str = "",
+        cache_score: float = 0.0,
+        cache_reason: str = "",
         worker_id: str = "",
     ) -> bool:
         """Store the answer to the question at `question_ordinal` (or to the question a
@@ -615,6 +621,8 @@ class ChatStore:
             "cache_entry_id": cache_entry_id,
             "worker_id": worker_id,
         }
+        if cache_entry_id:
+            doc |= {"cache_score": cache_score, "cache_reason": cache_reason}
         if user_id:
             doc["user_id"] = user_id
         return await self._append(doc, question_ordinal, question_id)
