@@ -139,11 +139,13 @@ def test_a_bot_profiles_error_rate_sets_the_threshold(
         asked = jon.post("/chat", json={**question, "bot_id": bot["bot_id"]})
         assert asked.status_code == 200, asked.text
         eventually(lambda b=bot: _entries(platform, jon, b["bot_id"]), what="the answer cached")
-    # The same question, its answer stored: the strict profile's chats are never served it.
-    again = jon.post("/chat", json={**question, "bot_id": strict["bot_id"]})
+    # Reworded, its answer stored: the strict profile's chats are served only the identical
+    # question (score 1.0), the lenient one's this too.
+    reworded = {**question, "message": "What is the colour of a ripe banana?"}
+    again = jon.post("/chat", json={**reworded, "bot_id": strict["bot_id"]})
     assert again.status_code == 200, again.text
     assert again.json()["answer"]["cached"] is False
-    hit = _cached_hit(jon, {**question, "bot_id": lenient["bot_id"]})
+    hit = _cached_hit(jon, {**reworded, "bot_id": lenient["bot_id"]})
     assert f">= {lenient_threshold:.3f}" in hit.json()["answer"]["cache_reason"]
 
     # null resets a profile to the deployment's rate.
