@@ -1,10 +1,12 @@
 """Every answer the semantic cache serves carries its decision (score and reason) on each surface
 of the chat API and in the stored message; a bot profile's error rate sets the cache's threshold;
-regenerating a served answer rejects its entry. Through the public API of the running platform."""
+regenerating a served answer rejects its entry; a sampled hit is generated again and compared. Through the public API of the running platform."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ from httpx_ws import connect_ws
 from parley_cache.verifier import default_verifier
 from parley_devstack.platform import Platform
 from tests.conftest import eventually, parse_sse
+from tests.e2e.extra_gateways import extra_gateways, gateway_url
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +178,34 @@ def test_regenerating_a_served_answer_rejects_its_entry(
         return entry["id"] not in {p["id"] for p in _entries(platform, kim)}
 
     eventually(entry_gone, what="the served entry evicted")
+
+
+def test_a_sampled_hit_is_generated_again_and_compared(
+    platform: Platform, new_user: NewUser, tmp_path: Path
+) -> None:
+    lea = new_user("lea")
+    question = {"message": "Name the largest ocean on Earth.", "max_tokens": 8, "temperature": 0}
+    assert lea.post("/chat", json=question).status_code == 200
+    [entry] = eventually(lambda: _entries(platform, lea), what="the answer cached")
+    env = {"CACHE_SAMPLE_SHARE": "1", "CACHE_TIMEOUT_S": "5"}
+    with (
+        extra_gateways(platform, tmp_path, 1, env) as [gateway],
+        httpx.Client(base_url=gateway_url(gateway), headers=lea.headers, timeout=30) as sampled,
+    ):
+        hit = _cached_hit(sampled, question).json()
+
+        def compared() -> dict[str, Any] | None:
+            for line in gateway.log_path.read_text().splitlines():
+                if "sampled cache hit compared" in line:
+                    record: dict[str, Any] = json.loads(line)
+                    return record
+            return None
+
+        record = eventually(compared, timeout=60, what="the sampled hit compared")
+    # Greedy decoding of the same conversation: the worker's answer is the one served.
+    assert record["entry_id"] == entry["id"]
+    assert record["agreed"] is True
+    assert record["similarity"] > 0.99
+    # The sample is stored nowhere: no chat message, no cache entry of its own.
+    assert len(lea.get(f"/chat/{hit['chat_id']}").json()["messages"]) == 2
+    assert [p["id"] for p in _entries(platform, lea)] == [entry["id"]]
