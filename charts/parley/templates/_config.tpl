@@ -11,6 +11,7 @@ RATE_LIMIT_REQUESTS_PER_MINUTE: {{ $v.gateway.rateLimit.requestsPerMinute | int6
 RATE_LIMIT_TOKENS_PER_MINUTE: {{ $v.gateway.rateLimit.tokensPerMinute | int64 | toString | quote }}
 MAX_QUEUE_DEPTH: {{ $v.gateway.maxQueueDepth | int64 | toString | quote }}
 MAX_CHOICES: {{ $v.gateway.maxChoices | int64 | toString | quote }}
+CACHE_SAMPLE_SHARE: {{ $v.gateway.cacheSampleShare | toString | quote }}
 SIGN_UP_MODE: {{ $v.gateway.accounts.signUpMode | quote }}
 SESSION_COOKIE_SECURE: {{ $v.gateway.accounts.sessionCookieSecure | toString | quote }}
 SESSION_IDLE_TIMEOUT_S: {{ $v.gateway.accounts.sessionIdleTimeoutS | int64 | toString | quote }}
@@ -66,6 +67,12 @@ CACHE_SIMILARITY_THRESHOLD: {{ $v.cache.similarityThreshold | toString | quote }
 {{- end }}
 {{- if not (kindIs "invalid" $v.cache.ttlSeconds) }}
 CACHE_TTL_SECONDS: {{ $v.cache.ttlSeconds | int64 | toString | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.cache.maxErrorRate) }}
+CACHE_MAX_ERROR_RATE: {{ $v.cache.maxErrorRate | toString | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.cache.sampleMinSimilarity) }}
+CACHE_SAMPLE_MIN_SIMILARITY: {{ $v.cache.sampleMinSimilarity | toString | quote }}
 {{- end }}
 {{- end -}}
 

@@ -111,6 +111,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             cache_timeout_s=settings.cache_timeout_s,
             metrics=metrics,
             limiter=limiter,
+            cache_sample_share=settings.cache_sample_share,
         )
         queue = QueueMonitor(
             settings.kafka_addr,

@@ -187,6 +187,13 @@ class MessageOut(BaseModel):
     parent_id: str | None = Field(default=None, description="the message this one follows")
     sibling_count: int = Field(default=1, description="edits or regenerations at this place")
     sibling_index: int = Field(default=0, description="this one among them, oldest first")
+    cached: bool = Field(default=False, description="an answer served from the semantic cache")
+    cache_score: float | None = Field(
+        default=None, description="with cached: the verifier's probability of the same answer"
+    )
+    cache_reason: str | None = Field(
+        default=None, description="with cached: the decision, its score against the threshold"
+    )
 
 
 class ChatDetail(ChatSummary):

@@ -339,6 +339,8 @@ def _finished(result: envelopes_pb2.CompletionResult) -> FinishedCompletion | No
         error=result.error
         or ("the deadline passed before a worker could start it" if expired else ""),
         cached=result.worker_id == "cache",
+        cache_score=round(result.cache_score, 6),
+        cache_reason=result.cache_reason,
     )
 
 

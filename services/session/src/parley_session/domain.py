@@ -110,6 +110,7 @@ class BotProfile:
     temperature: float | None = None
     top_p: float | None = None
     cache_scope: str = "user"  # user | tenant | global | disabled
+    cache_max_error_rate: float = 0.0  # the share of wrong cache hits accepted; 0: the deployment's
     avatar: str = ""
     description: str = ""
     history: HistoryParams = HistoryParams()

@@ -71,6 +71,8 @@ class Turn:
     max_tokens: int
     existing_answer: MessageDoc | None = None
     answer_slot: int | None = None  # None: the question's ordinal (a regeneration has its own)
+    # A first regeneration of an answer the cache served: that entry, which the user rejected.
+    regenerated_cache_entry_id: str = ""
 
 
 def check_chat_id(chat_id: str) -> None:
@@ -280,7 +282,16 @@ class Turns:
             through_ordinal=question.ordinal,
             leaf_id=question.message_id,
         )
-        return Turn(chat, bot, question, built, max_tokens, existing, regeneration.slot)
+        return Turn(
+            chat,
+            bot,
+            question,
+            built,
+            max_tokens,
+            existing,
+            regeneration.slot,
+            regenerated_cache_entry_id=answer.cache_entry_id if regeneration.created else "",
+        )
 
     async def _user_message(self, chat_id: str, message_id: str) -> MessageDoc:
         try:

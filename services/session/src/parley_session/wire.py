@@ -110,6 +110,9 @@ def message_pb(m: MessageDoc, siblings: tuple[int, int] = (1, 0)) -> session_pb2
         finish_reason=_finish_pb(m.finish_reason),
         tool_calls=_tool_calls_pb(m.tool_calls),
         tool_results=_tool_messages_pb(m.tool_results),
+        cached=bool(m.cache_entry_id),
+        cache_score=m.cache_score,
+        cache_reason=m.cache_reason,
     )
 
 
@@ -245,6 +248,8 @@ def turn_pb(turn: Turn) -> session_pb2.StartTurnResponse:
         system_prompt=bot.system_prompt,
         replayed=turn.existing_answer is not None,
         answer_slot=turn.question.ordinal if turn.answer_slot is None else turn.answer_slot,
+        cache_max_error_rate=bot.cache_max_error_rate,
+        regenerated_cache_entry_id=turn.regenerated_cache_entry_id,
     )
     if turn.existing_answer is not None:
         response.existing_answer.CopyFrom(message_pb(turn.existing_answer))
@@ -337,6 +342,8 @@ def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
         created_unix_ms=c.created_ms,
         updated_unix_ms=c.updated_ms,
         cached=c.cached,
+        cache_score=c.cache_score,
+        cache_reason=c.cache_reason,
         model=c.model,
         request_params=c.request_params,
     )

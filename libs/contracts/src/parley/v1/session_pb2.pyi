@@ -1074,6 +1074,9 @@ class Message(_message.Message):
     SIBLING_INDEX_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_RESULTS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    CACHE_SCORE_FIELD_NUMBER: _builtins.int
+    CACHE_REASON_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     ordinal: _builtins.int
     role: _types_pb2.Role.ValueType
@@ -1089,6 +1092,10 @@ class Message(_message.Message):
     """messages with the same parent and role, this one included"""
     sibling_index: _builtins.int
     """this one's place among them, oldest first (0-based)"""
+    cached: _builtins.bool
+    """An assistant message served from the semantic cache: the decision's score and reason."""
+    cache_score: _builtins.float
+    cache_reason: _builtins.str
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]:
         """An assistant message that is tool calls: the calls, for the client to run."""
@@ -1113,10 +1120,13 @@ class Message(_message.Message):
         sibling_index: _builtins.int = ...,
         tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
         tool_results: _abc.Iterable[_types_pb2.ChatMessage] | None = ...,
+        cached: _builtins.bool = ...,
+        cache_score: _builtins.float = ...,
+        cache_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count", "tool_calls", b"tool_calls", "tool_results", b"tool_results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reason", b"cache_reason", "cache_score", b"cache_score", "cached", b"cached", "content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count", "tool_calls", b"tool_calls", "tool_results", b"tool_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1234,6 +1244,8 @@ class StartTurnResponse(_message.Message):
     REPLAYED_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     ANSWER_SLOT_FIELD_NUMBER: _builtins.int
+    CACHE_MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    REGENERATED_CACHE_ENTRY_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     cache_scope: _types_pb2.CacheScope.ValueType
     system_prompt: _builtins.str
@@ -1243,6 +1255,10 @@ class StartTurnResponse(_message.Message):
     """The ordinal the answer is stored after (CompletionRequest.user_message_ordinal): the
     question's, or for a regeneration a fresh slot of its own.
     """
+    cache_max_error_rate: _builtins.float
+    """the bot profile's (0: the deployment's)"""
+    regenerated_cache_entry_id: _builtins.str
+    """A regeneration of an answer the cache served: that entry (the regenerate rejects it)."""
     @_builtins.property
     def chat(self) -> Global___Chat: ...
     @_builtins.property
@@ -1271,10 +1287,12 @@ class StartTurnResponse(_message.Message):
         replayed: _builtins.bool = ...,
         tenant_id: _builtins.str = ...,
         answer_slot: _builtins.int = ...,
+        cache_max_error_rate: _builtins.float = ...,
+        regenerated_cache_entry_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "sampling", b"sampling", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_slot", b"answer_slot", "cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_slot", b"answer_slot", "cache_max_error_rate", b"cache_max_error_rate", "cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "regenerated_cache_entry_id", b"regenerated_cache_entry_id", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1636,6 +1654,7 @@ class BotProfile(_message.Message):
     BUILTIN_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CACHE_MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
     bot_id: _builtins.str
     name: _builtins.str
     avatar: _builtins.str
@@ -1652,6 +1671,10 @@ class BotProfile(_message.Message):
     """the default profile, from the service's settings; read-only"""
     created_unix_ms: _builtins.int
     updated_unix_ms: _builtins.int
+    cache_max_error_rate: _builtins.float
+    """The share of wrong cache hits accepted in its chats (0 < rate < 1); 0: the deployment's
+    CACHE_MAX_ERROR_RATE.
+    """
     @_builtins.property
     def sampling(self) -> _types_pb2.SamplingParams:
         """defaults of its chats; max_tokens is the reply budget"""
@@ -1675,10 +1698,11 @@ class BotProfile(_message.Message):
         builtin: _builtins.bool = ...,
         created_unix_ms: _builtins.int = ...,
         updated_unix_ms: _builtins.int = ...,
+        cache_max_error_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar", "bot_id", b"bot_id", "builtin", b"builtin", "cache_scope", b"cache_scope", "created_unix_ms", b"created_unix_ms", "description", b"description", "history", b"history", "history_policy", b"history_policy", "model", b"model", "name", b"name", "sampling", b"sampling", "shared", b"shared", "system_prompt", b"system_prompt", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar", "bot_id", b"bot_id", "builtin", b"builtin", "cache_max_error_rate", b"cache_max_error_rate", "cache_scope", b"cache_scope", "created_unix_ms", b"created_unix_ms", "description", b"description", "history", b"history", "history_policy", b"history_policy", "model", b"model", "name", b"name", "sampling", b"sampling", "shared", b"shared", "system_prompt", b"system_prompt", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2185,6 +2209,8 @@ class Completion(_message.Message):
     CACHED_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     REQUEST_PARAMS_FIELD_NUMBER: _builtins.int
+    CACHE_SCORE_FIELD_NUMBER: _builtins.int
+    CACHE_REASON_FIELD_NUMBER: _builtins.int
     completion_id: _builtins.str
     """the turn's request id"""
     chat_id: _builtins.str
@@ -2200,6 +2226,9 @@ class Completion(_message.Message):
     model: _builtins.str
     request_params: _builtins.bytes
     """as CreateCompletionRequest.request_params"""
+    cache_score: _builtins.float
+    """with cached: the cache's decision (LookupResponse.score, .reason)"""
+    cache_reason: _builtins.str
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
     def __init__(
@@ -2218,10 +2247,12 @@ class Completion(_message.Message):
         cached: _builtins.bool = ...,
         model: _builtins.str = ...,
         request_params: _builtins.bytes = ...,
+        cache_score: _builtins.float = ...,
+        cache_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reason", b"cache_reason", "cache_score", b"cache_score", "cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -165,12 +165,15 @@ async def _respond(turn: Turn, stream: bool) -> Response | TurnResponse:
         return StreamingResponse(
             _sse_stream(turn),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **turn.audit_headers},
         )
     answer: TurnAnswer = await turn.answer()
-    return TurnResponse(
+    response = TurnResponse(
         chat_id=turn.chat_id, request_id=turn.request_id, message_id=turn.message_id, answer=answer
     )
+    if not turn.audit_headers:
+        return response
+    return JSONResponse(response.model_dump(mode="json"), headers=turn.audit_headers)
 
 
 async def _turn(
@@ -455,6 +458,9 @@ def _message_out(m: session_pb2.Message) -> MessageOut:
         parent_id=m.parent_id or None,
         sibling_count=m.sibling_count or 1,
         sibling_index=m.sibling_index,
+        cached=m.cached,
+        cache_score=m.cache_score if m.cached else None,
+        cache_reason=(m.cache_reason or None) if m.cached else None,
     )
 
 

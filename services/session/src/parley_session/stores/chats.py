@@ -114,6 +114,8 @@ class MessageDoc:
     parent_id: str = ""  # empty: the chat's first question
     tool_calls: tuple[ToolCall, ...] = ()
     tool_results: tuple[ToolResult, ...] = ()
+    cache_score: float = 0.0  # with cache_entry_id: the cache's decision, for audits
+    cache_reason: str = ""
 
     @classmethod
     def from_doc(cls, doc: Doc) -> MessageDoc:
@@ -132,6 +134,8 @@ class MessageDoc:
             parent_id=doc.get("parent_id") or "",
             tool_calls=tool_calls_of(doc),
             tool_results=tool_results_of(doc),
+            cache_score=doc.get("cache_score", 0.0),
+            cache_reason=doc.get("cache_reason", ""),
         )
 
     def stored(self) -> StoredMessage:
@@ -627,6 +631,8 @@ class ChatStore:
         finish_reason: str,
         model: str = "",
         cache_entry_id: str = "",
+        cache_score: float = 0.0,
+        cache_reason: str = "",
         worker_id: str = "",
         tool_calls: tuple[ToolCall, ...] = (),
     ) -> bool:
@@ -652,6 +658,8 @@ class ChatStore:
             doc["tool_calls"] = [
                 {"id": c.id, "name": c.name, "arguments": c.arguments} for c in tool_calls
             ]
+        if cache_entry_id:
+            doc |= {"cache_score": cache_score, "cache_reason": cache_reason}
         if user_id:
             doc["user_id"] = user_id
         return await self._append(doc, question_ordinal, question_id)
