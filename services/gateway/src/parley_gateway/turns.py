@@ -108,6 +108,7 @@ class Turn:
     model: str = ""
     created_unix_s: int = field(default_factory=lambda: int(time.time()))
     queued: bool = False  # sent to the workers (not a cache hit or a replayed answer)
+    context_notice: str = ""  # what of the question's attached documents was cut to fit
 
     def events(self) -> AsyncIterator[TurnEvent]:
         return self._events
@@ -186,10 +187,12 @@ class TurnService:
         instructions: str | None = None,
         edit_message_id: str = "",
         regenerate_message_id: str = "",
+        attachment_ids: Sequence[str] = (),
     ) -> Turn:
         """A turn of a stored chat (a new one when `chat_id` is empty); with `edit_message_id`
         that user message asked again as a new branch, with `regenerate_message_id` a new
-        answer beside that assistant message.
+        answer beside that assistant message; `attachment_ids`: files of the chat sent with the
+        question (such a turn is neither looked up in nor stored into the semantic cache).
 
         `instructions`: this turn's system prompt in place of the bot profile's (not stored).
 
@@ -200,7 +203,7 @@ class TurnService:
         """
         request_id = request_id or new_id()
         bind_log_fields(request_id=request_id)  # from here on, log lines and gRPC calls carry it
-        if (sampling or Sampling()).cacheable:
+        if (sampling or Sampling()).cacheable and not attachment_ids:
             self._prime(message)
         started = await self._session.start_turn(
             session_pb2.StartTurnRequest(
@@ -212,6 +215,7 @@ class TurnService:
                 max_tokens=max_tokens or 0,
                 edit_message_id=edit_message_id,
                 regenerate_message_id=regenerate_message_id,
+                attachment_ids=list(attachment_ids),
             )
         )
         if before_queue is not None and not await before_queue(
@@ -249,9 +253,12 @@ class TurnService:
             bot_id=started.chat.bot_id,
             user_message_ordinal=started.answer_slot,
         )
-        return await self._run(
-            principal, plan, no_cache=no_cache, cacheable=sampling.cacheable, detached=detached
+        cacheable = sampling.cacheable and not started.user_message.attachments
+        turn = await self._run(
+            principal, plan, no_cache=no_cache, cacheable=cacheable, detached=detached
         )
+        turn.context_notice = started.user_message.context_notice
+        return turn
 
     async def start_stateless(
         self,

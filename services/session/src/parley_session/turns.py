@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from parley_common.ids import is_id
+from parley_session.attachments import AttachmentKind, Document, document_text, fit_documents
 from parley_session.bot_access import BotAccess
 from parley_session.config import Settings
 from parley_session.context import BuiltContext, ContextBuilder
 from parley_session.domain import (
+    AttachmentNotFoundError,
     BotProfile,
     ChatNotFoundError,
     HistoryPolicy,
@@ -27,6 +29,7 @@ from parley_session.domain import (
 from parley_session.failures import EXPECTED_FAILURES
 from parley_session.retry import deadline
 from parley_session.stores import ChatDoc, LoadedHistory, MessageDoc, Stores, TurnSlot
+from parley_session.stores._mongo import Doc
 from parley_session.tokens import TokenCounter
 
 __all__ = ["MAX_CONTENT_CHARS", "Turn", "TurnRequest", "Turns", "check_chat_id", "check_content"]
@@ -49,6 +52,7 @@ class TurnRequest:
     history_policy: HistoryPolicy | None = None  # None: the profile's
     edit_message_id: str = ""  # ask this user message of the chat again, as a new branch
     regenerate_message_id: str = ""  # a new answer (a sibling) to this assistant message's question
+    attachment_ids: tuple[str, ...] = ()  # files of the chat sent with the question
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,12 @@ class Turns:
     async def start(self, request: TurnRequest) -> Turn:
         if not request.request_id or len(request.request_id) > 128:
             raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
+        if request.attachment_ids and (
+            not request.chat_id or request.edit_message_id or request.regenerate_message_id
+        ):
+            raise InvalidArgumentError(
+                "attachment_ids", "files are sent with the next question of an existing chat"
+            )
         if request.regenerate_message_id:
             check_chat_id(request.chat_id)
             return await self._regenerate(request)
@@ -252,10 +262,14 @@ class Turns:
         content = request.content
         token_count = self._tokens.count(content)
         chats = self._stores.chats
+        attached: Doc | None = None
         try:
             bot = await self._bots.of_chat(slot.chat)
             policy = self._policy(request, bot)
             max_tokens = self._reply_budget(bot, request.max_tokens)
+            if request.attachment_ids:
+                attached = await self._attach(request, bot, max_tokens)
+                content, token_count = attached["model_content"], attached.pop("token_count")
             self._check_fits(bot, content, token_count, max_tokens)
             if policy is HistoryPolicy.FULL:
                 await self._contexts.build(
@@ -280,7 +294,11 @@ class Turns:
             await self._release_quietly(slot)
             raise
         question, placed = await chats.place_question(
-            slot, content=content, token_count=token_count, request_id=request.request_id
+            slot,
+            content=request.content,
+            token_count=token_count,
+            request_id=request.request_id,
+            attached=attached,
         )
         if not placed:
             await chats.release_turn(slot)
@@ -295,6 +313,54 @@ class Turns:
             answer_wait_s=self._settings.previous_answer_wait_s,
         )
         return Turn(slot.chat, bot, question, built, max_tokens)
+
+    async def _attach(self, request: TurnRequest, bot: BotProfile, reply_budget: int) -> Doc:
+        """The question's files: each of this chat's; images only for a model that reads them;
+        documents' text with the question, cut (and said so) when it does not fit the window."""
+        ids = tuple(dict.fromkeys(request.attachment_ids))
+        limit = self._settings.attachment_max_per_chat
+        if len(ids) > limit:
+            raise InvalidArgumentError("attachment_ids", f"at most {limit} files a question")
+        store = self._stores.attachments
+        found = []
+        for attachment_id in ids:
+            try:
+                if not is_id(attachment_id):
+                    raise AttachmentNotFoundError(attachment_id)
+                found.append(await store.get(request.user_id, request.chat_id, attachment_id))
+            except AttachmentNotFoundError:
+                raise InvalidArgumentError(
+                    "attachment_ids", f"no attachment {attachment_id} in this chat"
+                ) from None
+        model = bot.model or self._settings.model_name
+        if any(a.kind == AttachmentKind.IMAGE for a in found):
+            raise InvalidArgumentError(
+                "attachment_ids",
+                f"model {model} does not accept image input; send documents only, or chat "
+                "with a bot whose model reads images",
+                reason="image_input_unsupported",
+            )
+        documents = [
+            Document(
+                a.name,
+                document_text(AttachmentKind(a.kind), await store.read(a.attachment_id)),
+                a.tokens or 0,
+            )
+            for a in found
+        ]
+        fitted = fit_documents(
+            request.content,
+            documents,
+            system_prompt=bot.system_prompt,
+            budget=self._settings.context_window - reply_budget,
+            fmt=self._tokens,
+        )
+        return {
+            "attachments": [a.ref() for a in found],
+            "model_content": fitted.content,
+            "token_count": fitted.tokens,
+            "context_notice": fitted.notice,
+        }
 
     async def _replay(self, request: TurnRequest, chat_id: str, question: MessageDoc) -> Turn:
         """A request seen before: its question as stored then, its answer if there is one."""

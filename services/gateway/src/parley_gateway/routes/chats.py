@@ -21,6 +21,7 @@ from parley_gateway.deps import Admitted, PartsDep, User
 from parley_gateway.errors import ApiError
 from parley_gateway.relay import RESET_MESSAGE
 from parley_gateway.schemas import (
+    AttachmentRef,
     ChatDetail,
     ChatList,
     ChatsExport,
@@ -145,7 +146,12 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def _sse_stream(turn: Turn) -> AsyncIterator[bytes]:
     yield _sse(
         "chat",
-        {"chat_id": turn.chat_id, "request_id": turn.request_id, "message_id": turn.message_id},
+        {
+            "chat_id": turn.chat_id,
+            "request_id": turn.request_id,
+            "message_id": turn.message_id,
+            "context_notice": turn.context_notice or None,
+        },
     )
     try:
         async for event in turn.events():
@@ -170,7 +176,11 @@ async def _respond(turn: Turn, stream: bool) -> Response | TurnResponse:
         )
     answer: TurnAnswer = await turn.answer()
     return TurnResponse(
-        chat_id=turn.chat_id, request_id=turn.request_id, message_id=turn.message_id, answer=answer
+        chat_id=turn.chat_id,
+        request_id=turn.request_id,
+        message_id=turn.message_id,
+        answer=answer,
+        context_notice=turn.context_notice or None,
     )
 
 
@@ -204,6 +214,7 @@ async def _turn(
             bot_id=bot_id,
             no_cache=no_cache,
             sampling=sampling,
+            attachment_ids=body.attachment_ids,
         )
         return await _respond(turn, body.stream)
     if body.stream:
@@ -226,6 +237,7 @@ async def _turn(
             sampling=sampling,
             detached=True,
             before_queue=before_queue,
+            attachment_ids=body.attachment_ids,
         )
 
     completion = await parts.async_completions.submit(user, request_id, start)
@@ -446,6 +458,18 @@ def _message_out(m: session_pb2.Message) -> MessageOut:
         parent_id=m.parent_id or None,
         sibling_count=m.sibling_count or 1,
         sibling_index=m.sibling_index,
+        attachments=[
+            AttachmentRef(
+                id=a.attachment_id,
+                name=a.name,
+                media_type=a.media_type,
+                kind=a.kind,  # type: ignore[arg-type]  # the session's kinds are the schema's
+                size=a.size,
+                tokens=a.tokens if a.HasField("tokens") else None,
+            )
+            for a in m.attachments
+        ],
+        context_notice=m.context_notice or None,
     )
 
 

@@ -17,7 +17,8 @@ __all__ = ["MessageStore"]
 
 
 def _stored(doc: Doc) -> StoredMessage:
-    return StoredMessage(doc["ordinal"], doc["role"], doc["content"], doc.get("token_count", 0))
+    content = doc.get("model_content") or doc["content"]
+    return StoredMessage(doc["ordinal"], doc["role"], content, doc.get("token_count", 0))
 
 
 class MessageStore:
