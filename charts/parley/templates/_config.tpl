@@ -11,6 +11,7 @@ RATE_LIMIT_REQUESTS_PER_MINUTE: {{ $v.gateway.rateLimit.requestsPerMinute | int6
 RATE_LIMIT_TOKENS_PER_MINUTE: {{ $v.gateway.rateLimit.tokensPerMinute | int64 | toString | quote }}
 MAX_QUEUE_DEPTH: {{ $v.gateway.maxQueueDepth | int64 | toString | quote }}
 MAX_CHOICES: {{ $v.gateway.maxChoices | int64 | toString | quote }}
+ATTACHMENT_MAX_BYTES: {{ $v.attachments.maxBytes | int64 | toString | quote }}
 SIGN_UP_MODE: {{ $v.gateway.accounts.signUpMode | quote }}
 SESSION_COOKIE_SECURE: {{ $v.gateway.accounts.sessionCookieSecure | toString | quote }}
 SESSION_IDLE_TIMEOUT_S: {{ $v.gateway.accounts.sessionIdleTimeoutS | int64 | toString | quote }}
@@ -49,6 +50,9 @@ MODEL_NAME: {{ $v.model.name | quote }}
 {{- with $v.model.tokenizerPath }}
 TOKENIZER_PATH: {{ . | quote }}
 {{- end }}
+ATTACHMENT_MAX_BYTES: {{ $v.attachments.maxBytes | int64 | toString | quote }}
+ATTACHMENT_MAX_PER_CHAT: {{ $v.attachments.maxPerChat | int64 | toString | quote }}
+ATTACHMENT_MAX_CHAT_BYTES: {{ $v.attachments.maxChatBytes | int64 | toString | quote }}
 {{- end -}}
 
 {{- define "parley.config.cache" -}}

@@ -67,7 +67,7 @@ def _out(a: session_pb2.Attachment) -> AttachmentOut:
         chat_id=a.chat_id,
         name=a.name,
         media_type=a.media_type,
-        kind=a.kind,  # type: ignore[arg-type]  # the session's kinds are the schema's
+        kind=a.kind,
         size=a.size,
         tokens=a.tokens if a.HasField("tokens") else None,
         created_at=a.created_unix_ms,

@@ -463,7 +463,7 @@ def _message_out(m: session_pb2.Message) -> MessageOut:
                 id=a.attachment_id,
                 name=a.name,
                 media_type=a.media_type,
-                kind=a.kind,  # type: ignore[arg-type]  # the session's kinds are the schema's
+                kind=a.kind,
                 size=a.size,
                 tokens=a.tokens if a.HasField("tokens") else None,
             )
