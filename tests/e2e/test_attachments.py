@@ -17,6 +17,7 @@ from pymongo.database import Database
 from transformers import AutoTokenizer
 
 from parley_devstack.platform import Platform
+from parley_devstack.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -245,7 +246,9 @@ def test_document_text_reaches_the_engine_counted_exactly(
         {"role": "user", "content": sent},
     ]
     expected = len(
-        tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True)
+        tokenizer.apply_chat_template(
+            history, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
     )
     # The worker counts the prompt it fed the model: the document was in it.
     assert turn.json()["answer"]["usage"]["prompt_tokens"] == expected
@@ -311,3 +314,54 @@ def test_files_go_with_their_chat_their_branch_and_all_chats(
     ids = [_upload(alice, c, "a.txt", b"a", "text/plain").json()["id"] for c in (first, second)]
     assert alice.delete("/chats").status_code == 200
     assert [_stored(mongo, i) for i in ids] == [(0, 0), (0, 0)]
+
+
+@pytest.fixture(scope="module")
+def vision_platform(
+    local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    """A platform whose model takes images (the fake engine does), on the shared stack with
+    topics and a worker group of its own."""
+    with Platform(
+        local_stack.addresses,
+        run_dir=tmp_path_factory.mktemp("vision"),
+        model_dir=None,
+        engine="fake",
+        env={"TOPIC_PREFIX": "vision.", "WORKER_GROUP": "vision-workers"},
+        service_env={"session": {"VISION_MODELS": "fake"}},
+    ) as running:
+        yield running
+
+
+def test_images_go_to_a_vision_model_as_image_parts(vision_platform: Platform) -> None:
+    admin = httpx.Client(
+        base_url=vision_platform.gateway_url,
+        headers={"Authorization": f"Bearer {vision_platform.admin_api_key}"},
+        timeout=60,
+    )
+    with admin:
+        user = admin.post("/admin/users", json={"name": "carol"}).json()
+        key = admin.post(f"/admin/users/{user['user_id']}/keys", json={"name": "t"}).json()
+    with httpx.Client(
+        base_url=vision_platform.gateway_url,
+        headers={"Authorization": f"Bearer {key['api_key']}"},
+        timeout=60,
+    ) as carol:
+        chat_id = _chat(carol)
+        image = _upload(carol, chat_id, "pic.png", _png(), "image/png").json()
+        ask = {"message": "What is this?", "max_tokens": 4}
+        plain = carol.post(f"/chat/{chat_id}/completion", json=ask)
+        assert plain.status_code == 200, plain.text
+        seen = carol.post(
+            f"/chat/{chat_id}/completion", json={**ask, "attachment_ids": [image["id"]]}
+        )
+        assert seen.status_code == 200, seen.text
+        # The fake engine counts 85 tokens an image part: it received the image (and the turn
+        # before, with its answer, is the difference in history).
+        history = plain.json()["answer"]["usage"]["prompt_tokens"]
+        grown = seen.json()["answer"]["usage"]["prompt_tokens"]
+        answer_tokens = 4 + -(-len(plain.json()["answer"]["content"]) // 4)
+        question_tokens = 4 + -(-len("What is this?") // 4)
+        assert grown == history + answer_tokens + question_tokens + 85
+        question = carol.get(f"/chat/{chat_id}").json()["messages"][-2]
+        assert [a["kind"] for a in question["attachments"]] == ["image"]

@@ -50,6 +50,9 @@ MODEL_NAME: {{ $v.model.name | quote }}
 {{- with $v.model.tokenizerPath }}
 TOKENIZER_PATH: {{ . | quote }}
 {{- end }}
+{{- with $v.model.visionModels }}
+VISION_MODELS: {{ . | quote }}
+{{- end }}
 ATTACHMENT_MAX_BYTES: {{ $v.attachments.maxBytes | int64 | toString | quote }}
 ATTACHMENT_MAX_PER_CHAT: {{ $v.attachments.maxPerChat | int64 | toString | quote }}
 ATTACHMENT_MAX_CHAT_BYTES: {{ $v.attachments.maxChatBytes | int64 | toString | quote }}

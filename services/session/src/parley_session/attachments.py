@@ -305,7 +305,7 @@ class Attachments:
         tokens = (
             self._tokens.count(document_text(found.kind, data)) if found.kind.is_document else None
         )
-        usage = await self._stores.attachments.usage(chat_id)
+        usage = await self._stores.attachments.usage(user_id, chat_id)
         if usage.count >= settings.attachment_max_per_chat:
             raise InvalidArgumentError(
                 "file",

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_CONTENT_CHARS: Final = 100_000
 _RELEASE_S: Final = 1.0
 _NO_LATER_THAN: Final = 2**31  # an ordinal past any chat's last message
+# Images travel to the workers inside the turn's Kafka request, under Kafka's 1 MB message limit.
+MAX_IMAGE_BYTES_A_QUESTION: Final = 768 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,13 @@ class Turn:
     max_tokens: int
     existing_answer: MessageDoc | None = None
     answer_slot: int | None = None  # None: the question's ordinal (a regeneration has its own)
+    images: tuple[Image, ...] = ()  # sent with the question to a model that takes images
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    media_type: str
+    data: bytes
 
 
 def check_chat_id(chat_id: str) -> None:
@@ -263,12 +272,13 @@ class Turns:
         token_count = self._tokens.count(content)
         chats = self._stores.chats
         attached: Doc | None = None
+        images: tuple[Image, ...] = ()
         try:
             bot = await self._bots.of_chat(slot.chat)
             policy = self._policy(request, bot)
             max_tokens = self._reply_budget(bot, request.max_tokens)
             if request.attachment_ids:
-                attached = await self._attach(request, bot, max_tokens)
+                attached, images = await self._attach(request, bot, max_tokens)
                 content, token_count = attached["model_content"], attached.pop("token_count")
             self._check_fits(bot, content, token_count, max_tokens)
             if policy is HistoryPolicy.FULL:
@@ -312,11 +322,14 @@ class Turns:
             leaf_id=question.message_id,
             answer_wait_s=self._settings.previous_answer_wait_s,
         )
-        return Turn(slot.chat, bot, question, built, max_tokens)
+        return Turn(slot.chat, bot, question, built, max_tokens, images=images)
 
-    async def _attach(self, request: TurnRequest, bot: BotProfile, reply_budget: int) -> Doc:
-        """The question's files: each of this chat's; images only for a model that reads them;
-        documents' text with the question, cut (and said so) when it does not fit the window."""
+    async def _attach(
+        self, request: TurnRequest, bot: BotProfile, reply_budget: int
+    ) -> tuple[Doc, tuple[Image, ...]]:
+        """The question's files: each of this chat's; images only for a model that takes them
+        (VISION_MODELS); documents' text with the question, cut (and said so) when it does not
+        fit the window. Returns what the question stores of them, and its images."""
         ids = tuple(dict.fromkeys(request.attachment_ids))
         limit = self._settings.attachment_max_per_chat
         if len(ids) > limit:
@@ -333,13 +346,22 @@ class Turns:
                     "attachment_ids", f"no attachment {attachment_id} in this chat"
                 ) from None
         model = bot.model or self._settings.model_name
-        if any(a.kind == AttachmentKind.IMAGE for a in found):
+        pictures = [a for a in found if a.kind == AttachmentKind.IMAGE]
+        if pictures and model not in self._settings.image_models:
             raise InvalidArgumentError(
                 "attachment_ids",
                 f"model {model} does not accept image input; send documents only, or chat "
-                "with a bot whose model reads images",
+                "with a bot whose model takes images",
                 reason="image_input_unsupported",
             )
+        if sum(a.size for a in pictures) > MAX_IMAGE_BYTES_A_QUESTION:
+            raise InvalidArgumentError(
+                "attachment_ids",
+                f"the images come to {sum(a.size for a in pictures)} bytes; at most "
+                f"{MAX_IMAGE_BYTES_A_QUESTION} go to the model with one question",
+                reason="attachment_too_large",
+            )
+        images = tuple([Image(a.media_type, await store.read(a.attachment_id)) for a in pictures])
         documents = [
             Document(
                 a.name,
@@ -355,12 +377,13 @@ class Turns:
             budget=self._settings.context_window - reply_budget,
             fmt=self._tokens,
         )
-        return {
+        attached = {
             "attachments": [a.ref() for a in found],
             "model_content": fitted.content,
             "token_count": fitted.tokens,
             "context_notice": fitted.notice,
         }
+        return attached, images
 
     async def _replay(self, request: TurnRequest, chat_id: str, question: MessageDoc) -> Turn:
         """A request seen before: its question as stored then, its answer if there is one."""

@@ -250,6 +250,11 @@ def turn_pb(turn: Turn) -> session_pb2.StartTurnResponse:
     )
     if turn.existing_answer is not None:
         response.existing_answer.CopyFrom(message_pb(turn.existing_answer))
+    if turn.images:
+        question = response.context.messages[-1]
+        question.images.extend(
+            types_pb2.ImagePart(media_type=i.media_type, data=i.data) for i in turn.images
+        )
     return response
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15parley/v1/types.proto\x12\tparley.v1\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"|\n\x0b\x43hatMessage\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.parley.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\'\n\ntool_calls\x18\x03 \x03(\x0b\x32\x13.parley.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"\\\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"p\n\x0eResponseFormat\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.parley.v1.ResponseFormatType\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"]\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12-\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x17.parley.v1.TokenLogprob\"\x85\x04\n\x11GenerationOptions\x12(\n\x05tools\x18\x01 \x03(\x0b\x32\x19.parley.v1.ToolDefinition\x12*\n\x0btool_choice\x18\x02 \x01(\x0e\x32\x15.parley.v1.ToolChoice\x12\x1c\n\x14tool_choice_function\x18\x03 \x01(\t\x12 \n\x13parallel_tool_calls\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x32\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x19.parley.v1.ResponseFormat\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\r\x12\t\n\x01n\x18\x08 \x01(\r\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x02\x88\x01\x01\x12?\n\nlogit_bias\x18\x0b \x03(\x0b\x32+.parley.v1.GenerationOptions.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x16\n\x14_parallel_tool_callsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"\x96\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xa1\x01\n\x08\x43\x61\x63heKey\x12\x11\n\tscope_key\x18\x01 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x02 \x01(\t\x12\x17\n\x0fquestion_vector\x18\x03 \x03(\x02\x12\x16\n\x0e\x63ontext_vector\x18\x04 \x03(\x02\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x12\n\nmax_tokens\x18\x07 \x01(\r*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x89\x01\n\nToolChoice\x12\x1b\n\x17TOOL_CHOICE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOOL_CHOICE_AUTO\x10\x01\x12\x14\n\x10TOOL_CHOICE_NONE\x10\x02\x12\x18\n\x14TOOL_CHOICE_REQUIRED\x10\x03\x12\x18\n\x14TOOL_CHOICE_FUNCTION\x10\x04*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03*\xce\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x19\n\x15\x46INISH_REASON_EXPIRED\x10\x05\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x06*\x89\x01\n\nCacheScope\x12\x1b\n\x17\x43\x41\x43HE_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41\x43HE_SCOPE_USER\x10\x01\x12\x16\n\x12\x43\x41\x43HE_SCOPE_TENANT\x10\x02\x12\x16\n\x12\x43\x41\x43HE_SCOPE_GLOBAL\x10\x03\x12\x18\n\x14\x43\x41\x43HE_SCOPE_DISABLED\x10\x04*u\n\x10\x43\x61\x63heContextMode\x12\"\n\x1e\x43\x41\x43HE_CONTEXT_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41\x43HE_CONTEXT_MODE_EXACT\x10\x01\x12\x1f\n\x1b\x43\x41\x43HE_CONTEXT_MODE_SEMANTIC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15parley/v1/types.proto\x12\tparley.v1\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"\xa2\x01\n\x0b\x43hatMessage\x12\x1d\n\x04role\x18\x01 \x01(\x0e\x32\x0f.parley.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\'\n\ntool_calls\x18\x03 \x03(\x0b\x32\x13.parley.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12$\n\x06images\x18\x32 \x03(\x0b\x32\x14.parley.v1.ImagePart\"-\n\tImagePart\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"p\n\x0eResponseFormat\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.parley.v1.ResponseFormatType\x12\x13\n\x0bschema_json\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"]\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12-\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x17.parley.v1.TokenLogprob\"\x85\x04\n\x11GenerationOptions\x12(\n\x05tools\x18\x01 \x03(\x0b\x32\x19.parley.v1.ToolDefinition\x12*\n\x0btool_choice\x18\x02 \x01(\x0e\x32\x15.parley.v1.ToolChoice\x12\x1c\n\x14tool_choice_function\x18\x03 \x01(\t\x12 \n\x13parallel_tool_calls\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x32\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x19.parley.v1.ResponseFormat\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\r\x12\t\n\x01n\x18\x08 \x01(\r\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x02\x88\x01\x01\x12?\n\nlogit_bias\x18\x0b \x03(\x0b\x32+.parley.v1.GenerationOptions.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x16\n\x14_parallel_tool_callsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"\x96\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xa1\x01\n\x08\x43\x61\x63heKey\x12\x11\n\tscope_key\x18\x01 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x02 \x01(\t\x12\x17\n\x0fquestion_vector\x18\x03 \x03(\x02\x12\x16\n\x0e\x63ontext_vector\x18\x04 \x03(\x02\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\x03\x12\x12\n\nmax_tokens\x18\x07 \x01(\r*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x89\x01\n\nToolChoice\x12\x1b\n\x17TOOL_CHOICE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOOL_CHOICE_AUTO\x10\x01\x12\x14\n\x10TOOL_CHOICE_NONE\x10\x02\x12\x18\n\x14TOOL_CHOICE_REQUIRED\x10\x03\x12\x18\n\x14TOOL_CHOICE_FUNCTION\x10\x04*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03*\xce\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x19\n\x15\x46INISH_REASON_EXPIRED\x10\x05\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x06*\x89\x01\n\nCacheScope\x12\x1b\n\x17\x43\x41\x43HE_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41\x43HE_SCOPE_USER\x10\x01\x12\x16\n\x12\x43\x41\x43HE_SCOPE_TENANT\x10\x02\x12\x16\n\x12\x43\x41\x43HE_SCOPE_GLOBAL\x10\x03\x12\x18\n\x14\x43\x41\x43HE_SCOPE_DISABLED\x10\x04*u\n\x10\x43\x61\x63heContextMode\x12\"\n\x1e\x43\x41\x43HE_CONTEXT_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41\x43HE_CONTEXT_MODE_EXACT\x10\x01\x12\x1f\n\x1b\x43\x41\x43HE_CONTEXT_MODE_SEMANTIC\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._loaded_options = None
   _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1418
-  _globals['_ROLE']._serialized_end=1513
-  _globals['_TOOLCHOICE']._serialized_start=1516
-  _globals['_TOOLCHOICE']._serialized_end=1653
-  _globals['_RESPONSEFORMATTYPE']._serialized_start=1656
-  _globals['_RESPONSEFORMATTYPE']._serialized_end=1821
-  _globals['_FINISHREASON']._serialized_start=1824
-  _globals['_FINISHREASON']._serialized_end=2030
-  _globals['_CACHESCOPE']._serialized_start=2033
-  _globals['_CACHESCOPE']._serialized_end=2170
-  _globals['_CACHECONTEXTMODE']._serialized_start=2172
-  _globals['_CACHECONTEXTMODE']._serialized_end=2289
+  _globals['_ROLE']._serialized_start=1504
+  _globals['_ROLE']._serialized_end=1599
+  _globals['_TOOLCHOICE']._serialized_start=1602
+  _globals['_TOOLCHOICE']._serialized_end=1739
+  _globals['_RESPONSEFORMATTYPE']._serialized_start=1742
+  _globals['_RESPONSEFORMATTYPE']._serialized_end=1907
+  _globals['_FINISHREASON']._serialized_start=1910
+  _globals['_FINISHREASON']._serialized_end=2116
+  _globals['_CACHESCOPE']._serialized_start=2119
+  _globals['_CACHESCOPE']._serialized_end=2256
+  _globals['_CACHECONTEXTMODE']._serialized_start=2258
+  _globals['_CACHECONTEXTMODE']._serialized_end=2375
   _globals['_TOOLCALL']._serialized_start=36
   _globals['_TOOLCALL']._serialized_end=91
-  _globals['_CHATMESSAGE']._serialized_start=93
-  _globals['_CHATMESSAGE']._serialized_end=217
-  _globals['_TOOLDEFINITION']._serialized_start=219
-  _globals['_TOOLDEFINITION']._serialized_end=311
-  _globals['_RESPONSEFORMAT']._serialized_start=313
-  _globals['_RESPONSEFORMAT']._serialized_end=425
-  _globals['_TOKENLOGPROB']._serialized_start=427
-  _globals['_TOKENLOGPROB']._serialized_end=520
-  _globals['_GENERATIONOPTIONS']._serialized_start=523
-  _globals['_GENERATIONOPTIONS']._serialized_end=1040
-  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_start=925
-  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_end=973
-  _globals['_SAMPLINGPARAMS']._serialized_start=1043
-  _globals['_SAMPLINGPARAMS']._serialized_end=1193
-  _globals['_USAGE']._serialized_start=1195
-  _globals['_USAGE']._serialized_end=1252
-  _globals['_CACHEKEY']._serialized_start=1255
-  _globals['_CACHEKEY']._serialized_end=1416
+  _globals['_CHATMESSAGE']._serialized_start=94
+  _globals['_CHATMESSAGE']._serialized_end=256
+  _globals['_IMAGEPART']._serialized_start=258
+  _globals['_IMAGEPART']._serialized_end=303
+  _globals['_TOOLDEFINITION']._serialized_start=305
+  _globals['_TOOLDEFINITION']._serialized_end=397
+  _globals['_RESPONSEFORMAT']._serialized_start=399
+  _globals['_RESPONSEFORMAT']._serialized_end=511
+  _globals['_TOKENLOGPROB']._serialized_start=513
+  _globals['_TOKENLOGPROB']._serialized_end=606
+  _globals['_GENERATIONOPTIONS']._serialized_start=609
+  _globals['_GENERATIONOPTIONS']._serialized_end=1126
+  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_start=1011
+  _globals['_GENERATIONOPTIONS_LOGITBIASENTRY']._serialized_end=1059
+  _globals['_SAMPLINGPARAMS']._serialized_start=1129
+  _globals['_SAMPLINGPARAMS']._serialized_end=1279
+  _globals['_USAGE']._serialized_start=1281
+  _globals['_USAGE']._serialized_end=1338
+  _globals['_CACHEKEY']._serialized_start=1341
+  _globals['_CACHEKEY']._serialized_end=1502
 # @@protoc_insertion_point(module_scope)

@@ -75,18 +75,18 @@ class AttachmentStore:
 
     async def ensure_indexes(self) -> None:
         # GridFS's own indexes (filename/uploadDate, files_id/n) are made on its first upload.
+        # Every query names the owner: one index serves a user's files and a chat's.
         await self._files.create_index(
-            [("metadata.chat_id", ASCENDING), ("metadata.user_id", ASCENDING)]
+            [("metadata.user_id", ASCENDING), ("metadata.chat_id", ASCENDING)]
         )
-        await self._files.create_index([("metadata.user_id", ASCENDING)])
 
     @retried
-    async def usage(self, chat_id: str) -> ChatAttachmentUsage:
+    async def usage(self, user_id: str, chat_id: str) -> ChatAttachmentUsage:
         found = [
             d
             async for d in await self._files.aggregate(
                 [
-                    {"$match": {"metadata.chat_id": chat_id}},
+                    {"$match": {"metadata.user_id": user_id, "metadata.chat_id": chat_id}},
                     {"$group": {"_id": None, "count": {"$sum": 1}, "bytes": {"$sum": "$length"}}},
                 ]
             )
@@ -159,11 +159,9 @@ class AttachmentStore:
             await self._files.delete_many({"_id": {"$in": batch}})
 
     @retried
-    async def delete_for_chats(self, chat_ids: Iterable[str]) -> None:
-        ids = list(chat_ids)
-        for start in range(0, len(ids), _BATCH):
-            query = {"metadata.chat_id": {"$in": ids[start : start + _BATCH]}}
-            await self._delete_ids([d["_id"] async for d in self._files.find(query, {"_id": 1})])
+    async def delete_for_chat(self, user_id: str, chat_id: str) -> None:
+        query = {"metadata.user_id": user_id, "metadata.chat_id": chat_id}
+        await self._delete_ids([d["_id"] async for d in self._files.find(query, {"_id": 1})])
 
     @retried
     async def delete_for_user(self, user_id: str) -> None:

@@ -314,7 +314,7 @@ class ChatStore:
         if await self._chats.count_documents({"_id": chat_id, "user_id": user_id}, limit=1) == 0:
             raise ChatNotFoundError(chat_id)
         # The chat goes last, so that an interrupted delete, run again, finds it and finishes.
-        await self._attachments.delete_for_chats([chat_id])
+        await self._attachments.delete_for_chat(user_id, chat_id)
         await self._messages.delete_many({"chat_id": chat_id})
         await self._regenerations.delete_many({"chat_id": chat_id})
         await self._feedback.delete_many({"chat_id": chat_id})
