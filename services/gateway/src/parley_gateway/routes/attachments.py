@@ -28,7 +28,8 @@ router = APIRouter(tags=["attachments"])
 UPLOAD_PATH: Final = re.compile(r"/chat/[^/]+/attachments")
 UPLOAD_OVERHEAD_BYTES: Final = 64 * 1024
 _READ_CHUNK: Final = 256 * 1024
-_INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_INLINE_TYPES: Final = ("image/png", "image/jpeg", "image/gif", "image/webp")
+TEXT_MEDIA_TYPE: Final = "text/plain; charset=utf-8"
 
 ChatId = Annotated[str, Path(description="a chat id (32 hexadecimal characters)")]
 AttachmentId = Annotated[str, Path(description="an attachment id of this chat")]
@@ -103,6 +104,21 @@ async def _read_file(request: Request, max_bytes: int) -> tuple[str, bytes]:
     response_model=AttachmentOut,
     responses=_UPLOAD_ERRORS,
     summary="Attach a file to a chat",
+    # Read from the request itself (bounded while read), so FastAPI does not describe the body.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    },
 )
 async def upload_attachment(
     chat_id: ChatId, request: Request, user: User, parts: PartsDep
@@ -137,7 +153,14 @@ async def list_attachments(chat_id: ChatId, user: User, parts: PartsDep) -> Atta
 
 @router.get(
     "/chat/{chat_id}/attachments/{attachment_id}",
-    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "the file's bytes, with the type detected at upload",
+            "content": {t: {} for t in (TEXT_MEDIA_TYPE, "application/pdf", *_INLINE_TYPES)},
+        },
+    },
     summary="Download a file",
 )
 async def get_attachment(
