@@ -369,6 +369,7 @@ class Turns:
                 a.tokens or 0,
             )
             for a in found
+            if AttachmentKind(a.kind).is_document
         ]
         fitted = fit_documents(
             request.content,
