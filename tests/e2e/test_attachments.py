@@ -91,6 +91,15 @@ def _upload(
     return client.post(f"/chat/{chat_id}/attachments", files={"file": (name, data, declared)})
 
 
+def _question(client: httpx.Client, chat_id: str, turn: httpx.Response) -> dict[str, Any]:
+    """The stored user message of `turn` (its answer may not be stored yet)."""
+    messages = client.get(f"/chat/{chat_id}").json()["messages"]
+    found: dict[str, Any] = next(
+        m for m in messages if m["message_id"] == turn.json()["message_id"]
+    )
+    return found
+
+
 def _stored(mongo: Database[dict[str, Any]], attachment_id: str) -> tuple[int, int]:
     return (
         mongo["attachments.files"].count_documents({"_id": attachment_id}),
@@ -222,7 +231,8 @@ def test_document_text_reaches_the_engine_counted_exactly(
     new_user: NewUser, tokenizer: Any
 ) -> None:
     alice = new_user("alice")
-    chat_id = _chat(alice)
+    first = alice.post("/chat", json={"message": "Hello", "max_tokens": 4}).json()
+    chat_id = first["chat_id"]
     text = "The fjord is 1308 metres deep.\n"
     doc = _upload(alice, chat_id, "fjord.txt", text.encode(), "text/plain").json()
     turn = alice.post(
@@ -231,8 +241,7 @@ def test_document_text_reaches_the_engine_counted_exactly(
     )
     assert turn.status_code == 200, turn.text
     assert turn.json()["context_notice"] is None
-    chat = alice.get(f"/chat/{chat_id}").json()
-    question = chat["messages"][-2]
+    question = _question(alice, chat_id, turn)
     assert question["content"] == "How deep?"
     assert question["attachments"] == [
         {k: doc[k] for k in ("id", "name", "media_type", "kind", "size", "tokens")}
@@ -242,7 +251,7 @@ def test_document_text_reaches_the_engine_counted_exactly(
     history = [
         {"role": "system", "content": DEFAULT_SYSTEM},
         {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": chat["messages"][1]["content"]},
+        {"role": "assistant", "content": first["answer"]["content"]},
         {"role": "user", "content": sent},
     ]
     expected = len(
@@ -270,7 +279,7 @@ def test_a_document_too_long_is_cut_and_the_user_told(new_user: NewUser) -> None
     assert "long.txt" in notice
     assert f"of {doc['tokens']} tokens" in notice
     assert turn.json()["answer"]["usage"]["prompt_tokens"] <= 2048 - 16
-    question = alice.get(f"/chat/{chat_id}").json()["messages"][-2]
+    question = _question(alice, chat_id, turn)
     assert question["context_notice"] == notice
 
 
@@ -363,5 +372,5 @@ def test_images_go_to_a_vision_model_as_image_parts(vision_platform: Platform) -
         answer_tokens = 4 + -(-len(plain.json()["answer"]["content"]) // 4)
         question_tokens = 4 + -(-len("What is this?") // 4)
         assert grown == history + answer_tokens + question_tokens + 85
-        question = carol.get(f"/chat/{chat_id}").json()["messages"][-2]
+        question = _question(carol, chat_id, seen)
         assert [a["kind"] for a in question["attachments"]] == ["image"]
