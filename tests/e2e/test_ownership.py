@@ -39,6 +39,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/admin/users"): {"name": "nobody"},
     ("PATCH", "/chat/{chat_id}"): {"title": "taken over"},
+    ("POST", "/chat/{chat_id}/messages/{message_id}/edit"): {"message": "mine", "max_tokens": 2},
 }
 
 
@@ -98,6 +99,11 @@ def world(platform: Platform, admin: httpx.Client) -> Iterator[World]:
         "completion_id": completion_id,
         "message_id": next(m["message_id"] for m in messages if m["role"] == "assistant"),
     }
+    attached = alice.client.post(
+        f"/chat/{chat_id}/attachments", files={"file": ("notes.txt", b"alice's notes")}
+    )
+    assert attached.status_code == 201, attached.text
+    ids["attachment_id"] = attached.json()["id"]
     schema = httpx.get(f"{url}/openapi.json").json()
     bot = _private_bot(alice, schema)
     if bot:
@@ -176,6 +182,9 @@ def _call(
 ) -> httpx.Response:
     operation = world.schema["paths"][path][method.lower()]
     url = world.url + path.format(**params)
+    if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
+        files = {"file": ("taken.txt", b"taken over")}
+        return httpx.request(method, url, files=files, headers=account_headers, timeout=60)
     body = _body(world.schema, method, path, operation)
     return httpx.request(method, url, json=body, headers=account_headers, timeout=60)
 

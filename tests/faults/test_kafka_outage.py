@@ -66,8 +66,12 @@ def test_kafka_outage_refuses_quickly_loses_nothing_and_recovers(
         fault_stack.kafka.start()
     assert refused
 
+    # One request id for every try: a try refused while the producer reconnects is retried
+    # as the same turn, as a client should, and not as a chat of its own.
+    after_id = f"kafka-outage-after-{secrets.token_hex(6)}"
+
     def recovered() -> httpx.Response | None:
-        reply = _turn(client, "After the outage")
+        reply = _turn(client, "After the outage", request_id=after_id)
         return reply if reply.status_code == 200 else None
 
     after = eventually(recovered, timeout=90, what="a turn answered after Kafka came back")

@@ -1,9 +1,12 @@
 """Refuse request bodies that cannot be read, with a precise error: over the size limit (413,
-before they are read into memory), JSON that is not UTF-8 or is nested too deep (400)."""
+before they are read into memory), JSON that is not UTF-8 or is nested too deep (400), a JSON
+string escaping a lone UTF-16 surrogate, which is no character (422 naming the field)."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from email.message import Message as _ContentType
 
 from starlette.exceptions import HTTPException
@@ -11,7 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley_gateway.errors import ApiError, is_openai_path
 
-__all__ = ["MAX_JSON_DEPTH", "BodySizeLimit", "JsonBodyCheck", "json_too_deep"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "BodySizeLimit",
+    "JsonBodyCheck",
+    "json_too_deep",
+    "lone_surrogate_field",
+]
 
 # No request of this API nests deeper than a few levels; the parser itself gives up at about a
 # thousand (with a RecursionError, which FastAPI answers with a vague 400).
@@ -21,6 +30,39 @@ MAX_JSON_DEPTH = 64
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _OPENING = frozenset(b"[{")
+
+
+# `\ud800`-`\udfff` escapes: the only way a lone surrogate gets into JSON that is valid UTF-8.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_field(body: bytes) -> str | None:
+    """The path (`messages[0].content`) of a string of this JSON that holds a lone surrogate,
+    which cannot be encoded as UTF-8 (Python's json reads `"\\ud800"` into such a string, and
+    nothing downstream could store or send it). Cheap: bodies without such an escape are not
+    parsed. None when there is none, or when the body is not JSON (FastAPI answers that)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return next(_surrogate_paths(value, ""), None)
+
+
+def _surrogate_paths(value: object, path: str) -> Iterator[str]:
+    if isinstance(value, str):
+        if _SURROGATES.search(value):
+            yield path or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if _SURROGATES.search(key):
+                yield path or "body"
+            yield from _surrogate_paths(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _surrogate_paths(item, f"{path}[{index}]")
 
 
 def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -143,6 +185,14 @@ class JsonBodyCheck:
                 400,
                 "invalid_json",
                 f"the request body's JSON is nested deeper than {self._max_depth} levels",
+            )
+        if field := lone_surrogate_field(body):
+            return ApiError(
+                422,
+                "invalid_request",
+                f"{field}: holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
+                "pair), which is no character; send valid Unicode text",
+                param=field,
             )
         return None
 

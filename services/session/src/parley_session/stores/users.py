@@ -202,7 +202,8 @@ class UserStore:
         if role:
             match["role"] = role
         if query:
-            start = re.compile("^" + re.escape(query), re.IGNORECASE)
+            # A BSON regex cannot hold a NUL byte: PCRE's `\x00` escape matches it instead.
+            start = re.compile("^" + re.escape(query).replace("\0", "\\x00"), re.IGNORECASE)
             match["$or"] = [{"email": start}, {"name": start}]
         if disabled is not None:
             match["disabled_at"] = {"$ne": None} if disabled else None
