@@ -339,6 +339,7 @@ def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
         cached=c.cached,
         model=c.model,
         request_params=c.request_params,
+        tool_calls=_tool_calls_pb(c.tool_calls),
     )
 
 

@@ -13,8 +13,10 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_common.vocabulary import CompletionState, FinishReason
+from parley_session.domain import ToolCall
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, ms, now, retried
+from parley_session.stores.chats import tool_calls_of
 
 __all__ = ["CompletionDoc", "CompletionStore", "FinishedCompletion"]
 
@@ -37,6 +39,7 @@ class CompletionDoc:
     created_ms: int = 0
     updated_ms: int = 0
     request_params: bytes = b""  # the submitting API's, opaque
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @classmethod
     def from_doc(cls, doc: Doc) -> CompletionDoc:
@@ -55,6 +58,7 @@ class CompletionDoc:
             created_ms=ms(doc["created_at"]),
             updated_ms=ms(doc["updated_at"]),
             request_params=bytes(doc.get("request_params", b"")),
+            tool_calls=tool_calls_of(doc),
         )
 
 
@@ -70,6 +74,7 @@ class FinishedCompletion:
     completion_tokens: int
     error: str
     cached: bool
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class CompletionStore:
@@ -151,6 +156,9 @@ class CompletionStore:
             "completion_tokens": done.completion_tokens,
             "error": done.error,
             "cached": done.cached,
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in done.tool_calls
+            ],
             "updated_at": now(),
         }
         updated = await self._completions.update_one(
