@@ -799,3 +799,194 @@ def test_chat_completions_with_chat_id_and_tools(sdk: openai.OpenAI, rest: httpx
         messages,
         [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls],
     )
+
+
+# The Responses API: function tools in its own shape, stored and stateless, streamed and not.
+RESPONSE_TOOLS: list[Any] = [{"type": "function", **t["function"]} for t in TOOLS]
+
+
+def _function_calls(response: Any) -> list[Any]:
+    return [item for item in response.output if item.type == "function_call"]
+
+
+def test_responses_function_call_round_trip(sdk: openai.OpenAI) -> None:
+    first = sdk.responses.create(
+        model=MODEL, input="Use get_weather for Paris.", tools=RESPONSE_TOOLS
+    )
+    assert first.status == "completed"
+    (call,) = _function_calls(first)
+    assert call.name == "get_weather"
+    assert call.call_id
+    assert call.status == "completed"
+    jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
+    assert [t.name for t in first.tools] == ["get_weather", "get_time"]  # type: ignore[union-attr]
+    # Stored with the response: read back on GET.
+    assert _function_calls(sdk.responses.retrieve(first.id)) == [call]
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(
+            model=MODEL,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": "call_nope", "output": "x"}],
+            tools=RESPONSE_TOOLS,
+        )
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "input[0].call_id", refused.value.body
+
+    answer = sdk.responses.create(
+        model=MODEL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"t": 21}'}],
+        tools=RESPONSE_TOOLS,
+        max_output_tokens=4,
+    )
+    assert answer.previous_response_id == first.id
+    assert _function_calls(answer) == []
+    assert answer.output_text
+    # The tool turn is the chat's: its stored messages hold the call and its result.
+    assert answer.parley_chat_id == first.parley_chat_id  # type: ignore[attr-defined]
+
+
+def test_responses_stream_function_calls_and_replay_them(
+    sdk: openai.OpenAI, rest: httpx.Client
+) -> None:
+    events = list(
+        sdk.responses.create(
+            model=MODEL,
+            input="get_weather and get_time for Oslo",
+            tools=RESPONSE_TOOLS,
+            stream=True,
+        )
+    )
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    per_call = [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert types[2:-1] == per_call * 2  # only calls: no message item
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert [e.output_index for e in done] == [0, 1]
+    final = events[-1].response  # type: ignore[union-attr]
+    calls = _function_calls(final)
+    assert [c.name for c in calls] == ["get_weather", "get_time"]
+    assert [d.arguments for d in done] == [c.arguments for c in calls]
+    assert [d.item_id for d in done] == [c.id for c in calls]
+
+    # Replayed after event 3 from the stored answer, numbered the same.
+    replay = rest.get(f"/v1/responses/{final.id}", params={"stream": "true", "starting_after": 3})
+    assert replay.status_code == 200, replay.text
+    replayed = [data for _, data in parse_sse(replay.text)]
+    live = [e.model_dump(mode="json", exclude_none=True) for e in events[4:]]
+    assert [e["sequence_number"] for e in replayed] == list(range(4, len(events)))
+    assert [e["type"] for e in replayed] == [e["type"] for e in live]
+    assert replayed[-1]["response"]["output"] == live[-1]["response"]["output"]
+
+
+def test_responses_tool_choice_async_streamed_and_not(async_sdk: openai.AsyncOpenAI) -> None:
+    async def main() -> None:
+        forced = await async_sdk.responses.create(
+            model=MODEL,
+            input="Hello there.",
+            tools=RESPONSE_TOOLS,
+            tool_choice={"type": "function", "name": "get_time"},
+            parallel_tool_calls=False,
+        )
+        assert [c.name for c in _function_calls(forced)] == ["get_time"]
+        assert forced.tool_choice.name == "get_time"  # type: ignore[union-attr]
+        assert forced.parallel_tool_calls is False
+
+        stream = await async_sdk.responses.create(
+            model=MODEL,
+            input="Use get_weather for Paris.",
+            tools=RESPONSE_TOOLS,
+            tool_choice="none",
+            max_output_tokens=4,
+            stream=True,
+        )
+        events = [e async for e in stream]
+        assert "response.function_call_arguments.delta" not in {e.type for e in events}
+        final = events[-1].response  # type: ignore[union-attr]
+        assert _function_calls(final) == []
+        assert final.output_text
+
+        required = await async_sdk.responses.create(
+            model=MODEL, input="Hi", tools=RESPONSE_TOOLS, tool_choice="required", stream=True
+        )
+        kinds = [e.type async for e in required]
+        assert "response.function_call_arguments.done" in kinds
+
+    asyncio.run(main())
+
+
+def test_responses_stateless_conversation_with_function_calls(sdk: openai.OpenAI) -> None:
+    first = sdk.responses.create(
+        model=MODEL, input="Use get_weather for Paris.", tools=RESPONSE_TOOLS, store=False
+    )
+    (call,) = _function_calls(first)
+    conversation: list[Any] = [
+        {"role": "user", "content": "Use get_weather for Paris."},
+        call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"t": 21}'},
+    ]
+    answer = sdk.responses.create(
+        model=MODEL, input=conversation, tools=RESPONSE_TOOLS, store=False, max_output_tokens=4
+    )
+    assert _function_calls(answer) == []
+    assert answer.output_text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": {"type": 3}}]},
+            "tools[0].parameters",
+        ),
+        ({"tools": [{"type": "function", "name": "f", "nonsense": 1}]}, "tools[0].nonsense"),
+        ({"tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        (
+            {
+                "store": False,
+                "input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}],
+            },
+            "input[0].call_id",
+        ),
+        (
+            {
+                "store": False,
+                "input": [
+                    {"role": "user", "content": "Hi"},
+                    {
+                        "type": "function_call",
+                        "call_id": "c1",
+                        "name": "get_weather",
+                        "arguments": '{"city": 1}',
+                    },
+                    {"type": "function_call_output", "call_id": "c1", "output": "x"},
+                ],
+            },
+            "input[1].arguments",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}]},
+            "input[0].call_id",
+        ),
+        ({"input": [{"type": "web_search_call", "id": "x"}]}, "input"),
+    ],
+)
+def test_bad_response_tools_are_400s_naming_the_param(
+    sdk: openai.OpenAI, body: dict[str, Any], param: str
+) -> None:
+    request = {"model": MODEL, "input": "Hi", "tools": RESPONSE_TOOLS, **body}
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.post("/responses", body=request, cast_to=httpx.Response)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert str(error["param"]).startswith(param), error
