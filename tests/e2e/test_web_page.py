@@ -219,9 +219,7 @@ def test_web_chat(page: Page, platform: Platform, new_user: NewUser) -> None:
     assert (ARTIFACTS / "web-chat.png").stat().st_size > 10_000
 
 
-def test_password_sign_in(
-    page: Page, platform: Platform, new_user: NewUser, tmp_path: Path
-) -> None:
+def test_password_sign_in(page: Page, platform: Platform, new_user: NewUser) -> None:
     """The sign-in form: the session is an HttpOnly cookie the page cannot read; signing out
     ends it on the server too."""
     email = f"form-{secrets.token_hex(4)}@example.com"
@@ -240,8 +238,9 @@ def test_password_sign_in(
     token = cookies["parley_session"]["value"]
     assert token not in page.content()
     assert token not in page.evaluate("JSON.stringify(localStorage)")
-    page.screenshot(path=str(tmp_path / "signed-in.png"), full_page=True)
-    assert (tmp_path / "signed-in.png").stat().st_size > 5_000
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "password-signed-in.png"), full_page=True)
+    assert (ARTIFACTS / "password-signed-in.png").stat().st_size > 5_000
     page.click("#sign-out")
     expect(page.locator("#signin")).to_be_visible()
     revoked = httpx.get(f"{platform.gateway_url}/auth/me", cookies={"parley_session": token})

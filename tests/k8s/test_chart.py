@@ -593,6 +593,7 @@ def test_services_get_their_runtime_configuration(helm: Helm) -> None:
             "RATE_LIMIT_REQUESTS_PER_MINUTE",
             "RATE_LIMIT_TOKENS_PER_MINUTE",
             "MAX_QUEUE_DEPTH",
+            "CACHE_SAMPLE_SHARE",
         },
         "session": {"GRPC_PORT", "METRICS_PORT", "MONGODB_URI", "MONGODB_DATABASE", "MODEL_NAME"},
         "cache": {
@@ -604,6 +605,8 @@ def test_services_get_their_runtime_configuration(helm: Helm) -> None:
             "EMBEDDING_MODEL",
             "CACHE_SIMILARITY_THRESHOLD",
             "CACHE_TTL_SECONDS",
+            "CACHE_MAX_ERROR_RATE",
+            "CACHE_SAMPLE_MIN_SIMILARITY",
         },
         "worker": {"METRICS_PORT", "ENGINE", "MODEL_NAME", "MAX_CONCURRENCY", "WORKER_GROUP"},
     }
@@ -641,6 +644,14 @@ def test_services_get_their_runtime_configuration(helm: Helm) -> None:
         "0.85",
         "604800",
     )
+    assert (
+        envs["cache"]["CACHE_MAX_ERROR_RATE"],
+        envs["cache"]["CACHE_SAMPLE_MIN_SIMILARITY"],
+    ) == (
+        "0.05",
+        "0.8",
+    )
+    assert gateway["CACHE_SAMPLE_SHARE"] == "0.02"
     assert {envs[c]["ENVIRONMENT"] for c in SERVICES} == {"production"}
 
 
@@ -651,6 +662,8 @@ def test_unset_options_leave_the_services_defaults(helm: Helm) -> None:
             "EMBEDDING_MODEL",
             "CACHE_SIMILARITY_THRESHOLD",
             "CACHE_TTL_SECONDS",
+            "CACHE_MAX_ERROR_RATE",
+            "CACHE_SAMPLE_MIN_SIMILARITY",
             "QDRANT_API_KEY",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         }

@@ -11,6 +11,8 @@ RATE_LIMIT_REQUESTS_PER_MINUTE: {{ $v.gateway.rateLimit.requestsPerMinute | int6
 RATE_LIMIT_TOKENS_PER_MINUTE: {{ $v.gateway.rateLimit.tokensPerMinute | int64 | toString | quote }}
 MAX_QUEUE_DEPTH: {{ $v.gateway.maxQueueDepth | int64 | toString | quote }}
 MAX_CHOICES: {{ $v.gateway.maxChoices | int64 | toString | quote }}
+CACHE_SAMPLE_SHARE: {{ $v.gateway.cacheSampleShare | toString | quote }}
+ATTACHMENT_MAX_BYTES: {{ $v.attachments.maxBytes | int64 | toString | quote }}
 SIGN_UP_MODE: {{ $v.gateway.accounts.signUpMode | quote }}
 SESSION_COOKIE_SECURE: {{ $v.gateway.accounts.sessionCookieSecure | toString | quote }}
 SESSION_IDLE_TIMEOUT_S: {{ $v.gateway.accounts.sessionIdleTimeoutS | int64 | toString | quote }}
@@ -49,6 +51,12 @@ MODEL_NAME: {{ $v.model.name | quote }}
 {{- with $v.model.tokenizerPath }}
 TOKENIZER_PATH: {{ . | quote }}
 {{- end }}
+{{- with $v.model.visionModels }}
+VISION_MODELS: {{ . | quote }}
+{{- end }}
+ATTACHMENT_MAX_BYTES: {{ $v.attachments.maxBytes | int64 | toString | quote }}
+ATTACHMENT_MAX_PER_CHAT: {{ $v.attachments.maxPerChat | int64 | toString | quote }}
+ATTACHMENT_MAX_CHAT_BYTES: {{ $v.attachments.maxChatBytes | int64 | toString | quote }}
 {{- end -}}
 
 {{- define "parley.config.cache" -}}
@@ -66,6 +74,12 @@ CACHE_SIMILARITY_THRESHOLD: {{ $v.cache.similarityThreshold | toString | quote }
 {{- end }}
 {{- if not (kindIs "invalid" $v.cache.ttlSeconds) }}
 CACHE_TTL_SECONDS: {{ $v.cache.ttlSeconds | int64 | toString | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.cache.maxErrorRate) }}
+CACHE_MAX_ERROR_RATE: {{ $v.cache.maxErrorRate | toString | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.cache.sampleMinSimilarity) }}
+CACHE_SAMPLE_MIN_SIMILARITY: {{ $v.cache.sampleMinSimilarity | toString | quote }}
 {{- end }}
 {{- end -}}
 

@@ -18,10 +18,13 @@ from qdrant_client import AsyncQdrantClient
 from parley.v1 import cache_pb2, cache_pb2_grpc, envelopes_pb2, types_pb2
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
+from parley_cache.feedback_counts import FeedbackCounts
 from parley_cache.qdrant_grpc import PointsClient, connect
 from parley_cache.results import ResultIndexer
 from parley_cache.server import CacheServicer
 from parley_cache.store import CacheStore
+from parley_cache.tuning import FeedbackTuner
+from parley_cache.verifier import default_verifier
 from parley_common.grpc_server import GrpcServer
 from parley_devstack.stack import LocalStack
 
@@ -90,13 +93,20 @@ class CacheService:
         self.indexer = ResultIndexer(
             self.store, embedder, default_ttl_s=self.settings.cache_ttl_seconds
         )
-        self.servicer = CacheServicer(self.store, embedder, self.settings)
+        # Hits and rejections per scope, in a collection of this service's own (as a replica
+        # of a deployment writes them: see parley_cache.feedback_counts).
+        self.feedback = FeedbackCounts(
+            self.client, collection=f"test_feedback_{uuid.uuid4().hex[:12]}", clock=clock
+        )
+        self.tuner = FeedbackTuner(default_verifier().weights.calibration, self.feedback)
+        self.servicer = CacheServicer(self.store, embedder, self.settings, tuner=self.tuner)
         self.server = GrpcServer(port=0, host="127.0.0.1")
         self.channel: grpc.aio.Channel | None = None
         self.stub: cache_pb2_grpc.CacheServiceAsyncStub
 
     async def start(self) -> None:
         await self.store.ensure_collection()
+        await self.feedback.ensure_collection()
         cache_pb2_grpc.add_CacheServiceServicer_to_server(self.servicer, self.server.server)
         await self.server.start(["parley.v1.CacheService"])
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}")
@@ -109,6 +119,7 @@ class CacheService:
         await self.qdrant_channel.close()
         try:
             await self.client.delete_collection(self.store.collection)
+            await self.client.delete_collection(self.feedback.collection)
         finally:
             await self.client.close()
 

@@ -49,29 +49,29 @@ TABLE = Calibration(
 )
 
 
-def test_rejected_hits_raise_their_scope_threshold_only() -> None:
+async def test_rejected_hits_raise_their_scope_threshold_only() -> None:
     tuner = FeedbackTuner(TABLE)
-    assert tuner.threshold("user:a", 0.15) == 0.7
-    for n in range(10):
-        tuner.served("user:a", f"e{n}")
-    for n in range(6):
-        tuner.rejected(f"e{n}")
-    assert tuner.threshold("user:a", 0.15) > 0.7
-    assert tuner.threshold("user:b", 0.15) == 0.7
-    tuner.rejected("never-served")  # feedback on an entry this replica did not serve: no effect
-    assert tuner.threshold("user:b", 0.15) == 0.7
+    assert await tuner.threshold("user:a", 0.15) == 0.7
+    for _ in range(10):
+        tuner.served("user:a")
+    for _ in range(6):
+        tuner.rejected("user:a")
+    assert await tuner.threshold("user:a", 0.15) > 0.7
+    assert await tuner.threshold("user:b", 0.15) == 0.7
+    tuner.rejected("")  # an entry gone before its rejection: no scope to count it in
+    assert await tuner.threshold("user:b", 0.15) == 0.7
 
 
-def test_one_rejection_among_many_hits_changes_nothing() -> None:
+async def test_one_rejection_among_many_hits_changes_nothing() -> None:
     tuner = FeedbackTuner(TABLE)
-    for n in range(50):
-        tuner.served("user:a", f"e{n}")
-    tuner.rejected("e0")
-    assert tuner.threshold("user:a", 0.15) == 0.7
+    for _ in range(50):
+        tuner.served("user:a")
+    tuner.rejected("user:a")
+    assert await tuner.threshold("user:a", 0.15) == 0.7
 
 
-def test_a_single_rejection_right_after_a_hit_only_evicts() -> None:
+async def test_a_single_rejection_right_after_a_hit_only_evicts() -> None:
     tuner = FeedbackTuner(TABLE)
-    tuner.served("user:a", "e0")
-    tuner.rejected("e0")
-    assert tuner.threshold("user:a", 0.15) == 0.7
+    tuner.served("user:a")
+    tuner.rejected("user:a")
+    assert await tuner.threshold("user:a", 0.15) == 0.7

@@ -214,8 +214,8 @@ class InterleavingClient:
 @pytest.mark.parametrize(
     ("threshold", "expected", "left"),
     [
-        (3, Eviction(hidden=1), ["bob", "carol"]),
-        (2, Eviction(hidden=1, deleted_shared=1), None),
+        (3, Eviction(hidden=1, entry_scope="global"), ["bob", "carol"]),
+        (2, Eviction(hidden=1, deleted_shared=1, entry_scope="global"), None),
     ],
 )
 async def test_a_rejection_landing_between_read_and_write_is_kept(

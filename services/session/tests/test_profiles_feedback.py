@@ -167,6 +167,8 @@ async def test_profile_fields_are_checked(make_service: ServiceFactory) -> None:
         (profile(name="x", avatar=_data_url("image/svg", b"<svg onload=alert(1)>")), "avatar"),
         (profile(name="x", avatar=_data_url("image/png", PNG + bytes(40_000))), "avatar"),
         (profile(name="x", avatar="data:image/png;base64,not base64!"), "avatar"),
+        (profile(name="x", cache_max_error_rate=-0.1), "cache_max_error_rate"),
+        (profile(name="x", cache_max_error_rate=1), "cache_max_error_rate"),
     ]
     for bot, field in bad:
         await refused(
@@ -206,10 +208,13 @@ async def test_a_chat_keeps_its_profile(service: Service) -> None:
                 sampling=types_pb2.SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9),
                 history_policy=session_pb2.HISTORY_POLICY_SUMMARIZE,
                 cache_scope=types_pb2.CACHE_SCOPE_DISABLED,
+                cache_max_error_rate=0.02,
             ),
         )
     )
+    assert pirate.cache_max_error_rate == pytest.approx(0.02)
     first = await service.turn(dave, "Ahoy?", bot_id=pirate.bot_id)
+    assert first.cache_max_error_rate == pytest.approx(0.02)
     assert first.chat.bot_id == pirate.bot_id
     assert first.model == "parley-tiny"
     assert first.system_prompt == "Talk like a pirate."

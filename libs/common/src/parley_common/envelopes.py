@@ -112,6 +112,8 @@ def completion_result(
     summary_through_ordinal: int = 0,
     user_message_id: str = "",
     cache_entry_id: str = "",
+    cache_score: float = 0.0,
+    cache_reason: str = "",
     tool_calls: Iterable[types_pb2.ToolCall] = (),
 ) -> envelopes_pb2.CompletionResult:
     """The durable record of an answer (`parley.completions.results`, key = chat id)."""
@@ -133,6 +135,8 @@ def completion_result(
         user_message_id=user_message_id,
         completed_unix_ms=completed_unix_ms,
         cache_entry_id=cache_entry_id,
+        cache_score=cache_score,
+        cache_reason=cache_reason,
         tool_calls=tool_calls,
     )
 

@@ -14,12 +14,15 @@ from qdrant_client import AsyncQdrantClient
 from parley.v1 import cache_pb2_grpc
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
+from parley_cache.feedback_counts import FeedbackCounts
 from parley_cache.maintenance import Maintenance
 from parley_cache.metrics import LOOKUP, CacheMetrics
 from parley_cache.qdrant_grpc import PointsClient, connect
 from parley_cache.results import ResultIndexer
 from parley_cache.server import CacheServicer
 from parley_cache.store import CacheStore
+from parley_cache.tuning import FeedbackTuner
+from parley_cache.verifier import default_verifier
 from parley_common.grpc_server import GrpcServer
 from parley_common.grpc_telemetry import ServerTelemetry
 from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
@@ -72,13 +75,20 @@ async def serve(settings: Settings) -> None:
         await channel.close()
         await client.close()
         raise SystemExit(1) from None
+    # Hits and rejections per scope, shared by the replicas and kept across restarts.
+    feedback = FeedbackCounts(client, window_days=settings.cache_feedback_window_days)
+    await feedback.ensure_collection()
+    verifier = default_verifier()
+    tuner = FeedbackTuner(
+        verifier.weights.calibration, feedback, refresh_s=settings.cache_feedback_refresh_s
+    )
     metrics = CacheMetrics(REGISTRY)
     server = GrpcServer(
         port=settings.grpc_port,
         interceptors=[ServerTelemetry(metrics.grpc, observers={LOOKUP: metrics.observe_lookup})],
     )
     cache_pb2_grpc.add_CacheServiceServicer_to_server(
-        CacheServicer(store, embedder, settings), server.server
+        CacheServicer(store, embedder, settings, verifier, tuner), server.server
     )
     topics = settings.topics()
     await ensure_topics(settings.kafka_addr, [topics.results, topics.dead_letters])
@@ -103,6 +113,7 @@ async def serve(settings: Settings) -> None:
             settings.cache_maintenance_interval_s
         )
     )
+    flushing = asyncio.create_task(tuner.run(settings.cache_feedback_flush_s))
     log.info(
         "cache service ready",
         extra={
@@ -121,6 +132,8 @@ async def serve(settings: Settings) -> None:
     maintenance.cancel()
     await asyncio.gather(maintenance, return_exceptions=True)
     await server.stop(grace_s=5)
+    flushing.cancel()  # it writes the counts of the last lookups on its way out
+    await asyncio.gather(flushing, return_exceptions=True)
     await consumer.stop()
     await producer.stop()
     await probes.stop()

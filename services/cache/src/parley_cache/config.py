@@ -102,6 +102,25 @@ class Settings(ServiceSettings):
     cache_maintenance_interval_s: float = Field(
         default=60.0, gt=0, description="how often expired entries are purged and size is bounded"
     )
+    cache_feedback_flush_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="how often a replica writes its per-scope hit and rejection counts to Qdrant "
+        "(where every replica reads them, at most every CACHE_FEEDBACK_REFRESH_S per scope)",
+    )
+    cache_feedback_refresh_s: float = Field(
+        default=5.0, gt=0, description="how long a scope's counts read from Qdrant are reused"
+    )
+    cache_feedback_window_days: int = Field(
+        default=7, ge=1, description="days of hits and rejections a scope's threshold reads"
+    )
+    cache_sample_min_similarity: float = Field(
+        default=0.75,
+        gt=0,
+        le=1,
+        description="a sampled hit's answer generated again agrees with the served one when the "
+        "cosine of their embeddings is at least this; below, the hit counts as rejected",
+    )
     results_group: str = "parley-cache"
 
     @property

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from parley_cache.config import Settings
 from parley_cache.embedder import Embedder
@@ -79,10 +79,7 @@ class Lookups:
     embedder: Embedder
     settings: Settings
     verifier: Verifier
-    tuner: FeedbackTuner = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.tuner = FeedbackTuner(self.verifier.weights.calibration)
+    tuner: FeedbackTuner
 
     async def lookup(self, request: LookupInput) -> LookupOutcome:
         key, scope = request.key, request.scope
@@ -129,30 +126,30 @@ class Lookups:
                 key=store_key,
             )
         max_error = request.max_error_rate or self.settings.cache_max_error_rate
-        policy = MatchPolicy(
-            threshold=self.tuner.threshold(scope, max_error),
-            context_mode=mode,
-            verifier=self.verifier,
-        )
         try:
             # A user always sees their own entries too: those of a shared-scope chat that were
-            # kept per user because of personal data.
-            candidates = await self.store.search(
-                vector,
-                scopes=sorted({scope, user_scope(request.user_id)}),
-                key=key,
-                max_tokens=request.max_tokens,
-                limit=self.settings.cache_candidates,
-                score_threshold=self.settings.cache_similarity_threshold,
-                mode=mode,
-                context_vector=context_vector,
-                user_id=request.user_id,
+            # kept per user because of personal data. The scope's feedback counts are read
+            # meanwhile (at most every few seconds: see tuning).
+            threshold, candidates = await asyncio.gather(
+                self.tuner.threshold(scope, max_error),
+                self.store.search(
+                    vector,
+                    scopes=sorted({scope, user_scope(request.user_id)}),
+                    key=key,
+                    max_tokens=request.max_tokens,
+                    limit=self.settings.cache_candidates,
+                    score_threshold=self.settings.cache_similarity_threshold,
+                    mode=mode,
+                    context_vector=context_vector,
+                    user_id=request.user_id,
+                ),
             )
         except STORE_ERRORS as exc:
             log.warning("qdrant unavailable; answering a miss", extra={"error": repr(exc)})
             return LookupOutcome(hit=False, reason="cache store unavailable", key=store_key)
         if not candidates:
             return LookupOutcome(hit=False, reason="no stored question close enough", key=store_key)
+        policy = MatchPolicy(threshold=threshold, context_mode=mode, verifier=self.verifier)
         index, verdict = await _judge(key, candidates, policy)
         if index is None:
             assert verdict is not None
@@ -165,7 +162,7 @@ class Lookups:
             )
         assert verdict is not None
         hit = candidates[index]
-        self.tuner.served(scope, hit.entry_id)
+        self.tuner.served(hit.scope_key or scope)
         return LookupOutcome(
             hit=True,
             reason=verdict.reason,
@@ -175,10 +172,10 @@ class Lookups:
             truncated=not hit.complete,
         )
 
-    def rejected(self, entry_id: str) -> None:
-        """Feedback on a served answer (thumbs-down, regenerate): see ``tuning``."""
-        if entry_id:
-            self.tuner.rejected(entry_id)
+    def rejected(self, scope: str) -> None:
+        """A served answer of ``scope`` was rejected (thumbs-down, regenerate, a sampled check
+        that disagreed): see ``tuning``."""
+        self.tuner.rejected(scope)
 
 
 async def _judge(

@@ -44,6 +44,7 @@ _CANDIDATE_FIELDS: Final = (
     "context",
     "answer",
     "complete",
+    "scope_key",
 )
 _GRPC_CANDIDATE_PAYLOAD: Final = qgrpc.WithPayloadSelector(
     include=qgrpc.PayloadIncludeSelector(fields=list(_CANDIDATE_FIELDS))

@@ -40,6 +40,9 @@ class Eviction:
     deleted: int = 0
     hidden: int = 0
     deleted_shared: int = 0
+    # The scope of the entry named by id (the answer served), when this call found it: the
+    # rejection counts against it (``tuning``). Empty once it is gone (a repeated rejection).
+    entry_scope: str = ""
 
     @property
     def evicted(self) -> int:
@@ -95,8 +98,11 @@ class Rejections:
             with_vectors=False,
         )
         own, shared = [], []
+        entry_scope = ""
         for point in found:
             scope = str((point.payload or {}).get("scope_key", ""))
+            if entry_id and str(point.id) == entry_id:
+                entry_scope = scope
             if scope == user_scope(user_id):
                 own.append(point.id)
             elif scope and is_shared_scope(scope):
@@ -110,7 +116,9 @@ class Rejections:
             outcome = await self._reject(shared_id, user_id, delete_after=delete_shared_after)
             hidden += outcome is not _Rejection.UNCHANGED
             deleted_shared += outcome is _Rejection.DELETED
-        return Eviction(deleted=len(own), hidden=hidden, deleted_shared=deleted_shared)
+        return Eviction(
+            deleted=len(own), hidden=hidden, deleted_shared=deleted_shared, entry_scope=entry_scope
+        )
 
     async def _reject(self, entry_id: str, user_id: str, *, delete_after: int) -> _Rejection:
         """Add ``user_id`` to the entry's ``rejected_by``, or delete the entry when that makes

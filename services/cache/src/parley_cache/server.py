@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ from parley_cache.keying import CacheKey, ContextMode, InvalidKeyError, Turn, qu
 from parley_cache.lookup import LookupInput, LookupOutcome, Lookups
 from parley_cache.privacy import user_scope
 from parley_cache.store import STORE_ERRORS, CacheStore
+from parley_cache.tuning import FeedbackTuner
 from parley_cache.verifier import Verifier, default_verifier
 from parley_common.grpc_errors import abort_bad_field
 from parley_common.vocabulary import Role
@@ -96,11 +98,21 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         embedder: Embedder,
         settings: Settings,
         verifier: Verifier | None = None,
+        tuner: FeedbackTuner | None = None,
     ) -> None:
+        """``tuner``: the per-scope feedback counts (``FeedbackTuner(…, FeedbackCounts(…))`` to
+        share them across replicas); none: counted in memory by this servicer only."""
         self._store = store
         self._embedder = embedder
         self._settings = settings
-        self._lookups = Lookups(store, embedder, settings, verifier or default_verifier())
+        verifier = verifier or default_verifier()
+        self._lookups = Lookups(
+            store,
+            embedder,
+            settings,
+            verifier,
+            tuner or FeedbackTuner(verifier.weights.calibration),
+        )
 
     async def Lookup(
         self, request: cache_pb2.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -108,6 +120,11 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         scope = scope_key(request)
         if scope is None or not request.user_id:
             return cache_pb2.LookupResponse(hit=False, reason="caching disabled for this bot")
+        if not 0 <= request.max_error_rate < 1:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "max_error_rate: a share of wrong hits, 0 < rate < 1 (0: CACHE_MAX_ERROR_RATE)",
+            )
         try:
             lookup = _lookup_input(request, scope)
         except InvalidKeyError as exc:
@@ -171,8 +188,9 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
                 "deleted_shared": eviction.deleted_shared,
             },
         )
-        # A rejected served answer counts against its scope's error rate (parley_cache.tuning).
-        self._lookups.rejected(request.entry_id)
+        if request.entry_id and eviction.evicted:
+            # A rejected served answer counts against its scope's error rate (tuning).
+            self._lookups.rejected(eviction.entry_scope)
         return cache_pb2.EvictResponse(evicted=eviction.evicted)
 
     async def Embed(
@@ -198,6 +216,46 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             prompt_tokens=embeddings.prompt_tokens,
             dimension=embeddings.dimension,
             max_tokens=embeddings.max_tokens,
+        )
+
+    async def CompareSampledAnswer(
+        self,
+        request: cache_pb2.CompareSampledAnswerRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> cache_pb2.CompareSampledAnswerResponse:
+        try:
+            uuid.UUID(request.entry_id)
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "entry_id: not an entry id")
+        if not request.generated_answer.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "generated_answer: empty")
+        try:
+            served = await self._store.served_answer(request.entry_id)
+        except STORE_ERRORS as exc:
+            log.warning("qdrant unavailable; sample not compared", extra={"error": repr(exc)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the cache store is unavailable")
+            raise
+        if served is None:
+            return cache_pb2.CompareSampledAnswerResponse(found=False)
+        scope, answer = served
+        # One batch for the two; the vectors are unit norm, so their dot product is the cosine.
+        mine, theirs = await asyncio.gather(
+            self._embedder.embed(answer), self._embedder.embed(request.generated_answer)
+        )
+        similarity = float(sum(a * b for a, b in zip(mine, theirs, strict=True)))
+        agreed = similarity >= self._settings.cache_sample_min_similarity
+        if not agreed:
+            self._lookups.rejected(scope)
+        log.info(
+            "sampled hit compared",
+            extra={
+                "entry_id": request.entry_id,
+                "similarity": round(similarity, 4),
+                "agreed": agreed,
+            },
+        )
+        return cache_pb2.CompareSampledAnswerResponse(
+            found=True, similarity=similarity, agreed=agreed
         )
 
     async def Prime(

@@ -119,6 +119,7 @@ class Candidate:
     score: float  # cosine of the question vectors
     context_score: float | None = None  # cosine of the context vectors (semantic mode)
     complete: bool = True  # False: the answer was cut at its max_tokens
+    scope_key: str = ""  # where it is stored: a hit counts against this scope (``tuning``)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,6 +297,7 @@ class CacheStore:
             score=score,
             context_score=context_score,
             complete=bool(payload.get("complete", True)),
+            scope_key=str(payload.get("scope_key", "")),
         )
 
     async def evict(
@@ -376,6 +378,19 @@ class CacheStore:
         if entry.context_vector and entry.key.has_context:
             vectors[CONTEXT_VECTOR] = entry.context_vector
         return vectors
+
+    async def served_answer(self, entry_id: str) -> tuple[str, str] | None:
+        """(scope, answer) of an entry, or None when it is gone."""
+        points = await self._client.retrieve(
+            self.collection,
+            ids=[entry_id],
+            with_payload=["scope_key", "answer"],
+            with_vectors=False,
+        )
+        if not points:
+            return None
+        payload = points[0].payload or {}
+        return str(payload.get("scope_key", "")), str(payload.get("answer", ""))
 
     async def count(self) -> int:
         """How many entries the collection holds (expired ones not yet purged included)."""

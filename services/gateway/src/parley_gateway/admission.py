@@ -2,7 +2,9 @@
 
 - `RateLimiter`: requests and tokens per minute per user, and budgets of requests and tokens
   per period per user and per tenant, counted by the session service in MongoDB, so the limits
-  hold across every gateway replica (429 with Retry-After; a budget's names its reset time).
+  hold across every gateway replica (429 with Retry-After; a budget's names its reset time). A
+  turn's budgets are reserved once its prompt is known (`reserve`): the request and its tokens
+  (the prompt's and the reply's cap) in one step, settled from its result.
 - `QueueMonitor`: the depth of the queue to the workers, read from Kafka as the lag of the
   workers' consumer group (requests queued or being generated; a worker commits a request only
   once its result is out), refreshed in the background; over `max_depth`, 503 with Retry-After.
@@ -21,7 +23,9 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from parley.v1 import session_pb2
+from parley.v1 import session_pb2, types_pb2
+from parley_common.ids import new_id
+from parley_common.timeutil import now_ms
 from parley_gateway.auth import Principal
 from parley_gateway.errors import ApiError
 from parley_gateway.session_client import SessionClient
@@ -48,14 +52,20 @@ class RateLimiter:
         self.budgets = budgets or session_pb2.Budgets()
 
     @property
-    def enabled(self) -> bool:
+    def budgeted(self) -> bool:
         b = self.budgets
-        budgeted = b.user_requests or b.user_tokens or b.tenant_requests or b.tenant_tokens
-        return bool(self.requests_per_minute or self.tokens_per_minute or budgeted)
+        return bool(b.user_requests or b.user_tokens or b.tenant_requests or b.tenant_tokens)
 
-    async def admit(self, principal: Principal) -> None:
-        """Count one request of `principal`; raise 429 when it is over a limit."""
-        if not self.enabled:
+    @property
+    def _token_budgeted(self) -> bool:
+        return bool(self.budgets.user_tokens or self.budgets.tenant_tokens)
+
+    async def admit(self, principal: Principal, *, budgets: bool = False) -> None:
+        """Count one request of `principal` against the per-minute limits, and with `budgets`
+        against the request budgets too (a request no turn follows: embeddings); raise 429
+        when it is over a limit."""
+        budgets = budgets and self.budgeted
+        if not (self.requests_per_minute or self.tokens_per_minute or budgets):
             return
         decision = await self._session.consume_quota(
             session_pb2.ConsumeQuotaRequest(
@@ -63,14 +73,44 @@ class RateLimiter:
                 requests_per_minute=self.requests_per_minute,
                 tokens_per_minute=self.tokens_per_minute,
                 tenant_id=principal.tenant_id,
-                budgets=self.budgets,
+                budgets=self.budgets if budgets else None,
             )
         )
-        if decision.allowed:
-            return
+        if not decision.allowed:
+            raise self._refusal(decision)
+
+    async def reserve(
+        self, principal: Principal, *, tokens: int, hold_s: float, saved: bool
+    ) -> types_pb2.BudgetHold | None:
+        """Reserve a turn against the budgets: one request and, with a token budget, `tokens`
+        (its prompt and its reply's cap), held for at most `hold_s` unless its result settles
+        them first. None when no token is held. `saved`: the question is stored (said in the
+        429, as the turn can be retried with the same request id)."""
+        if not self.budgeted:
+            return None
+        hold = (
+            types_pb2.BudgetHold(hold_id=new_id(), tokens=tokens) if self._token_budgeted else None
+        )
+        decision = await self._session.consume_quota(
+            session_pb2.ConsumeQuotaRequest(
+                user_id=principal.user_id,
+                tenant_id=principal.tenant_id,
+                budgets=self.budgets,
+                reserve_tokens=hold.tokens if hold else 0,
+                hold_id=hold.hold_id if hold else "",
+                hold_expires_unix_ms=now_ms() + int(hold_s * 1000) if hold else 0,
+            )
+        )
+        if not decision.allowed:
+            raise self._refusal(decision, needs=tokens, saved=saved)
+        return hold
+
+    def _refusal(
+        self, decision: session_pb2.ConsumeQuotaResponse, *, needs: int = 0, saved: bool = False
+    ) -> ApiError:
         retry_after = max(1, math.ceil(decision.retry_after_ms / 1000))
         if decision.exceeded in _BUDGETS:
-            raise self._over_budget(decision, retry_after)
+            return self._over_budget(decision, retry_after, needs=needs, saved=saved)
         if decision.exceeded == "tokens":
             message = (
                 f"rate limit reached: {self.tokens_per_minute} tokens per minute; "
@@ -81,7 +121,7 @@ class RateLimiter:
                 f"rate limit reached: {self.requests_per_minute} requests per minute; "
                 f"retry after {retry_after} s"
             )
-        raise ApiError(
+        return ApiError(
             429,
             "rate_limited",
             message,
@@ -90,16 +130,28 @@ class RateLimiter:
         )
 
     def _over_budget(
-        self, decision: session_pb2.ConsumeQuotaResponse, retry_after: int
+        self,
+        decision: session_pb2.ConsumeQuotaResponse,
+        retry_after: int,
+        *,
+        needs: int,
+        saved: bool,
     ) -> ApiError:
         whose, what = decision.exceeded.split("_", 1)
         limit = getattr(self.budgets, decision.exceeded)
         resets = datetime.fromtimestamp(decision.resets_at_ms / 1000, UTC)
+        spent = "is spent"
+        if what == "tokens" and needs:
+            spent = (
+                f"has fewer than the {needs} tokens this request may use (its prompt and its "
+                "reply's max_tokens) left, counting those held by requests in flight"
+            )
+        retry = "your message was saved: retry with the same request_id after" if saved else ""
         return ApiError(
             429,
             "budget_exceeded",
-            f"the {whose}'s budget of {limit} {what} per {_period(self.budgets.period_s)} is "
-            f"spent; it resets at {resets.isoformat(timespec='seconds')} "
+            f"the {whose}'s budget of {limit} {what} per {_period(self.budgets.period_s)} "
+            f"{spent}; {retry or 'it resets at'} {resets.isoformat(timespec='seconds')} "
             f"(in {retry_after} s)",
             retry_after_s=retry_after,
             code=f"{whose}_{what}_budget",
@@ -109,6 +161,7 @@ class RateLimiter:
                     "limit": str(limit),
                     "period_s": str(self.budgets.period_s),
                     "resets_at": resets.isoformat(timespec="seconds"),
+                    **({"tokens_needed": str(needs)} if what == "tokens" and needs else {}),
                 }
             ],
         )

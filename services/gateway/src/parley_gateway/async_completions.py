@@ -66,6 +66,8 @@ def completion_out(completion: session_pb2.Completion) -> CompletionOut:
                 total_tokens=usage.prompt_tokens + usage.completion_tokens,
             ),
             cached=completion.cached,
+            cache_score=completion.cache_score if completion.cached else None,
+            cache_reason=(completion.cache_reason or None) if completion.cached else None,
         )
     error = None
     if state == "failed":

@@ -77,6 +77,12 @@ class Authenticator:
             role=_role(user),
         )
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop this replica's remembered keys of a user (disabled or deleted here): they are
+        checked again at once; other replicas within the cache's few seconds."""
+        for key in [k for k, (_, p) in self._cache.items() if p.user_id == user_id]:
+            del self._cache[key]
+
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise ApiError(

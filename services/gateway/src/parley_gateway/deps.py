@@ -111,7 +111,7 @@ def _check_writable(principal: Principal, request: Request) -> None:
     if (
         principal.read_only
         and request.method not in SAFE_METHODS
-        and not request.url.path.startswith(("/auth/", "/keys"))
+        and not request.url.path.startswith(("/auth/", "/keys", "/account"))
     ):
         raise ApiError(
             403,
@@ -164,7 +164,9 @@ SignedIn = Annotated[Principal, Depends(_signed_in)]
 async def admit(parts: Parts, user: Principal, *, uses_workers: bool = True) -> None:
     """Let `user` start a generation now, or refuse: the workers' queue is full (503) or the
     user is over a rate limit (429). Checked in this order, so a 503 costs no quota. A request
-    that no worker serves (`uses_workers=False`: embeddings) is checked against the limits only."""
+    that no worker serves (`uses_workers=False`: embeddings) is checked against the limits only,
+    and counts in the request budgets here; a turn's budgets are reserved with its tokens once
+    its prompt is known (`TurnService`)."""
     if user.read_only:
         raise ApiError(403, "permission_error", "a viewer has read-only access and cannot chat")
     try:
@@ -174,7 +176,7 @@ async def admit(parts: Parts, user: Principal, *, uses_workers: bool = True) -> 
         parts.metrics.admission_refusals.labels("queue_full").inc()
         raise
     try:
-        await parts.limiter.admit(user)
+        await parts.limiter.admit(user, budgets=not uses_workers)
     except ApiError as exc:
         if exc.status == 429:
             parts.metrics.admission_refusals.labels(exc.code or "requests_per_minute").inc()

@@ -11,6 +11,9 @@ from parley_gateway.openai_schemas import ToolChoice, ToolDefinition
 
 __all__ = [
     "ApiKeyCreated",
+    "AttachmentList",
+    "AttachmentOut",
+    "AttachmentRef",
     "AuditEventOut",
     "AuditPage",
     "ChangePasswordBody",
@@ -109,6 +112,11 @@ class CompletionBody(ToolFields):
     seed: int | None = Field(
         default=None, ge=0, lt=2**63, description="the same seed, the same sample"
     )
+    attachment_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="files of this chat (POST /chat/{id}/attachments) sent with the message",
+    )
 
 
 class StartChatBody(CompletionBody):
@@ -153,6 +161,30 @@ class TurnResponse(BaseModel):
     request_id: str
     message_id: str = Field(description="id of the stored user message")
     answer: TurnAnswer
+    context_notice: str | None = Field(
+        default=None, description="set when an attached document was cut to fit the window"
+    )
+
+
+AttachmentKind = Literal["text", "pdf", "image"]
+
+
+class AttachmentRef(BaseModel):
+    id: str
+    name: str = Field(description="the file's name, sanitized for display")
+    media_type: str = Field(description="detected from the content")
+    kind: AttachmentKind
+    size: int = Field(description="bytes")
+    tokens: int | None = Field(description="documents: their text's tokens (served tokenizer)")
+
+
+class AttachmentOut(AttachmentRef):
+    chat_id: str
+    created_at: int = Field(description="Unix milliseconds")
+
+
+class AttachmentList(BaseModel):
+    attachments: list[AttachmentOut] = Field(description="oldest first")
 
 
 class ChatSummary(BaseModel):
@@ -187,6 +219,19 @@ class MessageOut(BaseModel):
     parent_id: str | None = Field(default=None, description="the message this one follows")
     sibling_count: int = Field(default=1, description="edits or regenerations at this place")
     sibling_index: int = Field(default=0, description="this one among them, oldest first")
+    cached: bool = Field(default=False, description="an answer served from the semantic cache")
+    cache_score: float | None = Field(
+        default=None, description="with cached: the verifier's probability of the same answer"
+    )
+    cache_reason: str | None = Field(
+        default=None, description="with cached: the decision, its score against the threshold"
+    )
+    attachments: list[AttachmentRef] = Field(
+        default_factory=list, description="user messages: the files sent with it"
+    )
+    context_notice: str | None = Field(
+        default=None, description="set when an attached document was cut to fit the window"
+    )
 
 
 class ChatDetail(ChatSummary):
@@ -237,6 +282,29 @@ class UserOut(BaseModel):
     tenant_id: str
     email: str = ""
     role: str = "member"
+    disabled: bool = False
+
+
+class UserPage(BaseModel):
+    users: list[UserOut]
+    total: int = Field(description="users matching the filters, for paging")
+    offset: int
+    limit: int
+
+
+class DeleteAccountBody(_Body):
+    password: SecretStr = Field(
+        default=SecretStr(""), max_length=1024, description="required for a password account"
+    )
+    confirm: bool = Field(
+        default=False, description="true: required for an account without a password (SSO)"
+    )
+
+
+class AccountDeleted(BaseModel):
+    chats_deleted: int
+    keys_deleted: int
+    sessions_ended: int
 
 
 class SetRoleBody(_Body):
@@ -262,6 +330,7 @@ class AuditEventOut(BaseModel):
     email: str
     client_address: str
     detail: str
+    tenant_id: str = ""
 
 
 class AuditPage(BaseModel):

@@ -42,7 +42,10 @@ class SessionClient:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise ApiError(401, "authentication_error", "invalid or revoked API key") from exc
+                message = "invalid or revoked API key"
+                if "disabled" in (exc.details() or ""):
+                    message = "this API key's account is disabled by an admin"
+                raise ApiError(401, "authentication_error", message) from exc
             raise from_grpc(exc, "session") from exc
 
     async def create_user(self, request: session_pb2.CreateUserRequest) -> session_pb2.User:
@@ -107,6 +110,21 @@ class SessionClient:
     ) -> session_pb2.ListAuditEventsResponse:
         return await self._call(self._stub.ListAuditEvents, request)
 
+    async def list_tenant_users(
+        self, request: session_pb2.ListTenantUsersRequest
+    ) -> session_pb2.ListTenantUsersResponse:
+        return await self._call(self._stub.ListTenantUsers, request)
+
+    async def set_user_disabled(
+        self, request: session_pb2.SetUserDisabledRequest
+    ) -> session_pb2.User:
+        return await self._call(self._stub.SetUserDisabled, request, what="user")
+
+    async def delete_account(
+        self, request: session_pb2.DeleteAccountRequest
+    ) -> session_pb2.DeleteAccountResponse:
+        return await self._call(self._stub.DeleteAccount, request, what="user")
+
     async def consume_quota(
         self, request: session_pb2.ConsumeQuotaRequest
     ) -> session_pb2.ConsumeQuotaResponse:
@@ -154,6 +172,24 @@ class SessionClient:
 
     async def get_chat(self, request: session_pb2.GetChatRequest) -> session_pb2.GetChatResponse:
         return await self._call(self._stub.GetChat, request)
+
+    async def upload_attachment(
+        self, request: session_pb2.UploadAttachmentRequest
+    ) -> session_pb2.Attachment:
+        return await self._call(self._stub.UploadAttachment, request)
+
+    async def list_attachments(
+        self, request: session_pb2.ListAttachmentsRequest
+    ) -> session_pb2.ListAttachmentsResponse:
+        return await self._call(self._stub.ListAttachments, request)
+
+    async def get_attachment(
+        self, request: session_pb2.GetAttachmentRequest
+    ) -> session_pb2.GetAttachmentResponse:
+        return await self._call(self._stub.GetAttachment, request)
+
+    async def delete_attachment(self, request: session_pb2.DeleteAttachmentRequest) -> None:
+        await self._call(self._stub.DeleteAttachment, request)
 
     async def list_siblings(
         self, request: session_pb2.ListSiblingsRequest

@@ -10,6 +10,7 @@ sessions' lifetimes come from the caller (the gateway's settings), as the rate l
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -20,11 +21,13 @@ from parley_session.domain import (
     InvalidArgumentError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UserNotFoundError,
 )
 from parley_session.passwords import Passwords, check_password
 from parley_session.stores import AuditEvent, BrowserSession, EmailTakenError, Stores, UserDoc
 
 __all__ = [
+    "AccountDeleted",
     "Accounts",
     "ExternalIdentity",
     "SessionPolicy",
@@ -84,6 +87,19 @@ class SignInResult:
     user: UserDoc | None = None
     session: BrowserSession | None = None
     retry_after_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDeleted:
+    chats: int
+    keys: int
+    sessions: int
+
+
+DataDeleter = Callable[[str], Awaitable[int]]  # a user's stored data deleted; how many chats
+
+
+_DISABLED = "this account is disabled; ask an admin of your tenant"
 
 
 class Accounts:
@@ -190,6 +206,9 @@ class Accounts:
             await attempts.clear(account, policy.window_s)
         if policy.max_failures_per_address and client_address:
             await attempts.forgive_attempt(address, policy.window_s)
+        if found[0].disabled:
+            await self._audit("sign_in_failed", found[0].user_id, email, client_address, "disabled")
+            raise PermissionDeniedError(_DISABLED)
         if replaces_token:
             await self._store.browser_sessions.revoke(replaces_token)
         session = await self._store.browser_sessions.create(
@@ -226,6 +245,11 @@ class Accounts:
                 )
             await users.link_identity(user.user_id, identity.issuer, identity.subject)
             await self._audit("user_created", user.user_id, email, detail=f"oidc {identity.issuer}")
+        if user.disabled:
+            await self._audit(
+                "sign_in_failed", user.user_id, email, identity.client_address, "disabled"
+            )
+            raise PermissionDeniedError(_DISABLED)
         if identity.role and identity.role != user.role:
             changed = await users.set_role(user.user_id, identity.role, tenant_id=None)
             user = changed or user
@@ -243,7 +267,7 @@ class Accounts:
     async def authenticate(self, token: str, policy: SessionPolicy) -> UserDoc:
         user_id = await self._store.browser_sessions.user_of(token, idle=policy.idle)
         user = None if user_id is None else await self._store.users.get_user(user_id)
-        if user is None:
+        if user is None or user.disabled:
             raise UnauthenticatedError("the session has ended (signed out or expired); sign in")
         return user
 
@@ -268,11 +292,57 @@ class Accounts:
         await self._store.browser_sessions.revoke_all(user_id, keep_token=keep_token)
         await self._audit("password_changed", user_id)
 
-    async def set_password(self, user_id: str, new: str) -> bool:
-        """An administrator's reset: every session of the user ends."""
+    async def set_password(
+        self, user_id: str, new: str, *, tenant_id: str | None = None, by: str = ""
+    ) -> None:
+        """An administrator's reset (of a user in `tenant_id`, when given): every session of
+        the user ends."""
         check_password(new, "new_password")
+        if await self._store.users.get_user(user_id, tenant_id=tenant_id) is None:
+            raise UserNotFoundError(user_id)
         if not await self._store.users.set_password_hash(user_id, await self._passwords.hash(new)):
-            return False
+            raise UserNotFoundError(user_id)
         await self._store.browser_sessions.revoke_all(user_id)
-        await self._audit("password_reset", user_id)
-        return True
+        await self._audit("password_reset", user_id, detail=f"by {by}" if by else "")
+
+    async def set_disabled(
+        self, user_id: str, disabled: bool, *, tenant_id: str | None, by: str
+    ) -> UserDoc:
+        """Disable a user (every session ends; their keys are refused) or enable them again."""
+        user = await self._store.users.set_disabled(user_id, disabled, tenant_id=tenant_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        if disabled:
+            await self._store.browser_sessions.revoke_all(user_id)
+        await self._audit(
+            "user_disabled" if disabled else "user_enabled", user_id, detail=f"by {by}"
+        )
+        return user
+
+    async def delete_account(
+        self, user_id: str, *, password: str, confirmed: bool, delete_data: DataDeleter
+    ) -> AccountDeleted:
+        """A user deletes their account: confirmed by its password (an account with one) or
+        explicitly; `delete_data` deletes what they stored (chats, messages, feedback), then
+        their keys, sessions and the user go. The audit event keeps no personal data (the
+        user's id and tenant only), and the user's earlier events lose their e-mail address and
+        client addresses."""
+        user = await self._store.users.get_user(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        stored = await self._store.users.password_hash(user_id)
+        if stored:
+            if not password:
+                raise InvalidArgumentError("password", "required: this account's password")
+            if not await self._passwords.verify(stored, password):
+                raise PermissionDeniedError("password is not this account's password")
+        elif not confirmed:
+            raise InvalidArgumentError("confirm", "required: true, to delete this account")
+        chats = await delete_data(user_id)
+        sessions = await self._store.browser_sessions.revoke_all(user_id)
+        keys = await self._store.users.delete_user(user_id)
+        await self._store.audit.forget_personal_data(user_id)
+        await self._store.audit.record(
+            AuditEvent("account_deleted", user_id, tenant_id=user.tenant_id)
+        )
+        return AccountDeleted(chats=chats, keys=keys, sessions=sessions)

@@ -27,6 +27,7 @@ __all__ = [
     "ModelInfo",
     "PreparedCompletion",
     "ResultTracker",
+    "TokenHold",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,16 @@ class ModelInfo:
     model_id: str
     created_ms: int
     context_window: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenHold:
+    """Tokens to reserve with a request (its prompt's and its reply's cap), under `hold_id`
+    until its result settles them or `expires_ms` passes."""
+
+    hold_id: str
+    tokens: int
+    expires_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,22 +219,30 @@ class CompletionService:
         tokens_per_minute: int,
         tenant_id: str = "",
         budgets: Budgets | None = None,
+        hold: TokenHold | None = None,
     ) -> QuotaDecision:
-        """Reserve one request against the budgets (the user's, then the tenant's), then count
-        it against the per-minute limits; a refusal by a later one gives back the earlier
-        reservations, so a refused request costs nothing."""
+        """Reserve one request, and the `hold`'s tokens, against the budgets (the user's, then
+        the tenant's), then count it against the per-minute limits; a refusal by a later one
+        gives back the earlier reservations, so a refused request costs nothing. The tokens
+        reserved are recorded under the hold's id, for the result to settle."""
         if not user_id:
             raise InvalidArgumentError("user_id", "required")
+        if hold is not None and not hold.hold_id:
+            raise InvalidArgumentError("hold_id", "required to reserve tokens")
         budgets = budgets or Budgets()
         limits = self._budget_limits(user_id, tenant_id, budgets)
         period = Period.now(budgets.period_s) if limits else None
         reserved: list[BudgetLimit] = []
         for limit in limits:
             assert period is not None
-            exceeded = await self.budgets.reserve(limit, period, user_id)
+            tokens = hold.tokens if hold is not None and limit.tokens else 0
+            exceeded = await self.budgets.reserve(limit, period, user_id, tokens)
+            if exceeded == "tokens" and await self.budgets.release_expired(
+                BudgetStore.key(limit, period), from_ms(int(time.time() * 1000))
+            ):
+                exceeded = await self.budgets.reserve(limit, period, user_id, tokens)
             if exceeded:
-                for earlier in reserved:
-                    await self.budgets.release(earlier, period)
+                await self._release(reserved, period, hold)
                 resets_at = period.ends_at.timestamp()
                 return QuotaDecision(
                     allowed=False,
@@ -232,15 +251,35 @@ class CompletionService:
                     resets_at_s=resets_at,
                 )
             reserved.append(limit)
-        if not (requests_per_minute or tokens_per_minute):
-            return QuotaDecision(allowed=True)
-        decision = await self.quotas.consume(
-            user_id, requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute
-        )
-        if not decision.allowed and period is not None:
-            for limit in reserved:
-                await self.budgets.release(limit, period)
+        if requests_per_minute or tokens_per_minute:
+            decision = await self.quotas.consume(
+                user_id,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+            )
+            if not decision.allowed:
+                if period is not None:
+                    await self._release(reserved, period, hold)
+                return decision
+        else:
+            decision = QuotaDecision(allowed=True)
+        held = [BudgetStore.key(limit, period) for limit in reserved if limit.tokens and period]
+        if hold is not None and held:
+            await self.budgets.hold(
+                hold.hold_id,
+                user_id=user_id,
+                keys=held,
+                tokens=hold.tokens,
+                expires_at=from_ms(hold.expires_ms),
+            )
         return decision
+
+    async def _release(
+        self, reserved: list[BudgetLimit], period: Period, hold: TokenHold | None
+    ) -> None:
+        for limit in reserved:
+            tokens = hold.tokens if hold is not None and limit.tokens else 0
+            await self.budgets.release(limit, period, tokens)
 
     @staticmethod
     def _budget_limits(user_id: str, tenant_id: str, budgets: Budgets) -> list[BudgetLimit]:
@@ -255,12 +294,21 @@ class CompletionService:
             )
         return limits
 
-    async def settle_budgets(self, user_id: str, tokens: int, at_ms: int) -> None:
-        """A result's tokens, counted in the budgets of its user and the user's tenant."""
-        if not user_id or tokens <= 0:
+    async def settle_budgets(self, result: envelopes_pb2.CompletionResult) -> None:
+        """A result's tokens, counted in the budgets of its user and the user's tenant: its
+        hold's budgets count what the answer used in place of what was held. A cached answer
+        used no model time and costs nothing; a cancelled, failed or expired one what it used
+        before it stopped (its usage)."""
+        used = 0 if result.worker_id == "cache" else _used(result)
+        if result.budget_hold.hold_id:
+            await self.budgets.settle_hold(result.budget_hold.hold_id, used)
             return
-        at = from_ms(at_ms) if at_ms else from_ms(int(time.time() * 1000))
-        await self.budgets.settle(user_id, tokens, at)
+        # A request queued without a hold (no token budget, or the session's own): what it
+        # used is added to the budgets open when it finished.
+        if not result.user_id or used <= 0:
+            return
+        at = from_ms(result.completed_unix_ms or int(time.time() * 1000))
+        await self.budgets.settle(result.user_id, used, at)
 
     async def add_tokens(self, user_id: str, tokens: int) -> None:
         if not user_id:
@@ -269,6 +317,10 @@ class CompletionService:
 
 
 Handler = Callable[[envelopes_pb2.CompletionResult], Awaitable[None]]
+
+
+def _used(result: envelopes_pb2.CompletionResult) -> int:
+    return result.usage.prompt_tokens + result.usage.completion_tokens
 
 
 def _finished(result: envelopes_pb2.CompletionResult) -> FinishedCompletion | None:
@@ -288,6 +340,8 @@ def _finished(result: envelopes_pb2.CompletionResult) -> FinishedCompletion | No
         or ("the deadline passed before a worker could start it" if expired else ""),
         cached=result.worker_id == "cache",
         tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in result.tool_calls),
+        cache_score=round(result.cache_score, 6),
+        cache_reason=result.cache_reason,
     )
 
 
@@ -306,6 +360,7 @@ class ResultTracker:
         done = _finished(result)
         if done is not None and await self._service.completions.finish(done):
             log.info("completion finished", extra={"request_id": result.request_id})
-        used = result.usage.prompt_tokens + result.usage.completion_tokens
-        await self._service.quotas.add_tokens(result.user_id, used, result.completed_unix_ms)
-        await self._service.settle_budgets(result.user_id, used, result.completed_unix_ms)
+        await self._service.quotas.add_tokens(
+            result.user_id, _used(result), result.completed_unix_ms
+        )
+        await self._service.settle_budgets(result)

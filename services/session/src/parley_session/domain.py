@@ -11,6 +11,7 @@ from typing import Protocol
 
 __all__ = [
     "AlreadyExistsError",
+    "AttachmentNotFoundError",
     "BotNotFoundError",
     "BotProfile",
     "ChatNotFoundError",
@@ -29,6 +30,7 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "UnauthenticatedError",
+    "UserNotFoundError",
     "build_context",
     "check_message_fits",
     "prompt_text",
@@ -54,6 +56,10 @@ class CompletionNotFoundError(LookupError):
     """No asynchronous completion with this id for the caller."""
 
 
+class UserNotFoundError(LookupError):
+    """No such user, or one of another tenant than the caller's (the two are not told apart)."""
+
+
 class ModelNotFoundError(LookupError):
     """A model this platform does not serve."""
 
@@ -70,11 +76,19 @@ class UnauthenticatedError(Exception):
     """A credential that names no one: an ended session, a wrong password."""
 
 
+class AttachmentNotFoundError(LookupError):
+    """No attachment with this id in this chat (or not the caller's)."""
+
+
 class InvalidArgumentError(ValueError):
-    def __init__(self, field_name: str, message: str) -> None:
+    """`reason`, when set, names the refusal for clients to tell apart (an ErrorInfo reason on
+    the wire): "unsupported_media_type", "attachment_limit", "image_input_unsupported"."""
+
+    def __init__(self, field_name: str, message: str, *, reason: str = "") -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.description = message
+        self.reason = reason
 
 
 class ContextTooLargeError(InvalidArgumentError):
@@ -105,6 +119,7 @@ class BotProfile:
     temperature: float | None = None
     top_p: float | None = None
     cache_scope: str = "user"  # user | tenant | global | disabled
+    cache_max_error_rate: float = 0.0  # the share of wrong cache hits accepted; 0: the deployment's
     avatar: str = ""
     description: str = ""
     history: HistoryParams = HistoryParams()

@@ -108,6 +108,7 @@ _UPDATABLE = frozenset(
         "history.keep_recent",
         "history.summary_max_tokens",
         "cache_scope",
+        "cache_max_error_rate",
     }
 )
 _USER_SCOPES = frozenset({"user", "disabled"})
@@ -134,6 +135,7 @@ def bot_pb(bot: BotProfile) -> session_pb2.BotProfile:
             summary_max_tokens=bot.history.summary_max_tokens,
         ),
         cache_scope=SCOPE_TO_PB[bot.cache_scope],
+        cache_max_error_rate=bot.cache_max_error_rate,
         shared=bot.shared,
         builtin=bot.builtin,
         created_unix_ms=bot.created_ms,
@@ -226,6 +228,9 @@ class ProfileRules:
                     )
                 case "cache_scope":
                     changes["cache_scope"] = SCOPE_FROM_PB.get(pb.cache_scope, "user")
+                case "cache_max_error_rate":
+                    # float32 on the wire, as sampling's: 0.02 arrives as 0.0199999996.
+                    changes["cache_max_error_rate"] = round(float(pb.cache_max_error_rate), 6)
         bot = dataclasses.replace(base, **changes, history=history)  # type: ignore[arg-type]
         return self.check(self._with_defaults(bot), admin=admin)
 
@@ -287,6 +292,11 @@ class ProfileRules:
             # A shared cache scope would hand this profile's answers to other users.
             raise InvalidArgumentError(
                 "cache_scope", "user or disabled (tenant and global are for shared profiles)"
+            )
+        if not 0 <= bot.cache_max_error_rate < 1:
+            raise InvalidArgumentError(
+                "cache_max_error_rate",
+                "a share of wrong cache hits, more than 0 and less than 1 (0: the deployment's)",
             )
         return bot
 

@@ -61,6 +61,8 @@ class ResultRecorder:
             finish_reason=finish.value,
             model=result.model,
             cache_entry_id=result.cache_entry_id,
+            cache_score=round(result.cache_score, 6),
+            cache_reason=result.cache_reason,
             worker_id=result.worker_id,
             tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in result.tool_calls),
         )

@@ -24,6 +24,7 @@ from parley_common.ids import is_id
 from parley_common.vocabulary import AccountRole
 from parley_session import wire
 from parley_session.accounts import Accounts, ExternalIdentity
+from parley_session.attachments import Attachments
 from parley_session.bot_access import BotAccess
 from parley_session.completions import (
     CompletionService,
@@ -33,6 +34,7 @@ from parley_session.config import Settings
 from parley_session.context import ContextBuilder
 from parley_session.domain import (
     AlreadyExistsError,
+    AttachmentNotFoundError,
     BotNotFoundError,
     ChatNotFoundError,
     CompletionNotFoundError,
@@ -41,6 +43,7 @@ from parley_session.domain import (
     ModelNotFoundError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UserNotFoundError,
 )
 from parley_session.failures import EXPECTED_FAILURES
 from parley_session.feedback import submit_feedback
@@ -86,7 +89,9 @@ async def _abort_invalid(
         if isinstance(exc, ContextLengthExceededError)
         else grpc.StatusCode.INVALID_ARGUMENT
     )
-    await abort_bad_field(context, code, str(exc), field=exc.field, description=exc.description)
+    await abort_bad_field(
+        context, code, str(exc), field=exc.field, description=exc.description, reason=exc.reason
+    )
 
 
 async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
@@ -99,6 +104,10 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         await context.abort(grpc.StatusCode.NOT_FOUND, f"completion {exc.args[0]!r} not found")
     if isinstance(exc, ModelNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, UserNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {exc}")
+    if isinstance(exc, AttachmentNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"attachment {exc} not found in this chat")
     if isinstance(exc, MessageNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
     if isinstance(exc, PermissionDeniedError):
@@ -179,6 +188,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         )
         self._turns = Turns(store, self._bots, contexts, tokens, settings)
         self._accounts = Accounts(store)
+        self._attachments = Attachments(store, tokens, settings)
 
     # users and keys
 
@@ -192,7 +202,19 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if user is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
         assert user is not None
+        if user.disabled:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "this key's account is disabled by an admin"
+            )
         return wire.user_pb(user)
+
+    async def _tenant_user(self, user_id: str, tenant_id: str) -> None:
+        """Refuse a user who does not exist, or (with `tenant_id`: a tenant admin's call) is
+        not in that tenant: the two are not told apart."""
+        if not is_id(user_id) or (
+            await self._store.users.get_user(user_id, tenant_id=tenant_id or None) is None
+        ):
+            raise UserNotFoundError(user_id)
 
     @_rpc
     async def CreateUser(
@@ -223,6 +245,8 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.CreateApiKeyResponse:
         if not is_id(request.user_id):
             raise InvalidArgumentError("user_id", f"no user {request.user_id}")
+        if request.tenant_id:
+            await self._tenant_user(request.user_id, request.tenant_id)
         key = await self._store.users.create_api_key(request.user_id, request.name)
         await self._store.audit.record(
             AuditEvent("key_created", request.user_id, detail=f"key_id={key.key_id}")
@@ -233,6 +257,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def ListApiKeys(
         self, request: session_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ListApiKeysResponse:
+        await self._tenant_user(request.user_id, request.tenant_id)
         keys = await self._store.users.list_api_keys(request.user_id)
         return wire.api_keys_pb(keys)
 
@@ -258,14 +283,17 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def RevokeApiKey(
         self, request: session_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.RevokeApiKeyResponse:
+        if request.tenant_id:
+            await self._tenant_user(request.user_id, request.tenant_id)
         owner = None
         if is_id(request.key_id):
             owner = await self._store.users.revoke_api_key(request.key_id, user_id=request.user_id)
         if owner is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no active API key {request.key_id}")
         assert owner is not None
+        by = f" by {request.revoked_by}" if request.revoked_by else ""
         await self._store.audit.record(
-            AuditEvent("key_revoked", owner, detail=f"key_id={request.key_id}")
+            AuditEvent("key_revoked", owner, detail=f"key_id={request.key_id}{by}")
         )
         return session_pb2.RevokeApiKeyResponse()
 
@@ -360,12 +388,79 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def SetPassword(
         self, request: session_pb2.SetPasswordRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> session_pb2.ChangePasswordResponse:
-        if not (
-            is_id(request.user_id)
-            and await self._accounts.set_password(request.user_id, request.new_password)
-        ):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {request.user_id}")
+        if not is_id(request.user_id):
+            raise UserNotFoundError(request.user_id)
+        await self._accounts.set_password(
+            request.user_id,
+            request.new_password,
+            tenant_id=request.tenant_id or None,
+            by=request.changed_by,
+        )
         return session_pb2.ChangePasswordResponse()
+
+    @_rpc
+    async def ListTenantUsers(
+        self,
+        request: session_pb2.ListTenantUsersRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ListTenantUsersResponse:
+        if request.role:
+            _role(request.role)
+        if request.state not in ("", "active", "disabled"):
+            raise InvalidArgumentError("state", "must be active or disabled")
+        if len(request.query) > 200:
+            raise InvalidArgumentError("query", "must be at most 200 characters")
+        page = await self._store.users.list_users(
+            tenant_id=None if request.any_tenant else request.tenant_id,
+            role=request.role,
+            query=request.query,
+            disabled=None if not request.state else request.state == "disabled",
+            offset=request.offset,
+            limit=min(request.limit or 50, MAX_LIST_LIMIT),
+        )
+        return session_pb2.ListTenantUsersResponse(
+            users=[wire.user_pb(u) for u in page.users], total=page.total
+        )
+
+    @_rpc
+    async def SetUserDisabled(
+        self,
+        request: session_pb2.SetUserDisabledRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.User:
+        if not is_id(request.user_id):
+            raise UserNotFoundError(request.user_id)
+        user = await self._accounts.set_disabled(
+            request.user_id,
+            request.disabled,
+            tenant_id=request.tenant_id or None,
+            by=request.changed_by,
+        )
+        return wire.user_pb(user)
+
+    @_rpc
+    async def DeleteAccount(
+        self, request: session_pb2.DeleteAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.DeleteAccountResponse:
+        if not is_id(request.user_id):
+            raise UserNotFoundError(request.user_id)
+
+        async def delete_data(user_id: str) -> int:
+            # What DeleteUserData deletes (the gateway's DELETE /chats), whatever it grows to.
+            deleted = await self.DeleteUserData(
+                session_pb2.DeleteUserDataRequest(user_id=user_id), context
+            )
+            return int(deleted.chats_deleted)
+
+        done = await self._accounts.delete_account(
+            request.user_id,
+            password=request.password,
+            confirmed=request.confirmed,
+            delete_data=delete_data,
+        )
+        return session_pb2.DeleteAccountResponse(
+            chats_deleted=done.chats, keys_deleted=done.keys, sessions_ended=done.sessions
+        )
 
     @_rpc
     async def CreateInvite(
@@ -538,6 +633,60 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 for r in rows
             ]
         )
+
+    # attachments: parley_session.attachments
+
+    @_rpc
+    async def UploadAttachment(
+        self,
+        request: session_pb2.UploadAttachmentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.Attachment:
+        check_chat_id(request.chat_id)
+        added = await self._attachments.upload(
+            request.user_id, request.chat_id, name=request.name, data=request.data
+        )
+        return wire.attachment_pb(added)
+
+    @_rpc
+    async def ListAttachments(
+        self,
+        request: session_pb2.ListAttachmentsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ListAttachmentsResponse:
+        check_chat_id(request.chat_id)
+        await self._store.chats.get_chat(request.user_id, request.chat_id)
+        found = await self._store.attachments.list_for_chat(request.user_id, request.chat_id)
+        return session_pb2.ListAttachmentsResponse(
+            attachments=[wire.attachment_pb(a) for a in found]
+        )
+
+    @_rpc
+    async def GetAttachment(
+        self, request: session_pb2.GetAttachmentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetAttachmentResponse:
+        check_chat_id(request.chat_id)
+        if not is_id(request.attachment_id):
+            raise AttachmentNotFoundError(request.attachment_id)
+        found = await self._store.attachments.get(
+            request.user_id, request.chat_id, request.attachment_id
+        )
+        data = await self._store.attachments.read(found.attachment_id)
+        return session_pb2.GetAttachmentResponse(attachment=wire.attachment_pb(found), data=data)
+
+    @_rpc
+    async def DeleteAttachment(
+        self,
+        request: session_pb2.DeleteAttachmentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.DeleteAttachmentResponse:
+        check_chat_id(request.chat_id)
+        if not is_id(request.attachment_id):
+            raise AttachmentNotFoundError(request.attachment_id)
+        await self._store.attachments.delete(
+            request.user_id, request.chat_id, request.attachment_id
+        )
+        return session_pb2.DeleteAttachmentResponse()
 
     async def _message_of(self, chat: ChatDoc, message_id: str) -> MessageDoc:
         if not is_id(message_id):
@@ -750,6 +899,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             tokens_per_minute=request.tokens_per_minute,
             tenant_id=request.tenant_id,
             budgets=wire.budgets(request.budgets),
+            hold=wire.token_hold(request),
         )
         return wire.quota_pb(decision)
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from parley.v1 import session_pb2, types_pb2
 from parley_common.vocabulary import FinishReason, FinishReasonPb, Role, RolePb
 from parley_session.accounts import SessionPolicy, SignInOutcome, SignInPolicy, SignInResult
-from parley_session.completions import ModelInfo, PreparedCompletion
+from parley_session.completions import ModelInfo, PreparedCompletion, TokenHold
 from parley_session.context import BuiltContext
 from parley_session.domain import InvalidArgumentError, StoredMessage, ToolCall, ToolResult
 from parley_session.feedback import FeedbackRequest
@@ -21,6 +21,7 @@ from parley_session.quotas import Budgets, QuotaDecision
 from parley_session.search import SearchQuery, Snippet
 from parley_session.stores import (
     ApiKeyInfo,
+    AttachmentDoc,
     AuditEvent,
     AuditQuery,
     ChatDoc,
@@ -31,7 +32,7 @@ from parley_session.stores import (
     UserDoc,
     from_ms,
 )
-from parley_session.stores._mongo import ms
+from parley_session.stores._mongo import Doc, ms
 from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
@@ -94,8 +95,38 @@ def chat_pb(chat: ChatDoc) -> session_pb2.Chat:
     return pb
 
 
+def attachment_pb(a: AttachmentDoc) -> session_pb2.Attachment:
+    pb = session_pb2.Attachment(
+        attachment_id=a.attachment_id,
+        chat_id=a.chat_id,
+        name=a.name,
+        media_type=a.media_type,
+        kind=a.kind,
+        size=a.size,
+        created_unix_ms=a.created_ms,
+    )
+    if a.tokens is not None:
+        pb.tokens = a.tokens
+    return pb
+
+
+def _attachment_ref_pb(ref: Doc) -> session_pb2.Attachment:
+    pb = session_pb2.Attachment(
+        attachment_id=ref["id"],
+        name=ref["name"],
+        media_type=ref["media_type"],
+        kind=ref["kind"],
+        size=ref["size"],
+    )
+    if ref.get("tokens") is not None:
+        pb.tokens = ref["tokens"]
+    return pb
+
+
 def message_pb(m: MessageDoc, siblings: tuple[int, int] = (1, 0)) -> session_pb2.Message:
     return session_pb2.Message(
+        attachments=[_attachment_ref_pb(a) for a in m.attachments],
+        context_notice=m.context_notice,
         parent_id=m.parent_id,
         sibling_count=siblings[0],
         sibling_index=siblings[1],
@@ -110,6 +141,9 @@ def message_pb(m: MessageDoc, siblings: tuple[int, int] = (1, 0)) -> session_pb2
         finish_reason=_finish_pb(m.finish_reason),
         tool_calls=_tool_calls_pb(m.tool_calls),
         tool_results=_tool_messages_pb(m.tool_results),
+        cached=bool(m.cache_entry_id),
+        cache_score=m.cache_score,
+        cache_reason=m.cache_reason,
     )
 
 
@@ -187,6 +221,7 @@ def turn_request(request: session_pb2.StartTurnRequest) -> TurnRequest:
         edit_message_id=request.edit_message_id,
         regenerate_message_id=request.regenerate_message_id,
         tool_results=tuple(ToolResult(r.tool_call_id, r.content) for r in request.tool_results),
+        attachment_ids=tuple(request.attachment_ids),
     )
 
 
@@ -245,9 +280,16 @@ def turn_pb(turn: Turn) -> session_pb2.StartTurnResponse:
         system_prompt=bot.system_prompt,
         replayed=turn.existing_answer is not None,
         answer_slot=turn.question.ordinal if turn.answer_slot is None else turn.answer_slot,
+        cache_max_error_rate=bot.cache_max_error_rate,
+        regenerated_cache_entry_id=turn.regenerated_cache_entry_id,
     )
     if turn.existing_answer is not None:
         response.existing_answer.CopyFrom(message_pb(turn.existing_answer))
+    if turn.images:
+        question = response.context.messages[-1]
+        question.images.extend(
+            types_pb2.ImagePart(media_type=i.media_type, data=i.data) for i in turn.images
+        )
     return response
 
 
@@ -337,6 +379,8 @@ def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
         created_unix_ms=c.created_ms,
         updated_unix_ms=c.updated_ms,
         cached=c.cached,
+        cache_score=c.cache_score,
+        cache_reason=c.cache_reason,
         model=c.model,
         request_params=c.request_params,
         tool_calls=_tool_calls_pb(c.tool_calls),
@@ -352,6 +396,15 @@ def quota_pb(decision: QuotaDecision) -> session_pb2.ConsumeQuotaResponse:
         tokens_remaining=decision.tokens_remaining,
         resets_at_ms=math.ceil(decision.resets_at_s * 1000),
     )
+
+
+def token_hold(request: session_pb2.ConsumeQuotaRequest) -> TokenHold | None:
+    """The tokens a quota request reserves with it; None when it reserves none."""
+    if not request.reserve_tokens:
+        return None
+    if request.hold_expires_unix_ms <= 0:
+        raise InvalidArgumentError("hold_expires_unix_ms", "required to reserve tokens")
+    return TokenHold(request.hold_id, request.reserve_tokens, request.hold_expires_unix_ms)
 
 
 def budgets(pb: session_pb2.Budgets) -> Budgets:
@@ -371,6 +424,7 @@ def user_pb(user: UserDoc) -> session_pb2.User:
         tenant_id=user.tenant_id,
         email=user.email,
         role=user.role,
+        disabled=user.disabled,
     )
 
 
@@ -427,6 +481,7 @@ def audit_query(request: session_pb2.ListAuditEventsRequest, *, max_limit: int) 
         raise InvalidArgumentError("limit", f"at most {max_limit}")
     return AuditQuery(
         user_id=request.user_id,
+        tenant_id=request.tenant_id or None,
         type=request.type,
         since=from_ms(request.since_unix_ms) if request.since_unix_ms else None,
         until=from_ms(request.until_unix_ms) if request.until_unix_ms else None,
@@ -446,6 +501,7 @@ def audit_pb(events: list[AuditEvent], limit: int) -> session_pb2.ListAuditEvent
                 email=e.email,
                 client_address=e.client_address,
                 detail=e.detail,
+                tenant_id=e.tenant_id,
             )
             for e in events
         ]

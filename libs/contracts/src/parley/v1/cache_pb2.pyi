@@ -332,3 +332,54 @@ class PrimeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrimeResponse: _TypeAlias = PrimeResponse  # noqa: Y015
+
+@_typing.final
+class CompareSampledAnswerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    GENERATED_ANSWER_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """the entry the hit was served from (LookupResponse.entry_id)"""
+    generated_answer: _builtins.str
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        generated_answer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "generated_answer", b"generated_answer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareSampledAnswerRequest: _TypeAlias = CompareSampledAnswerRequest  # noqa: Y015
+
+@_typing.final
+class CompareSampledAnswerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
+    AGREED_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    """false: the entry is gone (expired, evicted); nothing was counted"""
+    similarity: _builtins.float
+    """cosine of the two answers' embeddings"""
+    agreed: _builtins.bool
+    """similarity >= CACHE_SAMPLE_MIN_SIMILARITY; false: counted as rejected"""
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+        similarity: _builtins.float = ...,
+        agreed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "found", b"found", "similarity", b"similarity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareSampledAnswerResponse: _TypeAlias = CompareSampledAnswerResponse  # noqa: Y015

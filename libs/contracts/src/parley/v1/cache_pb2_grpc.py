@@ -59,6 +59,11 @@ class CacheServiceStub:
                 request_serializer=parley_dot_v1_dot_cache__pb2.PrimeRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_cache__pb2.PrimeResponse.FromString,
                 _registered_method=True)
+        self.CompareSampledAnswer = channel.unary_unary(
+                '/parley.v1.CacheService/CompareSampledAnswer',
+                request_serializer=parley_dot_v1_dot_cache__pb2.CompareSampledAnswerRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_cache__pb2.CompareSampledAnswerResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -104,6 +109,16 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareSampledAnswer(self, request, context):
+        """A sampled hit (the gateway's CACHE_SAMPLE_SHARE of hits) was also generated: the cache
+        embeds the entry's answer and the generated one, and when their cosine is below
+        CACHE_SAMPLE_MIN_SIMILARITY the hit counts as rejected in the entry's scope (its threshold
+        rises as a thumbs-down's would). The entry is not evicted: one sample is no user's verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Prime,
                     request_deserializer=parley_dot_v1_dot_cache__pb2.PrimeRequest.FromString,
                     response_serializer=parley_dot_v1_dot_cache__pb2.PrimeResponse.SerializeToString,
+            ),
+            'CompareSampledAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareSampledAnswer,
+                    request_deserializer=parley_dot_v1_dot_cache__pb2.CompareSampledAnswerRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_cache__pb2.CompareSampledAnswerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +288,33 @@ class CacheService:
             '/parley.v1.CacheService/Prime',
             parley_dot_v1_dot_cache__pb2.PrimeRequest.SerializeToString,
             parley_dot_v1_dot_cache__pb2.PrimeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareSampledAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.CacheService/CompareSampledAnswer',
+            parley_dot_v1_dot_cache__pb2.CompareSampledAnswerRequest.SerializeToString,
+            parley_dot_v1_dot_cache__pb2.CompareSampledAnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,

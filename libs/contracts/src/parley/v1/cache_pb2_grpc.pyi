@@ -52,6 +52,12 @@ class CacheServiceStub:
     """Embeds a question ahead of its Lookup, which then finds the vector ready (or being made): the
     gateway sends it while the session stores the question, so the two overlap.
     """
+    CompareSampledAnswer: _grpc.UnaryUnaryMultiCallable[_cache_pb2.CompareSampledAnswerRequest, _cache_pb2.CompareSampledAnswerResponse]
+    """A sampled hit (the gateway's CACHE_SAMPLE_SHARE of hits) was also generated: the cache
+    embeds the entry's answer and the generated one, and when their cosine is below
+    CACHE_SAMPLE_MIN_SIMILARITY the hit counts as rejected in the entry's scope (its threshold
+    rises as a thumbs-down's would). The entry is not evicted: one sample is no user's verdict.
+    """
 
 @_typing.type_check_only
 class CacheServiceAsyncStub(CacheServiceStub):
@@ -74,6 +80,12 @@ class CacheServiceAsyncStub(CacheServiceStub):
     Prime: _aio.UnaryUnaryMultiCallable[_cache_pb2.PrimeRequest, _cache_pb2.PrimeResponse]  # type: ignore[assignment]
     """Embeds a question ahead of its Lookup, which then finds the vector ready (or being made): the
     gateway sends it while the session stores the question, so the two overlap.
+    """
+    CompareSampledAnswer: _aio.UnaryUnaryMultiCallable[_cache_pb2.CompareSampledAnswerRequest, _cache_pb2.CompareSampledAnswerResponse]  # type: ignore[assignment]
+    """A sampled hit (the gateway's CACHE_SAMPLE_SHARE of hits) was also generated: the cache
+    embeds the entry's answer and the generated one, and when their cosine is below
+    CACHE_SAMPLE_MIN_SIMILARITY the hit counts as rejected in the entry's scope (its threshold
+    rises as a thumbs-down's would). The entry is not evicted: one sample is no user's verdict.
     """
 
 class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -124,6 +136,18 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_cache_pb2.PrimeResponse, _abc.Awaitable[_cache_pb2.PrimeResponse]]:
         """Embeds a question ahead of its Lookup, which then finds the vector ready (or being made): the
         gateway sends it while the session stores the question, so the two overlap.
+        """
+
+    @_abc_1.abstractmethod
+    def CompareSampledAnswer(
+        self,
+        request: _cache_pb2.CompareSampledAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cache_pb2.CompareSampledAnswerResponse, _abc.Awaitable[_cache_pb2.CompareSampledAnswerResponse]]:
+        """A sampled hit (the gateway's CACHE_SAMPLE_SHARE of hits) was also generated: the cache
+        embeds the entry's answer and the generated one, and when their cosine is below
+        CACHE_SAMPLE_MIN_SIMILARITY the hit counts as rejected in the entry's scope (its threshold
+        rises as a thumbs-down's would). The entry is not evicted: one sample is no user's verdict.
         """
 
 def add_CacheServiceServicer_to_server(servicer: CacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

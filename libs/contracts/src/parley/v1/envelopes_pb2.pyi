@@ -65,6 +65,7 @@ class CompletionRequest(_message.Message):
     SUMMARY_THROUGH_ORDINAL_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BUDGET_HOLD_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     """idempotency key of the turn"""
@@ -95,6 +96,10 @@ class CompletionRequest(_message.Message):
 
     @_builtins.property
     def options(self) -> _types_pb2.GenerationOptions: ...
+    @_builtins.property
+    def budget_hold(self) -> _types_pb2.BudgetHold:
+        """set when budgets are on: copied onto the result"""
+
     def __init__(
         self,
         *,
@@ -115,10 +120,11 @@ class CompletionRequest(_message.Message):
         summary_through_ordinal: _builtins.int = ...,
         options: _types_pb2.GenerationOptions | None = ...,
         user_message_id: _builtins.str = ...,
+        budget_hold: _types_pb2.BudgetHold | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "options", b"options", "sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget_hold", b"budget_hold", "cache_key", b"cache_key", "options", b"options", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "deadline_unix_ms", b"deadline_unix_ms", "enqueued_unix_ms", b"enqueued_unix_ms", "kind", b"kind", "messages", b"messages", "model", b"model", "options", b"options", "reply_topic", b"reply_topic", "request_id", b"request_id", "sampling", b"sampling", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "user_id", b"user_id", "user_message_id", b"user_message_id", "user_message_ordinal", b"user_message_ordinal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "budget_hold", b"budget_hold", "cache_key", b"cache_key", "chat_id", b"chat_id", "deadline_unix_ms", b"deadline_unix_ms", "enqueued_unix_ms", b"enqueued_unix_ms", "kind", b"kind", "messages", b"messages", "model", b"model", "options", b"options", "reply_topic", b"reply_topic", "request_id", b"request_id", "sampling", b"sampling", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "user_id", b"user_id", "user_message_id", b"user_message_id", "user_message_ordinal", b"user_message_ordinal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,6 +257,9 @@ class CompletionResult(_message.Message):
     CACHE_ENTRY_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BUDGET_HOLD_FIELD_NUMBER: _builtins.int
+    CACHE_SCORE_FIELD_NUMBER: _builtins.int
+    CACHE_REASON_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     request_id: _builtins.str
     chat_id: _builtins.str
@@ -269,6 +278,9 @@ class CompletionResult(_message.Message):
     """set when the answer was served from the cache: that entry"""
     user_message_id: _builtins.str
     """the request's"""
+    cache_score: _builtins.float
+    """With cache_entry_id: the cache's decision, for audits (LookupResponse.score and .reason)."""
+    cache_reason: _builtins.str
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
     @_builtins.property
@@ -277,6 +289,10 @@ class CompletionResult(_message.Message):
     def cache_key(self) -> _types_pb2.CacheKey: ...
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]: ...
+    @_builtins.property
+    def budget_hold(self) -> _types_pb2.BudgetHold:
+        """the request's: settled from this result's usage"""
+
     def __init__(
         self,
         *,
@@ -300,10 +316,13 @@ class CompletionResult(_message.Message):
         cache_entry_id: _builtins.str = ...,
         tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
         user_message_id: _builtins.str = ...,
+        budget_hold: _types_pb2.BudgetHold | None = ...,
+        cache_score: _builtins.float = ...,
+        cache_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget_hold", b"budget_hold", "cache_key", b"cache_key", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "cache_entry_id", b"cache_entry_id", "cache_key", b"cache_key", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "tool_calls", b"tool_calls", "usage", b"usage", "user_id", b"user_id", "user_message_id", b"user_message_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "budget_hold", b"budget_hold", "cache_entry_id", b"cache_entry_id", "cache_key", b"cache_key", "cache_reason", b"cache_reason", "cache_score", b"cache_score", "chat_id", b"chat_id", "completed_unix_ms", b"completed_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "kind", b"kind", "model", b"model", "request_id", b"request_id", "schema_version", b"schema_version", "summary_through_ordinal", b"summary_through_ordinal", "text", b"text", "timings", b"timings", "tool_calls", b"tool_calls", "usage", b"usage", "user_id", b"user_id", "user_message_id", b"user_message_id", "user_message_ordinal", b"user_message_ordinal", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -96,6 +96,7 @@ class User(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     name: _builtins.str
     is_admin: _builtins.bool
@@ -104,6 +105,8 @@ class User(_message.Message):
     """empty for a user without an account (API keys only)"""
     role: _builtins.str
     """admin, member or viewer, in tenant_id"""
+    disabled: _builtins.bool
+    """by an admin: cannot sign in, its keys and sessions do not work"""
     def __init__(
         self,
         *,
@@ -113,10 +116,11 @@ class User(_message.Message):
         tenant_id: _builtins.str = ...,
         email: _builtins.str = ...,
         role: _builtins.str = ...,
+        disabled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "is_admin", b"is_admin", "name", b"name", "role", b"role", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "email", b"email", "is_admin", b"is_admin", "name", b"name", "role", b"role", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -437,17 +441,25 @@ class SetPasswordRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     new_password: _builtins.str
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant (a tenant admin's reset)"""
+    changed_by: _builtins.str
+    """for the audit log"""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         new_password: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        changed_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_password", b"new_password", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_by", b"changed_by", "new_password", b"new_password", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,6 +498,7 @@ class AuditEvent(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     at_unix_ms: _builtins.int
     type: _builtins.str
@@ -498,6 +511,8 @@ class AuditEvent(_message.Message):
     email: _builtins.str
     client_address: _builtins.str
     detail: _builtins.str
+    tenant_id: _builtins.str
+    """the tenant of the user it is about, when it was recorded"""
     def __init__(
         self,
         *,
@@ -508,10 +523,11 @@ class AuditEvent(_message.Message):
         email: _builtins.str = ...,
         client_address: _builtins.str = ...,
         detail: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "client_address", b"client_address", "detail", b"detail", "email", b"email", "event_id", b"event_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_ms", b"at_unix_ms", "client_address", b"client_address", "detail", b"detail", "email", b"email", "event_id", b"event_id", "tenant_id", b"tenant_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -527,12 +543,15 @@ class ListAuditEventsRequest(_message.Message):
     UNTIL_UNIX_MS_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     type: _builtins.str
     since_unix_ms: _builtins.int
     until_unix_ms: _builtins.int
     cursor: _builtins.str
     limit: _builtins.int
+    tenant_id: _builtins.str
+    """when set, only this tenant's events (a tenant admin's view)"""
     def __init__(
         self,
         *,
@@ -542,14 +561,165 @@ class ListAuditEventsRequest(_message.Message):
         until_unix_ms: _builtins.int = ...,
         cursor: _builtins.str = ...,
         limit: _builtins.int = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "since_unix_ms", b"since_unix_ms", "type", b"type", "until_unix_ms", b"until_unix_ms", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "since_unix_ms", b"since_unix_ms", "tenant_id", b"tenant_id", "type", b"type", "until_unix_ms", b"until_unix_ms", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListTenantUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ANY_TENANT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    any_tenant: _builtins.bool
+    """the admin key's view: every tenant (tenant_id ignored)"""
+    role: _builtins.str
+    """admin, member or viewer; empty: any"""
+    query: _builtins.str
+    """the start of the e-mail address or the name (case-insensitive)"""
+    state: _builtins.str
+    """active, disabled; empty: both"""
+    offset: _builtins.int
+    limit: _builtins.int
+    """0: 50"""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        any_tenant: _builtins.bool = ...,
+        role: _builtins.str = ...,
+        query: _builtins.str = ...,
+        state: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_tenant", b"any_tenant", "limit", b"limit", "offset", b"offset", "query", b"query", "role", b"role", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantUsersRequest: _TypeAlias = ListTenantUsersRequest  # noqa: Y015
+
+@_typing.final
+class ListTenantUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """of the users matching, for paging"""
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___User] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["total", b"total", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantUsersResponse: _TypeAlias = ListTenantUsersResponse  # noqa: Y015
+
+@_typing.final
+class SetUserDisabledRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    disabled: _builtins.bool
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant"""
+    changed_by: _builtins.str
+    """for the audit log"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        disabled: _builtins.bool = ...,
+        tenant_id: _builtins.str = ...,
+        changed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_by", b"changed_by", "disabled", b"disabled", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUserDisabledRequest: _TypeAlias = SetUserDisabledRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    CONFIRMED_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    password: _builtins.str
+    """required for an account with a password"""
+    confirmed: _builtins.bool
+    """the user's explicit confirmation, for an account without a password"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        password: _builtins.str = ...,
+        confirmed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed", b"confirmed", "password", b"password", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountRequest: _TypeAlias = DeleteAccountRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHATS_DELETED_FIELD_NUMBER: _builtins.int
+    KEYS_DELETED_FIELD_NUMBER: _builtins.int
+    SESSIONS_ENDED_FIELD_NUMBER: _builtins.int
+    chats_deleted: _builtins.int
+    keys_deleted: _builtins.int
+    sessions_ended: _builtins.int
+    def __init__(
+        self,
+        *,
+        chats_deleted: _builtins.int = ...,
+        keys_deleted: _builtins.int = ...,
+        sessions_ended: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chats_deleted", b"chats_deleted", "keys_deleted", b"keys_deleted", "sessions_ended", b"sessions_ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountResponse: _TypeAlias = DeleteAccountResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditEventsResponse(_message.Message):
@@ -655,17 +825,21 @@ class CreateApiKeyRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     name: _builtins.str
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant"""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         name: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -700,18 +874,26 @@ class RevokeApiKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_BY_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     user_id: _builtins.str
     """when set, only a key of this user (users revoking their own)"""
+    tenant_id: _builtins.str
+    """when set, only a key of a user in this tenant"""
+    revoked_by: _builtins.str
+    """for the audit log"""
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        revoked_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "revoked_by", b"revoked_by", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -751,15 +933,19 @@ class ListApiKeysRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    tenant_id: _builtins.str
+    """when set, the user must be in this tenant"""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -888,6 +1074,11 @@ class Message(_message.Message):
     SIBLING_INDEX_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_RESULTS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    CACHE_SCORE_FIELD_NUMBER: _builtins.int
+    CACHE_REASON_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    CONTEXT_NOTICE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     ordinal: _builtins.int
     role: _types_pb2.Role.ValueType
@@ -903,6 +1094,12 @@ class Message(_message.Message):
     """messages with the same parent and role, this one included"""
     sibling_index: _builtins.int
     """this one's place among them, oldest first (0-based)"""
+    cached: _builtins.bool
+    """An assistant message served from the semantic cache: the decision's score and reason."""
+    cache_score: _builtins.float
+    cache_reason: _builtins.str
+    context_notice: _builtins.str
+    """Set when an attachment's text was cut to fit the model's window: what was left out."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]:
         """An assistant message that is tool calls: the calls, for the client to run."""
@@ -910,6 +1107,10 @@ class Message(_message.Message):
     @_builtins.property
     def tool_results(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ChatMessage]:
         """A turn that answers those calls (role TOOL): one result each (role TOOL, tool_call_id)."""
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """user messages: the files sent with it"""
 
     def __init__(
         self,
@@ -927,10 +1128,15 @@ class Message(_message.Message):
         sibling_index: _builtins.int = ...,
         tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
         tool_results: _abc.Iterable[_types_pb2.ChatMessage] | None = ...,
+        cached: _builtins.bool = ...,
+        cache_score: _builtins.float = ...,
+        cache_reason: _builtins.str = ...,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
+        context_notice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count", "tool_calls", b"tool_calls", "tool_results", b"tool_results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "cache_reason", b"cache_reason", "cache_score", b"cache_score", "cached", b"cached", "content", b"content", "context_notice", b"context_notice", "created_unix_ms", b"created_unix_ms", "finish_reason", b"finish_reason", "message_id", b"message_id", "ordinal", b"ordinal", "parent_id", b"parent_id", "request_id", b"request_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "token_count", b"token_count", "tool_calls", b"tool_calls", "tool_results", b"tool_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -950,6 +1156,7 @@ class StartTurnRequest(_message.Message):
     EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TOOL_RESULTS_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_IDS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     chat_id: _builtins.str
     """empty: start a new chat"""
@@ -972,6 +1179,12 @@ class StartTurnRequest(_message.Message):
         sent in place of a user message (`content` empty): they are the turn's question.
         """
 
+    @_builtins.property
+    def attachment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Attachments of this chat sent with the question: documents' text enters the context, images
+        go to a model that accepts images (others refuse: reason "image_input_unsupported").
+        """
+
     def __init__(
         self,
         *,
@@ -985,10 +1198,11 @@ class StartTurnRequest(_message.Message):
         edit_message_id: _builtins.str = ...,
         regenerate_message_id: _builtins.str = ...,
         tool_results: _abc.Iterable[_types_pb2.ChatMessage] | None = ...,
+        attachment_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "edit_message_id", b"edit_message_id", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "regenerate_message_id", b"regenerate_message_id", "request_id", b"request_id", "tool_results", b"tool_results", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_ids", b"attachment_ids", "bot_id", b"bot_id", "chat_id", b"chat_id", "content", b"content", "edit_message_id", b"edit_message_id", "history_policy", b"history_policy", "max_tokens", b"max_tokens", "regenerate_message_id", b"regenerate_message_id", "request_id", b"request_id", "tool_results", b"tool_results", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1048,6 +1262,8 @@ class StartTurnResponse(_message.Message):
     REPLAYED_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     ANSWER_SLOT_FIELD_NUMBER: _builtins.int
+    CACHE_MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    REGENERATED_CACHE_ENTRY_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     cache_scope: _types_pb2.CacheScope.ValueType
     system_prompt: _builtins.str
@@ -1057,6 +1273,10 @@ class StartTurnResponse(_message.Message):
     """The ordinal the answer is stored after (CompletionRequest.user_message_ordinal): the
     question's, or for a regeneration a fresh slot of its own.
     """
+    cache_max_error_rate: _builtins.float
+    """the bot profile's (0: the deployment's)"""
+    regenerated_cache_entry_id: _builtins.str
+    """A regeneration of an answer the cache served: that entry (the regenerate rejects it)."""
     @_builtins.property
     def chat(self) -> Global___Chat: ...
     @_builtins.property
@@ -1085,10 +1305,12 @@ class StartTurnResponse(_message.Message):
         replayed: _builtins.bool = ...,
         tenant_id: _builtins.str = ...,
         answer_slot: _builtins.int = ...,
+        cache_max_error_rate: _builtins.float = ...,
+        regenerated_cache_entry_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "sampling", b"sampling", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_slot", b"answer_slot", "cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_slot", b"answer_slot", "cache_max_error_rate", b"cache_max_error_rate", "cache_scope", b"cache_scope", "chat", b"chat", "context", b"context", "existing_answer", b"existing_answer", "model", b"model", "regenerated_cache_entry_id", b"regenerated_cache_entry_id", "replayed", b"replayed", "sampling", b"sampling", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1450,6 +1672,7 @@ class BotProfile(_message.Message):
     BUILTIN_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
     UPDATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CACHE_MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
     bot_id: _builtins.str
     name: _builtins.str
     avatar: _builtins.str
@@ -1466,6 +1689,10 @@ class BotProfile(_message.Message):
     """the default profile, from the service's settings; read-only"""
     created_unix_ms: _builtins.int
     updated_unix_ms: _builtins.int
+    cache_max_error_rate: _builtins.float
+    """The share of wrong cache hits accepted in its chats (0 < rate < 1); 0: the deployment's
+    CACHE_MAX_ERROR_RATE.
+    """
     @_builtins.property
     def sampling(self) -> _types_pb2.SamplingParams:
         """defaults of its chats; max_tokens is the reply budget"""
@@ -1489,10 +1716,11 @@ class BotProfile(_message.Message):
         builtin: _builtins.bool = ...,
         created_unix_ms: _builtins.int = ...,
         updated_unix_ms: _builtins.int = ...,
+        cache_max_error_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar", "bot_id", b"bot_id", "builtin", b"builtin", "cache_scope", b"cache_scope", "created_unix_ms", b"created_unix_ms", "description", b"description", "history", b"history", "history_policy", b"history_policy", "model", b"model", "name", b"name", "sampling", b"sampling", "shared", b"shared", "system_prompt", b"system_prompt", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar", "bot_id", b"bot_id", "builtin", b"builtin", "cache_max_error_rate", b"cache_max_error_rate", "cache_scope", b"cache_scope", "created_unix_ms", b"created_unix_ms", "description", b"description", "history", b"history", "history_policy", b"history_policy", "model", b"model", "name", b"name", "sampling", b"sampling", "shared", b"shared", "system_prompt", b"system_prompt", "updated_unix_ms", b"updated_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2000,6 +2228,8 @@ class Completion(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     REQUEST_PARAMS_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    CACHE_SCORE_FIELD_NUMBER: _builtins.int
+    CACHE_REASON_FIELD_NUMBER: _builtins.int
     completion_id: _builtins.str
     """the turn's request id"""
     chat_id: _builtins.str
@@ -2015,6 +2245,9 @@ class Completion(_message.Message):
     model: _builtins.str
     request_params: _builtins.bytes
     """as CreateCompletionRequest.request_params"""
+    cache_score: _builtins.float
+    """with cached: the cache's decision (LookupResponse.score, .reason)"""
+    cache_reason: _builtins.str
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
     @_builtins.property
@@ -2038,10 +2271,12 @@ class Completion(_message.Message):
         model: _builtins.str = ...,
         request_params: _builtins.bytes = ...,
         tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
+        cache_score: _builtins.float = ...,
+        cache_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "tool_calls", b"tool_calls", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reason", b"cache_reason", "cache_score", b"cache_score", "cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "tool_calls", b"tool_calls", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2161,12 +2396,22 @@ class ConsumeQuotaRequest(_message.Message):
     TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     BUDGETS_FIELD_NUMBER: _builtins.int
+    RESERVE_TOKENS_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    HOLD_EXPIRES_UNIX_MS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     requests_per_minute: _builtins.int
     """0: no limit"""
     tokens_per_minute: _builtins.int
     """0: no limit"""
     tenant_id: _builtins.str
+    reserve_tokens: _builtins.int
+    """Tokens to reserve against the token budgets in the same step as the request (the prompt's
+    and the reply's cap), recorded as hold_id until its result settles it or it expires.
+    """
+    hold_id: _builtins.str
+    hold_expires_unix_ms: _builtins.int
+    """when a hold whose result never came is given back"""
     @_builtins.property
     def budgets(self) -> Global___Budgets: ...
     def __init__(
@@ -2177,10 +2422,13 @@ class ConsumeQuotaRequest(_message.Message):
         tokens_per_minute: _builtins.int = ...,
         tenant_id: _builtins.str = ...,
         budgets: Global___Budgets | None = ...,
+        reserve_tokens: _builtins.int = ...,
+        hold_id: _builtins.str = ...,
+        hold_expires_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "requests_per_minute", b"requests_per_minute", "tenant_id", b"tenant_id", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "hold_expires_unix_ms", b"hold_expires_unix_ms", "hold_id", b"hold_id", "requests_per_minute", b"requests_per_minute", "reserve_tokens", b"reserve_tokens", "tenant_id", b"tenant_id", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2189,8 +2437,9 @@ Global___ConsumeQuotaRequest: _TypeAlias = ConsumeQuotaRequest  # noqa: Y015
 @_typing.final
 class Budgets(_message.Message):
     """Requests and tokens per period (fixed windows of period_s from the Unix epoch), per user and
-    per tenant. A request is reserved atomically before it is queued; its tokens are added from
-    its result (what it used: a cached or cancelled answer costs what it took). 0: no budget.
+    per tenant. A request and its tokens (prompt + reply cap) are reserved atomically before it
+    is queued; its result settles the tokens to what it used (a cancelled answer gives back the
+    rest, a cached one costs nothing). 0: no budget.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2598,3 +2847,211 @@ class GetUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class Attachment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTACHMENT_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    attachment_id: _builtins.str
+    chat_id: _builtins.str
+    name: _builtins.str
+    """sanitized for display"""
+    media_type: _builtins.str
+    """detected from the content"""
+    kind: _builtins.str
+    """text, pdf or image"""
+    size: _builtins.int
+    """bytes"""
+    tokens: _builtins.int
+    """documents: their text's tokens with the served tokenizer"""
+    created_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        attachment_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        size: _builtins.int = ...,
+        tokens: _builtins.int | None = ...,
+        created_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tokens", b"_tokens", "tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tokens", b"_tokens", "attachment_id", b"attachment_id", "chat_id", b"chat_id", "created_unix_ms", b"created_unix_ms", "kind", b"kind", "media_type", b"media_type", "name", b"name", "size", b"size", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tokens: _TypeAlias = _typing.Literal["tokens"]  # noqa: Y015
+    _WhichOneofArgType__tokens: _TypeAlias = _typing.Literal["_tokens", b"_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens) -> _WhichOneofReturnType__tokens | None: ...
+
+Global___Attachment: _TypeAlias = Attachment  # noqa: Y015
+
+@_typing.final
+class UploadAttachmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    name: _builtins.str
+    """as the client named it: shown, never used to decide the type"""
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "data", b"data", "name", b"name", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadAttachmentRequest: _TypeAlias = UploadAttachmentRequest  # noqa: Y015
+
+@_typing.final
+class ListAttachmentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_id", b"chat_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAttachmentsRequest: _TypeAlias = ListAttachmentsRequest  # noqa: Y015
+
+@_typing.final
+class ListAttachmentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAttachmentsResponse: _TypeAlias = ListAttachmentsResponse  # noqa: Y015
+
+@_typing.final
+class GetAttachmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    attachment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        attachment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_id", b"attachment_id", "chat_id", b"chat_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAttachmentRequest: _TypeAlias = GetAttachmentRequest  # noqa: Y015
+
+@_typing.final
+class GetAttachmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTACHMENT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def attachment(self) -> Global___Attachment: ...
+    def __init__(
+        self,
+        *,
+        attachment: Global___Attachment | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAttachmentResponse: _TypeAlias = GetAttachmentResponse  # noqa: Y015
+
+@_typing.final
+class DeleteAttachmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHAT_ID_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    chat_id: _builtins.str
+    attachment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        chat_id: _builtins.str = ...,
+        attachment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_id", b"attachment_id", "chat_id", b"chat_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAttachmentRequest: _TypeAlias = DeleteAttachmentRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAttachmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAttachmentResponse: _TypeAlias = DeleteAttachmentResponse  # noqa: Y015

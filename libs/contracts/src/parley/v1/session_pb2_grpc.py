@@ -109,6 +109,21 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ListTenantUsers = channel.unary_unary(
+                '/parley.v1.SessionService/ListTenantUsers',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListTenantUsersRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListTenantUsersResponse.FromString,
+                _registered_method=True)
+        self.SetUserDisabled = channel.unary_unary(
+                '/parley.v1.SessionService/SetUserDisabled',
+                request_serializer=parley_dot_v1_dot_session__pb2.SetUserDisabledRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.User.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteAccount',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
         self.StartTurn = channel.unary_unary(
                 '/parley.v1.SessionService/StartTurn',
                 request_serializer=parley_dot_v1_dot_session__pb2.StartTurnRequest.SerializeToString,
@@ -173,6 +188,26 @@ class SessionServiceStub:
                 '/parley.v1.SessionService/GetUsage',
                 request_serializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.UploadAttachment = channel.unary_unary(
+                '/parley.v1.SessionService/UploadAttachment',
+                request_serializer=parley_dot_v1_dot_session__pb2.UploadAttachmentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Attachment.FromString,
+                _registered_method=True)
+        self.ListAttachments = channel.unary_unary(
+                '/parley.v1.SessionService/ListAttachments',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListAttachmentsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListAttachmentsResponse.FromString,
+                _registered_method=True)
+        self.GetAttachment = channel.unary_unary(
+                '/parley.v1.SessionService/GetAttachment',
+                request_serializer=parley_dot_v1_dot_session__pb2.GetAttachmentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetAttachmentResponse.FromString,
+                _registered_method=True)
+        self.DeleteAttachment = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteAttachment',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentResponse.FromString,
                 _registered_method=True)
         self.ListBots = channel.unary_unary(
                 '/parley.v1.SessionService/ListBots',
@@ -352,6 +387,27 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTenantUsers(self, request, context):
+        """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+        sessions end, their keys stop working) or enabling them again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserDisabled(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartTurn(self, request, context):
         """Appends the user's message (idempotent on request_id) and builds the model's context.
         """
@@ -435,6 +491,34 @@ class SessionServiceServicer:
     def GetUsage(self, request, context):
         """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadAttachment(self, request, context):
+        """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+        whose messages alone used them). Their kind is decided by their content, never by their name:
+        UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+        INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAttachments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttachment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAttachment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -618,6 +702,21 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_v1_dot_session__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.ListAuditEventsResponse.SerializeToString,
             ),
+            'ListTenantUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenantUsers,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListTenantUsersRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListTenantUsersResponse.SerializeToString,
+            ),
+            'SetUserDisabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserDisabled,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.SetUserDisabledRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.User.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.DeleteAccountResponse.SerializeToString,
+            ),
             'StartTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTurn,
                     request_deserializer=parley_dot_v1_dot_session__pb2.StartTurnRequest.FromString,
@@ -682,6 +781,26 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'UploadAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadAttachment,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.UploadAttachmentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Attachment.SerializeToString,
+            ),
+            'ListAttachments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttachments,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListAttachmentsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListAttachmentsResponse.SerializeToString,
+            ),
+            'GetAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttachment,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.GetAttachmentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetAttachmentResponse.SerializeToString,
+            ),
+            'DeleteAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAttachment,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentResponse.SerializeToString,
             ),
             'ListBots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBots,
@@ -1175,6 +1294,87 @@ class SessionService:
             _registered_method=True)
 
     @staticmethod
+    def ListTenantUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListTenantUsers',
+            parley_dot_v1_dot_session__pb2.ListTenantUsersRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListTenantUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserDisabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/SetUserDisabled',
+            parley_dot_v1_dot_session__pb2.SetUserDisabledRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteAccount',
+            parley_dot_v1_dot_session__pb2.DeleteAccountRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.DeleteAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StartTurn(request,
             target,
             options=(),
@@ -1515,6 +1715,114 @@ class SessionService:
             '/parley.v1.SessionService/GetUsage',
             parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/UploadAttachment',
+            parley_dot_v1_dot_session__pb2.UploadAttachmentRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Attachment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttachments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListAttachments',
+            parley_dot_v1_dot_session__pb2.ListAttachmentsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListAttachmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/GetAttachment',
+            parley_dot_v1_dot_session__pb2.GetAttachmentRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetAttachmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteAttachment',
+            parley_dot_v1_dot_session__pb2.DeleteAttachmentRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.DeleteAttachmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

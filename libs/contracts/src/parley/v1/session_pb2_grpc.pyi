@@ -58,6 +58,13 @@ class SessionServiceStub:
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]
     """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
+    ListTenantUsers: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListTenantUsersRequest, _session_pb2.ListTenantUsersResponse]
+    """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+    sessions end, their keys stop working) or enabling them again.
+    """
+    SetUserDisabled: _grpc.UnaryUnaryMultiCallable[_session_pb2.SetUserDisabledRequest, _session_pb2.User]
+    DeleteAccount: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteAccountRequest, _session_pb2.DeleteAccountResponse]
+    """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user."""
     StartTurn: _grpc.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]
@@ -81,6 +88,15 @@ class SessionServiceStub:
     """Deletes every chat of the user, with its messages, branches and feedback."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]
     """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
+    UploadAttachment: _grpc.UnaryUnaryMultiCallable[_session_pb2.UploadAttachmentRequest, _session_pb2.Attachment]
+    """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+    whose messages alone used them). Their kind is decided by their content, never by their name:
+    UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+    INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+    """
+    ListAttachments: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListAttachmentsRequest, _session_pb2.ListAttachmentsResponse]
+    GetAttachment: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetAttachmentRequest, _session_pb2.GetAttachmentResponse]
+    DeleteAttachment: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteAttachmentRequest, _session_pb2.DeleteAttachmentResponse]
     ListBots: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -141,6 +157,13 @@ class SessionServiceAsyncStub(SessionServiceStub):
     CreateInvite: _aio.UnaryUnaryMultiCallable[_session_pb2.CreateInviteRequest, _session_pb2.CreateInviteResponse]  # type: ignore[assignment]
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_session_pb2.ListAuditEventsRequest, _session_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
+    ListTenantUsers: _aio.UnaryUnaryMultiCallable[_session_pb2.ListTenantUsersRequest, _session_pb2.ListTenantUsersResponse]  # type: ignore[assignment]
+    """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+    sessions end, their keys stop working) or enabling them again.
+    """
+    SetUserDisabled: _aio.UnaryUnaryMultiCallable[_session_pb2.SetUserDisabledRequest, _session_pb2.User]  # type: ignore[assignment]
+    DeleteAccount: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteAccountRequest, _session_pb2.DeleteAccountResponse]  # type: ignore[assignment]
+    """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user."""
     StartTurn: _aio.UnaryUnaryMultiCallable[_session_pb2.StartTurnRequest, _session_pb2.StartTurnResponse]  # type: ignore[assignment]
     """Appends the user's message (idempotent on request_id) and builds the model's context."""
     GetChat: _aio.UnaryUnaryMultiCallable[_session_pb2.GetChatRequest, _session_pb2.GetChatResponse]  # type: ignore[assignment]
@@ -164,6 +187,15 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Deletes every chat of the user, with its messages, branches and feedback."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]  # type: ignore[assignment]
     """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
+    UploadAttachment: _aio.UnaryUnaryMultiCallable[_session_pb2.UploadAttachmentRequest, _session_pb2.Attachment]  # type: ignore[assignment]
+    """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+    whose messages alone used them). Their kind is decided by their content, never by their name:
+    UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+    INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+    """
+    ListAttachments: _aio.UnaryUnaryMultiCallable[_session_pb2.ListAttachmentsRequest, _session_pb2.ListAttachmentsResponse]  # type: ignore[assignment]
+    GetAttachment: _aio.UnaryUnaryMultiCallable[_session_pb2.GetAttachmentRequest, _session_pb2.GetAttachmentResponse]  # type: ignore[assignment]
+    DeleteAttachment: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteAttachmentRequest, _session_pb2.DeleteAttachmentResponse]  # type: ignore[assignment]
     ListBots: _aio.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]  # type: ignore[assignment]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -313,6 +345,31 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Security events (sign-in, failed sign-in, sign-out, keys, passwords, roles), newest first."""
 
     @_abc_1.abstractmethod
+    def ListTenantUsers(
+        self,
+        request: _session_pb2.ListTenantUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListTenantUsersResponse, _abc.Awaitable[_session_pb2.ListTenantUsersResponse]]:
+        """Tenant administration: a tenant's users (paged, filtered), and disabling one (their
+        sessions end, their keys stop working) or enabling them again.
+        """
+
+    @_abc_1.abstractmethod
+    def SetUserDisabled(
+        self,
+        request: _session_pb2.SetUserDisabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.User, _abc.Awaitable[_session_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteAccount(
+        self,
+        request: _session_pb2.DeleteAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.DeleteAccountResponse, _abc.Awaitable[_session_pb2.DeleteAccountResponse]]:
+        """A user deletes their account: its chats (DeleteUserData), keys, sessions and the user."""
+
+    @_abc_1.abstractmethod
     def StartTurn(
         self,
         request: _session_pb2.StartTurnRequest,
@@ -412,6 +469,39 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.GetUsageResponse, _abc.Awaitable[_session_pb2.GetUsageResponse]]:
         """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
+
+    @_abc_1.abstractmethod
+    def UploadAttachment(
+        self,
+        request: _session_pb2.UploadAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Attachment, _abc.Awaitable[_session_pb2.Attachment]]:
+        """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+        whose messages alone used them). Their kind is decided by their content, never by their name:
+        UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+        INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAttachments(
+        self,
+        request: _session_pb2.ListAttachmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListAttachmentsResponse, _abc.Awaitable[_session_pb2.ListAttachmentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAttachment(
+        self,
+        request: _session_pb2.GetAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetAttachmentResponse, _abc.Awaitable[_session_pb2.GetAttachmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteAttachment(
+        self,
+        request: _session_pb2.DeleteAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.DeleteAttachmentResponse, _abc.Awaitable[_session_pb2.DeleteAttachmentResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListBots(

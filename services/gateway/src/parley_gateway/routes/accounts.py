@@ -11,6 +11,7 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
+from fastapi.responses import JSONResponse
 
 from parley.v1 import session_pb2
 from parley_gateway.auth import SESSION_COOKIE
@@ -19,7 +20,9 @@ from parley_gateway.csrf import check_same_origin
 from parley_gateway.deps import Caller, PartsDep, SessionToken, SignedIn
 from parley_gateway.errors import ApiError
 from parley_gateway.schemas import (
+    AccountDeleted,
     ChangePasswordBody,
+    DeleteAccountBody,
     ErrorBody,
     SignInBody,
     SignInMethods,
@@ -31,9 +34,10 @@ from parley_gateway.schemas import (
     SignedIn as SignedInOut,
 )
 
-__all__ = ["router", "safe_next", "session_cookie", "session_policy"]
+__all__ = ["account_router", "router", "safe_next", "session_cookie", "session_policy"]
 
 router = APIRouter(prefix="/auth", tags=["accounts"])
+account_router = APIRouter(prefix="/account", tags=["accounts"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "`next` is not a path on this site"},
@@ -225,3 +229,30 @@ async def change_password(
         )
     )
     return Response(status_code=204)
+
+
+@account_router.delete("", response_model=AccountDeleted, responses=_ERRORS)
+async def delete_account(body: DeleteAccountBody, caller: Caller, parts: PartsDep) -> Response:
+    """Delete your account: your chats, messages and feedback (what `DELETE /chats` deletes),
+    your API keys and sessions, and the account. Confirm with your `password`, or for an
+    account without one (single sign-on) with `confirm: true`. The browser is signed out; the
+    audit log keeps that an account was deleted, not who it was."""
+    if caller.is_admin:
+        raise ApiError(403, "permission_error", "the admin key has no account to delete")
+    deleted = await parts.session.delete_account(
+        session_pb2.DeleteAccountRequest(
+            user_id=caller.user_id,
+            password=body.password.get_secret_value(),
+            confirmed=body.confirm,
+        )
+    )
+    parts.auth.forget_user(caller.user_id)
+    response = JSONResponse(
+        AccountDeleted(
+            chats_deleted=deleted.chats_deleted,
+            keys_deleted=deleted.keys_deleted,
+            sessions_ended=deleted.sessions_ended,
+        ).model_dump()
+    )
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    return response

@@ -69,6 +69,13 @@ _AVATAR = (
 BotId = Annotated[str, Path(max_length=64, description="a profile id, or `default`")]
 
 
+_ERROR_RATE = (
+    "the share of wrong answers from the semantic cache accepted in this profile's chats "
+    "(0.02: 2 %): the cache picks its threshold so that the error measured on held-out pairs stays "
+    "under it; null: the deployment's CACHE_MAX_ERROR_RATE"
+)
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,6 +113,7 @@ class BotIn(_Body):
     cache_scope: Scope = Field(
         default="user", description="tenant and global: shared profiles only (admin key)"
     )
+    cache_max_error_rate: float | None = Field(default=None, gt=0, lt=1, description=_ERROR_RATE)
 
 
 class BotPatch(_Body):
@@ -120,6 +128,7 @@ class BotPatch(_Body):
     history_policy: Policy | None = None
     history: HistoryParams | None = None
     cache_scope: Scope | None = None
+    cache_max_error_rate: float | None = Field(default=None, gt=0, lt=1, description=_ERROR_RATE)
 
 
 class SamplingOut(BaseModel):
@@ -145,6 +154,7 @@ class BotOut(BaseModel):
     history_policy: Policy
     history: HistoryParamsOut
     cache_scope: Scope
+    cache_max_error_rate: float | None = Field(description=_ERROR_RATE)
     shared: bool = Field(description="managed with the admin key; every user may chat with it")
     builtin: bool = Field(description="the default profile, from the deployment's settings")
     created_at: int = Field(description="Unix milliseconds")
@@ -184,6 +194,7 @@ def bot_out(pb: session_pb2.BotProfile) -> BotOut:
             summary_max_tokens=pb.history.summary_max_tokens,
         ),
         cache_scope=_SCOPE_NAMES.get(pb.cache_scope, "user"),
+        cache_max_error_rate=_float(pb.cache_max_error_rate) or None,
         shared=pb.shared,
         builtin=pb.builtin,
         created_at=pb.created_unix_ms,
@@ -222,6 +233,8 @@ def _profile_pb(body: BotIn | BotPatch) -> session_pb2.BotProfile:
         pb.history.CopyFrom(_history_pb(body.history))
     if body.cache_scope is not None:
         pb.cache_scope = _SCOPE_TO_PB[body.cache_scope]
+    if body.cache_max_error_rate is not None:
+        pb.cache_max_error_rate = body.cache_max_error_rate
     return pb
 
 

@@ -10,7 +10,7 @@ from parley.v1 import session_pb2
 from parley_gateway.deps import PartsDep, User
 from parley_gateway.schemas import ApiKeyCreated, CreateKeyBody, ErrorBody, KeyList, KeyOut
 
-__all__ = ["router"]
+__all__ = ["key_list", "router"]
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -25,6 +25,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def list_keys(user: User, parts: PartsDep) -> KeyList:
     """Your API keys, newest first (their secrets are never shown again)."""
     listed = await parts.session.list_api_keys(session_pb2.ListApiKeysRequest(user_id=user.user_id))
+    return key_list(listed)
+
+
+def key_list(listed: session_pb2.ListApiKeysResponse) -> KeyList:
     return KeyList(
         keys=[
             KeyOut(

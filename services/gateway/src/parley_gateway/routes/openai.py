@@ -429,7 +429,7 @@ async def create_chat_completion(
         for started in turns:
             await started.close()
         raise
-    headers = {"X-Parley-Request-Id": turn.request_id}
+    headers = {"X-Parley-Request-Id": turn.request_id, **turn.audit_headers}
     if turn.chat_id:
         headers["X-Parley-Chat-Id"] = turn.chat_id
     if body.stream:
@@ -470,10 +470,6 @@ async def create_chat_completion(
             cache_reason=answer.cache_reason,
         ),
     )
-    if answer.cached and answer.cache_score is not None:
-        # For operators auditing hits; the reason is ASCII (parley_cache.policy writes it).
-        headers["X-Parley-Cache-Score"] = f"{answer.cache_score:.4f}"
-        headers["X-Parley-Cache-Reason"] = answer.cache_reason or ""
     return JSONResponse(dump(completion), headers=headers)
 
 

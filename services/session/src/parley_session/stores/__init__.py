@@ -8,11 +8,14 @@ indexes turn a repeated write into a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, from_ms, retried
+from parley_session.stores.attachments import AttachmentDoc, AttachmentStore
 from parley_session.stores.audit import AuditEvent, AuditQuery, AuditStore
 from parley_session.stores.bots import BotStore
 from parley_session.stores.branches import BranchStore, Regeneration
@@ -45,6 +48,8 @@ from parley_session.stores.users import (
 __all__ = [
     "ApiKey",
     "ApiKeyInfo",
+    "AttachmentDoc",
+    "AttachmentStore",
     "Attempts",
     "AuditEvent",
     "AuditQuery",
@@ -93,9 +98,10 @@ class Stores:
         self.db: AsyncDatabase[Doc] = client[database]
         self.retry = retry or RetryPolicy()
         self.users = UserStore(self.db, retry=self.retry)
-        self.chats = ChatStore(self.db, retry=self.retry)
+        self.attachments = AttachmentStore(self.db, retry=self.retry)
+        self.chats = ChatStore(self.db, self.attachments, retry=self.retry)
         self.messages = MessageStore(self.db, retry=self.retry)
-        self.branches = BranchStore(self.db, retry=self.retry)
+        self.branches = BranchStore(self.db, self.attachments, retry=self.retry)
         self.search = SearchStore(self.db, retry=self.retry)
         self.usage = UsageStore(self.db, retry=self.retry)
         self.bots = BotStore(self.db, retry=self.retry)
@@ -105,18 +111,24 @@ class Stores:
         self.sign_in = SignInStore(self.db, retry=self.retry)
         self.audit = AuditStore(self.db, retry=self.retry)
 
-    @retried
     async def ensure_indexes(self) -> None:
-        await self.users.ensure_indexes()
-        await self.chats.ensure_indexes()
-        await self.branches.ensure_indexes()
-        await self.branches.migrate_linear_chats()
-        await self.branches.migrate_owners()
-        await self.bots.ensure_indexes()
-        await self.feedback.ensure_indexes()
-        await self.browser_sessions.ensure_indexes()
-        await self.sign_in.ensure_indexes()
-        await self.audit.ensure_indexes()
+        """Every store's indexes and migrations, each step under an attempt budget of its own:
+        on a slow MongoDB all of them together may take longer than one attempt may."""
+        steps: list[Callable[[], Awaitable[object]]] = [
+            self.users.ensure_indexes,
+            self.chats.ensure_indexes,
+            self.attachments.ensure_indexes,
+            self.branches.ensure_indexes,
+            self.branches.migrate_linear_chats,
+            self.branches.migrate_owners,
+            self.bots.ensure_indexes,
+            self.feedback.ensure_indexes,
+            self.browser_sessions.ensure_indexes,
+            self.sign_in.ensure_indexes,
+            self.audit.ensure_indexes,
+        ]
+        for step in steps:
+            await self.retry.run(step, step.__qualname__)
 
     @retried
     async def ping(self) -> None:

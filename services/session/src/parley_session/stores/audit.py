@@ -1,5 +1,6 @@
 """The audit log (`audit_events`): security events, appended and never changed, listed newest
-first by time and id (the cursor)."""
+first by time and id (the cursor). An event keeps the tenant of the user it is about, as it was
+then, so a tenant's admin reads their tenant's events (those of a user since deleted too)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class AuditEvent:
     email: str = ""
     client_address: str = ""
     detail: str = ""
+    tenant_id: str = ""  # "": its user's, looked up when it is recorded
     event_id: str = field(default_factory=_event_id)
     at: datetime = field(default_factory=now)
 
@@ -40,6 +42,7 @@ class AuditEvent:
             email=doc.get("email", ""),
             client_address=doc.get("client_address", ""),
             detail=doc.get("detail", ""),
+            tenant_id=doc.get("tenant_id", ""),
             event_id=doc["_id"],
             at=doc["at"],
         )
@@ -48,6 +51,7 @@ class AuditEvent:
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
     user_id: str = ""
+    tenant_id: str | None = None
     type: str = ""
     since: datetime | None = None
     until: datetime | None = None
@@ -59,15 +63,21 @@ class AuditStore:
     def __init__(self, db: AsyncDatabase[Doc], *, retry: RetryPolicy) -> None:
         self.retry = retry
         self._events = db["audit_events"]
+        self._users = db["users"]
 
     @retried
     async def ensure_indexes(self) -> None:
         await self._events.create_index([("at", DESCENDING), ("_id", DESCENDING)])
         await self._events.create_index([("user_id", 1), ("at", DESCENDING)])
         await self._events.create_index([("type", 1), ("at", DESCENDING)])
+        await self._events.create_index([("tenant_id", 1), ("at", DESCENDING)])
 
     @retried
     async def record(self, event: AuditEvent) -> None:
+        tenant_id = event.tenant_id
+        if not tenant_id and event.user_id:
+            user = await self._users.find_one({"_id": event.user_id}, {"tenant_id": 1})
+            tenant_id = (user or {}).get("tenant_id", "")
         doc = {
             "_id": event.event_id,
             "at": event.at,
@@ -76,14 +86,24 @@ class AuditStore:
             "email": event.email,
             "client_address": event.client_address,
             "detail": event.detail,
+            "tenant_id": tenant_id,
         }
         await insert_new(self._events, doc)
+
+    @retried
+    async def forget_personal_data(self, user_id: str) -> None:
+        """The user's events keep what happened and when, not their e-mail and addresses."""
+        await self._events.update_many(
+            {"user_id": user_id}, {"$set": {"email": "", "client_address": ""}}
+        )
 
     @retried
     async def list(self, query: AuditQuery) -> list[AuditEvent]:
         match: Doc = {}
         if query.user_id:
             match["user_id"] = query.user_id
+        if query.tenant_id is not None:
+            match["tenant_id"] = query.tenant_id
         if query.type:
             match["type"] = query.type
         at: Doc = {}

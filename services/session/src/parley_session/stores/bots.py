@@ -26,6 +26,7 @@ def bot_from_doc(doc: Doc) -> BotProfile:
         temperature=sampling.get("temperature"),
         top_p=sampling.get("top_p"),
         cache_scope=doc.get("cache_scope", "user"),
+        cache_max_error_rate=doc.get("cache_max_error_rate", 0.0),
         avatar=doc.get("avatar", ""),
         description=doc.get("description", ""),
         history=HistoryParams(**history),
@@ -56,6 +57,7 @@ def bot_fields(bot: BotProfile) -> Doc:
             "summary_max_tokens": bot.history.summary_max_tokens,
         },
         "cache_scope": bot.cache_scope,
+        "cache_max_error_rate": bot.cache_max_error_rate,
     }
 
 

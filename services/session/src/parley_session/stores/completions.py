@@ -36,6 +36,8 @@ class CompletionDoc:
     completion_tokens: int = 0
     error: str = ""
     cached: bool = False
+    cache_score: float = 0.0  # with cached: the cache's decision, for audits
+    cache_reason: str = ""
     created_ms: int = 0
     updated_ms: int = 0
     request_params: bytes = b""  # the submitting API's, opaque
@@ -55,6 +57,8 @@ class CompletionDoc:
             completion_tokens=doc.get("completion_tokens", 0),
             error=doc.get("error", ""),
             cached=doc.get("cached", False),
+            cache_score=doc.get("cache_score", 0.0),
+            cache_reason=doc.get("cache_reason", ""),
             created_ms=ms(doc["created_at"]),
             updated_ms=ms(doc["updated_at"]),
             request_params=bytes(doc.get("request_params", b"")),
@@ -75,6 +79,8 @@ class FinishedCompletion:
     error: str
     cached: bool
     tool_calls: tuple[ToolCall, ...] = ()
+    cache_score: float = 0.0
+    cache_reason: str = ""
 
 
 class CompletionStore:
@@ -159,6 +165,8 @@ class CompletionStore:
             "tool_calls": [
                 {"id": c.id, "name": c.name, "arguments": c.arguments} for c in done.tool_calls
             ],
+            "cache_score": done.cache_score,
+            "cache_reason": done.cache_reason,
             "updated_at": now(),
         }
         updated = await self._completions.update_one(

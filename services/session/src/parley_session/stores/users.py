@@ -1,9 +1,11 @@
 """Users and their API keys (`users`, `api_keys`; `key_hash` unique: authentication). A user with
-an account also has an `email` (unique, stored lower-case) and an Argon2id `password_hash`."""
+an account also has an `email` (unique, stored lower-case) and an Argon2id `password_hash`. A
+user disabled by an admin has `disabled_at`: their keys stop working."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +26,7 @@ __all__ = [
     "ApiKeyInfo",
     "EmailTakenError",
     "UserDoc",
+    "UserPage",
     "UserStore",
     "hash_api_key",
     "hash_token",
@@ -52,6 +55,13 @@ class UserDoc:
     tenant_id: str
     email: str = ""
     role: str = "member"
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserPage:
+    users: list[UserDoc]
+    total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,7 @@ def _user(doc: Doc) -> UserDoc:
         doc.get("tenant_id", ""),
         doc.get("email", ""),
         doc.get("role", "member"),
+        doc.get("disabled_at") is not None,
     )
 
 
@@ -100,6 +111,7 @@ class UserStore:
         await self._users.create_index(
             "identities", unique=True, partialFilterExpression={"identities": {"$type": "string"}}
         )
+        await self._users.create_index([("tenant_id", 1), ("created_at", 1)])
 
     async def create_user(
         self,
@@ -163,9 +175,64 @@ class UserStore:
         return result.matched_count == 1
 
     @retried
-    async def get_user(self, user_id: str) -> UserDoc | None:
-        doc = await self._users.find_one({"_id": user_id})
+    async def get_user(self, user_id: str, *, tenant_id: str | None = None) -> UserDoc | None:
+        """The user; None when there is none (in `tenant_id`, when given)."""
+        query: Doc = {"_id": user_id}
+        if tenant_id is not None:
+            query["tenant_id"] = tenant_id
+        doc = await self._users.find_one(query)
         return None if doc is None else _user(doc)
+
+    @retried
+    async def list_users(
+        self,
+        *,
+        tenant_id: str | None,
+        role: str = "",
+        query: str = "",
+        disabled: bool | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> UserPage:
+        """Users (of `tenant_id`, when given), oldest first; `query`: the start of their
+        e-mail address or name, in any case."""
+        match: Doc = {}
+        if tenant_id is not None:
+            match["tenant_id"] = tenant_id
+        if role:
+            match["role"] = role
+        if query:
+            start = re.compile("^" + re.escape(query), re.IGNORECASE)
+            match["$or"] = [{"email": start}, {"name": start}]
+        if disabled is not None:
+            match["disabled_at"] = {"$ne": None} if disabled else None
+        total = await self._users.count_documents(match)
+        cursor = self._users.find(match).sort([("created_at", 1), ("_id", 1)])
+        docs = await cursor.skip(offset).limit(limit).to_list()
+        return UserPage([_user(d) for d in docs], total)
+
+    @retried
+    async def set_disabled(
+        self, user_id: str, disabled: bool, *, tenant_id: str | None
+    ) -> UserDoc | None:
+        """Disable or enable the user; None when there is no such user (in `tenant_id`)."""
+        query: Doc = {"_id": user_id}
+        if tenant_id is not None:
+            query["tenant_id"] = tenant_id
+        update: Doc = (
+            {"$set": {"disabled_at": now()}} if disabled else {"$unset": {"disabled_at": ""}}
+        )
+        doc = await self._users.find_one_and_update(
+            query, update, return_document=ReturnDocument.AFTER
+        )
+        return None if doc is None else _user(doc)
+
+    @retried
+    async def delete_user(self, user_id: str) -> int:
+        """Delete the user and their API keys; how many keys there were."""
+        keys = await self._keys.delete_many({"user_id": user_id})
+        await self._users.delete_one({"_id": user_id})
+        return keys.deleted_count
 
     async def create_api_key(self, user_id: str, name: str) -> ApiKey:
         if await self.get_user(user_id) is None:
@@ -203,6 +270,7 @@ class UserStore:
 
     @retried
     async def revoke_api_key(self, key_id: str, *, user_id: str = "") -> str | None:
+        # A tenant's admin names the key's user (checked to be in their tenant first).
         """Revoke an active key (of `user_id`, when given); returns its user, None when there
         is no such active key."""
         query: Doc = {"_id": key_id, "revoked_at": None}
