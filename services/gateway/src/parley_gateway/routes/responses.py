@@ -15,7 +15,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -114,7 +114,7 @@ def _tools(body: ResponseRequest) -> list[ToolDefinition]:
 def _tool_choice(body: ResponseRequest) -> ToolChoice | None:
     choice = body.tool_choice
     if choice is None or choice in ("auto", "none", "required"):
-        return choice
+        return cast("ToolChoice | None", choice)
     if isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name"):
         try:
             return NamedToolChoice(type="function", function=NamedFunction(name=choice["name"]))
