@@ -244,7 +244,7 @@ def test_unknown_previous_response_is_404(
         ),
         ({"input": [{"role": "assistant", "content": "last"}]}, "input"),
         ({"input": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, "input"),
-        ({"input": "x", "tools": [{"type": "function", "name": "f"}]}, "tools"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"input": "x", "background": True, "store": False}, "background"),
         ({"input": "x", "text": {"format": {"type": "json_object"}}}, "text.format.type"),
         ({"input": "x", "max_output_tokens": 10**6}, "max_output_tokens"),

@@ -799,3 +799,374 @@ def test_chat_completions_with_chat_id_and_tools(sdk: openai.OpenAI, rest: httpx
         messages,
         [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls],
     )
+
+
+# The Responses API: function tools in its own shape, stored and stateless, streamed and not.
+RESPONSE_TOOLS: list[Any] = [{"type": "function", **t["function"]} for t in TOOLS]
+
+
+def _function_calls(response: Any) -> list[Any]:
+    return [item for item in response.output if item.type == "function_call"]
+
+
+def test_responses_function_call_round_trip(sdk: openai.OpenAI, rest: httpx.Client) -> None:
+    first = sdk.responses.create(
+        model=MODEL, input="Use get_weather for Paris.", tools=RESPONSE_TOOLS
+    )
+    assert first.status == "completed"
+    (call,) = _function_calls(first)
+    assert call.name == "get_weather"
+    assert call.call_id
+    assert call.status == "completed"
+    jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
+    assert [t.name for t in first.tools] == ["get_weather", "get_time"]  # type: ignore[union-attr]
+    # Stored with the response: read back on GET.
+    assert _function_calls(sdk.responses.retrieve(first.id)) == [call]
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(
+            model=MODEL,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": "call_nope", "output": "x"}],
+            tools=RESPONSE_TOOLS,
+        )
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["param"] == "input[0].call_id", refused.value.body
+
+    answer = sdk.responses.create(
+        model=MODEL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": RESULT}],
+        tools=RESPONSE_TOOLS,
+        max_output_tokens=4,
+    )
+    assert answer.previous_response_id == first.id
+    assert _function_calls(answer) == []
+    assert answer.output_text
+    # The tool turn is the chat's: its stored messages hold the call and its result.
+    chat_id = first.parley_chat_id  # type: ignore[attr-defined]
+    assert answer.parley_chat_id == chat_id  # type: ignore[attr-defined]
+    _check_round_trip(
+        _stored(rest, chat_id, 4),
+        [{"id": call.call_id, "name": call.name, "arguments": call.arguments}],
+    )
+    # The chat's last answer is text now: a result for the old call answers nothing.
+    with pytest.raises(openai.BadRequestError) as stale:
+        sdk.responses.create(
+            model=MODEL,
+            previous_response_id=answer.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "x"}],
+            tools=RESPONSE_TOOLS,
+        )
+    assert isinstance(stale.value.body, dict)
+    assert stale.value.body["param"] == "input", stale.value.body
+    assert "made no tool calls" in stale.value.body["message"]
+
+
+def test_responses_stream_function_calls_and_replay_them(
+    sdk: openai.OpenAI, rest: httpx.Client
+) -> None:
+    events = list(
+        sdk.responses.create(
+            model=MODEL,
+            input="get_weather and get_time for Oslo",
+            tools=RESPONSE_TOOLS,
+            stream=True,
+        )
+    )
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    per_call = [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert types[2:-1] == per_call * 2  # only calls: no message item
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert [e.output_index for e in done] == [0, 1]
+    final = events[-1].response  # type: ignore[union-attr]
+    calls = _function_calls(final)
+    assert [c.name for c in calls] == ["get_weather", "get_time"]
+    assert [d.arguments for d in done] == [c.arguments for c in calls]
+    assert [d.item_id for d in done] == [c.id for c in calls]
+
+    # Replayed after event 3 from the stored answer, numbered the same.
+    replay = rest.get(f"/v1/responses/{final.id}", params={"stream": "true", "starting_after": 3})
+    assert replay.status_code == 200, replay.text
+    replayed = [data for _, data in parse_sse(replay.text)]
+    live = [e.model_dump(mode="json", exclude_none=True) for e in events[4:]]
+    assert [e["sequence_number"] for e in replayed] == list(range(4, len(events)))
+    assert [e["type"] for e in replayed] == [e["type"] for e in live]
+    assert replayed[-1]["response"]["output"] == live[-1]["response"]["output"]
+
+
+def test_responses_tool_choice_async_streamed_and_not(async_sdk: openai.AsyncOpenAI) -> None:
+    async def main() -> None:
+        forced = await async_sdk.responses.create(
+            model=MODEL,
+            input="Hello there.",
+            tools=RESPONSE_TOOLS,
+            tool_choice={"type": "function", "name": "get_time"},
+            parallel_tool_calls=False,
+        )
+        assert [c.name for c in _function_calls(forced)] == ["get_time"]
+        assert forced.tool_choice.name == "get_time"  # type: ignore[union-attr]
+        assert forced.parallel_tool_calls is False
+
+        stream = await async_sdk.responses.create(
+            model=MODEL,
+            input="Use get_weather for Paris.",
+            tools=RESPONSE_TOOLS,
+            tool_choice="none",
+            max_output_tokens=4,
+            stream=True,
+        )
+        events = [e async for e in stream]
+        assert "response.function_call_arguments.delta" not in {e.type for e in events}
+        final = events[-1].response  # type: ignore[union-attr]
+        assert _function_calls(final) == []
+        assert final.output_text
+
+        required = await async_sdk.responses.create(
+            model=MODEL, input="Hi", tools=RESPONSE_TOOLS, tool_choice="required", stream=True
+        )
+        kinds = [e.type async for e in required]
+        assert "response.function_call_arguments.done" in kinds
+
+    asyncio.run(main())
+
+
+BOTH = "get_weather and get_time for Oslo"
+
+
+def test_responses_tool_choice_and_parallel_tool_calls(sdk: openai.OpenAI) -> None:
+    parallel = sdk.responses.create(model=MODEL, input=BOTH, tools=RESPONSE_TOOLS)
+    calls = _function_calls(parallel)
+    assert [c.name for c in calls] == ["get_weather", "get_time"]
+    assert len({c.call_id for c in calls}) == len({c.id for c in calls}) == 2
+    assert parallel.parallel_tool_calls is True
+    assert parallel.tool_choice == "auto"
+
+    single = sdk.responses.create(
+        model=MODEL, input=BOTH, tools=RESPONSE_TOOLS, parallel_tool_calls=False
+    )
+    assert [c.name for c in _function_calls(single)] == ["get_weather"]
+    assert single.parallel_tool_calls is False
+    assert sdk.responses.retrieve(single.id).parallel_tool_calls is False
+
+    required = sdk.responses.create(
+        model=MODEL, input="Hello there.", tools=RESPONSE_TOOLS, tool_choice="required"
+    )
+    (call,) = _function_calls(required)
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
+    assert required.tool_choice == "required"
+    assert sdk.responses.retrieve(required.id).tool_choice == "required"
+
+    none = sdk.responses.create(
+        model=MODEL,
+        input="Use get_weather for Paris.",
+        tools=RESPONSE_TOOLS,
+        tool_choice="none",
+        max_output_tokens=4,
+    )
+    assert _function_calls(none) == []
+    assert none.output_text
+    assert none.tool_choice == "none"
+
+    events = list(
+        sdk.responses.create(
+            model=MODEL,
+            input="Use get_weather for Paris.",
+            tools=RESPONSE_TOOLS,
+            tool_choice={"type": "function", "name": "get_time"},
+            stream=True,
+        )
+    )
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert [(e.item.type, e.item.name, e.item.arguments) for e in added] == [  # type: ignore[union-attr]
+        ("function_call", "get_time", "")
+    ]
+    final = events[-1].response  # type: ignore[union-attr]
+    assert [c.name for c in _function_calls(final)] == ["get_time"]
+    assert final.tool_choice.name == "get_time"
+    assert sdk.responses.retrieve(final.id).tool_choice.name == "get_time"  # type: ignore[union-attr]
+
+
+def test_responses_async_function_calls_streamed_replayed_and_answered(
+    async_sdk: openai.AsyncOpenAI,
+) -> None:
+    async def main() -> None:
+        stream = await async_sdk.responses.create(
+            model=MODEL, input=BOTH, tools=RESPONSE_TOOLS, stream=True
+        )
+        events = [e async for e in stream]
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+        final = events[-1].response  # type: ignore[union-attr]
+        calls = _function_calls(final)
+        assert [d.delta for d in deltas] == [c.arguments for c in calls]  # type: ignore[union-attr]
+        assert [d.item_id for d in deltas] == [c.id for c in calls]  # type: ignore[union-attr]
+
+        # Resumed inside the second call's events: exactly the events after N, alike.
+        after = deltas[1].sequence_number - 1
+        resumed = await async_sdk.responses.retrieve(final.id, stream=True, starting_after=after)
+        replayed = [e async for e in resumed]
+        assert [e.model_dump(mode="json") for e in replayed[:-1]] == [
+            e.model_dump(mode="json") for e in events[after + 1 : -1]
+        ]
+        assert replayed[-1].type == "response.completed"
+        assert replayed[-1].response.output == final.output  # type: ignore[union-attr]
+
+        # Both results, streamed: the stored chat's tool turn, answered in text.
+        answered = await async_sdk.responses.create(
+            model=MODEL,
+            previous_response_id=final.id,
+            input=[
+                {"type": "function_call_output", "call_id": c.call_id, "output": RESULT}
+                for c in calls
+            ],
+            tools=RESPONSE_TOOLS,
+            max_output_tokens=4,
+            stream=True,
+        )
+        answer_events = [e async for e in answered]
+        kinds = {e.type for e in answer_events}
+        assert "response.output_text.delta" in kinds
+        assert "response.function_call_arguments.delta" not in kinds
+        answer = answer_events[-1].response  # type: ignore[union-attr]
+        assert answer.previous_response_id == final.id
+        assert answer.output_text
+        assert _function_calls(answer) == []
+
+        single = await async_sdk.responses.create(
+            model=MODEL, input=BOTH, tools=RESPONSE_TOOLS, parallel_tool_calls=False
+        )
+        assert [c.name for c in _function_calls(single)] == ["get_weather"]
+
+    asyncio.run(main())
+
+
+def test_responses_background_function_calls_polled_and_replayed(sdk: openai.OpenAI) -> None:
+    started = sdk.responses.create(
+        model=MODEL, input="Use get_weather for Paris.", tools=RESPONSE_TOOLS, background=True
+    )
+    assert started.status in ("queued", "in_progress")
+    done = eventually(
+        lambda: (
+            (r := sdk.responses.retrieve(started.id)).status not in ("queued", "in_progress") and r
+        ),
+        what="the background response done",
+    )
+    assert done.status == "completed"
+    (call,) = _function_calls(done)
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
+
+    events = list(sdk.responses.retrieve(started.id, stream=True))
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[-1].response.output == done.output  # type: ignore[union-attr]
+    tail = list(sdk.responses.retrieve(started.id, stream=True, starting_after=4))
+    assert [e.model_dump(mode="json") for e in tail] == [
+        e.model_dump(mode="json") for e in events[5:]
+    ]
+
+
+def test_responses_stateless_conversation_with_function_calls(sdk: openai.OpenAI) -> None:
+    first = sdk.responses.create(
+        model=MODEL, input="Use get_weather for Paris.", tools=RESPONSE_TOOLS, store=False
+    )
+    (call,) = _function_calls(first)
+    conversation: list[Any] = [
+        {"role": "user", "content": "Use get_weather for Paris."},
+        call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"t": 21}'},
+    ]
+    answer = sdk.responses.create(
+        model=MODEL, input=conversation, tools=RESPONSE_TOOLS, store=False, max_output_tokens=4
+    )
+    assert _function_calls(answer) == []
+    assert answer.output_text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": {"type": 3}}]},
+            "tools[0].parameters",
+        ),
+        ({"tools": [{"type": "function", "name": "f", "nonsense": 1}]}, "tools[0].nonsense"),
+        ({"tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+        ({"tools": None, "tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        (
+            {
+                "store": False,
+                "input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}],
+            },
+            "input[0].call_id",
+        ),
+        (
+            {
+                "store": False,
+                "input": [
+                    {"role": "user", "content": "Hi"},
+                    {
+                        "type": "function_call",
+                        "call_id": "c1",
+                        "name": "get_weather",
+                        "arguments": '{"city": 1}',
+                    },
+                    {"type": "function_call_output", "call_id": "c1", "output": "x"},
+                ],
+            },
+            "input[1].arguments",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c1", "output": "x"}]},
+            "input[0].call_id",
+        ),
+        ({"input": [{"type": "web_search_call", "id": "x"}]}, "input"),
+    ],
+)
+def test_bad_response_tools_are_400s_naming_the_param(
+    sdk: openai.OpenAI, body: dict[str, Any], param: str
+) -> None:
+    request = {"model": MODEL, "input": "Hi", "tools": RESPONSE_TOOLS, **body}
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.post("/responses", body=request, cast_to=httpx.Response)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert str(error["param"]).startswith(param), error
+
+
+def test_an_unknown_tool_in_tool_choice_is_named(async_sdk: openai.AsyncOpenAI) -> None:
+    async def main() -> None:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await async_sdk.responses.create(
+                model=MODEL,
+                input="Hi",
+                tools=RESPONSE_TOOLS,
+                tool_choice={"type": "function", "name": "get_stock_price"},
+                stream=True,
+            )
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert error["param"] == "tool_choice"
+        assert "'get_stock_price' is not in tools" in error["message"]
+        assert "'get_weather', 'get_time'" in error["message"]
+
+    asyncio.run(main())

@@ -17,6 +17,7 @@ from parley_gateway.responses import (
     event_stream,
     words,
 )
+from parley_gateway.schemas import TurnToolCall
 
 META = ResponseMeta(response_id="resp_" + "a" * 32, model="m", created_at=1)
 ANSWER = "Hello there,  world!\nHow are you? "
@@ -122,3 +123,68 @@ async def test_a_cut_answer_is_incomplete() -> None:
     events = await _events([Outcome("incomplete", text="cut", input_tokens=1, output_tokens=1)])
     assert events[-1]["type"] == "response.incomplete"
     assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}  # type: ignore[index]
+
+
+CALLS = (
+    TurnToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo"}'),
+    TurnToolCall(id="call_2", name="get_time", arguments='{"city": "Oslo"}'),
+)
+PER_CALL = [
+    "response.output_item.added",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+]
+
+
+async def test_an_answer_of_function_calls_streams_their_items_only() -> None:
+    events = await _events([None, Outcome("completed", tool_calls=CALLS, output_tokens=9)])
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        *PER_CALL * 2,
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    added = [e for e in events if e["type"] == "response.output_item.added"]
+    assert [e["output_index"] for e in added] == [0, 1]
+    assert added[0]["item"] == {
+        "type": "function_call",
+        "id": META.function_call_item_id(0),
+        "call_id": "call_1",
+        "name": "get_weather",
+        "arguments": "",
+        "status": "in_progress",
+    }
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [(e["item_id"], e["arguments"]) for e in done] == [
+        (META.function_call_item_id(i), c.arguments) for i, c in enumerate(CALLS)
+    ]
+    output = events[-1]["response"]["output"]  # type: ignore[index]
+    assert [item["type"] for item in output] == ["function_call", "function_call"]
+    assert [item["call_id"] for item in output] == ["call_1", "call_2"]
+    assert output[0]["status"] == "completed"
+
+
+async def test_text_before_function_calls_is_the_first_item() -> None:
+    text = "Let me look. "
+    outcome = Outcome("completed", text=text, tool_calls=CALLS[:1], output_tokens=5)
+    live = await _events([TextSoFar(text), outcome])
+    assert live == await _events([outcome])
+    types = [e["type"] for e in live]
+    assert types[2:4] == ["response.output_item.added", "response.content_part.added"]
+    assert types[-5:] == [*PER_CALL, "response.completed"]
+    calls = [e for e in live if e["type"] == "response.function_call_arguments.delta"]
+    assert [e["output_index"] for e in calls] == [1]
+    output = live[-1]["response"]["output"]  # type: ignore[index]
+    assert [item["type"] for item in output] == ["message", "function_call"]
+
+
+@pytest.mark.parametrize("after", [1, 2, 4, 6, 9, 10])
+async def test_a_resume_inside_function_calls_sends_exactly_the_events_after_n(
+    after: int,
+) -> None:
+    outcome = Outcome("completed", tool_calls=CALLS, output_tokens=9)
+    whole = await _events([outcome])
+    resumed = await _events([None, outcome], after)
+    assert resumed == [e for e in whole if int(e["sequence_number"]) > after]  # type: ignore[call-overload]

@@ -1,6 +1,7 @@
 """Request and response bodies of the Responses API (`/v1/responses`), as OpenAI defines them.
 
-Text and message input only: `tools`, structured `text.format` and `reasoning` are refused.
+Text, message and function-call input; function tools. Structured `text.format` and
+`reasoning` are refused.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 __all__ = [
+    "FunctionCallInput",
+    "FunctionCallOutputInput",
+    "InputItem",
     "InputMessage",
+    "OutputFunctionCall",
     "OutputMessage",
     "OutputText",
     "ResponseError",
@@ -48,7 +53,35 @@ class InputMessage(_Body):
         return "".join(part.text for part in self.content)
 
 
-_MESSAGES: TypeAdapter[list[InputMessage]] = TypeAdapter(list[InputMessage])
+class FunctionCallInput(_Body):
+    """A function call of an earlier answer, echoed back by a client that sends the whole
+    conversation."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(description="a JSON object's text")
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputInput(_Body):
+    """What the client's run of the function call `call_id` returned."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, max_length=128)
+    output: str
+    id: str | None = None
+    status: str | None = None
+
+
+InputItem = InputMessage | FunctionCallInput | FunctionCallOutputInput
+
+_ITEMS: dict[str, TypeAdapter[Any]] = {
+    "message": TypeAdapter(InputMessage),
+    "function_call": TypeAdapter(FunctionCallInput),
+    "function_call_output": TypeAdapter(FunctionCallOutputInput),
+}
 
 
 class TextFormat(_Body):
@@ -62,7 +95,9 @@ class TextConfig(_Body):
 
 class ResponseRequest(_Body):
     model: str = Field(min_length=1, max_length=256, description="see GET /v1/models")
-    input: str | list[InputMessage] = Field(description="a text, or a list of messages")
+    input: str | list[InputItem] = Field(
+        description="a text, or a list of messages, function calls and function call outputs"
+    )
     instructions: str | None = Field(
         default=None, description="this response's system prompt (not carried to the next)"
     )
@@ -82,9 +117,15 @@ class ResponseRequest(_Body):
     user: str | None = Field(default=None, max_length=256, description="your end user's id")
     metadata: dict[str, str] | None = Field(default=None, description="accepted, not stored")
     text: TextConfig | None = None
-    tools: list[dict[str, Any]] | None = Field(default=None, description="not supported yet")
-    tool_choice: Any = Field(default=None, description="not supported yet")
-    parallel_tool_calls: bool | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="function tools: {type: function, name, parameters, ...}"
+    )
+    tool_choice: Any = Field(
+        default=None, description="none, auto (the default with tools), required, or a function"
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="whether one answer may call several tools (default true)"
+    )
     truncation: Literal["disabled", "auto"] | None = None
     include: list[str] | None = Field(default=None, description="accepted; nothing extra is sent")
     reasoning: dict[str, Any] | None = Field(default=None, description="not supported")
@@ -98,35 +139,28 @@ class ResponseRequest(_Body):
             return value
         if not isinstance(value, list):
             raise ValueError("a text or a list of messages")
+        items = []
         for i, item in enumerate(value):
+            kind = item.get("type", "message") if isinstance(item, dict) else "message"
+            if kind not in _ITEMS:
+                raise ValueError(
+                    f"input[{i}].type: {kind!r} items are not supported (send {', '.join(_ITEMS)})"
+                )
             content = item.get("content") if isinstance(item, dict) else None
             for j, part in enumerate(content if isinstance(content, list) else []):
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind not in ("input_text", "output_text"):
+                part_kind = part.get("type") if isinstance(part, dict) else None
+                if part_kind not in ("input_text", "output_text"):
                     raise ValueError(
-                        f"input[{i}].content[{j}]: {kind!r} parts are not supported "
+                        f"input[{i}].content[{j}]: {part_kind!r} parts are not supported "
                         "(the model reads text only); send input_text parts"
                     )
-        try:
-            return _MESSAGES.validate_python(value)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-            raise ValueError(f"input{where}: {first['msg']}") from None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("tools are not supported on /v1/responses yet")
-        return value
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, value: Any) -> Any:
-        if value not in (None, "none", "auto"):
-            raise ValueError("tool_choice: no tools are supported on /v1/responses yet")
-        return value
+            try:
+                items.append(_ITEMS[kind].validate_python(item))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+                raise ValueError(f"input[{i}]{where}: {first['msg']}") from None
+        return items
 
     @field_validator("reasoning")
     @classmethod
@@ -140,6 +174,15 @@ class OutputText(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[Any] = Field(default_factory=list)
+
+
+class OutputFunctionCall(BaseModel):
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str = Field(description="a JSON object's text")
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
 class OutputMessage(BaseModel):
@@ -169,7 +212,7 @@ class ResponseObject(BaseModel):
     created_at: int = Field(description="Unix seconds")
     status: ResponseStatus
     model: str
-    output: list[OutputMessage]
+    output: list[OutputMessage | OutputFunctionCall]
     usage: ResponseUsage | None = None
     error: ResponseError | None = None
     incomplete_details: dict[str, str] | None = None
@@ -181,7 +224,7 @@ class ResponseObject(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     parallel_tool_calls: bool = True
-    tool_choice: str = "none"
+    tool_choice: Any = "auto"
     tools: list[Any] = Field(default_factory=list)
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
     truncation: str = "disabled"

@@ -2,10 +2,11 @@
 
 A stored response is a turn of a Parley chat submitted as an asynchronous completion, so its
 state lives in the session service and every gateway replica answers for it, also after a
-restart. Its stream is a pure function of that state: the events before the text
-(`response.created` … `response.content_part.added`, sequence numbers 0-3), one
-`response.output_text.delta` per word of the answer (a word with the spaces before it), then the
-closing events. Because the words are cut from the text itself, the replica that follows the
+restart. Its stream is a pure function of that state: `response.created` and
+`response.in_progress` (sequence numbers 0-1), the message item opened at the first word (2-3),
+one `response.output_text.delta` per word of the answer (a word with the spaces before it), the
+message item closed, then per function call of the answer its item (added, its arguments' delta
+and done, done: the calls come whole with the final answer), then the closing event. Because the words are cut from the text itself, the replica that follows the
 generation live and any other that reads the stored answer number the same events the same
 way: `starting_after=N` resumes exactly after event N wherever it is asked. Elsewhere than on
 the replica that accepted the response, the words come once the answer is stored.
@@ -28,6 +29,7 @@ from parley_gateway.auth import Principal
 from parley_gateway.errors import ApiError
 from parley_gateway.relay import Reset, TextChunk
 from parley_gateway.response_schemas import (
+    OutputFunctionCall,
     OutputMessage,
     OutputText,
     ResponseError,
@@ -35,7 +37,7 @@ from parley_gateway.response_schemas import (
     ResponseStatus,
     ResponseUsage,
 )
-from parley_gateway.schemas import TurnAnswer
+from parley_gateway.schemas import TurnAnswer, TurnToolCall
 from parley_gateway.turns import Turn
 
 __all__ = [
@@ -100,11 +102,17 @@ class ResponseMeta:
     max_output_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     chat_id: str | None = None
 
     @property
     def message_id(self) -> str:
         return "msg_" + self.response_id.removeprefix(RESPONSE_PREFIX)
+
+    def function_call_item_id(self, index: int) -> str:
+        return f"fc_{self.response_id.removeprefix(RESPONSE_PREFIX)}_{index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +131,7 @@ class Outcome:
     input_tokens: int = 0
     output_tokens: int = 0
     error: ResponseError | None = None
+    tool_calls: tuple[TurnToolCall, ...] = ()
 
 
 Observation = TextSoFar | Outcome | None  # None: nothing new (a keep-alive is due)
@@ -142,6 +151,7 @@ def outcome_of_answer(answer: TurnAnswer) -> Outcome:
         text=answer.content,
         input_tokens=answer.usage.prompt_tokens,
         output_tokens=answer.usage.completion_tokens,
+        tool_calls=tuple(answer.tool_calls),
     )
 
 
@@ -176,6 +186,9 @@ def from_completion(completion: session_pb2.Completion) -> Outcome | None:
         text=completion.content,
         input_tokens=completion.usage.prompt_tokens,
         output_tokens=completion.usage.completion_tokens,
+        tool_calls=tuple(
+            TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in completion.tool_calls
+        ),
     )
 
 
@@ -191,10 +204,11 @@ def response_object(
     text: str | None = None,
 ) -> ResponseObject:
     """The response as OpenAI shows it: `output` holds the answer once there is one (or `text`,
-    the answer so far)."""
-    output: list[OutputMessage] = []
+    the answer so far): its message (unless it is only function calls), then its calls."""
+    output: list[OutputMessage | OutputFunctionCall] = []
     body = outcome.text if outcome is not None else text
-    if body is not None and status != "failed":
+    calls = outcome.tool_calls if outcome is not None else ()
+    if body is not None and status != "failed" and (body or not calls):
         output.append(
             OutputMessage(
                 id=meta.message_id,
@@ -202,6 +216,8 @@ def response_object(
                 content=[OutputText(text=body)],
             )
         )
+    if status != "failed":
+        output.extend(_function_call(meta, index, call) for index, call in enumerate(calls))
     usage = None
     if outcome is not None and status != "failed":
         usage = ResponseUsage(
@@ -225,7 +241,19 @@ def response_object(
         max_output_tokens=meta.max_output_tokens,
         temperature=meta.temperature,
         top_p=meta.top_p,
+        tools=list(meta.tools),
+        tool_choice=meta.tool_choice or "auto",
+        parallel_tool_calls=meta.parallel_tool_calls is not False,
         parley_chat_id=meta.chat_id,
+    )
+
+
+def _function_call(meta: ResponseMeta, index: int, call: TurnToolCall) -> OutputFunctionCall:
+    return OutputFunctionCall(
+        id=meta.function_call_item_id(index),
+        call_id=call.id,
+        name=call.name,
+        arguments=call.arguments,
     )
 
 
@@ -253,9 +281,7 @@ async def event_stream(
 
     item = {"id": meta.message_id, "type": "message", "role": "assistant"}
     part_of = {"item_id": meta.message_id, "output_index": 0, "content_index": 0}
-    opening: list[dict[str, Any]] = [
-        {"type": "response.created", "response": dump("in_progress")},
-        {"type": "response.in_progress", "response": dump("in_progress")},
+    message_opening: list[dict[str, Any]] = [
         {
             "type": "response.output_item.added",
             "output_index": 0,
@@ -266,6 +292,10 @@ async def event_stream(
             **part_of,
             "part": {"type": "output_text", "text": "", "annotations": []},
         },
+    ]
+    opening: list[dict[str, Any]] = [
+        {"type": "response.created", "response": dump("in_progress")},
+        {"type": "response.in_progress", "response": dump("in_progress")},
     ]
     for event in opening:
         if (frame := emit(event)) is not None:
@@ -299,6 +329,10 @@ async def event_stream(
             )
             return
         for word in known[len(sent) :]:
+            if not sent:
+                for event in message_opening:
+                    if (frame := emit(event)) is not None:
+                        yield frame
             sent.append(word)
             frame = emit({"type": "response.output_text.delta", **part_of, "delta": word})
             if frame is not None:
@@ -308,29 +342,60 @@ async def event_stream(
             outcome = observation
             text = outcome.text
             done_status = "incomplete" if outcome.status != "completed" else "completed"
-            closing: list[dict[str, Any]] = [
-                {"type": "response.output_text.done", **part_of, "text": text},
-                {
-                    "type": "response.content_part.done",
-                    **part_of,
-                    "part": {"type": "output_text", "text": text, "annotations": []},
-                },
-                {
-                    "type": "response.output_item.done",
-                    "output_index": 0,
-                    "item": {
-                        **item,
-                        "status": done_status,
-                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+            closing: list[dict[str, Any]] = []
+            if sent or not outcome.tool_calls:  # the message item, as response_object has it
+                closing += [] if sent else message_opening
+                closing += [
+                    {"type": "response.output_text.done", **part_of, "text": text},
+                    {
+                        "type": "response.content_part.done",
+                        **part_of,
+                        "part": {"type": "output_text", "text": text, "annotations": []},
                     },
-                },
+                    {
+                        "type": "response.output_item.done",
+                        "output_index": 0,
+                        "item": {
+                            **item,
+                            "status": done_status,
+                            "content": [{"type": "output_text", "text": text, "annotations": []}],
+                        },
+                    },
+                ]
+            first_call = 1 if closing else 0
+            for index, call in enumerate(outcome.tool_calls):
+                done = _function_call(meta, index, call).model_dump(mode="json")
+                of_call = {"item_id": done["id"], "output_index": first_call + index}
+                closing += [
+                    {
+                        "type": "response.output_item.added",
+                        "output_index": first_call + index,
+                        "item": {**done, "arguments": "", "status": "in_progress"},
+                    },
+                    {
+                        "type": "response.function_call_arguments.delta",
+                        **of_call,
+                        "delta": call.arguments,
+                    },
+                    {
+                        "type": "response.function_call_arguments.done",
+                        **of_call,
+                        "arguments": call.arguments,
+                    },
+                    {
+                        "type": "response.output_item.done",
+                        "output_index": first_call + index,
+                        "item": done,
+                    },
+                ]
+            closing.append(
                 {
                     "type": "response.completed"
                     if outcome.status == "completed"
                     else "response.incomplete",
                     "response": dump(outcome.status, outcome),
-                },
-            ]
+                }
+            )
             for event in closing:
                 if (frame := emit(event)) is not None:
                     yield frame

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from parley.v1 import envelopes_pb2
 from parley_common.vocabulary import CompletionState, FinishReason, Role
-from parley_session.domain import InvalidArgumentError, ModelNotFoundError
+from parley_session.domain import InvalidArgumentError, ModelNotFoundError, ToolCall
 from parley_session.quotas import Budgets, QuotaDecision
 from parley_session.retry import RetryPolicy
 from parley_session.stores import Stores
@@ -339,6 +339,7 @@ def _finished(result: envelopes_pb2.CompletionResult) -> FinishedCompletion | No
         error=result.error
         or ("the deadline passed before a worker could start it" if expired else ""),
         cached=result.worker_id == "cache",
+        tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in result.tool_calls),
         cache_score=round(result.cache_score, 6),
         cache_reason=result.cache_reason,
     )

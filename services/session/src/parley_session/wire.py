@@ -383,6 +383,7 @@ def completion_pb(c: CompletionDoc) -> session_pb2.Completion:
         cache_reason=c.cache_reason,
         model=c.model,
         request_params=c.request_params,
+        tool_calls=_tool_calls_pb(c.tool_calls),
     )
 
 

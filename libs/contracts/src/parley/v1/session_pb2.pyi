@@ -2227,6 +2227,7 @@ class Completion(_message.Message):
     CACHED_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     REQUEST_PARAMS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     CACHE_SCORE_FIELD_NUMBER: _builtins.int
     CACHE_REASON_FIELD_NUMBER: _builtins.int
     completion_id: _builtins.str
@@ -2249,6 +2250,10 @@ class Completion(_message.Message):
     cache_reason: _builtins.str
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ToolCall]:
+        """the answer's calls for the client to run"""
+
     def __init__(
         self,
         *,
@@ -2265,12 +2270,13 @@ class Completion(_message.Message):
         cached: _builtins.bool = ...,
         model: _builtins.str = ...,
         request_params: _builtins.bytes = ...,
+        tool_calls: _abc.Iterable[_types_pb2.ToolCall] | None = ...,
         cache_score: _builtins.float = ...,
         cache_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reason", b"cache_reason", "cache_score", b"cache_score", "cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_reason", b"cache_reason", "cache_score", b"cache_score", "cached", b"cached", "chat_id", b"chat_id", "completion_id", b"completion_id", "content", b"content", "created_unix_ms", b"created_unix_ms", "error", b"error", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "request_params", b"request_params", "state", b"state", "tool_calls", b"tool_calls", "updated_unix_ms", b"updated_unix_ms", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,20 +13,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
-from parley.v1 import session_pb2
+from parley.v1 import session_pb2, types_pb2
 from parley_common.ids import new_id
+from parley_common.vocabulary import Role
 from parley_gateway.async_completions import BeforeQueue
 from parley_gateway.auth import Principal
 from parley_gateway.deps import Admitted, PartsDep, User
 from parley_gateway.errors import ApiError
-from parley_gateway.openai_schemas import dump
-from parley_gateway.response_schemas import DeletedResponse, ResponseObject, ResponseRequest
+from parley_gateway.generation import generation_options, tool_calls_pb
+from parley_gateway.openai_schemas import (
+    FunctionCall,
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+    ToolCall,
+    ToolChoice,
+    ToolDefinition,
+    dump,
+)
+from parley_gateway.response_schemas import (
+    DeletedResponse,
+    FunctionCallInput,
+    FunctionCallOutputInput,
+    InputMessage,
+    ResponseObject,
+    ResponseRequest,
+)
 from parley_gateway.responses import (
     RESPONSE_PREFIX,
     Observation,
@@ -60,39 +80,153 @@ def _not_found(response_id: str, param: str | None = None) -> ApiError:
     )
 
 
-def _input(parts: PartsDep, body: ResponseRequest) -> tuple[str | None, list[tuple[str, str]]]:
-    """(the instructions: `instructions` and any system/developer messages, the messages)."""
+def _renamed(error: ApiError, old: str, new: str) -> ApiError:
+    """`error` with the parameter `old` (a prefix of its param) called `new`."""
+    param = (error.param or "").replace(old, new, 1)
+    message = error.message.replace(old, new, 1)
+    return ApiError(error.status, error.type, message, param=param or None)
+
+
+def _tools(body: ResponseRequest) -> list[ToolDefinition]:
+    """The Responses API's function tools, in the chat completions' shape."""
+    tools = []
+    for index, tool in enumerate(body.tools or []):
+        if tool.get("type") != "function":
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"tools[{index}].type: only 'function' tools are supported, "
+                f"not {str(tool.get('type'))[:64]!r}",
+                param=f"tools[{index}].type",
+            )
+        function = {k: v for k, v in tool.items() if k != "type"}
+        try:
+            tools.append(ToolDefinition(type="function", function=FunctionDefinition(**function)))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = f"tools[{index}]" + "".join(f".{p}" for p in first["loc"])
+            raise ApiError(
+                400, "invalid_request", f"{where}: {first['msg']}", param=where
+            ) from None
+    return tools
+
+
+def _tool_choice(body: ResponseRequest) -> ToolChoice | None:
+    choice = body.tool_choice
+    if choice is None or choice in ("auto", "none", "required"):
+        return cast("ToolChoice | None", choice)
+    if isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name"):
+        try:
+            return NamedToolChoice(type="function", function=NamedFunction(name=choice["name"]))
+        except ValidationError:
+            pass
+    raise ApiError(
+        400,
+        "invalid_request",
+        "tool_choice: 'auto', 'none', 'required' or {'type': 'function', 'name': ...}",
+        param="tool_choice",
+    )
+
+
+def _options(body: ResponseRequest, tools: list[ToolDefinition]) -> types_pb2.GenerationOptions:
+    try:
+        return generation_options(
+            tools=tools,
+            tool_choice=_tool_choice(body),
+            parallel_tool_calls=body.parallel_tool_calls,
+            response_format=None,
+        )
+    except ApiError as exc:
+        found = _CHAT_TOOL_PARAM.match(exc.param or "")
+        if found is None:
+            raise
+        raise _renamed(exc, found[0], found[1] + ".") from None
+
+
+_CHAT_TOOL_PARAM = re.compile(r"^(tools\[\d+\])\.function\.")
+
+
+def _input(
+    parts: PartsDep, body: ResponseRequest, tools: list[ToolDefinition]
+) -> tuple[str | None, list[types_pb2.ChatMessage], list[int]]:
+    """(the instructions: `instructions` and any system/developer messages, the conversation's
+    messages: function calls on their assistant message and outputs as tool messages, the input
+    index of each message)."""
     limit = parts.settings.max_message_chars
     system: list[str] = [body.instructions] if body.instructions else []
-    messages: list[tuple[str, str]] = []
+    messages: list[types_pb2.ChatMessage] = []
+    positions: list[int] = []
+    called: set[str] = set()
     items = (
-        [("user", body.input, "input")]
+        [InputMessage(role="user", content=body.input)]
         if isinstance(body.input, str)
-        else [(m.role, m.text(), f"input[{i}].content") for i, m in enumerate(body.input)]
+        else body.input
     )
     if not items:
         raise ApiError(422, "invalid_request", "input: at least one message", param="input")
-    for role, text, where in items:
+    for index, item in enumerate(items):
+        where = "input" if isinstance(body.input, str) else f"input[{index}]"
+        if isinstance(item, FunctionCallInput):
+            try:
+                function = FunctionCall(name=item.name, arguments=item.arguments)
+            except ValidationError as exc:
+                field = exc.errors()[0]["loc"][0]
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    f"{where}.{field}: {exc.errors()[0]['msg']}",
+                    param=f"{where}.{field}",
+                ) from None
+            call = ToolCall(id=item.call_id, function=function)
+            try:
+                (pb,) = tool_calls_pb([call], where, tools)
+            except ApiError as exc:
+                raise _renamed(exc, f"{where}[0].function.", f"{where}.") from None
+            called.add(item.call_id)
+            if not messages or messages[-1].role != types_pb2.ROLE_ASSISTANT:
+                messages.append(types_pb2.ChatMessage(role=types_pb2.ROLE_ASSISTANT))
+                positions.append(index)
+            messages[-1].tool_calls.append(pb)
+            continue
+        if isinstance(item, FunctionCallOutputInput):
+            role, text, param = "tool", item.output, f"{where}.output"
+        else:
+            role, text, param = item.role, item.text(), f"{where}.content"
         if len(text) > limit:
             raise ApiError(
                 413,
                 "message_too_large",
-                f"{where} is {len(text)} characters; the limit is {limit}",
-                param=where,
+                f"{param} is {len(text)} characters; the limit is {limit}",
+                param=param,
             )
         if role in ("system", "developer"):
             system.append(text)
-        elif role == "user" and not text.strip():
+            continue
+        if role == "user" and not text.strip():
             raise ApiError(
-                422, "invalid_request", f"{where}: a user message needs text", param=where
+                422, "invalid_request", f"{param}: a user message needs text", param=param
             )
-        else:
-            messages.append((role, text))
-    if not messages or messages[-1][0] != "user":
+        message = types_pb2.ChatMessage(role=Role(role).to_pb(), content=text)
+        if isinstance(item, FunctionCallOutputInput):
+            if item.call_id not in called and not body.previous_response_id:
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    f"{where}.call_id: {item.call_id[:128]!r} answers no function_call "
+                    "earlier in input (or of previous_response_id)",
+                    param=f"{where}.call_id",
+                )
+            message.tool_call_id = item.call_id
+        messages.append(message)
+        positions.append(index)
+    if not messages or messages[-1].role not in (types_pb2.ROLE_USER, types_pb2.ROLE_TOOL):
         raise ApiError(
-            422, "invalid_request", "input: the last message must be the user's", param="input"
+            422,
+            "invalid_request",
+            "input: the last item must be the user's message or a function_call_output",
+            param="input",
         )
-    return ("\n\n".join(system) if system else None), messages
+    return ("\n\n".join(system) if system else None), messages, positions
 
 
 def _as_responses_error(error: ApiError) -> ApiError:
@@ -133,7 +267,16 @@ def _sampling(body: ResponseRequest) -> Sampling:
 
 
 # What a stored response shows of its request, kept with its completion (`request_params`).
-_KEPT_PARAMS = ("instructions", "previous_response_id", "max_output_tokens", "temperature", "top_p")
+_KEPT_PARAMS = (
+    "instructions",
+    "previous_response_id",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+)
 
 
 def _request_params(body: ResponseRequest) -> bytes:
@@ -144,7 +287,9 @@ def _kept_params(completion: session_pb2.Completion) -> dict[str, Any]:
     if not completion.request_params:
         return {}  # a completion recorded before they were kept
     kept = json.loads(completion.request_params)
-    return {name: kept.get(name) for name in _KEPT_PARAMS}
+    return {name: kept.get(name) for name in _KEPT_PARAMS} | {
+        "tools": tuple(kept.get("tools") or ())
+    }
 
 
 def _meta(body: ResponseRequest, response_id: str, model: str, created_at: int) -> ResponseMeta:
@@ -159,6 +304,26 @@ def _meta(body: ResponseRequest, response_id: str, model: str, created_at: int) 
         max_output_tokens=body.max_output_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
+        tools=tuple(body.tools or ()),
+        tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+    )
+
+
+_TOOL_RESULT_PARAM = re.compile(r"^tool_results\[(\d+)\]")
+_RESULT_FIELDS = {".tool_call_id": ".call_id", ".content": ".output"}
+
+
+def _named_by_item(error: ApiError, positions: list[int]) -> ApiError:
+    """The session names a tool turn's results `tool_results[i]`: here they are input items."""
+    if error.param == "tool_results":
+        return _renamed(error, "tool_results", "input")
+    found = _TOOL_RESULT_PARAM.match(error.param or "")
+    if found is None:
+        return error
+    rest = (error.param or "")[found.end() :]
+    return _renamed(
+        error, found[0] + rest, f"input[{positions[int(found[1])]}]{_RESULT_FIELDS.get(rest, rest)}"
     )
 
 
@@ -196,7 +361,8 @@ async def _stateless(
     user: Principal,
     body: ResponseRequest,
     instructions: str | None,
-    messages: list[tuple[str, str]],
+    messages: list[types_pb2.ChatMessage],
+    options: types_pb2.GenerationOptions,
 ) -> Response:
     system = [("system", instructions)] if instructions else []
     try:
@@ -207,6 +373,7 @@ async def _stateless(
             max_tokens=body.max_output_tokens,
             sampling=_sampling(body),
             no_cache=body.no_cache,
+            options=options,
         )
     except ApiError as exc:
         if exc.status == 404:
@@ -230,15 +397,27 @@ async def create_response(body: ResponseRequest, user: Admitted, parts: PartsDep
     """A model response to text or messages; with `stream: true` its events (Server-Sent
     Events with `sequence_number`s); with `background: true` at once, `queued`."""
     _check(parts, body)
-    instructions, messages = _input(parts, body)
+    tools = _tools(body)
+    options = _options(body, tools)
+    instructions, messages, positions = _input(parts, body, tools)
     if body.model not in {m.id for m in await _models(parts)}:
         raise _model_not_found(body.model)
     if not body.store:
-        return await _stateless(parts, user, body, instructions, messages)
+        return await _stateless(parts, user, body, instructions, messages, options)
+    tool_results = [m for m in messages if m.role == types_pb2.ROLE_TOOL]
+    if tool_results and len(tool_results) < len(messages):
+        raise ApiError(
+            422,
+            "invalid_request",
+            "input: with previous_response_id, function_call_output items are the whole turn "
+            "(the function calls are the previous response's); send a user message in the "
+            "next response, or store: false with the whole conversation",
+            param="input",
+        )
     chat_id = ""
     if body.previous_response_id:
         chat_id = await _previous_chat(parts, user, body.previous_response_id)
-    if len(messages) > 1:
+    if len(messages) > 1 and not tool_results:
         raise ApiError(
             422,
             "invalid_request",
@@ -254,7 +433,7 @@ async def create_response(body: ResponseRequest, user: Admitted, parts: PartsDep
         return await parts.turns.start(
             user,
             chat_id=chat_id,
-            message=messages[-1][1],
+            message="" if tool_results else messages[-1].content,
             request_id=request_id,
             max_tokens=body.max_output_tokens,
             no_cache=body.no_cache,
@@ -262,6 +441,8 @@ async def create_response(body: ResponseRequest, user: Admitted, parts: PartsDep
             detached=True,
             before_queue=before_queue,
             instructions=instructions,
+            tool_results=tool_results,
+            options=options,
         )
 
     try:
@@ -271,7 +452,7 @@ async def create_response(body: ResponseRequest, user: Admitted, parts: PartsDep
     except ApiError as exc:
         if exc.status == 404 and body.previous_response_id:
             raise _not_found(body.previous_response_id, "previous_response_id") from exc
-        raise _as_responses_error(exc) from exc
+        raise _as_responses_error(_named_by_item(exc, positions)) from exc
     meta = _meta(
         body, RESPONSE_PREFIX + request_id, completion.model, completion.created_unix_ms // 1000
     )

@@ -13,8 +13,10 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_common.vocabulary import CompletionState, FinishReason
+from parley_session.domain import ToolCall
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, ms, now, retried
+from parley_session.stores.chats import tool_calls_of
 
 __all__ = ["CompletionDoc", "CompletionStore", "FinishedCompletion"]
 
@@ -39,6 +41,7 @@ class CompletionDoc:
     created_ms: int = 0
     updated_ms: int = 0
     request_params: bytes = b""  # the submitting API's, opaque
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @classmethod
     def from_doc(cls, doc: Doc) -> CompletionDoc:
@@ -59,6 +62,7 @@ class CompletionDoc:
             created_ms=ms(doc["created_at"]),
             updated_ms=ms(doc["updated_at"]),
             request_params=bytes(doc.get("request_params", b"")),
+            tool_calls=tool_calls_of(doc),
         )
 
 
@@ -74,6 +78,7 @@ class FinishedCompletion:
     completion_tokens: int
     error: str
     cached: bool
+    tool_calls: tuple[ToolCall, ...] = ()
     cache_score: float = 0.0
     cache_reason: str = ""
 
@@ -157,6 +162,9 @@ class CompletionStore:
             "completion_tokens": done.completion_tokens,
             "error": done.error,
             "cached": done.cached,
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in done.tool_calls
+            ],
             "cache_score": done.cache_score,
             "cache_reason": done.cache_reason,
             "updated_at": now(),
