@@ -33,7 +33,7 @@ from parley_gateway.errors import ApiError
 from parley_gateway.oidc import OidcClient, group_roles
 from tests.conftest import REPO
 from tests.e2e.extra_gateways import extra_gateways, gateway_url
-from tests.e2e.test_web_page import browser
+from tests.e2e.test_web_page import ARTIFACTS, browser
 
 __all__ = ["browser"]  # the web page tests' Chromium, used here too
 
@@ -346,7 +346,7 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, errors  # (the provider's own pages ask for web fonts: offline here)
 
 
-def test_sso_in_a_browser(page: Page, sso: tuple[str, str], tmp_path: Path) -> None:
+def test_sso_in_a_browser(page: Page, sso: tuple[str, str]) -> None:
     """The page's single sign-on button, the provider's own login and consent pages in
     headless Chromium, and back in the app with an HttpOnly session cookie."""
     gateway, _ = sso
@@ -358,9 +358,12 @@ def test_sso_in_a_browser(page: Page, sso: tuple[str, str], tmp_path: Path) -> N
     page.click("button[type=submit]")
     page.click("button[type=submit]")  # consent
     expect(page.locator("#app")).to_be_visible(timeout=30_000)
+    # The provider's groups made Alice an admin.
+    expect(page.locator("#whoami")).to_have_text("Signed in as Alice (alice@sso.example), admin")
     assert page.evaluate("document.cookie") == ""
-    page.screenshot(path=str(tmp_path / "sso-signed-in.png"), full_page=True)
-    assert (tmp_path / "sso-signed-in.png").stat().st_size > 5_000
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "sso-signed-in.png"), full_page=True)
+    assert (ARTIFACTS / "sso-signed-in.png").stat().st_size > 5_000
 
 
 def test_a_rotated_signing_key_is_fetched_again(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 from pymongo import MongoClient
 
 from parley_devstack.platform import Platform
+from parley_devstack.stack import LocalStack
 from tests.conftest import REPO, eventually
 
 pytestmark = pytest.mark.e2e
@@ -79,6 +80,7 @@ def page(browser: Browser) -> Iterator[Page]:
         # logged by the browser as failed resources; anything else is a problem.
         # a wrong password, signed out; a refused avatar; a refused attachment
         expected = (
+            "status of 400",
             "status of 401",
             "status of 404",
             "status of 422",
@@ -231,6 +233,7 @@ def test_password_sign_in(page: Page, platform: Platform, new_user: NewUser) -> 
         page.click("#signin-button")
     assert signed_in.value.status == 200
     expect(page.locator("#app")).to_be_visible()
+    expect(page.locator("#whoami")).to_have_text(f"Signed in as form-user ({email})")
     assert page.evaluate("document.cookie") == ""
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["parley_session"]["httpOnly"] is True
@@ -675,43 +678,21 @@ def test_web_page_without_its_libraries(page: Page, platform: Platform, new_user
     assert page.evaluate("window.__xss") is None
 
 
-def _attachments_api(user: httpx.Client, chat_id: str) -> bool:
-    probe = user.post(f"/chat/{chat_id}/attachments", files={"file": ("probe.txt", b"probe")})
-    return probe.status_code not in (404, 405)
+def _drop(page: Page, name: str, media_type: str, data: bytes) -> None:
+    """Drop a file on the composer as a user dragging it from their desktop would."""
+    transfer = page.evaluate_handle(
+        """([name, type, bytes]) => {
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([new Uint8Array(bytes)], name, { type }));
+          return transfer;
+        }""",
+        [name, media_type, list(data)],
+    )
+    page.dispatch_event("#composer", "drop", {"dataTransfer": transfer})
 
 
-def test_web_attachments(page: Page, platform: Platform, new_user: NewUser) -> None:
-    """Files dropped on the composer are uploaded to the chat and go with the next message;
-    images are shown inline, other files as a download link; a refusal is shown. Skipped until
-    the gateway has `POST /chat/{id}/attachments`."""
-    user = _signed_in_user(page, platform, new_user, "files")
-    _ask(page, "Here comes a file")
-    chat_id = page.locator(".chat-item").first.get_attribute("data-chat-id")
-    assert chat_id
-    if not _attachments_api(user, chat_id):
-        pytest.skip("the gateway has no POST /chat/{chat_id}/attachments yet")
-    page.click(".chat-item .chat-open")
-
-    def drop(name: str, media_type: str, data: bytes) -> None:
-        transfer = page.evaluate_handle(
-            """([name, type, bytes]) => {
-              const transfer = new DataTransfer();
-              transfer.items.add(new File([new Uint8Array(bytes)], name, { type }));
-              return transfer;
-            }""",
-            [name, media_type, list(data)],
-        )
-        page.dispatch_event("#composer", "drop", {"dataTransfer": transfer})
-
-    drop("notes.md", "text/markdown", b"# Notes\n\nThe password is swordfish.\n")
-    expect(page.locator(".attachment-chip")).to_contain_text("notes.md", timeout=10_000)
-    expect(page.locator(".attachment-chip.uploading")).to_have_count(0, timeout=10_000)
-    drop("red.png", "image/png", _png())
-    expect(page.locator(".attachment-chip.uploading")).to_have_count(0, timeout=10_000)
-    expect(page.locator(".attachment-chip")).to_have_count(2)
-    _ask(page, "What is the password?")
-    expect(page.locator(".attachment-chip")).to_have_count(0)
-    stored = eventually(
+def _question_with_files(user: httpx.Client, chat_id: str) -> dict[str, Any]:
+    return eventually(
         lambda: next(
             (
                 m
@@ -722,17 +703,90 @@ def test_web_attachments(page: Page, platform: Platform, new_user: NewUser) -> N
         ),
         what="the message with its attachments",
     )
-    assert {a["name"] for a in stored["attachments"]} == {"notes.md", "red.png"}
+
+
+def test_web_attachments(page: Page, platform: Platform, new_user: NewUser) -> None:
+    """Files dropped on the composer are uploaded to the chat and go with the next message, shown
+    on it as a download link; an image for a model without vision is refused when sent, and the
+    question keeps its text and files; a file of a refused kind is refused when dropped."""
+    user = _signed_in_user(page, platform, new_user, "files")
+    _ask(page, "Here comes a file")
+    chat_id = page.locator(".chat-item").first.get_attribute("data-chat-id")
+    assert chat_id
+    page.click(".chat-item .chat-open")
+
+    _drop(page, "notes.md", "text/markdown", b"# Notes\n\nThe password is swordfish.\n")
+    expect(page.locator(".attachment-chip")).to_contain_text("notes.md", timeout=10_000)
+    expect(page.locator(".attachment-chip.uploading")).to_have_count(0, timeout=10_000)
+    _ask(page, "What is the password?")
+    expect(page.locator(".attachment-chip")).to_have_count(0)
+    stored = _question_with_files(user, chat_id)
+    assert [a["name"] for a in stored["attachments"]] == ["notes.md"]
+    assert stored["attachments"][0]["tokens"] > 0  # its text went to the model, counted
     question = page.locator(".message.user").last
-    expect(question.locator("img.attachment-image")).to_have_attribute(
-        "alt", "red.png", timeout=10_000
-    )
-    expect(question.locator("a.attachment-link")).to_contain_text("notes.md")
-    assert page.evaluate(
-        "document.querySelector('.message.user:last-of-type img.attachment-image')?.naturalWidth"
-    )
+    expect(question.locator("a.attachment-link")).to_contain_text("notes.md", timeout=10_000)
+    link = question.locator("a.attachment-link").get_attribute("href")
+    assert link == f"/chat/{chat_id}/attachments/{stored['attachments'][0]['id']}"
+
+    # The default model takes no images: the question is refused and loses nothing.
+    _drop(page, "red.png", "image/png", _png())
+    expect(page.locator(".attachment-chip.uploading")).to_have_count(0, timeout=10_000)
+    page.fill("#input", "What colour is this?")
+    page.press("#input", "Enter")
+    expect(page.locator("#status")).to_contain_text("does not accept image input", timeout=10_000)
+    expect(page.locator(".attachment-chip")).to_contain_text("red.png")
+    expect(page.locator("#input")).to_have_value("What colour is this?")
+    expect(page.locator(".message.user .bubble").last).to_have_text("What is the password?")
+
     # A refused file: its error is shown, nothing is attached.
-    drop("program.exe", "application/octet-stream", b"MZ\x90\x00" + bytes(64))
+    page.click(".attachment-chip .chip-remove")
+    _drop(page, "program.exe", "application/octet-stream", b"MZ\x90\x00" + bytes(64))
     expect(page.locator("#status")).to_contain_text("program.exe was refused", timeout=10_000)
     expect(page.locator(".attachment-chip")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "web-attachments.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def vision_platform(
+    local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    """A platform whose model takes images (the fake engine does), on the shared stack with
+    topics and a worker group of its own."""
+    with Platform(
+        local_stack.addresses,
+        run_dir=tmp_path_factory.mktemp("web-vision"),
+        model_dir=None,
+        engine="fake",
+        env={"TOPIC_PREFIX": "web-vision.", "WORKER_GROUP": "web-vision-workers"},
+        service_env={"session": {"VISION_MODELS": "fake"}},
+    ) as running:
+        yield running
+
+
+def test_web_image_on_a_vision_model(page: Page, vision_platform: Platform) -> None:
+    """An image sent to a model that takes images is shown in the question, inline."""
+    email = f"pictures-{secrets.token_hex(4)}@example.com"
+    with httpx.Client(
+        base_url=vision_platform.gateway_url,
+        headers={"Authorization": f"Bearer {vision_platform.admin_api_key}"},
+        timeout=60,
+    ) as admin:
+        made = admin.post(
+            "/admin/users", json={"name": "pictures", "email": email, "password": PASSWORD}
+        )
+        assert made.status_code == 201, made.text
+    _sign_in(page, vision_platform.gateway_url, email)
+    _ask(page, "Here comes a picture")
+    page.click(".chat-item .chat-open")
+    _drop(page, "red.png", "image/png", _png(32, 24))
+    expect(page.locator(".attachment-chip")).to_contain_text("red.png", timeout=10_000)
+    expect(page.locator(".attachment-chip.uploading")).to_have_count(0, timeout=10_000)
+    _ask(page, "What colour is this?")
+    question = page.locator(".message.user").last
+    image = question.locator("img.attachment-image")
+    expect(image).to_have_attribute("alt", "red.png", timeout=10_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('img.attachment-image')]"
+        ".some((img) => img.complete && img.naturalWidth === 32)"
+    )
+    page.screenshot(path=str(ARTIFACTS / "web-attachments-image.png"), full_page=True)

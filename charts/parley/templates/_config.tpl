@@ -12,6 +12,7 @@ RATE_LIMIT_TOKENS_PER_MINUTE: {{ $v.gateway.rateLimit.tokensPerMinute | int64 | 
 MAX_QUEUE_DEPTH: {{ $v.gateway.maxQueueDepth | int64 | toString | quote }}
 MAX_CHOICES: {{ $v.gateway.maxChoices | int64 | toString | quote }}
 CACHE_SAMPLE_SHARE: {{ $v.gateway.cacheSampleShare | toString | quote }}
+ATTACHMENT_MAX_BYTES: {{ $v.attachments.maxBytes | int64 | toString | quote }}
 SIGN_UP_MODE: {{ $v.gateway.accounts.signUpMode | quote }}
 SESSION_COOKIE_SECURE: {{ $v.gateway.accounts.sessionCookieSecure | toString | quote }}
 SESSION_IDLE_TIMEOUT_S: {{ $v.gateway.accounts.sessionIdleTimeoutS | int64 | toString | quote }}
@@ -50,6 +51,12 @@ MODEL_NAME: {{ $v.model.name | quote }}
 {{- with $v.model.tokenizerPath }}
 TOKENIZER_PATH: {{ . | quote }}
 {{- end }}
+{{- with $v.model.visionModels }}
+VISION_MODELS: {{ . | quote }}
+{{- end }}
+ATTACHMENT_MAX_BYTES: {{ $v.attachments.maxBytes | int64 | toString | quote }}
+ATTACHMENT_MAX_PER_CHAT: {{ $v.attachments.maxPerChat | int64 | toString | quote }}
+ATTACHMENT_MAX_CHAT_BYTES: {{ $v.attachments.maxChatBytes | int64 | toString | quote }}
 {{- end -}}
 
 {{- define "parley.config.cache" -}}

@@ -8,9 +8,19 @@ from collections.abc import Iterable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-__all__ = ["GrpcServer"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "message_limit_for"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+_ENVELOPE_BYTES = 1024 * 1024  # a message's other fields beside the payload
+
+
+def message_limit_for(payload_bytes: int) -> int:
+    """The gRPC message size (both ends must allow it) that carries `payload_bytes` in one
+    message, e.g. an attached file."""
+    return max(DEFAULT_MAX_MESSAGE_BYTES, payload_bytes + _ENVELOPE_BYTES)
+
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -32,7 +42,7 @@ class GrpcServer:
         port: int,
         host: str = "0.0.0.0",
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-        max_message_bytes: int = 8 * 1024 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.server = grpc.aio.server(
             interceptors=interceptors,

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from parley.v1 import cache_pb2_grpc, session_pb2, session_pb2_grpc
+from parley_common.grpc_server import message_limit_for
 from parley_common.grpc_telemetry import client_interceptors
 from parley_common.kafka import ensure_topics, make_producer
 from parley_gateway.admission import QueueMonitor, RateLimiter
@@ -28,6 +29,7 @@ from parley_gateway.replies import ReplyRouter
 from parley_gateway.routes import (
     accounts,
     admin,
+    attachments,
     bots,
     chat_settings,
     chats,
@@ -43,6 +45,7 @@ from parley_gateway.routes import (
     web,
     ws,
 )
+from parley_gateway.routes.attachments import UPLOAD_OVERHEAD_BYTES, UPLOAD_PATH
 from parley_gateway.session_client import SessionClient
 from parley_gateway.telemetry import FASTAPI_TELEMETRY, RequestTelemetry
 from parley_gateway.turns import TurnService
@@ -64,12 +67,20 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     """`registry`: where the metrics go (prometheus_client.REGISTRY in the service; default: a
     registry of this app's own). The wiring of every part, in start-up order: long, read once."""
     metrics = GatewayMetrics(registry or CollectorRegistry())
+    attachment_message_bytes = message_limit_for(settings.attachment_max_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         topics = settings.topics()
         session_channel = grpc.aio.insecure_channel(
-            settings.session_addr, options=_CHANNEL_OPTIONS, interceptors=client_interceptors()
+            settings.session_addr,
+            # An attached file travels to the session service in one message.
+            options=[
+                *_CHANNEL_OPTIONS,
+                ("grpc.max_send_message_length", attachment_message_bytes),
+                ("grpc.max_receive_message_length", attachment_message_bytes),
+            ],
+            interceptors=client_interceptors(),
         )
         cache_channel = grpc.aio.insecure_channel(
             settings.cache_addr, options=_CHANNEL_OPTIONS, interceptors=client_interceptors()
@@ -181,6 +192,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(chats.router)
+    app.include_router(attachments.router)
     app.include_router(ws.router)
     app.include_router(completions.router)
     app.include_router(openai.router)
@@ -200,7 +212,11 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.include_router(health.router)
     # Inside the size limit, which bounds what this one reads.
     app.add_middleware(JsonBodyCheck)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        larger=(UPLOAD_PATH, settings.attachment_max_bytes + UPLOAD_OVERHEAD_BYTES),
+    )
     # Outside the body checks: a preflight carries no body, and refusals carry CORS headers too.
     install_cors(app, parse_origins(settings.cors_allowed_origins))
     # Outermost: times and logs what the other middleware refuses too.

@@ -30,6 +30,7 @@ class Principal:
     tenant_id: str = ""
     is_admin: bool = False
     email: str = ""
+    name: str = ""
     via: Credential = Credential.API_KEY
     role: AccountRole = AccountRole.MEMBER
 
@@ -73,6 +74,7 @@ class Authenticator:
             user_id=user.user_id,
             tenant_id=user.tenant_id,
             email=user.email,
+            name=user.name,
             via=Credential.SESSION,
             role=_role(user),
         )
@@ -104,7 +106,11 @@ class Authenticator:
             return cached[1]
         user = await self._session.authenticate_key(key)
         principal = Principal(
-            user_id=user.user_id, tenant_id=user.tenant_id, email=user.email, role=_role(user)
+            user_id=user.user_id,
+            tenant_id=user.tenant_id,
+            email=user.email,
+            name=user.name,
+            role=_role(user),
         )
         if self._ttl_s:
             if len(self._cache) > 10_000:

@@ -45,6 +45,11 @@ class Settings(ServiceSettings):
     grpc_timeout_s: float = Field(default=10.0, gt=0)
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    attachment_max_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        gt=0,
+        description="an attached file's size at most (its upload's body may be this and 64 KiB)",
+    )
     max_message_chars: int = Field(default=32_000, gt=0)
     max_tokens_limit: int = Field(default=4096, gt=0)
     max_choices: int = Field(

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parley_common.grpc_errors import bad_field
+from parley_common.grpc_errors import bad_field, error_reason
 
 __all__ = ["OPENAI_PREFIX", "ApiError", "from_grpc", "install_error_handlers", "is_openai_path"]
 
@@ -110,13 +110,24 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
 
 
+# Refusals the session service names (an ErrorInfo reason): their own status, the reason as type.
+_REASON_STATUS: dict[str, int] = {
+    "unsupported_media_type": 415,
+    "attachment_too_large": 413,
+    "attachment_limit": 413,
+    "image_input_unsupported": 400,
+}
+
+
 def from_grpc(exc: grpc.aio.AioRpcError, what: str) -> ApiError:
     code = exc.code()
     detail = exc.details() or ""
     if code == grpc.StatusCode.NOT_FOUND:
         return ApiError(404, "not_found", detail or f"{what} not found")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ApiError(422, "invalid_request", detail, param=bad_field(exc))
+        reason = error_reason(exc)
+        status = _REASON_STATUS.get(reason or "", 422)
+        return ApiError(status, reason or "invalid_request", detail, param=bad_field(exc))
     if code == grpc.StatusCode.OUT_OF_RANGE:
         return ApiError(422, "context_length_exceeded", detail, param=bad_field(exc))
     if code == grpc.StatusCode.UNAUTHENTICATED:

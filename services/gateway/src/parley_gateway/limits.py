@@ -44,17 +44,26 @@ class _TooLargeError(HTTPException):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """Bodies of at most `max_bytes`, or (`larger`) of at most its limit on the paths its pattern
+    matches in full (uploads). Counted while they are read: nothing unbounded is held."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, larger: tuple[re.Pattern[str], int] | None = None
+    ) -> None:
         self._app = app
         self._max = max_bytes
+        self._larger = larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        limit = self._max
+        if self._larger is not None and self._larger[0].fullmatch(scope.get("path", "")):
+            limit = self._larger[1]
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self._max:
-                await self._refuse(scope, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(scope, send, limit)
                 return
         seen = 0
         started = False
@@ -64,8 +73,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self._max:
-                    raise _TooLargeError(413, f"the request body is over {self._max} bytes")
+                if seen > limit:
+                    raise _TooLargeError(413, f"the request body is over {limit} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -78,10 +87,10 @@ class BodySizeLimit:
             await self._app(scope, limited_receive, tracking_send)
         except _TooLargeError:
             if not started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, limit)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        error = ApiError(413, "body_too_large", f"the request body is over {self._max} bytes")
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
+        error = ApiError(413, "body_too_large", f"the request body is over {limit} bytes")
         response = error.response(openai=is_openai_path(scope.get("path", "")))
         await response(scope, _no_receive, send)
 

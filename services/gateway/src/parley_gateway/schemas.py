@@ -11,6 +11,9 @@ from parley_gateway.openai_schemas import ToolChoice, ToolDefinition
 
 __all__ = [
     "ApiKeyCreated",
+    "AttachmentList",
+    "AttachmentOut",
+    "AttachmentRef",
     "AuditEventOut",
     "AuditPage",
     "ChangePasswordBody",
@@ -109,6 +112,11 @@ class CompletionBody(ToolFields):
     seed: int | None = Field(
         default=None, ge=0, lt=2**63, description="the same seed, the same sample"
     )
+    attachment_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="files of this chat (POST /chat/{id}/attachments) sent with the message",
+    )
 
 
 class StartChatBody(CompletionBody):
@@ -153,6 +161,30 @@ class TurnResponse(BaseModel):
     request_id: str
     message_id: str = Field(description="id of the stored user message")
     answer: TurnAnswer
+    context_notice: str | None = Field(
+        default=None, description="set when an attached document was cut to fit the window"
+    )
+
+
+AttachmentKind = Literal["text", "pdf", "image"]
+
+
+class AttachmentRef(BaseModel):
+    id: str
+    name: str = Field(description="the file's name, sanitized for display")
+    media_type: str = Field(description="detected from the content")
+    kind: AttachmentKind
+    size: int = Field(description="bytes")
+    tokens: int | None = Field(description="documents: their text's tokens (served tokenizer)")
+
+
+class AttachmentOut(AttachmentRef):
+    chat_id: str
+    created_at: int = Field(description="Unix milliseconds")
+
+
+class AttachmentList(BaseModel):
+    attachments: list[AttachmentOut] = Field(description="oldest first")
 
 
 class ChatSummary(BaseModel):
@@ -193,6 +225,12 @@ class MessageOut(BaseModel):
     )
     cache_reason: str | None = Field(
         default=None, description="with cached: the decision, its score against the threshold"
+    )
+    attachments: list[AttachmentRef] = Field(
+        default_factory=list, description="user messages: the files sent with it"
+    )
+    context_notice: str | None = Field(
+        default=None, description="set when an attached document was cut to fit the window"
     )
 
 

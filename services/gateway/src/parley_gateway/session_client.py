@@ -173,6 +173,24 @@ class SessionClient:
     async def get_chat(self, request: session_pb2.GetChatRequest) -> session_pb2.GetChatResponse:
         return await self._call(self._stub.GetChat, request)
 
+    async def upload_attachment(
+        self, request: session_pb2.UploadAttachmentRequest
+    ) -> session_pb2.Attachment:
+        return await self._call(self._stub.UploadAttachment, request)
+
+    async def list_attachments(
+        self, request: session_pb2.ListAttachmentsRequest
+    ) -> session_pb2.ListAttachmentsResponse:
+        return await self._call(self._stub.ListAttachments, request)
+
+    async def get_attachment(
+        self, request: session_pb2.GetAttachmentRequest
+    ) -> session_pb2.GetAttachmentResponse:
+        return await self._call(self._stub.GetAttachment, request)
+
+    async def delete_attachment(self, request: session_pb2.DeleteAttachmentRequest) -> None:
+        await self._call(self._stub.DeleteAttachment, request)
+
     async def list_siblings(
         self, request: session_pb2.ListSiblingsRequest
     ) -> session_pb2.ListSiblingsResponse:

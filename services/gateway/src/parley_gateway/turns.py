@@ -118,6 +118,7 @@ class Turn:
     queued: bool = False  # sent to the workers (not a cache hit or a replayed answer)
     # An answer served from the semantic cache: its decision, as response headers for audits.
     audit_headers: dict[str, str] = field(default_factory=dict)
+    context_notice: str = ""  # what of the question's attached documents was cut to fit
 
     def events(self) -> AsyncIterator[TurnEvent]:
         return self._events
@@ -206,12 +207,14 @@ class TurnService:
         regenerate_message_id: str = "",
         tool_results: Sequence[types_pb2.ChatMessage] = (),
         options: types_pb2.GenerationOptions | None = None,
+        attachment_ids: Sequence[str] = (),
     ) -> Turn:
         """A turn of a stored chat (a new one when `chat_id` is empty); with `edit_message_id`
         that user message asked again as a new branch, with `regenerate_message_id` a new
         answer beside that assistant message; with `tool_results` (and no `message`) the results
-        of the tool calls of the chat's last answer. `options` (tools, response format) go to
-        the workers; a turn with options or tool results skips the semantic cache.
+        of the tool calls of the chat's last answer; `attachment_ids`: files of the chat sent
+        with the question. `options` (tools, response format) go to the workers; a turn with
+        options, tool results or attachments skips the semantic cache.
 
         `instructions`: this turn's system prompt in place of the bot profile's (not stored).
 
@@ -227,6 +230,7 @@ class TurnService:
             (sampling or Sampling()).cacheable
             and options == types_pb2.GenerationOptions()
             and not tool_results
+            and not attachment_ids
         )
         if cacheable:
             self._prime(message)
@@ -242,6 +246,7 @@ class TurnService:
                     edit_message_id=edit_message_id,
                     regenerate_message_id=regenerate_message_id,
                     tool_results=tool_results,
+                    attachment_ids=list(attachment_ids),
                 )
             )
         except ApiError as exc:
@@ -251,8 +256,13 @@ class TurnService:
             raise
         sampling = sampling or Sampling()
         # A conversation with tool calls is keyed by more than its text: not for the cache.
-        cacheable = cacheable and not any(
-            m.tool_calls or m.role == types_pb2.ROLE_TOOL for m in started.context.messages
+        # A regenerated question keeps its files: not for the cache either.
+        cacheable = (
+            cacheable
+            and not started.user_message.attachments
+            and not any(
+                m.tool_calls or m.role == types_pb2.ROLE_TOOL for m in started.context.messages
+            )
         )
         plan = _Plan(
             request_id=request_id,
@@ -300,9 +310,11 @@ class TurnService:
                 model=started.model,
                 audit_headers=cache_audit_headers(stored),
             )
-        return await self._run(
+        turn = await self._run(
             principal, plan, no_cache=no_cache, cacheable=cacheable, detached=detached
         )
+        turn.context_notice = started.user_message.context_notice
+        return turn
 
     async def start_stateless(
         self,

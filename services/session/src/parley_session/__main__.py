@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 
 from parley.v1 import session_pb2_grpc
-from parley_common.grpc_server import GrpcServer
+from parley_common.grpc_server import GrpcServer, message_limit_for
 from parley_common.grpc_telemetry import ServerTelemetry
 from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
 from parley_common.logs import configure_logging
@@ -50,6 +50,7 @@ async def serve(settings: Settings) -> None:
     )
     server = GrpcServer(
         port=settings.grpc_port,
+        max_message_bytes=message_limit_for(settings.attachment_max_bytes),
         interceptors=[
             ServerTelemetry(
                 metrics.grpc,

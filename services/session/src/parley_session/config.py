@@ -64,4 +64,21 @@ class Settings(ServiceSettings):
         default=10.0, gt=0, description="first pause after a failed summary (doubles, to 10 min)"
     )
     max_bots_per_user: int = Field(default=100, gt=0)
+    vision_models: str = Field(
+        default="",
+        description="comma-separated ids of the models that take image input: a question's "
+        "images go to them as image parts (other models refuse such a question)",
+    )
+    attachment_max_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="one attached file's size at most"
+    )
+    attachment_max_per_chat: int = Field(default=20, gt=0, description="files a chat may hold")
+    attachment_max_chat_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0, description="the total size of a chat's files at most"
+    )
+
+    @property
+    def image_models(self) -> frozenset[str]:
+        return frozenset(m.strip() for m in self.vision_models.split(",") if m.strip())
+
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM: finish calls")

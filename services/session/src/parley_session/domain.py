@@ -11,6 +11,7 @@ from typing import Protocol
 
 __all__ = [
     "AlreadyExistsError",
+    "AttachmentNotFoundError",
     "BotNotFoundError",
     "BotProfile",
     "ChatNotFoundError",
@@ -75,11 +76,19 @@ class UnauthenticatedError(Exception):
     """A credential that names no one: an ended session, a wrong password."""
 
 
+class AttachmentNotFoundError(LookupError):
+    """No attachment with this id in this chat (or not the caller's)."""
+
+
 class InvalidArgumentError(ValueError):
-    def __init__(self, field_name: str, message: str) -> None:
+    """`reason`, when set, names the refusal for clients to tell apart (an ErrorInfo reason on
+    the wire): "unsupported_media_type", "attachment_limit", "image_input_unsupported"."""
+
+    def __init__(self, field_name: str, message: str, *, reason: str = "") -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.description = message
+        self.reason = reason
 
 
 class ContextTooLargeError(InvalidArgumentError):

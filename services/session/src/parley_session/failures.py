@@ -9,6 +9,7 @@ from pymongo.errors import PyMongoError
 
 from parley_session.domain import (
     AlreadyExistsError,
+    AttachmentNotFoundError,
     BotNotFoundError,
     ChatNotFoundError,
     CompletionNotFoundError,
@@ -24,6 +25,7 @@ from parley_session.retry import DeadlineExceededError, StoreUnavailableError
 __all__ = ["EXPECTED_FAILURES"]
 
 EXPECTED_FAILURES: Final = (
+    AttachmentNotFoundError,
     ChatNotFoundError,
     BotNotFoundError,
     MessageNotFoundError,

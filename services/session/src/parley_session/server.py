@@ -24,6 +24,7 @@ from parley_common.ids import is_id
 from parley_common.vocabulary import AccountRole
 from parley_session import wire
 from parley_session.accounts import Accounts, ExternalIdentity
+from parley_session.attachments import Attachments
 from parley_session.bot_access import BotAccess
 from parley_session.completions import (
     CompletionService,
@@ -33,6 +34,7 @@ from parley_session.config import Settings
 from parley_session.context import ContextBuilder
 from parley_session.domain import (
     AlreadyExistsError,
+    AttachmentNotFoundError,
     BotNotFoundError,
     ChatNotFoundError,
     CompletionNotFoundError,
@@ -87,7 +89,9 @@ async def _abort_invalid(
         if isinstance(exc, ContextLengthExceededError)
         else grpc.StatusCode.INVALID_ARGUMENT
     )
-    await abort_bad_field(context, code, str(exc), field=exc.field, description=exc.description)
+    await abort_bad_field(
+        context, code, str(exc), field=exc.field, description=exc.description, reason=exc.reason
+    )
 
 
 async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
@@ -102,6 +106,8 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, UserNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"no user {exc}")
+    if isinstance(exc, AttachmentNotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"attachment {exc} not found in this chat")
     if isinstance(exc, MessageNotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, f"message {exc} not found in this chat")
     if isinstance(exc, PermissionDeniedError):
@@ -182,6 +188,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         )
         self._turns = Turns(store, self._bots, contexts, tokens, settings)
         self._accounts = Accounts(store)
+        self._attachments = Attachments(store, tokens, settings)
 
     # users and keys
 
@@ -626,6 +633,60 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 for r in rows
             ]
         )
+
+    # attachments: parley_session.attachments
+
+    @_rpc
+    async def UploadAttachment(
+        self,
+        request: session_pb2.UploadAttachmentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.Attachment:
+        check_chat_id(request.chat_id)
+        added = await self._attachments.upload(
+            request.user_id, request.chat_id, name=request.name, data=request.data
+        )
+        return wire.attachment_pb(added)
+
+    @_rpc
+    async def ListAttachments(
+        self,
+        request: session_pb2.ListAttachmentsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.ListAttachmentsResponse:
+        check_chat_id(request.chat_id)
+        await self._store.chats.get_chat(request.user_id, request.chat_id)
+        found = await self._store.attachments.list_for_chat(request.user_id, request.chat_id)
+        return session_pb2.ListAttachmentsResponse(
+            attachments=[wire.attachment_pb(a) for a in found]
+        )
+
+    @_rpc
+    async def GetAttachment(
+        self, request: session_pb2.GetAttachmentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> session_pb2.GetAttachmentResponse:
+        check_chat_id(request.chat_id)
+        if not is_id(request.attachment_id):
+            raise AttachmentNotFoundError(request.attachment_id)
+        found = await self._store.attachments.get(
+            request.user_id, request.chat_id, request.attachment_id
+        )
+        data = await self._store.attachments.read(found.attachment_id)
+        return session_pb2.GetAttachmentResponse(attachment=wire.attachment_pb(found), data=data)
+
+    @_rpc
+    async def DeleteAttachment(
+        self,
+        request: session_pb2.DeleteAttachmentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> session_pb2.DeleteAttachmentResponse:
+        check_chat_id(request.chat_id)
+        if not is_id(request.attachment_id):
+            raise AttachmentNotFoundError(request.attachment_id)
+        await self._store.attachments.delete(
+            request.user_id, request.chat_id, request.attachment_id
+        )
+        return session_pb2.DeleteAttachmentResponse()
 
     async def _message_of(self, chat: ChatDoc, message_id: str) -> MessageDoc:
         if not is_id(message_id):

@@ -77,6 +77,17 @@ class TokenCounter:
             return math.ceil(len(text.encode()) / 4)
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest start of `text` of at most `max_tokens` tokens, cut between tokens."""
+        if max_tokens <= 0:
+            return ""
+        if self._tokenizer is None:
+            return text.encode()[: max_tokens * 4].decode(errors="ignore")
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        if len(encoding.ids) <= max_tokens:
+            return text
+        return text[: encoding.offsets[max_tokens - 1][1]]
+
     def message_tokens(self, role: str, content_tokens: int) -> int:
         """One message's share of a prompt: its content and the template around it (an estimate
         for templates whose pieces are not independent; `prompt_tokens` is always exact)."""

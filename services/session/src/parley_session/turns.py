@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from parley_common.ids import is_id
+from parley_session.attachments import AttachmentKind, Document, document_text, fit_documents
 from parley_session.bot_access import BotAccess
 from parley_session.config import Settings
 from parley_session.context import BuiltContext, ContextBuilder
 from parley_session.domain import (
+    AttachmentNotFoundError,
     BotProfile,
     ChatNotFoundError,
     HistoryPolicy,
@@ -32,6 +34,7 @@ from parley_session.domain import (
 from parley_session.failures import EXPECTED_FAILURES
 from parley_session.retry import deadline
 from parley_session.stores import ChatDoc, LoadedHistory, MessageDoc, Stores, TurnSlot
+from parley_session.stores._mongo import Doc
 from parley_session.tokens import TokenCounter
 
 __all__ = ["MAX_CONTENT_CHARS", "Turn", "TurnRequest", "Turns", "check_chat_id", "check_content"]
@@ -42,6 +45,8 @@ MAX_CONTENT_CHARS: Final = 100_000
 _RELEASE_S: Final = 1.0
 _NO_LATER_THAN: Final = 2**31  # an ordinal past any chat's last message
 _ANSWER_POLL_S: Final = 0.02
+# Images travel to the workers inside the turn's Kafka request, under Kafka's 1 MB message limit.
+MAX_IMAGE_BYTES_A_QUESTION: Final = 768 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,7 @@ class TurnRequest:
     regenerate_message_id: str = ""  # a new answer (a sibling) to this assistant message's question
     # In place of `content`: the results of the tool calls of the chat's last answer.
     tool_results: tuple[ToolResult, ...] = ()
+    attachment_ids: tuple[str, ...] = ()  # files of the chat sent with the question
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,13 @@ class Turn:
     answer_slot: int | None = None  # None: the question's ordinal (a regeneration has its own)
     # A first regeneration of an answer the cache served: that entry, which the user rejected.
     regenerated_cache_entry_id: str = ""
+    images: tuple[Image, ...] = ()  # sent with the question to a model that takes images
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    media_type: str
+    data: bytes
 
 
 def check_chat_id(chat_id: str) -> None:
@@ -151,6 +164,12 @@ class Turns:
     async def start(self, request: TurnRequest) -> Turn:
         if not request.request_id or len(request.request_id) > 128:
             raise InvalidArgumentError("request_id", "must be 1 to 128 characters")
+        if request.attachment_ids and (
+            not request.chat_id or request.edit_message_id or request.regenerate_message_id
+        ):
+            raise InvalidArgumentError(
+                "attachment_ids", "files are sent with the next question of an existing chat"
+            )
         if request.tool_results:
             check_tool_results(request)
             check_chat_id(request.chat_id)
@@ -320,10 +339,18 @@ class Turns:
             slot.ordinal, "user", content, token_count, tool_results=request.tool_results
         )
         chats = self._stores.chats
+        attached: Doc | None = None
+        images: tuple[Image, ...] = ()
         try:
             bot = await self._bots.of_chat(slot.chat)
             policy = self._policy(request, bot)
             max_tokens = self._reply_budget(bot, request.max_tokens)
+            if request.attachment_ids:
+                attached, images = await self._attach(request, bot, max_tokens)
+                content, token_count = attached["model_content"], attached.pop("token_count")
+                draft = StoredMessage(
+                    slot.ordinal, "user", content, token_count, tool_results=request.tool_results
+                )
             self._check_fits(bot, prompt_text(draft), token_count, max_tokens)
             if request.tool_results:
                 _check_answers_calls(request.tool_results, await self._calls_answered(slot))
@@ -351,10 +378,11 @@ class Turns:
             raise
         question, placed = await chats.place_question(
             slot,
-            content=content,
+            content=request.content,
             token_count=token_count,
             request_id=request.request_id,
             tool_results=request.tool_results,
+            attached=attached,
         )
         if not placed:
             await chats.release_turn(slot)
@@ -368,7 +396,69 @@ class Turns:
             leaf_id=question.message_id,
             answer_wait_s=self._settings.previous_answer_wait_s,
         )
-        return Turn(slot.chat, bot, question, built, max_tokens)
+        return Turn(slot.chat, bot, question, built, max_tokens, images=images)
+
+    async def _attach(
+        self, request: TurnRequest, bot: BotProfile, reply_budget: int
+    ) -> tuple[Doc, tuple[Image, ...]]:
+        """The question's files: each of this chat's; images only for a model that takes them
+        (VISION_MODELS); documents' text with the question, cut (and said so) when it does not
+        fit the window. Returns what the question stores of them, and its images."""
+        ids = tuple(dict.fromkeys(request.attachment_ids))
+        limit = self._settings.attachment_max_per_chat
+        if len(ids) > limit:
+            raise InvalidArgumentError("attachment_ids", f"at most {limit} files a question")
+        store = self._stores.attachments
+        found = []
+        for attachment_id in ids:
+            try:
+                if not is_id(attachment_id):
+                    raise AttachmentNotFoundError(attachment_id)
+                found.append(await store.get(request.user_id, request.chat_id, attachment_id))
+            except AttachmentNotFoundError:
+                raise InvalidArgumentError(
+                    "attachment_ids", f"no attachment {attachment_id} in this chat"
+                ) from None
+        model = bot.model or self._settings.model_name
+        pictures = [a for a in found if a.kind == AttachmentKind.IMAGE]
+        if pictures and model not in self._settings.image_models:
+            raise InvalidArgumentError(
+                "attachment_ids",
+                f"model {model} does not accept image input; send documents only, or chat "
+                "with a bot whose model takes images",
+                reason="image_input_unsupported",
+            )
+        if sum(a.size for a in pictures) > MAX_IMAGE_BYTES_A_QUESTION:
+            raise InvalidArgumentError(
+                "attachment_ids",
+                f"the images come to {sum(a.size for a in pictures)} bytes; at most "
+                f"{MAX_IMAGE_BYTES_A_QUESTION} go to the model with one question",
+                reason="attachment_too_large",
+            )
+        images = tuple([Image(a.media_type, await store.read(a.attachment_id)) for a in pictures])
+        documents = [
+            Document(
+                a.name,
+                document_text(AttachmentKind(a.kind), await store.read(a.attachment_id)),
+                a.tokens or 0,
+            )
+            for a in found
+            if AttachmentKind(a.kind).is_document
+        ]
+        fitted = fit_documents(
+            request.content,
+            documents,
+            system_prompt=bot.system_prompt,
+            budget=self._settings.context_window - reply_budget,
+            fmt=self._tokens,
+        )
+        attached = {
+            "attachments": [a.ref() for a in found],
+            "model_content": fitted.content,
+            "token_count": fitted.tokens,
+            "context_notice": fitted.notice,
+        }
+        return attached, images
 
     async def _calls_answered(self, slot: TurnSlot) -> tuple[ToolCall, ...]:
         """The tool calls of the answer a tool turn follows: the chat's last message, or the

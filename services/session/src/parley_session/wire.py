@@ -21,6 +21,7 @@ from parley_session.quotas import Budgets, QuotaDecision
 from parley_session.search import SearchQuery, Snippet
 from parley_session.stores import (
     ApiKeyInfo,
+    AttachmentDoc,
     AuditEvent,
     AuditQuery,
     ChatDoc,
@@ -31,7 +32,7 @@ from parley_session.stores import (
     UserDoc,
     from_ms,
 )
-from parley_session.stores._mongo import ms
+from parley_session.stores._mongo import Doc, ms
 from parley_session.stores.completions import CompletionDoc
 from parley_session.turns import Turn, TurnRequest
 
@@ -94,8 +95,38 @@ def chat_pb(chat: ChatDoc) -> session_pb2.Chat:
     return pb
 
 
+def attachment_pb(a: AttachmentDoc) -> session_pb2.Attachment:
+    pb = session_pb2.Attachment(
+        attachment_id=a.attachment_id,
+        chat_id=a.chat_id,
+        name=a.name,
+        media_type=a.media_type,
+        kind=a.kind,
+        size=a.size,
+        created_unix_ms=a.created_ms,
+    )
+    if a.tokens is not None:
+        pb.tokens = a.tokens
+    return pb
+
+
+def _attachment_ref_pb(ref: Doc) -> session_pb2.Attachment:
+    pb = session_pb2.Attachment(
+        attachment_id=ref["id"],
+        name=ref["name"],
+        media_type=ref["media_type"],
+        kind=ref["kind"],
+        size=ref["size"],
+    )
+    if ref.get("tokens") is not None:
+        pb.tokens = ref["tokens"]
+    return pb
+
+
 def message_pb(m: MessageDoc, siblings: tuple[int, int] = (1, 0)) -> session_pb2.Message:
     return session_pb2.Message(
+        attachments=[_attachment_ref_pb(a) for a in m.attachments],
+        context_notice=m.context_notice,
         parent_id=m.parent_id,
         sibling_count=siblings[0],
         sibling_index=siblings[1],
@@ -190,6 +221,7 @@ def turn_request(request: session_pb2.StartTurnRequest) -> TurnRequest:
         edit_message_id=request.edit_message_id,
         regenerate_message_id=request.regenerate_message_id,
         tool_results=tuple(ToolResult(r.tool_call_id, r.content) for r in request.tool_results),
+        attachment_ids=tuple(request.attachment_ids),
     )
 
 
@@ -253,6 +285,11 @@ def turn_pb(turn: Turn) -> session_pb2.StartTurnResponse:
     )
     if turn.existing_answer is not None:
         response.existing_answer.CopyFrom(message_pb(turn.existing_answer))
+    if turn.images:
+        question = response.context.messages[-1]
+        question.images.extend(
+            types_pb2.ImagePart(media_type=i.media_type, data=i.data) for i in turn.images
+        )
     return response
 
 

@@ -13,6 +13,7 @@ from parley_worker.engines.base import (
     ChatMessage,
     GenerationOptions,
     GenerationRequest,
+    ImagePart,
     SamplingParams,
     TokenLogprob,
     Tool,
@@ -72,7 +73,10 @@ def generation_request(request: envelopes_pb2.CompletionRequest) -> GenerationRe
         if role is None:
             raise ValueError(f"message role {message.role} is not system, user, assistant or tool")
         calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in message.tool_calls)
-        messages.append(ChatMessage(role.value, message.content, calls, message.tool_call_id))
+        images = tuple(ImagePart(i.media_type, i.data) for i in message.images)
+        messages.append(
+            ChatMessage(role.value, message.content, calls, message.tool_call_id, images)
+        )
     return GenerationRequest(
         request_id=request.request_id,
         messages=tuple(messages),

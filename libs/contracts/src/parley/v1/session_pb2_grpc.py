@@ -189,6 +189,26 @@ class SessionServiceStub:
                 request_serializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.UploadAttachment = channel.unary_unary(
+                '/parley.v1.SessionService/UploadAttachment',
+                request_serializer=parley_dot_v1_dot_session__pb2.UploadAttachmentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Attachment.FromString,
+                _registered_method=True)
+        self.ListAttachments = channel.unary_unary(
+                '/parley.v1.SessionService/ListAttachments',
+                request_serializer=parley_dot_v1_dot_session__pb2.ListAttachmentsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.ListAttachmentsResponse.FromString,
+                _registered_method=True)
+        self.GetAttachment = channel.unary_unary(
+                '/parley.v1.SessionService/GetAttachment',
+                request_serializer=parley_dot_v1_dot_session__pb2.GetAttachmentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.GetAttachmentResponse.FromString,
+                _registered_method=True)
+        self.DeleteAttachment = channel.unary_unary(
+                '/parley.v1.SessionService/DeleteAttachment',
+                request_serializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentResponse.FromString,
+                _registered_method=True)
         self.ListBots = channel.unary_unary(
                 '/parley.v1.SessionService/ListBots',
                 request_serializer=parley_dot_v1_dot_session__pb2.ListBotsRequest.SerializeToString,
@@ -475,6 +495,34 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadAttachment(self, request, context):
+        """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+        whose messages alone used them). Their kind is decided by their content, never by their name:
+        UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+        INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAttachments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttachment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAttachment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBots(self, request, context):
         """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
         each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -733,6 +781,26 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=parley_dot_v1_dot_session__pb2.GetUsageRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'UploadAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadAttachment,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.UploadAttachmentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Attachment.SerializeToString,
+            ),
+            'ListAttachments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttachments,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.ListAttachmentsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.ListAttachmentsResponse.SerializeToString,
+            ),
+            'GetAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttachment,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.GetAttachmentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.GetAttachmentResponse.SerializeToString,
+            ),
+            'DeleteAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAttachment,
+                    request_deserializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.DeleteAttachmentResponse.SerializeToString,
             ),
             'ListBots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBots,
@@ -1647,6 +1715,114 @@ class SessionService:
             '/parley.v1.SessionService/GetUsage',
             parley_dot_v1_dot_session__pb2.GetUsageRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/UploadAttachment',
+            parley_dot_v1_dot_session__pb2.UploadAttachmentRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Attachment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttachments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/ListAttachments',
+            parley_dot_v1_dot_session__pb2.ListAttachmentsRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.ListAttachmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/GetAttachment',
+            parley_dot_v1_dot_session__pb2.GetAttachmentRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.GetAttachmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.SessionService/DeleteAttachment',
+            parley_dot_v1_dot_session__pb2.DeleteAttachmentRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.DeleteAttachmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

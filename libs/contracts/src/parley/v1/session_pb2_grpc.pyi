@@ -88,6 +88,15 @@ class SessionServiceStub:
     """Deletes every chat of the user, with its messages, branches and feedback."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]
     """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
+    UploadAttachment: _grpc.UnaryUnaryMultiCallable[_session_pb2.UploadAttachmentRequest, _session_pb2.Attachment]
+    """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+    whose messages alone used them). Their kind is decided by their content, never by their name:
+    UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+    INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+    """
+    ListAttachments: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListAttachmentsRequest, _session_pb2.ListAttachmentsResponse]
+    GetAttachment: _grpc.UnaryUnaryMultiCallable[_session_pb2.GetAttachmentRequest, _session_pb2.GetAttachmentResponse]
+    DeleteAttachment: _grpc.UnaryUnaryMultiCallable[_session_pb2.DeleteAttachmentRequest, _session_pb2.DeleteAttachmentResponse]
     ListBots: _grpc.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -178,6 +187,15 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Deletes every chat of the user, with its messages, branches and feedback."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_session_pb2.GetUsageRequest, _session_pb2.GetUsageResponse]  # type: ignore[assignment]
     """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
+    UploadAttachment: _aio.UnaryUnaryMultiCallable[_session_pb2.UploadAttachmentRequest, _session_pb2.Attachment]  # type: ignore[assignment]
+    """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+    whose messages alone used them). Their kind is decided by their content, never by their name:
+    UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+    INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+    """
+    ListAttachments: _aio.UnaryUnaryMultiCallable[_session_pb2.ListAttachmentsRequest, _session_pb2.ListAttachmentsResponse]  # type: ignore[assignment]
+    GetAttachment: _aio.UnaryUnaryMultiCallable[_session_pb2.GetAttachmentRequest, _session_pb2.GetAttachmentResponse]  # type: ignore[assignment]
+    DeleteAttachment: _aio.UnaryUnaryMultiCallable[_session_pb2.DeleteAttachmentRequest, _session_pb2.DeleteAttachmentResponse]  # type: ignore[assignment]
     ListBots: _aio.UnaryUnaryMultiCallable[_session_pb2.ListBotsRequest, _session_pb2.ListBotsResponse]  # type: ignore[assignment]
     """Bot profiles (personas): the built-in default, shared ones (managed with the admin key) and
     each user's own. A chat keeps the profile it was started with unless its user changes it.
@@ -451,6 +469,39 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.GetUsageResponse, _abc.Awaitable[_session_pb2.GetUsageResponse]]:
         """(admin) Usage per bot profile and per day (UTC), aggregated in MongoDB."""
+
+    @_abc_1.abstractmethod
+    def UploadAttachment(
+        self,
+        request: _session_pb2.UploadAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Attachment, _abc.Awaitable[_session_pb2.Attachment]]:
+        """Files attached to a chat, stored in GridFS and deleted with the chat (or with the branch
+        whose messages alone used them). Their kind is decided by their content, never by their name:
+        UTF-8 text, PDF (its text extracted), PNG, JPEG, GIF or WebP; anything else is
+        INVALID_ARGUMENT with the reason "unsupported_media_type" (google.rpc.ErrorInfo).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAttachments(
+        self,
+        request: _session_pb2.ListAttachmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.ListAttachmentsResponse, _abc.Awaitable[_session_pb2.ListAttachmentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAttachment(
+        self,
+        request: _session_pb2.GetAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.GetAttachmentResponse, _abc.Awaitable[_session_pb2.GetAttachmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteAttachment(
+        self,
+        request: _session_pb2.DeleteAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.DeleteAttachmentResponse, _abc.Awaitable[_session_pb2.DeleteAttachmentResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListBots(

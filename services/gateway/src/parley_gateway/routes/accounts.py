@@ -208,7 +208,7 @@ async def me(caller: Caller) -> UserOut:
     """Who this request is from (the page asks it to learn whether it is signed in)."""
     return UserOut(
         user_id=caller.user_id,
-        name="",
+        name=caller.name,
         tenant_id=caller.tenant_id,
         email=caller.email,
         role=caller.role,

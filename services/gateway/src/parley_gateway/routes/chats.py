@@ -22,6 +22,7 @@ from parley_gateway.errors import ApiError
 from parley_gateway.generation import chat_tools
 from parley_gateway.relay import RESET_MESSAGE
 from parley_gateway.schemas import (
+    AttachmentRef,
     ChatDetail,
     ChatList,
     ChatsExport,
@@ -144,7 +145,12 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def _sse_stream(turn: Turn) -> AsyncIterator[bytes]:
     yield _sse(
         "chat",
-        {"chat_id": turn.chat_id, "request_id": turn.request_id, "message_id": turn.message_id},
+        {
+            "chat_id": turn.chat_id,
+            "request_id": turn.request_id,
+            "message_id": turn.message_id,
+            "context_notice": turn.context_notice or None,
+        },
     )
     try:
         async for event in turn.events():
@@ -169,7 +175,11 @@ async def _respond(turn: Turn, stream: bool) -> Response | TurnResponse:
         )
     answer: TurnAnswer = await turn.answer()
     response = TurnResponse(
-        chat_id=turn.chat_id, request_id=turn.request_id, message_id=turn.message_id, answer=answer
+        chat_id=turn.chat_id,
+        request_id=turn.request_id,
+        message_id=turn.message_id,
+        answer=answer,
+        context_notice=turn.context_notice or None,
     )
     if not turn.audit_headers:
         return response
@@ -208,6 +218,7 @@ async def _turn(
             sampling=sampling,
             tool_results=tool_results,
             options=options,
+            attachment_ids=body.attachment_ids,
         )
         return await _respond(turn, body.stream)
     if body.stream:
@@ -232,6 +243,7 @@ async def _turn(
             before_queue=before_queue,
             tool_results=tool_results,
             options=options,
+            attachment_ids=body.attachment_ids,
         )
 
     completion = await parts.async_completions.submit(user, request_id, start)
@@ -461,6 +473,18 @@ def _message_out(m: session_pb2.Message) -> MessageOut:
         cached=m.cached,
         cache_score=m.cache_score if m.cached else None,
         cache_reason=(m.cache_reason or None) if m.cached else None,
+        attachments=[
+            AttachmentRef(
+                id=a.attachment_id,
+                name=a.name,
+                media_type=a.media_type,
+                kind=a.kind,
+                size=a.size,
+                tokens=a.tokens if a.HasField("tokens") else None,
+            )
+            for a in m.attachments
+        ],
+        context_notice=m.context_notice or None,
     )
 
 

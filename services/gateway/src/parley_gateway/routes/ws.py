@@ -73,6 +73,9 @@ class _Message(ToolFields):
         default=None, max_length=4
     )
     seed: int | None = Field(default=None, ge=0, lt=2**63)
+    attachment_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=20
+    )
 
 
 class _Socket:
@@ -177,6 +180,7 @@ async def _start(parts: Parts, principal: Principal, message: _Message) -> Turn:
         ),
         tool_results=tool_results,
         options=options,
+        attachment_ids=message.attachment_ids,
     )
 
 
@@ -249,6 +253,7 @@ async def chat_ws(websocket: WebSocket) -> None:
                         "chat_id": current.chat_id,
                         "request_id": current.request_id,
                         "message_id": current.message_id,
+                        "context_notice": current.context_notice or None,
                     }
                 )
                 relay = asyncio.create_task(_relay(socket, current))

@@ -117,6 +117,10 @@
 
   async function enter() {
     state.user = await api("/auth/me");
+    const who = state.user.name || state.user.email;
+    $("whoami").textContent =
+      "Signed in as " + who + (state.user.email && state.user.email !== who ? " (" + state.user.email + ")" : "") +
+      (state.user.role && state.user.role !== "member" ? ", " + state.user.role : "");
     $("password").value = "";
     $("signin").hidden = true;
     $("app").hidden = false;
@@ -662,6 +666,11 @@
     $("attachments").replaceChildren();
   }
 
+  function restoreAttachments(entries) {
+    state.attachments = entries.concat(state.attachments);
+    $("attachments").prepend(...entries.map((entry) => entry.element));
+  }
+
   function attachmentChip(entry) {
     const chip = element("span", "attachment-chip");
     const name = element("span", "chip-name", entry.name);
@@ -812,7 +821,8 @@
 
   // A turn over HTTP, streamed as Server-Sent Events; Stop aborts the request (the gateway then
   // stops the generation and keeps the text so far).
-  async function streamTurn(path, body) {
+  // `onRefused` runs when the request is answered with an error before anything was stored.
+  async function streamTurn(path, body, onRefused) {
     beginTurn(true);
     const turn = state.turn;
     turn.abort = new AbortController();
@@ -831,7 +841,9 @@
         } catch (_) {
           error = null;
         }
-        throw new ApiError(response.status, errorMessage(error, response));
+        const refused = new ApiError(response.status, errorMessage(error, response));
+        refused.refused = true;
+        throw refused;
       }
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
@@ -858,6 +870,7 @@
       } else {
         turn.bubble.remove();
         endTurn("Could not send: " + error.message);
+        if (error.refused && onRefused) onRefused();
         if (turn.chatId) refreshChat(turn.chatId, null);
       }
     }
@@ -884,13 +897,19 @@
     const options = {};
     if (temperature !== "") options.temperature = Number(temperature);
     if (maxTokens !== "") options.max_tokens = Number(maxTokens);
-    addUser(text);
+    const asked = addUser(text);
     $("input").value = "";
     if (state.attachments.length) {
       // Attachments go with a message of the HTTP API.
-      const body = { message: text, stream: true, attachment_ids: state.attachments.map((a) => a.id), ...options };
+      const sent = state.attachments;
+      const body = { message: text, stream: true, attachment_ids: sent.map((a) => a.id), ...options };
       clearAttachments();
-      streamTurn("/chat/" + state.chatId + "/completion", body);
+      // A refused question (an image for a model without vision, say) keeps its text and files.
+      streamTurn("/chat/" + state.chatId + "/completion", body, () => {
+        asked.remove();
+        restoreAttachments(sent);
+        if (!$("input").value) $("input").value = text;
+      });
       return;
     }
     const frame = { type: "message", message: text, ...options };

@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, from_ms, retried
+from parley_session.stores.attachments import AttachmentDoc, AttachmentStore
 from parley_session.stores.audit import AuditEvent, AuditQuery, AuditStore
 from parley_session.stores.bots import BotStore
 from parley_session.stores.branches import BranchStore, Regeneration
@@ -47,6 +48,8 @@ from parley_session.stores.users import (
 __all__ = [
     "ApiKey",
     "ApiKeyInfo",
+    "AttachmentDoc",
+    "AttachmentStore",
     "Attempts",
     "AuditEvent",
     "AuditQuery",
@@ -95,9 +98,10 @@ class Stores:
         self.db: AsyncDatabase[Doc] = client[database]
         self.retry = retry or RetryPolicy()
         self.users = UserStore(self.db, retry=self.retry)
-        self.chats = ChatStore(self.db, retry=self.retry)
+        self.attachments = AttachmentStore(self.db, retry=self.retry)
+        self.chats = ChatStore(self.db, self.attachments, retry=self.retry)
         self.messages = MessageStore(self.db, retry=self.retry)
-        self.branches = BranchStore(self.db, retry=self.retry)
+        self.branches = BranchStore(self.db, self.attachments, retry=self.retry)
         self.search = SearchStore(self.db, retry=self.retry)
         self.usage = UsageStore(self.db, retry=self.retry)
         self.bots = BotStore(self.db, retry=self.retry)
@@ -113,6 +117,7 @@ class Stores:
         steps: list[Callable[[], Awaitable[object]]] = [
             self.users.ensure_indexes,
             self.chats.ensure_indexes,
+            self.attachments.ensure_indexes,
             self.branches.ensure_indexes,
             self.branches.migrate_linear_chats,
             self.branches.migrate_owners,

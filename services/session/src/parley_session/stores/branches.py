@@ -16,6 +16,7 @@ from pymongo.errors import DuplicateKeyError
 from parley_session.domain import ChatNotFoundError, MessageNotFoundError
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, now, retried
+from parley_session.stores.attachments import AttachmentStore
 from parley_session.stores.chats import GAP, ChatDoc, MessageDoc
 
 __all__ = ["BranchStore", "Regeneration"]
@@ -43,8 +44,11 @@ def _summary_kept(fork_ordinal: int) -> Doc:
 
 
 class BranchStore:
-    def __init__(self, db: AsyncDatabase[Doc], *, retry: RetryPolicy) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Doc], attachments: AttachmentStore, *, retry: RetryPolicy
+    ) -> None:
         self.retry = retry
+        self._attachments = attachments
         self._chats = db["chats"]
         self._messages = db["messages"]
         self._regenerations = db["regenerations"]
@@ -187,9 +191,11 @@ class BranchStore:
                 "$project": {
                     "ordinal": 1,
                     "role": 1,
+                    "attachments.id": 1,
                     "down._id": 1,
                     "down.ordinal": 1,
                     "down.role": 1,
+                    "down.attachments.id": 1,
                 }
             },
         ]
@@ -198,7 +204,7 @@ class BranchStore:
             return []
         root = found[0]
         return [
-            {"_id": root["_id"], "ordinal": root["ordinal"], "role": root["role"]},
+            {k: root[k] for k in ("_id", "ordinal", "role", "attachments") if k in root},
             *root["down"],
         ]
 
@@ -260,6 +266,13 @@ class BranchStore:
         await self._chats.update_one(
             {"_id": chat_id}, {"$inc": {"message_count": -min(counted, chat.message_count)}}
         )
+        # The files those messages were sent with go too, unless another branch still has them.
+        sent = {a["id"] for d in subtree for a in d.get("attachments", ())}
+        if sent:
+            kept = await self._messages.distinct(
+                "attachments.id", {"chat_id": chat_id, "attachments.id": {"$in": list(sent)}}
+            )
+            await self._attachments.delete_ids(sent - set(kept))
         return int(deleted.deleted_count)
 
     # regenerations

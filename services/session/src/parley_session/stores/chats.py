@@ -46,6 +46,7 @@ from parley_common.ids import new_id
 from parley_session.domain import ChatNotFoundError, StoredMessage, ToolCall, ToolResult
 from parley_session.retry import RetryPolicy
 from parley_session.stores._mongo import Doc, key_pattern, ms, now, retried
+from parley_session.stores.attachments import AttachmentStore
 
 __all__ = [
     "GAP",
@@ -116,6 +117,10 @@ class MessageDoc:
     tool_results: tuple[ToolResult, ...] = ()
     cache_score: float = 0.0  # with cache_entry_id: the cache's decision, for audits
     cache_reason: str = ""
+    attachments: tuple[Doc, ...] = ()  # AttachmentDoc.ref() of each file sent with a question
+    # What the model reads of the question: `content` with its documents' text (when it has any).
+    model_content: str = ""
+    context_notice: str = ""  # what of the documents was cut to fit the window
 
     @classmethod
     def from_doc(cls, doc: Doc) -> MessageDoc:
@@ -136,13 +141,16 @@ class MessageDoc:
             tool_results=tool_results_of(doc),
             cache_score=doc.get("cache_score", 0.0),
             cache_reason=doc.get("cache_reason", ""),
+            attachments=tuple(doc.get("attachments") or ()),
+            model_content=doc.get("model_content", ""),
+            context_notice=doc.get("context_notice", ""),
         )
 
     def stored(self) -> StoredMessage:
         return StoredMessage(
             self.ordinal,
             self.role,
-            self.content,
+            self.model_content or self.content,
             self.token_count,
             self.tool_calls,
             self.tool_results,
@@ -240,8 +248,11 @@ def _leaf_moved(question_id: str, *, fork_ordinal: int | None = None) -> Doc:
 class ChatStore:
     """A user's chats and their messages; every chat read filters by owner."""
 
-    def __init__(self, db: AsyncDatabase[Doc], *, retry: RetryPolicy) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Doc], attachments: AttachmentStore, *, retry: RetryPolicy
+    ) -> None:
         self.retry = retry
+        self._attachments = attachments
         self._chats = db["chats"]
         self._messages = db["messages"]
         self._feedback = db["feedback"]
@@ -322,10 +333,11 @@ class ChatStore:
 
     @retried
     async def delete_chat(self, user_id: str, chat_id: str) -> None:
-        """The chat with its messages and the feedback on them."""
+        """The chat with its messages, the feedback on them and its attachments."""
         if await self._chats.count_documents({"_id": chat_id, "user_id": user_id}, limit=1) == 0:
             raise ChatNotFoundError(chat_id)
         # The chat goes last, so that an interrupted delete, run again, finds it and finishes.
+        await self._attachments.delete_for_chat(user_id, chat_id)
         await self._messages.delete_many({"chat_id": chat_id})
         await self._regenerations.delete_many({"chat_id": chat_id})
         await self._feedback.delete_many({"chat_id": chat_id})
@@ -343,8 +355,8 @@ class ChatStore:
 
     @retried
     async def delete_user_chats(self, user_id: str) -> int:
-        """Every chat of the user with its messages, regenerations and feedback; the chats go
-        last, so that an interrupted delete, run again, finds them and finishes."""
+        """Every chat of the user with its messages, regenerations, feedback and attachments;
+        the chats go last, so that an interrupted delete, run again, finds them and finishes."""
         ids = [d["_id"] async for d in self._chats.find({"user_id": user_id}, {"_id": 1})]
         for start in range(0, len(ids), 1000):
             batch = {"chat_id": {"$in": ids[start : start + 1000]}}
@@ -353,6 +365,7 @@ class ChatStore:
             await self._feedback.delete_many(batch)
         await self._messages.delete_many({"user_id": user_id})
         await self._feedback.delete_many({"user_id": user_id})
+        await self._attachments.delete_for_user(user_id)
         deleted = await self._chats.delete_many({"user_id": user_id})
         return int(deleted.deleted_count)
 
@@ -548,16 +561,20 @@ class ChatStore:
         token_count: int,
         request_id: str,
         tool_results: tuple[ToolResult, ...] = (),
+        attached: Doc | None = None,
     ) -> tuple[MessageDoc, bool]:
         """Store the question in its reserved slot: (it, True), or (the question an earlier or
         concurrent delivery of the request stored, False): then the slot is to be released.
-        `tool_results`: a turn that answers the previous answer's tool calls."""
+        `tool_results`: a turn that answers the previous answer's tool calls. `attached`: the
+        `attachments`, `model_content` and `context_notice` of a question sent with files
+        (`token_count` is then model_content's)."""
         fields: Doc = {
             "user_id": slot.chat.user_id,
             "content": content,
             "token_count": token_count,
             "request_id": request_id,
             "parent_id": slot.parent_id,
+            **(attached or {}),
         }
         if tool_results:
             fields["tool_results"] = [

@@ -26,7 +26,7 @@ def _stored(doc: Doc) -> StoredMessage:
     return StoredMessage(
         doc["ordinal"],
         doc["role"],
-        doc["content"],
+        doc.get("model_content") or doc["content"],
         doc.get("token_count", 0),
         tool_calls_of(doc),
         tool_results_of(doc),

@@ -40,7 +40,13 @@ def encode_chat(
     options: GenerationOptions = _NO_OPTIONS,
 ) -> list[int]:
     """Token ids of ``messages`` after the chat template, ending with the assistant's cue (and
-    the forced start of its answer)."""
+    the forced start of its answer). Text only: a message with images is refused (ValueError),
+    the session service sends them only to models declared to take image input."""
+    if any(m.images for m in messages):
+        raise ValueError(
+            "this worker's engine serves a text-only model: it does not take image input "
+            "(VISION_MODELS of the session service must not list it)"
+        )
     native = native_tools(tokenizer)
     tools: list[dict[Any, Any] | Callable[..., Any]] | None = (
         [t.as_openai() for t in options.tools] if native and options.tools_enabled else None

@@ -38,11 +38,18 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagePart:
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
     content: str
     tool_calls: tuple[ToolCall, ...] = ()  # assistant: the calls it made
     tool_call_id: str = ""  # tool: the call this is the result of
+    images: tuple[ImagePart, ...] = ()  # user: only for a model that takes image input
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

@@ -2,7 +2,8 @@
 
 It emits ``fake_token`` ``max_tokens`` times, after ``fake_ttft_s`` and at ``fake_tokens_per_s``
 (0: as fast as possible, with no sleep at all). Token counts are estimates: four characters a
-token plus four tokens of chat-template overhead a message, like a typical BPE chat model. A
+token plus four tokens of chat-template overhead a message, like a typical BPE chat model, and 85
+an image part (it takes images, as a vision model would). A
 request whose last message contains ``fake_fail_on`` (when set) fails, as a broken engine would.
 
 With tools, it calls the tools whose names the last message mentions (all of them, or the first
@@ -40,6 +41,7 @@ __all__ = ["FakeEngine"]
 
 _TEMPLATE_TOKENS_PER_MESSAGE = 4
 _GENERATION_PROMPT_TOKENS = 3
+_IMAGE_TOKENS = 85  # what a low-detail image costs a vision model (OpenAI's figure)
 
 
 class FakeEngine:
@@ -69,7 +71,10 @@ class FakeEngine:
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return _GENERATION_PROMPT_TOKENS + sum(
-            _TEMPLATE_TOKENS_PER_MESSAGE + math.ceil(len(m.content) / 4) for m in messages
+            _TEMPLATE_TOKENS_PER_MESSAGE
+            + math.ceil(len(m.content) / 4)
+            + _IMAGE_TOKENS * len(m.images)
+            for m in messages
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
