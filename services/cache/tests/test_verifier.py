@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from parley_cache.embedder import Embedder
 from parley_cache.keying import CacheKey, ContextMode, Role, Turn
+from parley_cache.lookup import _judge
 from parley_cache.policy import MatchPolicy, judge, select_hit
 from parley_cache.signals import (
     FEATURE_NAMES,
@@ -17,7 +19,8 @@ from parley_cache.signals import (
     same_words,
     text_signals,
 )
-from parley_cache.verifier import Calibration, default_verifier
+from parley_cache.store import Candidate
+from parley_cache.verifier import Calibration, Verifier, default_verifier
 
 
 def features(a: str, b: str, cosine: float = 0.95) -> dict[str, float]:
@@ -202,3 +205,29 @@ def test_select_hit_picks_the_best_accepted_or_reports_the_best_miss() -> None:
     assert index is None
     assert verdict is not None
     assert not verdict.hit
+
+
+class _ThreadNoting(Verifier):
+    """The shipped verifier, noting the thread each score is computed on."""
+
+    def __init__(self) -> None:
+        super().__init__(default_verifier().weights)
+        self.threads: set[int] = set()
+
+    def score(self, stored: str, asked: str, cosine: float) -> float:
+        self.threads.add(threading.get_ident())
+        return super().score(stored, asked, cosine)
+
+
+@pytest.mark.parametrize("length", [20, 32_000])
+async def test_the_decision_runs_off_the_event_loop(length: int) -> None:
+    verifier = _ThreadNoting()
+    question = ("word " * length)[:length]
+    candidates = [
+        Candidate(entry_id=str(n), key=key(question + f" {n}"), answer="a", score=0.95)
+        for n in range(5)
+    ]
+    policy = MatchPolicy(threshold=0.8, verifier=verifier)
+    await _judge(key(question + " x"), candidates, policy)
+    assert verifier.threads
+    assert threading.get_ident() not in verifier.threads
