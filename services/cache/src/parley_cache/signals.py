@@ -41,9 +41,9 @@ __all__ = [
 ]
 
 # Characters of a text the word, number, symbol, negation and name checks read: the first and
-# the last half of this (a word changed in the middle of a long text is seen by ``difference``).
-# Measured by bench.cache_eval.decision_cost: the decision stays under 5 ms at p99 up to
-# 32 000 chars.
+# the last half of this (a word changed in the middle of a long text is seen by ``difference``),
+# so the decision's cost is flat beyond ~1 000 chars (bench.cache_eval.decision_cost, figures in
+# bench/results/cache_decision.md).
 MAX_CHARS: Final = 1200
 
 # A differing span up to this many characters is tokenized whole; of a longer one only the
