@@ -4,7 +4,10 @@
 
 Times ``policy.select_hit`` over 5 candidates (``CACHE_CANDIDATES``' default) for fresh texts
 (no memoized signals), as a lookup makes it; plain cosine's decision (a comparison) is the
-baseline and costs nothing measurable. Prints p50 / p99 per length, wall and CPU time.
+baseline and costs nothing measurable. Prints p50 / p99 per length, wall and CPU time, for three
+shapes of candidates: unrelated texts of the same length; the question with one word changed in
+the middle (what the differing-span signal is for: it compares the whole texts); the question
+with a word added at each end (the longest differing span).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from parley_cache.keying import CacheKey, Role, Turn
 from parley_cache.policy import MatchPolicy, select_hit
 from parley_cache.signals import text_signals
 
-LENGTHS = (100, 1_000, 32_000)
+LENGTHS = (100, 1_000, 4_000, 32_000)
+SHAPES = ("unrelated", "one word changed", "both ends changed")
 ROUNDS = 100
 CANDIDATES = 5
 WORDS = tuple(
@@ -49,6 +53,16 @@ def _text(rng: random.Random, chars: int) -> str:
     return " ".join(words)[:chars]
 
 
+def _candidate(rng: random.Random, query: str, shape: str) -> str:
+    if shape == "unrelated":
+        return _text(rng, len(query))
+    if shape == "one word changed":
+        middle = query.find(" ", len(query) // 2)
+        middle = middle if middle >= 0 else len(query) // 2
+        return query[:middle] + " changed" + str(rng.randrange(1000)) + query[middle:]
+    return "Also " + query + " thanks" + str(rng.randrange(1000))
+
+
 def _key(text: str) -> CacheKey:
     return CacheKey.build(bot_id="b", model="m", system_prompt="", turns=[Turn(Role.USER, text)])
 
@@ -67,13 +81,16 @@ def main() -> None:
 
 def _table(rng: random.Random, policy: MatchPolicy, *, warm: bool) -> None:
     # CPU time beside wall time: on a shared machine the wall time's tail is other processes'.
-    print("| message chars | decision p50 | p99 | CPU p50 | CPU p99 | plain cosine |")
-    print("|---|---|---|---|---|---|")
-    for length in LENGTHS:
+    print("| candidates | message chars | decision p50 | p99 | CPU p50 | CPU p99 | plain cosine |")
+    print("|---|---|---|---|---|---|---|")
+    for shape, length in ((s, n) for s in SHAPES for n in LENGTHS):
         samples, cpu = [], []
         for _ in range(ROUNDS):
-            query = _key(_text(rng, length))
-            candidates = [(_key(_text(rng, length)), 0.9, None) for _ in range(CANDIDATES)]
+            text = _text(rng, length)
+            query = _key(text)
+            candidates = [
+                (_key(_candidate(rng, text, shape)), 0.9, None) for _ in range(CANDIDATES)
+            ]
             if warm:
                 for candidate, _, _ in candidates:
                     text_signals(candidate.question)
@@ -84,7 +101,7 @@ def _table(rng: random.Random, policy: MatchPolicy, *, warm: bool) -> None:
         samples.sort()
         cpu.sort()
         print(
-            f"| {length:,} | {statistics.median(samples):.2f} ms "
+            f"| {shape} | {length:,} | {statistics.median(samples):.2f} ms "
             f"| {samples[int(0.99 * len(samples))]:.2f} ms | {statistics.median(cpu):.2f} ms "
             f"| {cpu[int(0.99 * len(cpu))]:.2f} ms | ~0 ms |"
         )

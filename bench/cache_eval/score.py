@@ -199,6 +199,17 @@ def summary(decisions: Sequence[Decision]) -> str:
     lines.append(
         "hits by kind: " + ", ".join(f"{k} {kind_hits[k]}/{n}" for k, n in sorted(kinds.items()))
     )
+    if labelled:
+        by_kind = []
+        for kind in sorted(kinds):
+            mine = [d for d in labelled if (d.pair.kind or "-") == kind]
+            wrong = sum(d.hit and not d.pair.same for d in mine)
+            missed = sum(bool(d.pair.same) and not d.hit for d in mine)
+            by_kind.append(
+                f"{kind} {sum(not d.pair.same for d in mine)} different / "
+                f"{sum(bool(d.pair.same) for d in mine)} same: {wrong} wrong hits, {missed} missed"
+            )
+        lines.append("by kind: " + "; ".join(by_kind))
     if decisions:
         decision_ms = [d.decision_s * 1000 for d in decisions]
         lookup_ms = [d.lookup_s * 1000 for d in decisions]

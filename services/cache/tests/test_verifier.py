@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from parley_cache.embedder import Embedder
 from parley_cache.keying import CacheKey, ContextMode, Role, Turn
+from parley_cache.lookup import _judge
 from parley_cache.policy import MatchPolicy, judge, select_hit
-from parley_cache.signals import FEATURE_NAMES, MAX_CHARS, pair_features, text_signals
-from parley_cache.verifier import Calibration, default_verifier
+from parley_cache.signals import (
+    FEATURE_NAMES,
+    MAX_CHARS,
+    difference,
+    pair_features,
+    same_words,
+    text_signals,
+)
+from parley_cache.store import Candidate
+from parley_cache.verifier import Calibration, Verifier, default_verifier
 
 
 def features(a: str, b: str, cosine: float = 0.95) -> dict[str, float]:
@@ -46,6 +56,58 @@ def test_long_texts_are_read_up_to_a_cap() -> None:
     pair_features(long + "one", long + "two", 0.99)
     assert time.perf_counter() - started < 0.05
     assert text_signals(long).length <= MAX_CHARS
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "differ"),
+    [
+        ("x+1 is", "x-1 is", (["+"], ["-"])),
+        ("7 // 2", "7 / 2", (["//"], ["/"])),
+        ("a poem", "a sad poem", ([], ["sad"])),
+        ("Write a poem", "write  a poem.", ([], [])),
+        ("a poem", "a poems", (["poem"], ["poems"])),
+    ],
+)
+def test_the_differing_span_is_whole_tokens(
+    a: str, b: str, differ: tuple[list[str], list[str]]
+) -> None:
+    diff = difference(a, b)
+    assert (diff.stored, diff.asked) == differ
+    assert same_words(a, b) == (differ == ([], []))
+
+
+def test_one_word_changed_in_the_middle_of_a_long_prompt_is_seen() -> None:
+    # Beyond the characters the other checks read, at any length up to the gateway's limit.
+    filler = "The service reads orders from a queue and stores them. " * 280
+    a = filler + "Rewrite the validation in Python. " + filler
+    b = filler + "Rewrite the validation in Rust. " + filler
+    assert len(a) > 30_000
+    near = features(a, b, 0.997)
+    assert near["differing_tokens"] == 1 / 8
+    assert near["differing_share"] < 0.001
+    assert near["few_differ_in_long_text"] > 0.99
+    assert features(a, a + " ", 0.999)["differing_tokens"] == 0.0
+    # Equal at both ends, as far as the word checks read: not the same words.
+    assert not same_words(a, b)
+    assert same_words(a, a.replace("in Python.", "in  python"))
+    # Differences far apart (here at both ends) make one long span, not read whole: not taken
+    # for the same words, whatever lies between.
+    assert not same_words(a, "Also: " + a + " thanks")
+    assert default_verifier().score(a, b, 0.997) < default_verifier().score(a, a + "!", 0.999)
+
+
+def test_the_differing_span_costs_little_at_the_gateways_limit() -> None:
+    filler = "word " * 6_400
+    pairs = [
+        (filler + "one " + filler, filler + "two " + filler),  # one word in the middle
+        ("Please " + filler + "end.", "please " + filler + "end"),  # both ends, trivially
+        ("x" * 32_000, "x" * 15_000 + "y" + "x" * 16_999),  # no whitespace at all
+        (filler, "".join(reversed(filler)) + "z"),  # different throughout
+    ]
+    started = time.perf_counter()
+    for a, b in pairs:
+        difference(a, b)
+    assert (time.perf_counter() - started) / len(pairs) < 0.002
 
 
 async def test_a_changed_operator_negation_or_number_lowers_the_score(embedder: Embedder) -> None:
@@ -143,3 +205,29 @@ def test_select_hit_picks_the_best_accepted_or_reports_the_best_miss() -> None:
     assert index is None
     assert verdict is not None
     assert not verdict.hit
+
+
+class _ThreadNoting(Verifier):
+    """The shipped verifier, noting the thread each score is computed on."""
+
+    def __init__(self) -> None:
+        super().__init__(default_verifier().weights)
+        self.threads: set[int] = set()
+
+    def score(self, stored: str, asked: str, cosine: float) -> float:
+        self.threads.add(threading.get_ident())
+        return super().score(stored, asked, cosine)
+
+
+@pytest.mark.parametrize("length", [20, 32_000])
+async def test_the_decision_runs_off_the_event_loop(length: int) -> None:
+    verifier = _ThreadNoting()
+    question = ("word " * length)[:length]
+    candidates = [
+        Candidate(entry_id=str(n), key=key(question + f" {n}"), answer="a", score=0.95)
+        for n in range(5)
+    ]
+    policy = MatchPolicy(threshold=0.8, verifier=verifier)
+    await _judge(key(question + " x"), candidates, policy)
+    assert verifier.threads
+    assert threading.get_ident() not in verifier.threads

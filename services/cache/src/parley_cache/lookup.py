@@ -30,10 +30,6 @@ __all__ = ["LookupInput", "LookupOutcome", "Lookups", "StoreKey"]
 
 log = logging.getLogger(__name__)
 
-# Texts longer than this (question and candidates together) are judged on a worker thread: the
-# checks read at most signals.MAX_CHARS of each, but a few such texts still cost a millisecond.
-_INLINE_CHARS = 2_000
-
 
 @dataclass(frozen=True, slots=True)
 class LookupInput:
@@ -181,8 +177,8 @@ class Lookups:
 async def _judge(
     key: CacheKey, candidates: Sequence[Candidate], policy: MatchPolicy
 ) -> tuple[int | None, MatchVerdict | None]:
+    """The match policy over the candidates, on a worker thread, whatever the texts' length: it
+    is CPU work (bench.cache_eval.decision_cost: from a fraction of a millisecond to a few at
+    32 000 chars) that would otherwise hold up every other call the event loop serves."""
     triples = [(c.key, c.score, c.context_score) for c in candidates]
-    size = len(key.question) + sum(len(c.key.question) for c in candidates)
-    if size <= _INLINE_CHARS:
-        return select_hit(key, triples, policy=policy)
     return await asyncio.to_thread(select_hit, key, triples, policy=policy)

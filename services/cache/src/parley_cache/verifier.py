@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
-from parley_cache.signals import FEATURE_NAMES, pair_features, same_words
+from parley_cache.signals import FEATURE_NAMES, difference, pair_features
 
 __all__ = [
     "CALIBRATION_GRID",
@@ -132,9 +132,10 @@ class Verifier:
         # Quora's pairs that differ in punctuation alone are mostly labelled "different" (that is
         # how its negatives were sampled), so a fitted model would learn the opposite of what a
         # cache needs; such pairs are decided before it.
-        if same_words(stored, asked):
+        diff = difference(stored, asked)  # what same_words reads, computed once for both
+        if diff.same:
             return 1.0
-        features = pair_features(stored, asked, cosine)
+        features = pair_features(stored, asked, cosine, diff)
         logit = self._offset + sum(k * x for k, x in zip(self._slopes, features, strict=True))
         return 1.0 / (1.0 + math.exp(-max(min(logit, 40.0), -40.0)))
 
