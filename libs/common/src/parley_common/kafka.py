@@ -200,25 +200,19 @@ class TracedProducer(AIOKafkaProducer):  # type: ignore[misc]
 
 
 def make_producer(
-    bootstrap: str,
-    *,
-    client_id: str,
-    kafka_metrics: KafkaMetrics | None = None,
-    linger_ms: int = 1,
+    bootstrap: str, *, client_id: str, kafka_metrics: KafkaMetrics | None = None
 ) -> TracedProducer:
     """A producer tuned for small, latency-sensitive messages that must not be lost.
 
-    A client keeps one request in flight per broker; what is sent meanwhile is batched behind
-    it. `linger_ms` is how long a message that finds the connection free waits for company:
-    1 ms lets a burst (a worker's last chunks, its final chunk and its result) leave in one
-    request instead of two round trips; 0 suits a producer of lone messages (the gateway's
-    requests), which wait for no timer."""
+    No linger: a message goes out as soon as the broker's connection is free (one request in
+    flight per broker); what is sent meanwhile is batched behind it anyway, so batching under
+    load stays and a lone message (a request, a first chunk) waits for no timer."""
     return TracedProducer(
         kafka_metrics=kafka_metrics,
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",
-        linger_ms=linger_ms,
+        linger_ms=0,
         enable_idempotence=False,
         request_timeout_ms=10_000,
         retry_backoff_ms=100,

@@ -96,7 +96,6 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             settings.kafka_addr,
             client_id=f"parley-gateway-{settings.gateway_instance_id}",
             kafka_metrics=metrics.kafka,
-            linger_ms=0,  # lone requests: nothing to wait for
         )
         await producer.start()
         replies = ReplyRouter(settings.kafka_addr, topics.reply(settings.gateway_instance_id))
