@@ -202,17 +202,13 @@ class TracedProducer(AIOKafkaProducer):  # type: ignore[misc]
 def make_producer(
     bootstrap: str, *, client_id: str, kafka_metrics: KafkaMetrics | None = None
 ) -> TracedProducer:
-    """A producer tuned for small, latency-sensitive messages that must not be lost.
-
-    No linger: a message goes out as soon as the broker's connection is free (one request in
-    flight per broker); what is sent meanwhile is batched behind it anyway, so batching under
-    load stays and a lone message (a request, a first chunk) waits for no timer."""
+    """A producer tuned for small, latency-sensitive messages that must not be lost."""
     return TracedProducer(
         kafka_metrics=kafka_metrics,
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",
-        linger_ms=0,
+        linger_ms=1,
         enable_idempotence=False,
         request_timeout_ms=10_000,
         retry_backoff_ms=100,
