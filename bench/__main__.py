@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bench import cache_cpu, connections, overhead, streaming, throughput
+from bench import cache_cpu, connections, critical_path, overhead, streaming, throughput
 from bench._harness import REPO, RESULTS, Bench, machine
 
 BENCHMARKS: dict[str, Callable[..., Coroutine[Any, Any, str]]] = {
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Callable[..., Coroutine[Any, Any, str]]] = {
     "streaming": streaming.run,
     "connections": connections.run,
     "cache_cpu": cache_cpu.run,
+    "critical_path": critical_path.run,
 }
 
 

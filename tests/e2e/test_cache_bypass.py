@@ -44,6 +44,32 @@ def test_no_cache_header_and_field_bypass_a_cached_answer(
     assert eventually(cached, what="a cache hit after the bypasses")["cache_score"] >= 0.79
 
 
+def test_the_openai_api_takes_the_no_cache_header_too(
+    platform: Platform, new_user: NewUser
+) -> None:
+    fay = new_user("fay")
+    question = {
+        "model": "parley-tiny",
+        "messages": [{"role": "user", "content": "What is the longest river in Asia?"}],
+        "max_tokens": 8,
+    }
+
+    def cached() -> dict[str, Any] | None:
+        asked = fay.post("/v1/chat/completions", json=question)
+        assert asked.status_code == 200, asked.text
+        parley: dict[str, Any] = asked.json()["parley"]
+        return parley if parley["cached"] else None
+
+    eventually(cached, what="a cache hit")
+    for bypass in (
+        {"headers": {"Cache-Control": "no-cache"}, "json": question},
+        {"json": {**question, "no_cache": True}},
+    ):
+        fresh = fay.post("/v1/chat/completions", **bypass)
+        assert fresh.status_code == 200, fresh.text
+        assert fresh.json()["parley"]["cached"] is False, bypass
+
+
 def test_an_answer_cut_at_max_tokens_is_served_from_the_cache_as_cut(
     platform: Platform, new_user: NewUser
 ) -> None:

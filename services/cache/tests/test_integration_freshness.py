@@ -19,6 +19,7 @@ async def test_a_hot_request_is_never_served_but_its_answer_is_stored(cache: Cac
     assert not hot.hit
     assert hot.reason.startswith("temperature 1.00 above 0.70")
     assert hot.HasField("key")  # the fresh answer is still stored
+    assert not hot.key.question_vector  # embedded when it is: nothing was searched
     calm = await cache.lookup("alice", "Tell me a joke", temperature=0.2)
     assert calm.hit
     assert calm.answer == "A joke."

@@ -98,6 +98,8 @@ async def test_bypass_answers_a_miss_but_the_answer_is_still_stored(cache: Cache
     assert not fresh.hit
     assert fresh.answer == ""
     assert fresh.key.scope_key == "user:alice"  # so the fresh answer is stored ...
+    # ... its question embedded then, off the hot path: the lookup searched nothing.
+    assert not fresh.key.question_vector
     await cache.answer(fresh, ANSWER, user_id="alice")
     assert await cache.store.count() == 2
     # ... and served once the stale one is evicted.

@@ -96,20 +96,23 @@ def _topic_name(topic: str) -> str:
 
 
 @contextlib.contextmanager
-def consume_span(record: ConsumerRecord[Any, Any], *, group: str) -> Iterator[trace.Span]:
-    """The span of processing one record, a child of the span that produced it."""
+def consume_span(record: ConsumerRecord[Any, Any], *, group: str | None) -> Iterator[trace.Span]:
+    """The span of processing one record, a child of the span that produced it (`group`: the
+    consumer group, None for a consumer without one)."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+    }
+    if group is not None:
+        attributes["messaging.consumer.group.name"] = group
     with tracer().start_as_current_span(
         f"process {_topic_name(record.topic)}",
         context=context_from_headers(record),
         kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": record.topic,
-            "messaging.destination.partition.id": str(record.partition),
-            "messaging.kafka.offset": record.offset,
-            "messaging.consumer.group.name": group,
-        },
+        attributes=attributes,
     ) as span:
         yield span
 

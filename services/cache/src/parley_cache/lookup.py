@@ -50,7 +50,7 @@ class StoreKey:
 
     scope_key: str
     embedding_model: str
-    question_vector: list[float]
+    question_vector: list[float]  # empty: embedded when the answer is stored
     context_vector: list[float] | None
     payload: bytes
     ttl_seconds: int
@@ -89,6 +89,14 @@ class Lookups:
                     extra={"kinds": sorted(personal.kinds), "requested_scope": scope},
                 )
                 scope = user_scope(request.user_id)
+        fresh = is_time_sensitive(key.question)
+        unserved = self._unserved(request)
+        if unserved is not None:
+            # Nothing is searched, so nothing waits for the question's vector: the answer is
+            # stored under a key without one, embedded off the hot path (``results``).
+            return LookupOutcome(
+                hit=False, reason=unserved, key=self._store_key(request, scope, fresh, [], None)
+            )
         mode = request.context_mode or self.settings.cache_context_mode
         context_vector: list[float] | None = None
         if mode is ContextMode.SEMANTIC and key.has_context:
@@ -98,29 +106,7 @@ class Lookups:
             )
         else:
             vector = await self.embedder.embed(key.question_text)
-        fresh = is_time_sensitive(key.question)
-        store_key = StoreKey(
-            scope_key=scope,
-            embedding_model=self.embedder.model_id,
-            question_vector=vector,
-            context_vector=context_vector,
-            payload=json.dumps(key.payload()).encode(),
-            ttl_seconds=(
-                self.settings.cache_fresh_ttl_seconds if fresh else self.settings.cache_ttl_seconds
-            ),
-            max_tokens=request.max_tokens,
-        )
-        if request.bypass:
-            return LookupOutcome(
-                hit=False, reason="bypass: asked not to answer from the cache", key=store_key
-            )
-        if asks_for_variety(request.temperature, self.settings.cache_max_temperature):
-            return LookupOutcome(
-                hit=False,
-                reason=f"temperature {request.temperature:.2f} above "
-                f"{self.settings.cache_max_temperature:.2f}: a varied answer is asked for",
-                key=store_key,
-            )
+        store_key = self._store_key(request, scope, fresh, vector, context_vector)
         max_error = request.max_error_rate or self.settings.cache_max_error_rate
         try:
             # A user always sees their own entries too: those of a shared-scope chat that were
@@ -166,6 +152,38 @@ class Lookups:
             score=verdict.score,
             entry_id=hit.entry_id,
             truncated=not hit.complete,
+        )
+
+    def _unserved(self, request: LookupInput) -> str | None:
+        """Why this request is not to be answered from the cache, whatever is stored; None when
+        it may be."""
+        if request.bypass:
+            return "bypass: asked not to answer from the cache"
+        if asks_for_variety(request.temperature, self.settings.cache_max_temperature):
+            return (
+                f"temperature {request.temperature:.2f} above "
+                f"{self.settings.cache_max_temperature:.2f}: a varied answer is asked for"
+            )
+        return None
+
+    def _store_key(
+        self,
+        request: LookupInput,
+        scope: str,
+        fresh: bool,
+        vector: list[float],
+        context_vector: list[float] | None,
+    ) -> StoreKey:
+        return StoreKey(
+            scope_key=scope,
+            embedding_model=self.embedder.model_id,
+            question_vector=vector,
+            context_vector=context_vector,
+            payload=json.dumps(request.key.payload()).encode(),
+            ttl_seconds=(
+                self.settings.cache_fresh_ttl_seconds if fresh else self.settings.cache_ttl_seconds
+            ),
+            max_tokens=request.max_tokens,
         )
 
     def rejected(self, scope: str) -> None:

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 class ResultIndexer:
     """Stores each cacheable answer with the key its lookup returned.
 
+    A key without a question vector (its lookup searched nothing: a bypass, a varied answer
+    asked for) has the question embedded here.
+
     An entry with prior turns always gets a context vector, whichever context mode its lookup
     used: embedded here, off the hot path, when the lookup (exact mode) did not need one. So a
     bot profile switched to the semantic mode finds the entries it already has.
@@ -40,7 +43,7 @@ class ResultIndexer:
         ):
             return  # only complete answers to cacheable questions are reused
         ck = result.cache_key
-        if ck.embedding_model != self._embedding_model or not ck.question_vector:
+        if ck.embedding_model != self._embedding_model:
             return  # embedded by another model: its vector does not belong in this collection
         key = CacheKey.from_payload(json.loads(ck.payload))
         scope = ck.scope_key
@@ -51,12 +54,16 @@ class ResultIndexer:
                 return
             log.info("personal data in an answer; caching it per user", extra={"scope": scope})
             scope = user_scope(result.user_id)
+        vector = list(ck.question_vector)
         context_vector = list(ck.context_vector)
+        if not vector:
+            # A lookup that searched nothing (bypass, a varied answer asked for) left it to us.
+            vector = await self._embedder.embed(key.question_text)
         if key.has_context and not context_vector:
             context_vector = await self._embedder.embed(key.context_text)
         await self._store.put(
             request_id=result.request_id,
-            vector=list(ck.question_vector),
+            vector=vector,
             context_vector=context_vector,
             scope_key=scope,
             key=key,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
@@ -24,6 +24,7 @@ from parley_gateway.turns import TurnService
 __all__ = [
     "Admin",
     "Admitted",
+    "CacheControl",
     "Caller",
     "Parts",
     "PartsDep",
@@ -31,6 +32,7 @@ __all__ = [
     "SignedIn",
     "User",
     "admit",
+    "asks_no_cache",
     "authenticate",
 ]
 
@@ -56,6 +58,17 @@ def _parts(request: Request) -> Parts:
 
 
 PartsDep = Annotated[Parts, Depends(_parts)]
+
+CacheControl = Annotated[
+    str | None,
+    Header(max_length=200, description="`no-cache`: the same as `no_cache: true` in the body"),
+]
+
+
+def asks_no_cache(cache_control: str | None) -> bool:
+    """Whether a `Cache-Control` header asks not to be answered from the cache."""
+    return "no-cache" in {part.strip().lower() for part in (cache_control or "").split(",")}
+
 
 # These declare the security schemes in the OpenAPI schema; the header itself is checked by the
 # Authenticator, which tells a missing key from a malformed or a revoked one.

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from parley.v1 import envelopes_pb2
 from parley_common.envelopes import EnvelopeError, decode
-from parley_common.kafka import ensure_topics
+from parley_common.kafka import consume_span, ensure_topics
 
 __all__ = ["ReplyRouter", "ReplyStream"]
 
@@ -81,5 +81,11 @@ class ReplyRouter:
                 log.warning("undecodable reply chunk skipped", extra={"error": str(exc)})
                 continue
             stream = self._streams.get(chunk.request_id)
-            if stream is not None:
+            if stream is None:
+                continue
+            if chunk.seq == 0:
+                # The first chunk's arrival is a hop of the time to first token: in the trace.
+                with consume_span(record, group=None):
+                    stream.put_nowait(chunk)
+            else:
                 stream.put_nowait(chunk)

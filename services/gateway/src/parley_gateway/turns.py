@@ -232,7 +232,7 @@ class TurnService:
             and not tool_results
             and not attachment_ids
         )
-        if cacheable:
+        if cacheable and not no_cache:
             self._prime(message)
         try:
             started = await self._session.start_turn(
@@ -282,7 +282,12 @@ class TurnService:
             options=options,
             cache_max_error_rate=started.cache_max_error_rate,
         )
-        if not started.replayed:
+        # The budgets are checked beside the cache lookup (in `_run`), unless something must
+        # come between the two: the asynchronous hand-off, the rejection of a served answer.
+        reserve_in_run = (
+            not started.replayed and before_queue is None and not started.regenerated_cache_entry_id
+        )
+        if not started.replayed and not reserve_in_run:
             # Before the completion is recorded: a refused turn leaves none queued.
             plan = await self._reserve(principal, plan)
         if before_queue is not None and not await before_queue(
@@ -311,7 +316,12 @@ class TurnService:
                 audit_headers=cache_audit_headers(stored),
             )
         turn = await self._run(
-            principal, plan, no_cache=no_cache, cacheable=cacheable, detached=detached
+            principal,
+            plan,
+            no_cache=no_cache,
+            cacheable=cacheable,
+            detached=detached,
+            reserve=reserve_in_run,
         )
         turn.context_notice = started.user_message.context_notice
         return turn
@@ -335,7 +345,7 @@ class TurnService:
         chat = [m if isinstance(m, types_pb2.ChatMessage) else _text_message(*m) for m in messages]
         options = options or types_pb2.GenerationOptions()
         cacheable = (sampling or Sampling()).cacheable and options == types_pb2.GenerationOptions()
-        if cacheable and chat and chat[-1].role == types_pb2.ROLE_USER:
+        if cacheable and not no_cache and chat and chat[-1].role == types_pb2.ROLE_USER:
             self._prime(chat[-1].content)
         prepared = await self._session.prepare_completion(
             session_pb2.PrepareCompletionRequest(
@@ -362,8 +372,9 @@ class TurnService:
             tenant_id=prepared.tenant_id or principal.tenant_id,
             options=options,
         )
-        plan = await self._reserve(principal, plan)
-        return await self._run(principal, plan, no_cache=no_cache, cacheable=cacheable)
+        return await self._run(
+            principal, plan, no_cache=no_cache, cacheable=cacheable, reserve=True
+        )
 
     async def _reserve(self, principal: Principal, plan: _Plan) -> _Plan:
         """Reserve the turn against the budgets before it is looked up or queued: one request
@@ -392,10 +403,26 @@ class TurnService:
         no_cache: bool,
         cacheable: bool,
         detached: bool = False,
+        reserve: bool = False,
     ) -> Turn:
+        """Look the turn up in the cache, and ask a worker on a miss; with `reserve`, the
+        budgets are checked beside the lookup (neither waits for the other; a refusal drops
+        the lookup)."""
         turn = Turn(plan.chat_id, plan.request_id, plan.message_id, _empty(), model=plan.model)
         annotate_turn(request_id=plan.request_id, chat_id=plan.chat_id, model=plan.model)
-        lookup = await self._lookup(principal, plan, bypass=no_cache) if cacheable else None
+        looking = (
+            asyncio.ensure_future(self._lookup(principal, plan, bypass=no_cache))
+            if cacheable
+            else None
+        )
+        if reserve:
+            try:
+                plan = await self._reserve(principal, plan)
+            except BaseException:
+                if looking is not None:
+                    looking.cancel()
+                raise
+        lookup = await looking if looking is not None else None
         annotate_cache(lookup)
         if lookup is not None and lookup.hit:
             await self._record_cached(principal, plan, lookup)

@@ -47,7 +47,9 @@ class Publisher:
                 job.request.reply_topic,
                 chunk.SerializeToString(),
                 key=job.request.request_id.encode(),
-                span=False,  # one span per chunk would drown the turn's trace
+                # The first chunk's span times a hop of the time to first token; one span per
+                # chunk would drown the turn's trace.
+                span=seq == 0,
             )
         except KafkaError as exc:
             # The gateway that asked is gone with its topic: the result still goes out.

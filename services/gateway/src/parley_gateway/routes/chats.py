@@ -17,7 +17,7 @@ from parley_common.ids import is_id, new_id
 from parley_common.vocabulary import FinishReason, Role
 from parley_gateway.async_completions import BeforeQueue, completion_out
 from parley_gateway.auth import Principal
-from parley_gateway.deps import Admitted, PartsDep, User
+from parley_gateway.deps import Admitted, CacheControl, PartsDep, User, asks_no_cache
 from parley_gateway.errors import ApiError
 from parley_gateway.generation import chat_tools
 from parley_gateway.relay import RESET_MESSAGE
@@ -101,15 +101,10 @@ Prefer = Annotated[
     str | None,
     Header(max_length=200, description="`respond-async`: the same as `?mode=async` (RFC 7240)"),
 ]
-CacheControl = Annotated[
-    str | None,
-    Header(max_length=200, description="`no-cache`: the same as `no_cache: true` in the body"),
-]
 
 
 def _no_cache(body: CompletionBody, cache_control: str | None) -> bool:
-    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
-    return body.no_cache or "no-cache" in directives
+    return body.no_cache or asks_no_cache(cache_control)
 
 
 def _wants_async(mode: str | None, prefer: str | None) -> bool:

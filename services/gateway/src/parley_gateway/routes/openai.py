@@ -32,7 +32,7 @@ from parley.v1 import types_pb2
 from parley_common.ids import is_id
 from parley_common.vocabulary import Role
 from parley_gateway.auth import Principal
-from parley_gateway.deps import Admitted, PartsDep, User
+from parley_gateway.deps import Admitted, CacheControl, PartsDep, User, asks_no_cache
 from parley_gateway.errors import ApiError
 from parley_gateway.generation import generation_options, tool_calls_pb
 from parley_gateway.openai_schemas import (
@@ -413,9 +413,12 @@ async def create_chat_completion(
             "twice",
         ),
     ] = None,
+    cache_control: CacheControl = None,
 ) -> Response:
     """OpenAI's chat completion: JSON, or Server-Sent Events with `stream: true`."""
     _check(parts, body)
+    if asks_no_cache(cache_control):
+        body = body.model_copy(update={"no_cache": True})
     chat_id = body.chat_id if body.chat_id is not None else x_parley_chat_id
     if (body.n or 1) > 1 and chat_id is not None:
         raise ApiError(400, "invalid_request", "n: only 1 choice with a stored chat", param="n")
