@@ -23,10 +23,11 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 from pymongo import MongoClient
 
 from parley_devstack.platform import Platform
-from parley_devstack.stack import LocalStack
 from tests.conftest import REPO, eventually
+from tests.e2e.test_attachments import vision_platform
 
 pytestmark = pytest.mark.e2e
+__all__ = ["vision_platform"]  # the attachments tests' platform with a vision model
 
 NewUser = Callable[..., httpx.Client]
 CHROMIUM = "/usr/bin/chromium"
@@ -744,23 +745,6 @@ def test_web_attachments(page: Page, platform: Platform, new_user: NewUser) -> N
     expect(page.locator("#status")).to_contain_text("program.exe was refused", timeout=10_000)
     expect(page.locator(".attachment-chip")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "web-attachments.png"), full_page=True)
-
-
-@pytest.fixture(scope="module")
-def vision_platform(
-    local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
-    """A platform whose model takes images (the fake engine does), on the shared stack with
-    topics and a worker group of its own."""
-    with Platform(
-        local_stack.addresses,
-        run_dir=tmp_path_factory.mktemp("web-vision"),
-        model_dir=None,
-        engine="fake",
-        env={"TOPIC_PREFIX": "web-vision.", "WORKER_GROUP": "web-vision-workers"},
-        service_env={"session": {"VISION_MODELS": "fake"}},
-    ) as running:
-        yield running
 
 
 def test_web_image_on_a_vision_model(page: Page, vision_platform: Platform) -> None:
