@@ -8,7 +8,8 @@ Run from the repository root::
     python -m bench.cache_eval.latency                                   # lookup latency
 
 ``score`` runs each pair through a real Qdrant and the real cache service (``score.py``); without
-a command, it scores ``pairs.jsonl`` and ``heldout_pairs.jsonl``.
+a command, it scores ``pairs.jsonl``, ``heldout_pairs.jsonl``,
+``blind_pairs.jsonl`` and ``blind2_pairs.jsonl``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from pathlib import Path
 from bench.cache_eval import score
 
 HERE = Path(__file__).parent
-BUNDLED = (HERE / "pairs.jsonl", HERE / "heldout_pairs.jsonl")
+BUNDLED = (
+    HERE / "pairs.jsonl",
+    HERE / "heldout_pairs.jsonl",
+    HERE / "blind_pairs.jsonl",
+    HERE / "blind2_pairs.jsonl",
+)
 
 
 def main(argv: list[str]) -> None:

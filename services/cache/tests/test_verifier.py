@@ -96,6 +96,29 @@ def test_one_word_changed_in_the_middle_of_a_long_prompt_is_seen() -> None:
     assert default_verifier().score(a, b, 0.997) < default_verifier().score(a, a + "!", 0.999)
 
 
+@pytest.mark.parametrize(
+    ("changed", "into", "signal"),
+    [
+        ("the deadline is March 14.", "the deadline is March 4.", "near_copy_changed_number"),
+        ("if total > 50: discount()", "if total >= 50: discount()", "near_copy_changed_symbol"),
+        ("Que veut dire pêcher ?", "Que veut dire pécher ?", "near_copy_changed_accents"),
+    ],
+)
+def test_what_the_differing_span_holds_is_read_over_the_whole_text(
+    changed: str, into: str, signal: str
+) -> None:
+    filler = "Please keep the tone of the original and do not add anything. " * 40
+    near = features(filler + changed + " " + filler, filler + into + " " + filler, 1.0)
+    assert near[signal] > 0.99
+    others = {"near_copy_changed_number", "near_copy_changed_symbol", "near_copy_changed_accents"}
+    assert all(near[name] == 0.0 for name in others - {signal})
+    # A changed word that is none of these leaves all three at zero; in a rewrite they weigh
+    # little (the texts are not near copies).
+    word = features(filler + "in Python. " + filler, filler + "in Rust. " + filler, 1.0)
+    assert all(word[name] == 0.0 for name in others)
+    assert features("What is a cat?", "Why is 4 > 3 true?", 0.3)["near_copy_changed_number"] < 0.5
+
+
 def test_the_differing_span_costs_little_at_the_gateways_limit() -> None:
     filler = "word " * 6_400
     pairs = [

@@ -247,6 +247,9 @@ FEATURE_NAMES: Final = (
     "differing_tokens",
     "differing_share",
     "few_differ_in_long_text",
+    "near_copy_changed_number",
+    "near_copy_changed_symbol",
+    "near_copy_changed_accents",
 )
 
 
@@ -261,6 +264,7 @@ def pair_features(
     diff = diff if diff is not None else difference(stored, asked)
     differing = max(len(diff.stored), len(diff.asked))
     share = min(diff.chars / max(diff.shorter, 1), 1.0)
+    changed = (*diff.stored, *diff.asked)
     return [
         cosine,
         max(0.0, cosine - 0.85),
@@ -283,6 +287,29 @@ def pair_features(
         min(differing, 8) / 8,
         share,
         (1.0 - share) if 1 <= differing <= 3 else 0.0,
+        # What the differing span holds, read over the whole texts (the checks above read the
+        # capped text), weighed by how much of the texts is the same: a number ("March 14" /
+        # "March 4"), a symbol ("x > 0" / "x >= 0"), or only accents ("pêcher" / "pécher": the
+        # embedding's vocabulary drops them) changed in an otherwise identical text.
+        (1.0 - share) * any(_has_digit(t) for t in changed),
+        (1.0 - share) * any(not _is_word(t) for t in changed),
+        (1.0 - share) * (bool(diff.stored) and _unaccented(diff.stored) == _unaccented(diff.asked)),
+    ]
+
+
+def _has_digit(token: str) -> bool:
+    return any(c.isdigit() for c in token)
+
+
+def _is_word(token: str) -> bool:
+    return token[0].isalnum() or token[0] == "_"
+
+
+def _unaccented(tokens: list[str]) -> list[str]:
+    """Tokens without their combining marks: "pécher" and "pêcher" both read "pecher"."""
+    return [
+        "".join(c for c in unicodedata.normalize("NFD", t) if not unicodedata.combining(c))
+        for t in tokens
     ]
 
 
