@@ -9,7 +9,7 @@ Run from the repository root::
 
 ``score`` runs each pair through a real Qdrant and the real cache service (``score.py``); without
 a command, it scores ``pairs.jsonl``, ``heldout_pairs.jsonl``,
-``blind_pairs.jsonl`` and ``blind2_pairs.jsonl``.
+``blind_pairs.jsonl``, ``blind2_pairs.jsonl`` and ``blind3_pairs.jsonl``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ BUNDLED = (
     HERE / "heldout_pairs.jsonl",
     HERE / "blind_pairs.jsonl",
     HERE / "blind2_pairs.jsonl",
+    HERE / "blind3_pairs.jsonl",
 )
 
 
