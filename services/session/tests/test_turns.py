@@ -263,6 +263,9 @@ async def test_turns_submitted_at_once_each_get_their_own_place(service: Service
     assert x.chat.chat_id == y.chat.chat_id
     assert x.user_message.message_id == y.user_message.message_id
     assert [m.content for m in await history_of(service, erin, x.chat.chat_id)] == ["Twice at once"]
+    # The delivery that did not create the chat left no question behind in the chat it tried.
+    messages = service.client[service.database]["messages"]
+    assert await messages.count_documents({"request_id": rid}) == 1
 
 
 async def test_another_users_chat_is_not_found_whatever_the_call(service: Service) -> None:

@@ -124,8 +124,10 @@ def _one_line(span: ReadableSpan) -> str:
     return str(span.to_json(indent=None)) + "\n"
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
-    """Parley's tracer from the global provider (a no-op one before `setup_tracing`)."""
+    """Parley's tracer from the global provider, made once: before `setup_tracing` it is the
+    API's proxy, which hands its spans to the provider installed later."""
     return trace.get_tracer(_INSTRUMENTATION)
 
 

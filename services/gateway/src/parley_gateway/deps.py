@@ -52,7 +52,9 @@ class Parts:
     oidc: OidcClient | None = None  # single sign-on, when configured
 
 
-def _parts(request: Request) -> Parts:
+async def _parts(request: Request) -> Parts:
+    # A coroutine, though it awaits nothing: FastAPI runs a plain function dependency in its
+    # thread pool, a hop to another thread and back on every request.
     parts: Parts = request.app.state.parts
     return parts
 

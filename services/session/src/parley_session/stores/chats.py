@@ -32,6 +32,7 @@ included) in one findAndModify, then one insert; its answer is one insert and on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -382,7 +383,8 @@ class ChatStore:
         token_count: int,
     ) -> OpenedChat:
         """Start a chat with its first question, once per request id (`created_by_request`): the
-        chat is inserted with that question already counted at ordinal 0, then the question."""
+        chat is inserted with that question already counted at ordinal 0, and the question with
+        it."""
         at = now()
         question_id = new_id()
         chat_doc: Doc = {
@@ -410,21 +412,38 @@ class ChatStore:
 
     @retried
     async def _open(self, chat_doc: Doc, question_doc: Doc) -> OpenedChat:
+        # The chat and its question are written at once, one round trip instead of two: the
+        # question names the new chat's id before that chat is there. Readers never see it alone
+        # for long (search skips a message whose chat it cannot find), and an account's deletion
+        # removes its messages by user.
+        chat_written, question_written = await asyncio.gather(
+            self._chats.insert_one(chat_doc),
+            self._place({**question_doc, "chat_id": chat_doc["_id"]}),
+            return_exceptions=True,
+        )
         chat = chat_doc
-        try:
-            await self._chats.insert_one(chat_doc)
-        except DuplicateKeyError as exc:
-            if key_pattern(exc) != {"_id": 1}:
-                # This request started its chat before (a retry, or a concurrent delivery).
-                found = await self._chats.find_one(
-                    {
-                        "user_id": chat_doc["user_id"],
-                        "created_by_request": chat_doc["created_by_request"],
-                    }
-                )
-                if found is None:
-                    raise
-                chat = found
+        if isinstance(chat_written, DuplicateKeyError) and key_pattern(chat_written) != {"_id": 1}:
+            # This request started its chat before (a retry, or a concurrent delivery).
+            found = await self._chats.find_one(
+                {
+                    "user_id": chat_doc["user_id"],
+                    "created_by_request": chat_doc["created_by_request"],
+                }
+            )
+            if found is None:
+                raise chat_written
+            chat = found
+            # The question written for the chat that was not created goes; it is placed below.
+            await self._messages.delete_one({"_id": question_doc["_id"]})
+        elif isinstance(chat_written, BaseException) and not isinstance(
+            chat_written, DuplicateKeyError
+        ):
+            raise chat_written  # the retry policy decides (both writes are safe to repeat)
+        elif isinstance(question_written, BaseException):
+            raise question_written
+        else:
+            question, placed = question_written
+            return OpenedChat(ChatDoc.from_doc(chat), question, placed)
         # Ordinal 0 is the slot the chat was counted with: whichever delivery of the request
         # places its question there first is the one stored.
         question, placed = await self._place({**question_doc, "chat_id": chat["_id"]})
