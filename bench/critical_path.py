@@ -12,6 +12,8 @@ after another, each a new question (a cache miss), to a fake engine that answers
 text it reads (the hops add up to the time to first token), and a few durations beside them.
 
 - `chat`: a full chat turn, `POST /chat` streamed (StartTurn, cache lookup, Kafka, worker);
+- `chat-no-cache`: the same turn with `Cache-Control: no-cache` (no `Prime`, so no embedding runs
+  beside StartTurn; the lookup only hands back the store key);
 - `v1`: `/v1/chat/completions` streamed, stateless, the cache skipped (`Cache-Control: no-cache`).
 
 All processes share the machine's clock, so a span's start in one service and the client's send
@@ -44,7 +46,7 @@ __all__ = ["run"]
 TTFT_S = 0.05
 MAX_TOKENS = 16
 REQUESTS = 60
-SCENARIOS = ("chat", "v1")
+SCENARIOS = ("chat", "chat-no-cache", "v1")
 TRACING = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "200"}
 
 # The milestones of a request, in the order they happen; each hop is the time from one to the
@@ -255,7 +257,7 @@ def sum_medians(result: Breakdown) -> float:
 
 
 async def _measure(url: str, headers: dict[str, str], scenario: str, requests: int) -> list[Timed]:
-    chat = scenario == "chat"
+    chat = scenario.startswith("chat")
     salt = os.urandom(4).hex()
     timed: list[Timed] = []
     async with httpx.AsyncClient(timeout=60) as http:
@@ -346,8 +348,8 @@ async def run(
         for scenario in scenarios:
             progress(f"critical path: {scenario}, {requests} requests")
             offsets = {path: path.stat().st_size for path in logs}
-            path = "/chat" if scenario == "chat" else "/v1/chat/completions"
-            extra = {"Cache-Control": "no-cache"} if scenario == "v1" else {}
+            path = "/chat" if scenario.startswith("chat") else "/v1/chat/completions"
+            extra = {} if scenario == "chat" else {"Cache-Control": "no-cache"}
             timed = await _measure(
                 platform.gateway_url + path, {**headers, **extra}, scenario, requests
             )
