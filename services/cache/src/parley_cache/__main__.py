@@ -25,6 +25,7 @@ from parley_cache.tuning import FeedbackTuner
 from parley_cache.verifier import default_verifier
 from parley_common.grpc_server import GrpcServer
 from parley_common.grpc_telemetry import ServerTelemetry
+from parley_common.heap import freeze_startup_heap
 from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
@@ -114,6 +115,7 @@ async def serve(settings: Settings) -> None:
         )
     )
     flushing = asyncio.create_task(tuner.run(settings.cache_feedback_flush_s))
+    freeze_startup_heap()
     log.info(
         "cache service ready",
         extra={

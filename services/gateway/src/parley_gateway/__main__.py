@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 from prometheus_client import REGISTRY
 
+from parley_common.heap import freeze_startup_heap
 from parley_common.logs import configure_logging
 from parley_common.telemetry import setup_tracing
 from parley_gateway.app import create_app
@@ -15,8 +16,10 @@ def main() -> None:
     settings = Settings()
     configure_logging("gateway", settings.log_level)
     setup_tracing("parley-gateway")
+    app = create_app(settings, registry=REGISTRY)
+    freeze_startup_heap()  # what is built before serving: out of the collector's way
     uvicorn.run(
-        create_app(settings, registry=REGISTRY),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,

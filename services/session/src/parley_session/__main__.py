@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 from parley.v1 import session_pb2_grpc
 from parley_common.grpc_server import GrpcServer, message_limit_for
 from parley_common.grpc_telemetry import ServerTelemetry
+from parley_common.heap import freeze_startup_heap
 from parley_common.kafka import ResultsConsumer, ensure_topics, make_producer
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
@@ -119,6 +120,7 @@ async def serve(settings: Settings) -> None:
     await availability.start()
     probes = ProbeServer(settings.metrics_port, ready=lambda: availability.reachable)
     await probes.start()
+    freeze_startup_heap()
     log.info("session service ready", extra={"grpc_port": server.port})
 
     stop = asyncio.Event()

@@ -13,6 +13,7 @@ import sys
 
 from prometheus_client import REGISTRY
 
+from parley_common.heap import freeze_startup_heap
 from parley_common.kafka import ensure_topics
 from parley_common.logs import configure_logging
 from parley_common.probes import ProbeServer
@@ -73,6 +74,7 @@ async def serve(settings: Settings) -> int:
         await worker.start()
         if stop.is_set():
             worker.stop_fetching()
+        freeze_startup_heap()
         log.info(
             "worker ready",
             extra={
