@@ -19,6 +19,7 @@ import time
 from parley_cache.keying import CacheKey, Role, Turn
 from parley_cache.policy import MatchPolicy, select_hit
 from parley_cache.signals import text_signals
+from parley_common.heap import freeze_startup_heap
 
 LENGTHS = (100, 1_000, 4_000, 32_000)
 SHAPES = ("unrelated", "one word changed", "both ends changed")
@@ -70,6 +71,7 @@ def _key(text: str) -> CacheKey:
 def main() -> None:
     rng = random.Random(14)
     policy = MatchPolicy(threshold=0.8)
+    freeze_startup_heap()  # as the cache service does once it is ready
     for warm in (False, True):
         print(
             "\nCandidates seen before (their signals memoized, as stored questions are):"

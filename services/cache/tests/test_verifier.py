@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -254,3 +255,14 @@ async def test_the_decision_runs_off_the_event_loop(length: int) -> None:
     await _judge(key(question + " x"), candidates, policy)
     assert verifier.threads
     assert threading.get_ident() not in verifier.threads
+
+
+def test_memoized_signals_are_held_in_shapes_the_garbage_collector_does_not_walk() -> None:
+    # Thousands are memoized: Counters and frozensets there were walked by every young collection
+    # (the decision's p99). Plain dicts of str → int are never tracked; tuples of str are
+    # untracked at their first collection.
+    held = text_signals("Does the Eiffel Tower weigh 10,100 tonnes? I can't say x >= 2 " * 40)
+    gc.collect(0)
+    for part in (held.words, held.symbols, held.numbers, held.trigrams, held.tokens, held.names):
+        assert part
+        assert not gc.is_tracked(part), type(part)

@@ -18,10 +18,11 @@ in characters relative to the shorter text. It also decides :func:`same_words`.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import math
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
@@ -60,14 +61,20 @@ _PLAIN_PUNCTUATION: Final = frozenset({".", "?", "!", ",", ";", ":", "...", "?!"
 
 @dataclass(frozen=True, slots=True)
 class TextSignals:
-    """One text's parts that the pair features compare, extracted once per text."""
+    """One text's parts that the pair features compare, extracted once per text.
+
+    Thousands are memoized, so they are held in shapes that CPython's garbage collector does not
+    walk: plain dicts of str → int and tuples of str are untracked, where a Counter or a
+    frozenset of a thousand trigrams was walked by every young collection until it grew old (the
+    decision's p99, `bench/results/gc_pauses.md`). The sets are built where they are compared.
+    """
 
     tokens: tuple[str, ...]  # casefolded words and symbols in order, sentence punctuation out
-    words: Counter[str]
-    symbols: Counter[str]
-    numbers: Counter[str]
-    trigrams: frozenset[str]
-    names: frozenset[str]  # capitalised words not at a sentence start
+    words: dict[str, int]
+    symbols: dict[str, int]
+    numbers: dict[str, int]
+    trigrams: tuple[str, ...]  # distinct, in no particular order
+    names: tuple[str, ...]  # distinct capitalised words not at a sentence start
     negations: int
     length: int  # words
 
@@ -79,12 +86,24 @@ def _cap(text: str) -> str:
     return text[:half] + " " + text[-half:]
 
 
+# The memo below is full in a running service: each new text evicts an old one, and CPython counts
+# a freed old object against the allocations that trigger a young collection, so the young
+# generation grows for thousands of texts and is then walked in one long pause (117 ms at 14,000
+# objects, `bench.cache_eval.decision_cost`). Collecting it every so many new texts keeps each
+# walk short; the work is the same.
+_NEW_TEXTS_PER_YOUNG_COLLECTION: Final = 128
+_new_texts = itertools.count(1)
+
+
 @lru_cache(maxsize=8192)
 def text_signals(text: str) -> TextSignals:
+    if next(_new_texts) % _NEW_TEXTS_PER_YOUNG_COLLECTION == 0:
+        gc.collect(0)
     text = unicodedata.normalize("NFKC", _cap(text)).replace("’", "'")
     tokens: list[str] = []
-    words: Counter[str] = Counter()
-    symbols: Counter[str] = Counter()
+    # Plain dicts of str → int, filled one key at a time, are never tracked by the collector.
+    words: dict[str, int] = {}
+    symbols: dict[str, int] = {}
     names: set[str] = set()
     negations = 0
     sentence_start = True
@@ -93,7 +112,7 @@ def text_signals(text: str) -> TextSignals:
         if token[0].isalnum() or token[0] == "_":
             folded = token.casefold()
             tokens.append(folded)
-            words[folded] += 1
+            words[folded] = words.get(folded, 0) + 1
             if folded in NEGATIONS:
                 negations += 1
             if token[0].isupper() and not sentence_start:
@@ -107,19 +126,26 @@ def text_signals(text: str) -> TextSignals:
             )
         if token not in _PLAIN_PUNCTUATION:
             tokens.append(token)
-            symbols[token] += 1
+            symbols[token] = symbols.get(token, 0) + 1
         sentence_start = sentence_start or any(c in ".!?\n" for c in token)
     compact = " " + " ".join(text.casefold().split()) + " "
     return TextSignals(
         tokens=tuple(tokens),
         words=words,
         symbols=symbols,
-        numbers=Counter(_NUMBER.findall(text)),
-        trigrams=frozenset({compact[i : i + 3] for i in range(len(compact) - 2)}),
-        names=frozenset(names),
+        numbers=_counts(_NUMBER.findall(text)),
+        trigrams=tuple({compact[i : i + 3] for i in range(len(compact) - 2)}),
+        names=tuple(names),
         negations=negations,
         length=sum(words.values()),
     )
+
+
+def _counts(items: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -270,7 +296,7 @@ def pair_features(
         max(0.0, cosine - 0.85),
         max(0.0, cosine - 0.93),
         _jaccard(words_a, words_b),
-        _jaccard(a.trigrams, b.trigrams),
+        _jaccard(frozenset(a.trigrams), frozenset(b.trigrams)),
         min(max(only_a, only_b), 8) / 8,
         min(min(only_a, only_b), 8) / 8,
         float((only_a == 0) != (only_b == 0)),
@@ -278,7 +304,7 @@ def pair_features(
         float(a.numbers != b.numbers),
         float(a.symbols != b.symbols),
         float(a.negations != b.negations),
-        float(bool((a.names - words_b) | (b.names - words_a))),
+        float(bool(set(a.names).difference(words_b) or set(b.names).difference(words_a))),
         abs(math.log((a.length + 1) / (b.length + 1))),
         # The same words in another order: "a dog bigger than a cat" / "a cat bigger than a dog".
         float(a.words == b.words and a.symbols == b.symbols and a.tokens != b.tokens),
