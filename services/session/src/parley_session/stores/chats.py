@@ -26,8 +26,9 @@ ordinal and storing its question, can leave the count off by one: it is shown to
 depends on it.
 
 A turn costs few round trips: a new chat is inserted with its first question already counted
-(two inserts); a next question reserves its ordinal, counts itself and reads the chat (summary
-included) in one findAndModify, then one insert; its answer is one insert and one update.
+(two inserts, sent at once); a next question reserves its ordinal, counts itself and reads the
+chat (summary included) in one findAndModify, then one insert; its answer is one insert and one
+update.
 """
 
 from __future__ import annotations
