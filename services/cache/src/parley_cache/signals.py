@@ -66,7 +66,7 @@ class TextSignals:
     Thousands are memoized, so they are held in shapes that CPython's garbage collector does not
     walk: plain dicts of str → int and tuples of str are untracked, where a Counter or a
     frozenset of a thousand trigrams was walked by every young collection until it grew old (the
-    decision's p99, `bench/results/gc_pauses.md`). The sets are built where they are compared.
+    decision's p99, `bench/results/gc_pauses.md`). Sets are built where they are compared.
     """
 
     tokens: tuple[str, ...]  # casefolded words and symbols in order, sentence punctuation out
@@ -254,6 +254,14 @@ def _jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> floa
     return len(a & b) / union if union else 1.0
 
 
+def _distinct_jaccard(a: tuple[str, ...], b: tuple[str, ...]) -> float:
+    """`_jaccard` of two tuples of distinct items: one set, of the shorter, is built."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    common = len(set(small).intersection(large))
+    union = len(a) + len(b) - common
+    return common / union if union else 1.0
+
+
 FEATURE_NAMES: Final = (
     "cosine",
     "cosine_above_0.85",
@@ -296,7 +304,7 @@ def pair_features(
         max(0.0, cosine - 0.85),
         max(0.0, cosine - 0.93),
         _jaccard(words_a, words_b),
-        _jaccard(frozenset(a.trigrams), frozenset(b.trigrams)),
+        _distinct_jaccard(a.trigrams, b.trigrams),
         min(max(only_a, only_b), 8) / 8,
         min(min(only_a, only_b), 8) / 8,
         float((only_a == 0) != (only_b == 0)),

@@ -422,29 +422,24 @@ class ChatStore:
             self._place({**question_doc, "chat_id": chat_doc["_id"]}),
             return_exceptions=True,
         )
-        chat = chat_doc
-        if isinstance(chat_written, DuplicateKeyError) and key_pattern(chat_written) != {"_id": 1}:
-            # This request started its chat before (a retry, or a concurrent delivery).
-            found = await self._chats.find_one(
-                {
-                    "user_id": chat_doc["user_id"],
-                    "created_by_request": chat_doc["created_by_request"],
-                }
-            )
-            if found is None:
-                raise chat_written
-            chat = found
-            # The question written for the chat that was not created goes; it is placed below.
-            await self._messages.delete_one({"_id": question_doc["_id"]})
-        elif isinstance(chat_written, BaseException) and not isinstance(
-            chat_written, DuplicateKeyError
+        # A duplicate _id is an earlier attempt of this very insert that landed: created too.
+        if not isinstance(chat_written, BaseException) or (
+            isinstance(chat_written, DuplicateKeyError) and key_pattern(chat_written) == {"_id": 1}
         ):
-            raise chat_written  # the retry policy decides (both writes are safe to repeat)
-        elif isinstance(question_written, BaseException):
-            raise question_written
-        else:
+            if isinstance(question_written, BaseException):
+                raise question_written  # the retry policy decides (both writes are safe to repeat)
             question, placed = question_written
-            return OpenedChat(ChatDoc.from_doc(chat), question, placed)
+            return OpenedChat(ChatDoc.from_doc(chat_doc), question, placed)
+        if not isinstance(chat_written, DuplicateKeyError):
+            raise chat_written
+        # This request started its chat before (a retry, or a concurrent delivery).
+        chat = await self._chats.find_one(
+            {"user_id": chat_doc["user_id"], "created_by_request": chat_doc["created_by_request"]}
+        )
+        if chat is None:
+            raise chat_written
+        # The question written for the chat that was not created goes; it is placed below.
+        await self._messages.delete_one({"_id": question_doc["_id"]})
         # Ordinal 0 is the slot the chat was counted with: whichever delivery of the request
         # places its question there first is the one stored.
         question, placed = await self._place({**question_doc, "chat_id": chat["_id"]})
